@@ -1,0 +1,42 @@
+# gendeploy: `make setup` then `make test`; `make demo` runs the whole job on the embedded default.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+RUN    ?= runs/demo
+EXPORT ?= exports/demo
+REPO   ?= triton_repo
+
+.PHONY: help setup test test-fast lint typecheck demo bench bench-quick gpu-check clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+setup: ## create .venv with the CPU build of torch and the project's CPU + dev extras
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install torch==2.13.0
+	$(BIN)/pip install -e '.[cpu,dev]'
+	$(BIN)/pip check
+
+test: ## the whole test suite (lint, types, pytest; GPU tests skip without CUDA + TensorRT)
+	$(BIN)/ruff check gendeploy tests
+	$(BIN)/ruff format --check gendeploy tests
+	$(BIN)/mypy
+	$(BIN)/pytest
+
+test-fast: ## pytest without the slow end-to-end tests
+	$(BIN)/pytest -m "not slow"
+
+lint: ## ruff lint + format check
+	$(BIN)/ruff check gendeploy tests
+	$(BIN)/ruff format --check gendeploy tests
+
+typecheck: ## mypy on the package
+	$(BIN)/mypy
+
+demo: ## train the default preset, then export, serve, generate (each step as later issues add it)
+	$(BIN)/gendeploy train --preset digits-cdcgan --out $(RUN) --force
+
+clean: ## remove runs/, exports/ and generated triton_repo/ models
+	rm -rf runs exports
+	find $(REPO) -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +

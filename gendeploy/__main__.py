@@ -1,0 +1,3 @@
+from gendeploy.cli import main
+
+main()

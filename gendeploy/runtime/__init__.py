@@ -1,0 +1,1 @@
+"""Runners: eager PyTorch, torch.compile, ONNX Runtime, TensorRT, OpenVINO, Triton client."""

@@ -1,0 +1,58 @@
+"""One Runner interface for every backend; validation and bench use the same runners.
+
+A runner takes named numpy inputs (``z`` float32 (N, latent); ``labels`` int64 (N,) for conditional
+models) and returns the single output as a numpy array. Optional backends register themselves only
+when their dependency imports; ``available()`` says why one cannot run here.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+Feeds = dict[str, np.ndarray]
+
+
+class Runner(ABC):
+    """Runs one artifact. Subclasses set ``name`` and implement ``run``."""
+
+    name: str = "runner"
+
+    @abstractmethod
+    def run(self, feeds: Feeds) -> np.ndarray:
+        """Run one batch synchronously and return the output on the host."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release sessions, engines, connections."""
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass(frozen=True)
+class Availability:
+    ok: bool
+    reason: str = ""
+
+
+_CHECKS: dict[str, Callable[[], Availability]] = {}
+
+
+def register_check(name: str, check: Callable[[], Availability]) -> None:
+    """Record how to tell whether backend ``name`` can run on this machine."""
+    _CHECKS[name] = check
+
+
+def available(name: str) -> Availability:
+    check = _CHECKS.get(name)
+    return check() if check else Availability(False, f"unknown runner {name!r}")
+
+
+def registered() -> list[str]:
+    return list(_CHECKS)

@@ -1,0 +1,261 @@
+"""GAN networks: the classic MLP GAN and DCGAN, each optionally class-conditional.
+
+Every generator has the export-friendly signature ``forward(z[, labels]) -> images``: tensors in,
+one tensor out (N, C, H, W) in [-1, 1], deterministic. Conditional generators take ``labels`` as a
+second input (int64, shape (N,)). Hyperparameters are constructor arguments held in ``ModelConfig``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from enum import Enum
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class Arch(str, Enum):
+    mlp = "mlp"
+    dcgan = "dcgan"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild the networks; stored in every checkpoint."""
+
+    arch: Arch = Arch.dcgan
+    latent_dim: int = 100
+    image_channels: int = 1
+    image_size: int = 32
+    num_classes: int = 0  # 0: unconditional
+    width: int = 64  # DCGAN: feature maps at the widest stage (ngf/ndf); MLP: first hidden size
+    embed_dim: int = 50  # conditional models: size of the label embedding
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "arch", Arch(self.arch))
+        if self.arch is Arch.dcgan and self.image_size not in (32, 64):
+            raise ValueError(f"dcgan supports image_size 32 or 64, got {self.image_size}")
+        if self.image_size < 4 or self.image_channels not in (1, 3):
+            raise ValueError(
+                f"image must be 1 or 3 channels and at least 4x4, got "
+                f"{self.image_channels}x{self.image_size}x{self.image_size}"
+            )
+        if self.latent_dim < 1 or self.width < 1 or self.num_classes < 0:
+            raise ValueError("latent_dim and width must be positive, num_classes >= 0")
+
+    @property
+    def conditional(self) -> bool:
+        return self.num_classes > 0
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (self.image_channels, self.image_size, self.image_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["arch"] = self.arch.value
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        known = set(cls.__dataclass_fields__)
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model config fields: {sorted(unknown)}")
+        return cls(**d)
+
+
+class _LabelInput(nn.Module):
+    """Concatenates a learned label embedding to the latent vector (conditional generators)."""
+
+    def __init__(self, num_classes: int, embed_dim: int) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(num_classes, embed_dim)
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return torch.cat([z, self.embed(labels)], dim=1)
+
+
+class MLPGenerator(nn.Module):
+    """The classic GAN generator: latent -> 256 -> 512 -> 1024 -> C*H*W, LeakyReLU(0.2), Tanh."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        c, h, w = config.image_shape
+        in_dim = config.latent_dim
+        self.label_input = (
+            _LabelInput(config.num_classes, config.embed_dim) if config.conditional else None
+        )
+        if self.label_input is not None:
+            in_dim += config.embed_dim
+        hidden = config.width * 4  # width 64 -> the classic 256
+        self.net = nn.Sequential(
+            nn.Linear(in_dim, hidden),
+            nn.LeakyReLU(0.2),
+            # state: 256
+            nn.Linear(hidden, hidden * 2),
+            nn.LeakyReLU(0.2),
+            # state: 512
+            nn.Linear(hidden * 2, hidden * 4),
+            nn.LeakyReLU(0.2),
+            # state: 1024
+            nn.Linear(hidden * 4, c * h * w),
+            nn.Tanh(),
+            # state: C*H*W
+        )
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        x = _condition(self.label_input, z, labels)
+        return self.net(x).view(-1, *self.config.image_shape)
+
+
+class _Discriminator(nn.Module):
+    """``features`` then a head: returns (real/fake logit (N,), class logits (N, K) or None)."""
+
+    features: nn.Module
+    head: _Head
+
+    def forward(
+        self, images: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        h = self.features(images)
+        return self.head(h, labels), self.head.class_logits(h)
+
+
+class MLPDiscriminator(_Discriminator):
+    """Mirror of the MLP generator."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        c, h, w = config.image_shape
+        hidden = config.width * 4
+        self.features = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(c * h * w, hidden * 4),
+            nn.LeakyReLU(0.2),
+            # state: 1024
+            nn.Linear(hidden * 4, hidden * 2),
+            nn.LeakyReLU(0.2),
+            # state: 512
+            nn.Linear(hidden * 2, hidden),
+            nn.LeakyReLU(0.2),
+            # state: 256
+        )
+        self.head = _Head(hidden, config.num_classes)
+
+
+class DCGANGenerator(nn.Module):
+    """pytorch/examples' DCGAN generator: ConvTranspose2d + BatchNorm + ReLU, Tanh out."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        nz, ngf, nc = config.latent_dim, config.width, config.image_channels
+        self.label_input = (
+            _LabelInput(config.num_classes, config.embed_dim) if config.conditional else None
+        )
+        if self.label_input is not None:
+            nz += config.embed_dim
+        # 32x32 starts at 4x4 with ngf*4 maps; 64x64 adds one ngf*8 stage in front.
+        mults = [8, 4, 2, 1] if config.image_size == 64 else [4, 2, 1]
+        layers: list[nn.Module] = [
+            nn.ConvTranspose2d(nz, ngf * mults[0], 4, 1, 0, bias=False),
+            nn.BatchNorm2d(ngf * mults[0]),
+            nn.ReLU(True),
+            # state: (ngf*mults[0]) x 4 x 4
+        ]
+        for m_in, m_out in zip(mults, mults[1:], strict=False):
+            layers += [
+                nn.ConvTranspose2d(ngf * m_in, ngf * m_out, 4, 2, 1, bias=False),
+                nn.BatchNorm2d(ngf * m_out),
+                nn.ReLU(True),
+                # state: (ngf*m_out) x 2s x 2s
+            ]
+        layers += [
+            nn.ConvTranspose2d(ngf, nc, 4, 2, 1, bias=False),
+            nn.Tanh(),
+            # state: nc x image_size x image_size
+        ]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        x = _condition(self.label_input, z, labels)
+        return self.net(x[:, :, None, None])
+
+
+class DCGANDiscriminator(_Discriminator):
+    """DCGAN discriminator: strided convs + BatchNorm + LeakyReLU; projection head if conditional."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        ndf, nc = config.width, config.image_channels
+        n_down = int(math.log2(config.image_size)) - 2  # down to 4x4
+        layers: list[nn.Module] = [
+            nn.Conv2d(nc, ndf, 4, 2, 1, bias=False),
+            nn.LeakyReLU(0.2, inplace=True),
+            # state: ndf x S/2 x S/2
+        ]
+        ch = ndf
+        for _ in range(n_down - 1):
+            layers += [
+                nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=False),
+                nn.BatchNorm2d(ch * 2),
+                nn.LeakyReLU(0.2, inplace=True),
+                # state: (2ch) x s/2 x s/2
+            ]
+            ch *= 2
+        layers += [nn.Flatten()]  # state: ch*4*4
+        self.features = nn.Sequential(*layers)
+        self.head = _Head(ch * 16, config.num_classes)
+
+
+class _Head(nn.Module):
+    """Real/fake logit; conditional models add a projection term <embed(y), h> (Miyato & Koyama)
+    and an auxiliary class logit head (AC-GAN), which makes label fidelity fast to learn."""
+
+    def __init__(self, features: int, num_classes: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(features, 1)
+        self.embed = nn.Embedding(num_classes, features) if num_classes else None
+        self.classify = nn.Linear(features, num_classes) if num_classes else None
+
+    def forward(self, h: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        out = self.linear(h).squeeze(1)
+        if self.embed is not None:
+            if labels is None:
+                raise ValueError("this discriminator is conditional: pass labels")
+            out = out + (self.embed(labels) * h).sum(dim=1)
+        return out
+
+    def class_logits(self, h: torch.Tensor) -> torch.Tensor | None:
+        return None if self.classify is None else self.classify(h)
+
+
+def _condition(
+    label_input: _LabelInput | None, z: torch.Tensor, labels: torch.Tensor | None
+) -> torch.Tensor:
+    if label_input is None:
+        return z
+    if labels is None:
+        raise ValueError("this generator is conditional: pass labels as the second input")
+    return label_input(z, labels)
+
+
+def build_generator(config: ModelConfig) -> nn.Module:
+    return {Arch.mlp: MLPGenerator, Arch.dcgan: DCGANGenerator}[config.arch](config)
+
+
+def build_discriminator(config: ModelConfig) -> _Discriminator:
+    return {Arch.mlp: MLPDiscriminator, Arch.dcgan: DCGANDiscriminator}[config.arch](config)
+
+
+def init_weights(module: nn.Module) -> None:
+    """DCGAN initialisation: N(0, 0.02) convs, N(1, 0.02) BatchNorm scales."""
+    if isinstance(module, nn.Conv2d | nn.ConvTranspose2d):
+        nn.init.normal_(module.weight, 0.0, 0.02)
+    elif isinstance(module, nn.BatchNorm2d):
+        nn.init.normal_(module.weight, 1.0, 0.02)
+        nn.init.zeros_(module.bias)
