@@ -40,3 +40,12 @@ demo: ## train the default preset, then export, serve, generate (each step as la
 clean: ## remove runs/, exports/ and generated triton_repo/ models
 	rm -rf runs exports
 	find $(REPO) -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +
+
+bench: ## the default bench suite (~10 min here); report under bench/
+	$(BIN)/gendeploy bench --suite default --out bench
+
+bench-quick: ## a ~1 min bench of the demo model
+	$(BIN)/gendeploy bench --suite quick --out bench/quick
+
+gpu-check: ## on a GPU host with TensorRT: export, build + validate the FP16 engine, time it (OUT=dir)
+	bash scripts/gpu_check.sh $(or $(OUT),gpu-check-results)

@@ -1,0 +1,151 @@
+"""``manifest.json``: the one description of an export, read by every later step (serve, bench).
+
+Later steps read only the manifest (and the files it names); they never re-derive what export
+recorded. ``schema_version`` is checked on load.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from gendeploy.errors import ExportError
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+
+
+class ArtifactKind(str, Enum):
+    onnx = "onnx"
+    tensorrt = "tensorrt"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A named tensor; ``-1`` marks the dynamic batch axis (always axis 0)."""
+
+    name: str
+    dtype: str  # numpy dtype name: "float32", "int64", "uint8"
+    shape: list[int]
+    layout: str = ""  # "NCHW" / "NHWC" for images
+    value_range: list[int] | None = None  # labels: [0, num_classes - 1]
+
+
+@dataclass(frozen=True)
+class BatchProfile:
+    min: int = 1
+    opt: int = 8
+    max: int = 64
+
+
+@dataclass
+class Artifact:
+    """One exported file: an ONNX model or a TensorRT engine, with its gate figures."""
+
+    name: str  # "fp32", "fp16", "uint8", "fp16_uint8", "trt_fp16", ...
+    kind: ArtifactKind
+    path: str  # relative to the export directory
+    precision: Precision
+    inputs: list[TensorSpec]
+    output: TensorSpec
+    sha256: str = ""
+    validation: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # trt: gpu, compute capability, version
+
+
+@dataclass
+class Source:
+    """Where the eager model came from, so bench can rebuild it without re-deriving anything."""
+
+    kind: str  # "checkpoint" or "user_model"
+    path: str  # checkpoint path, or the user model spec "file.py:Class"
+    sha256: str  # of the checkpoint / weights file
+    weights: str = ""  # user_model: the weights file
+    model_config: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Manifest:
+    name: str
+    source: Source
+    latent_dim: int
+    num_classes: int  # 0: unconditional
+    image_shape: list[int]  # [C, H, W]
+    batch: BatchProfile
+    opset: int
+    artifacts: list[Artifact]
+    skipped: list[dict[str, str]] = field(default_factory=list)  # {"name", "reason"}
+    versions: dict[str, str] = field(default_factory=dict)
+    command: str = ""
+    created: str = ""
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def conditional(self) -> bool:
+        return self.num_classes > 0
+
+    def artifact(self, name: str) -> Artifact:
+        for a in self.artifacts:
+            if a.name == name:
+                return a
+        raise ExportError(
+            f"export {self.name!r} has no artifact {name!r}; it has "
+            f"{[a.name for a in self.artifacts]}"
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, default=_enum_value) + "\n"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Manifest:
+        d = dict(d)
+        d["source"] = Source(**d["source"])
+        d["batch"] = BatchProfile(**d["batch"])
+        d["artifacts"] = [_artifact_from_dict(a) for a in d["artifacts"]]
+        return cls(**d)
+
+
+def _artifact_from_dict(d: dict[str, Any]) -> Artifact:
+    d = dict(d)
+    d["kind"] = ArtifactKind(d["kind"])
+    d["precision"] = Precision(d["precision"])
+    d["inputs"] = [TensorSpec(**t) for t in d["inputs"]]
+    d["output"] = TensorSpec(**d["output"])
+    return Artifact(**d)
+
+
+def _enum_value(o: object) -> object:
+    if isinstance(o, Enum):
+        return o.value
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def load_manifest(export_dir: Path | str) -> Manifest:
+    """Read ``<export_dir>/manifest.json`` (or a manifest path) with a one-line error if unusable."""
+    path = Path(export_dir)
+    if path.is_dir():
+        path = path / MANIFEST_NAME
+    if not path.is_file():
+        raise ExportError(f"no manifest at {path}; run `gendeploy export` first")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ExportError(f"{path} is not valid JSON ({e}); re-run `gendeploy export --force`") from None
+    version = data.get("schema_version") if isinstance(data, dict) else None
+    if version != SCHEMA_VERSION:
+        raise ExportError(
+            f"{path} has manifest schema {version}, this gendeploy reads {SCHEMA_VERSION}; "
+            "re-export with this version"
+        )
+    try:
+        return Manifest.from_dict(data)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ExportError(f"{path} is not a valid gendeploy manifest ({e})") from None
