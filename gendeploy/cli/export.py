@@ -1,7 +1,109 @@
+"""`gendeploy export` and `gendeploy doctor`."""
+
 from __future__ import annotations
 
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+from gendeploy.errors import UsageError
+
+Opt = typer.Option
+
+
+def export_command(
+    checkpoint: Annotated[
+        Path | None,
+        typer.Argument(help="A checkpoint from `gendeploy train` (or its run directory)."),
+    ] = None,
+    name: Annotated[str | None, Opt(help="Model name (default: the run directory's name).")] = None,
+    out: Annotated[Path | None, Opt(help="Export directory (default exports/<name>).")] = None,
+    fp16: Annotated[
+        bool, Opt("--fp16", help="Also an FP16 ONNX and, with TensorRT + CUDA, an FP16 engine.")
+    ] = False,
+    output: Annotated[
+        str, Opt(help="float: float32 NCHW in [-1,1]; uint8: also uint8 NHWC variants.")
+    ] = "float",
+    max_batch: Annotated[int, Opt(help="Largest batch (Triton's max_batch_size).")] = 64,
+    opt_batch: Annotated[int, Opt(help="Batch TensorRT tunes for (default min(8, max)).")] = 0,
+    force: Annotated[bool, Opt("--force", help="Rebuild and replace an existing export.")] = False,
+    require_engine: Annotated[
+        bool, Opt("--require-engine", help="Fail unless a TensorRT engine is built.")
+    ] = False,
+    model: Annotated[
+        str | None, Opt(help="A user generator: path/file.py:Class or package.module:factory.")
+    ] = None,
+    weights: Annotated[
+        Path | None, Opt(help="--model's state dict (.safetensors or .pt, weights only).")
+    ] = None,
+    latent_dim: Annotated[int | None, Opt(help="--model: latent size.")] = None,
+    num_classes: Annotated[int | None, Opt(help="--model: classes (0: unconditional).")] = None,
+    image_shape: Annotated[str | None, Opt(help="--model: output image shape C,H,W.")] = None,
+) -> None:
+    """Export a generator to gated ONNX (FP32, uint8, FP16) and TensorRT, with a manifest."""
+    from gendeploy.export.api import ExportOptions, ModelSpec, OutputKind, export
+
+    if output not in {k.value for k in OutputKind}:
+        raise UsageError(f"--output must be float or uint8, got {output!r}")
+    options = ExportOptions(
+        fp16=fp16,
+        output=OutputKind(output),
+        max_batch=max_batch,
+        opt_batch=opt_batch,
+        require_engine=require_engine,
+    )
+    spec = ModelSpec(
+        checkpoint=checkpoint,
+        model=model,
+        weights=weights,
+        latent_dim=latent_dim,
+        num_classes=num_classes,
+        image_shape=_parse_shape(image_shape) if image_shape is not None else None,
+    )
+    manifest = export(
+        spec,
+        options,
+        name=name,
+        out=out,
+        force=force,
+        command=shlex.join(["gendeploy", *sys.argv[1:]]),
+        log=typer.echo,
+    )
+    for item in manifest.skipped:
+        typer.echo(f"NOT built: {item['name']} ({item['reason']})")
+
+
+def doctor_command() -> None:
+    """List what this machine can do: CUDA, TensorRT, ONNX Runtime, OpenVINO, Triton."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from gendeploy.export.doctor import diagnose
+
+    report = diagnose()
+    console = Console()
+    for title, rows in (("this machine", report.facilities), ("paths", report.paths)):
+        table = Table(title=title, title_justify="left")
+        table.add_column("")
+        table.add_column("what")
+        table.add_column("detail", overflow="fold")
+        for f in rows:
+            table.add_row("[green]yes[/]" if f.ok else "[red]no[/]", f.what, f.detail)
+        console.print(table)
+
+
+def _parse_shape(text: str) -> tuple[int, int, int]:
+    try:
+        c, h, w = (int(v) for v in text.split(","))
+    except ValueError:
+        raise UsageError(f"--image-shape must be C,H,W (e.g. 3,64,64), got {text!r}") from None
+    return c, h, w
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to ``app``."""
+    app.command("export")(export_command)
+    app.command("doctor")(doctor_command)

@@ -1,7 +1,160 @@
+"""``gendeploy repo``, ``gendeploy serve`` and ``gendeploy generate``."""
+
 from __future__ import annotations
 
+import json
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+from gendeploy.errors import UsageError
+
+DEFAULT_REPO = Path("triton_repo")
+
+
+def repo_command(
+    export_dir: Annotated[Path, typer.Argument(help="Export directory (with manifest.json).")],
+    repo: Annotated[Path, typer.Option("--repo", help="Model repository to write.")] = DEFAULT_REPO,
+    name: Annotated[str | None, typer.Option(help="Model name (default: the export's).")] = None,
+    max_batch_size: Annotated[
+        int | None, typer.Option(help="Triton max_batch_size (default: export's max).")
+    ] = None,
+    queue_delay_us: Annotated[int, typer.Option(help="Dynamic batching queue delay.")] = 2000,
+    instances: Annotated[int, typer.Option(help="Model instances per device.")] = 1,
+    keep_versions: Annotated[int, typer.Option(help="Versions kept on disk per model.")] = 2,
+    gpu: Annotated[
+        bool | None, typer.Option("--gpu/--cpu", help="Instance kind (default: GPU if an engine).")
+    ] = None,
+) -> None:
+    """Write (or add a version to) the Triton models of an export."""
+    from gendeploy.serve.repo import RepoOptions, write_repo
+
+    options = RepoOptions(name, max_batch_size, queue_delay_us, instances, keep_versions, gpu)
+    for model in write_repo(export_dir, repo, options):
+        state = "new version" if model.new else "unchanged"
+        typer.echo(f"{model.path}/{model.version}  ({state})")
+
+
+def serve_command(
+    repo: Annotated[Path, typer.Argument(help="Model repository to serve.")] = DEFAULT_REPO,
+    http_port: Annotated[int, typer.Option(help="HTTP port (0: a free one).")] = 0,
+    grpc_port: Annotated[int, typer.Option(help="gRPC port (0: a free one).")] = 0,
+    metrics_port: Annotated[int, typer.Option(help="Metrics port (0: a free one).")] = 0,
+    tritonserver: Annotated[
+        Path | None, typer.Option(help="tritonserver binary (default: PATH, then nvidia-pytriton).")
+    ] = None,
+    ready_file: Annotated[
+        Path | None, typer.Option(help="Write the endpoints as JSON here once ready.")
+    ] = None,
+    log_file: Annotated[
+        Path | None, typer.Option(help="Server log (default: a temp file).")
+    ] = None,
+    docker: Annotated[
+        bool, typer.Option("--docker", help="Print the NGC container command instead.")
+    ] = False,
+    docker_tag: Annotated[str | None, typer.Option(help="NGC tag for --docker.")] = None,
+) -> None:
+    """Serve a model repository with a real tritonserver on 127.0.0.1 until Ctrl-C or SIGTERM."""
+    if not repo.is_dir():
+        raise UsageError(f"model repository {repo} does not exist; run `gendeploy repo EXPORT_DIR`")
+    if docker:
+        from gendeploy.serve.docker import docker_command
+
+        command, why = docker_command(repo, docker_tag)
+        typer.echo(command)
+        typer.echo(f"# tag: {why}")
+        typer.echo(
+            "# the python-backend models need `pip install onnxruntime-gpu` in the container;"
+        )
+        typer.echo("# the *_onnx and *_trt models use Triton's own backends")
+        return
+    from gendeploy.serve.server import TritonServer
+
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    server = TritonServer(
+        repo,
+        http_port=http_port,
+        grpc_port=grpc_port,
+        metrics_port=metrics_port,
+        tritonserver=tritonserver,
+        log_path=log_file,
+    )
+    try:
+        server.start()
+        endpoints = server.endpoints()
+        endpoints["models"] = server.loaded
+        endpoints["not_loaded"] = server.skipped
+        for key in ("http", "grpc", "metrics", "log"):
+            typer.echo(f"{key:8s} {endpoints[key]}")
+        for model in server.loaded:
+            typer.echo(f"model    {model}")
+        for model, why in server.skipped.items():
+            typer.echo(f"skipped  {model}: {why}")
+        if ready_file is not None:
+            tmp = ready_file.with_name(f".{ready_file.name}.tmp")
+            tmp.write_text(json.dumps(endpoints, indent=2) + "\n")
+            os.replace(tmp, ready_file)
+        typer.echo("serving; Ctrl-C to stop")
+        while not stop.wait(0.5):
+            if not server.running():
+                raise UsageError(f"tritonserver exited unexpectedly (log: {server.log_path})")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+        signal.signal(signal.SIGTERM, previous)
+        if ready_file is not None:
+            ready_file.unlink(missing_ok=True)
+        typer.echo("stopped")
+
+
+def generate_command(
+    out: Annotated[Path, typer.Option("--out", "-o", help="PNG grid to write.")] = Path(
+        "generated.png"
+    ),
+    n: Annotated[int, typer.Option("-n", help="Number of images.")] = 16,
+    model: Annotated[str | None, typer.Option(help="Served model (default: the only one).")] = None,
+    url: Annotated[str | None, typer.Option(help="Server host:port for --protocol.")] = None,
+    ready_file: Annotated[
+        Path | None, typer.Option(help="Read the URL from `gendeploy serve --ready-file`.")
+    ] = None,
+    protocol: Annotated[str, typer.Option(help="http or grpc.")] = "http",
+    label: Annotated[
+        int | None, typer.Option(help="Class for every image (default: cycle classes).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Images are seeds seed..seed+n-1.")] = 0,
+    client_latents: Annotated[
+        bool, typer.Option(help="Draw z here (same RNG) instead of on the server.")
+    ] = False,
+) -> None:
+    """Ask a served model for N images and write them as a PNG grid."""
+    from gendeploy.runtime.triton import PROTOCOLS
+
+    if protocol not in PROTOCOLS:
+        raise UsageError(f"--protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    if url is not None and ready_file is not None:
+        raise UsageError("pass --url or --ready-file, not both")
+    from gendeploy.serve.client import endpoints_from_ready_file, generate, save_grid
+
+    if ready_file is not None:
+        url = endpoints_from_ready_file(ready_file, protocol)
+    url = url or ("127.0.0.1:8000" if protocol == "http" else "127.0.0.1:8001")
+    images, info = generate(
+        url, model, n, protocol=protocol, label=label, seed=seed, client_latents=client_latents
+    )
+    save_grid(images, out)
+    typer.echo(
+        f"{out}: {n} images from {info.name} ({protocol} {url}), seeds {seed}..{seed + n - 1}"
+    )
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to ``app``."""
+    app.command("repo")(repo_command)
+    app.command("serve")(serve_command)
+    app.command("generate")(generate_command)

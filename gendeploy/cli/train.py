@@ -1,7 +1,91 @@
+"""`gendeploy train` and `gendeploy eval`."""
+
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
+from gendeploy.errors import UsageError
+
+Opt = typer.Option
+
+
+def train_command(
+    preset: Annotated[str, Opt(help="Preset: digits-cdcgan (default), digits-dcgan, seed-mlp, "
+                                    "dcgan64.")] = "digits-cdcgan",
+    out: Annotated[Path | None, Opt(help="Run directory (default runs/<preset>).")] = None,
+    arch: Annotated[str | None, Opt(help="Override the model: mlp or dcgan.")] = None,
+    dataset: Annotated[str | None, Opt(help="digits, mnist, fashion-mnist, cifar10, folder, "
+                                            "fake.")] = None,
+    data_path: Annotated[Path | None, Opt(help="Directory of the dataset's files.")] = None,
+    image_size: Annotated[int | None, Opt(help="Image side (dcgan: 32 or 64).")] = None,
+    channels: Annotated[int | None, Opt(help="Image channels, 1 or 3.")] = None,
+    num_classes: Annotated[int | None, Opt(help="Classes for a conditional model; 0: "
+                                                "unconditional.")] = None,
+    width: Annotated[int | None, Opt(help="Feature width (DCGAN ngf/ndf).")] = None,
+    latent_dim: Annotated[int | None, Opt(help="Latent size.")] = None,
+    steps: Annotated[int | None, Opt(help="Total training steps.")] = None,
+    batch_size: Annotated[int | None, Opt(help="Batch size per process.")] = None,
+    lr: Annotated[float | None, Opt(help="Adam learning rate (2e-4).")] = None,
+    ema: Annotated[float | None, Opt(help="Generator EMA decay; 0 disables.")] = None,
+    seed: Annotated[int | None, Opt(help="Random seed.")] = None,
+    sample_every: Annotated[int | None, Opt(help="Steps between sample grids.")] = None,
+    checkpoint_every: Annotated[int | None, Opt(help="Steps between checkpoints.")] = None,
+    no_eval: Annotated[bool, Opt("--no-eval", help="Skip the final quality report.")] = False,
+    resume: Annotated[bool, Opt(help="Continue the run in --out from its checkpoint.")] = False,
+    force: Annotated[bool, Opt(help="Replace an existing run directory.")] = False,
+    progress: Annotated[bool, Opt(help="Show a progress bar.")] = True,
+) -> None:
+    """Train a GAN generator; writes checkpoint, samples, loss curve and quality report."""
+    from gendeploy.trainer.train import preset as get_preset
+    from gendeploy.trainer.train import train, with_overrides
+
+    if channels is not None and channels not in (1, 3):
+        raise UsageError(f"--channels must be 1 or 3, got {channels}")
+    model, config = with_overrides(
+        get_preset(preset),
+        arch=arch, image_size=image_size, image_channels=channels, num_classes=num_classes,
+        width=width, latent_dim=latent_dim, dataset=dataset,
+        data_path=str(data_path) if data_path else None, steps=steps, batch_size=batch_size,
+        lr=lr, ema_decay=ema, seed=seed, sample_every=sample_every,
+        checkpoint_every=checkpoint_every, eval_at_end=False if no_eval else None,
+    )
+    run_dir = out or Path("runs") / preset
+    result = train(model, config, run_dir, resume=resume, force=force, progress=progress)
+    if "quality" in result:
+        _print_quality(result["quality"])
+    typer.echo(f"run written to {run_dir}/ (checkpoint.pt, samples/, loss.png, metrics.jsonl)")
+
+
+def eval_command(
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint written by gendeploy train.")],
+    seed: Annotated[int, Opt(help="Seed for the generated samples.")] = 0,
+) -> None:
+    """Score a checkpoint on digits: label accuracy, class coverage, Frechet distance."""
+    from gendeploy.trainer.quality import evaluate_checkpoint
+
+    _print_quality(evaluate_checkpoint(checkpoint, seed).to_dict())
+
+
+def _print_quality(q: dict[str, object]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="sample quality (digits classifier)")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row("classifier held-out accuracy", f"{q['classifier_accuracy']:.2%}")
+    if q["label_accuracy"] is not None:
+        table.add_row("label accuracy", f"{q['label_accuracy']:.2%}")
+    table.add_row("classes covered (>= 5%)", f"{q['classes_covered']}/10")
+    table.add_row("Frechet distance (generated vs held-out)", f"{q['frechet']:.3f}")
+    table.add_row("Frechet baseline (train vs held-out)", f"{q['frechet_baseline']:.3f}")
+    table.add_row("Frechet ratio", f"{q['frechet_ratio']:.2f}x")
+    Console().print(table)
+
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to ``app``."""
+    app.command("train")(train_command)
+    app.command("eval")(eval_command)

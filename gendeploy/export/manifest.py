@@ -6,6 +6,7 @@ recorded. ``schema_version`` is checked on load.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from enum import Enum
@@ -86,6 +87,9 @@ class Manifest:
     versions: dict[str, str] = field(default_factory=dict)
     command: str = ""
     created: str = ""
+    options: dict[str, Any] = field(default_factory=dict)  # export options: output, fp16...
+    fingerprint: str = ""  # sha256 of source + options: an identical re-export is a no-op
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per export step
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -100,6 +104,10 @@ class Manifest:
             f"export {self.name!r} has no artifact {name!r}; it has "
             f"{[a.name for a in self.artifacts]}"
         )
+
+    def artifact_path(self, name: str, export_dir: Path | str) -> Path:
+        """Absolute path of artifact ``name`` inside ``export_dir``."""
+        return Path(export_dir) / self.artifact(name).path
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, default=_enum_value) + "\n"
@@ -128,8 +136,17 @@ def _enum_value(o: object) -> object:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+def sha256_file(path: Path | str) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def load_manifest(export_dir: Path | str) -> Manifest:
-    """Read ``<export_dir>/manifest.json`` (or a manifest path) with a one-line error if unusable."""
+    """Read ``<export_dir>/manifest.json`` (or a manifest path); one-line error if unusable."""
     path = Path(export_dir)
     if path.is_dir():
         path = path / MANIFEST_NAME
@@ -138,7 +155,9 @@ def load_manifest(export_dir: Path | str) -> Manifest:
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise ExportError(f"{path} is not valid JSON ({e}); re-run `gendeploy export --force`") from None
+        raise ExportError(
+            f"{path} is not valid JSON ({e}); re-run `gendeploy export --force`"
+        ) from None
     version = data.get("schema_version") if isinstance(data, dict) else None
     if version != SCHEMA_VERSION:
         raise ExportError(

@@ -34,7 +34,11 @@ class ModelConfig:
     embed_dim: int = 50  # conditional models: size of the label embedding
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "arch", Arch(self.arch))
+        try:
+            object.__setattr__(self, "arch", Arch(self.arch))
+        except ValueError:
+            choices = ", ".join(a.value for a in Arch)
+            raise ValueError(f"unknown model {self.arch!r}; choose one of: {choices}") from None
         if self.arch is Arch.dcgan and self.image_size not in (32, 64):
             raise ValueError(f"dcgan supports image_size 32 or 64, got {self.image_size}")
         if self.image_size < 4 or self.image_channels not in (1, 3):
@@ -221,6 +225,10 @@ class _Head(nn.Module):
         self.linear = nn.Linear(features, 1)
         self.embed = nn.Embedding(num_classes, features) if num_classes else None
         self.classify = nn.Linear(features, num_classes) if num_classes else None
+        if self.embed is not None:
+            # Zero start: a unit-variance embedding dotted with thousands of unnormalised
+            # features gives logits in the tens and the GAN never starts; it begins unconditional.
+            nn.init.zeros_(self.embed.weight)
 
     def forward(self, h: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         out = self.linear(h).squeeze(1)

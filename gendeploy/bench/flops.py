@@ -1,0 +1,28 @@
+"""FLOPs of a generator, counted by running it once under ``torch.utils.flop_counter``.
+
+Convention: 2 FLOPs per multiply-add of convolutions and matrix products (what a matmul peak is
+quoted in); element-wise work (BatchNorm, activations) is not counted, as in the usual tables.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def count_flops(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> int:
+    """FLOPs of one forward pass on ``inputs``."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        module(*inputs)
+    return int(counter.get_total_flops())
+
+
+def flops_per_image(module: nn.Module, latent_dim: int, num_classes: int) -> int:
+    """FLOPs to generate one image (counted at batch 2 and halved, so batch-size effects cancel)."""
+    z = torch.zeros(2, latent_dim)
+    inputs: tuple[Any, ...] = (z, torch.zeros(2, dtype=torch.int64)) if num_classes else (z,)
+    return count_flops(module, inputs) // 2

@@ -1,0 +1,102 @@
+"""PNG plots of a bench report (matplotlib, Agg backend): throughput against batch per runner,
+latency percentiles, served throughput against concurrency."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+from gendeploy.bench.report import atomic_write_bytes
+
+
+def _save(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def _runners(model: dict[str, Any]) -> list[str]:
+    return list(dict.fromkeys(c["runner"] for c in model["cells"]))
+
+
+def throughput_plot(model: dict[str, Any], path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in _runners(model):
+        cells = sorted((c for c in model["cells"] if c["runner"] == r), key=lambda c: c["batch"])
+        style = "k--" if r == "eager" else "-"
+        ax.plot([c["batch"] for c in cells], [c["images_per_s"] for c in cells], style,
+                marker="o", label=r)  # fmt: skip
+    ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="images / s",
+           title=f"{model['name']}: throughput by runner")  # fmt: skip
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def latency_plot(model: dict[str, Any], path: Path) -> Path:
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    batches = sorted({c["batch"] for c in model["cells"]})
+    runners = _runners(model)
+    fig, axes = plt.subplots(1, len(batches), figsize=(3.2 * len(batches), 4), squeeze=False)
+    for ax, b in zip(axes[0], batches, strict=True):
+        by = {c["runner"]: c for c in model["cells"] if c["batch"] == b}
+        x = np.arange(len(runners))
+        for i, (q, color) in enumerate((("p50", "C0"), ("p90", "C1"), ("p99", "C3"))):
+            vals = [by[r][f"{q}_ms"] if r in by else 0.0 for r in runners]
+            ax.bar(x + (i - 1) * 0.27, vals, 0.27, label=q, color=color)
+        ax.set_xticks(x, runners, rotation=60, ha="right", fontsize=7)
+        ax.set(yscale="log", title=f"batch {b}", ylabel="latency ms" if b == batches[0] else "")
+        ax.grid(True, axis="y", alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"{model['name']}: latency percentiles per call")
+    return _save(fig, path)
+
+
+def served_plot(model: dict[str, Any], path: Path) -> Path | None:
+    import matplotlib.pyplot as plt
+
+    results = (model.get("served") or {}).get("results") or []
+    if not results:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for protocol in dict.fromkeys(r["protocol"] for r in results):
+        rows = sorted((r for r in results if r["protocol"] == protocol), key=lambda r: r["concurrency"])
+        ax.plot([r["concurrency"] for r in rows], [r["images_per_s"] for r in rows], marker="o",
+                label=f"served, {protocol}")  # fmt: skip
+    for c in model["cells"]:
+        if c["batch"] == 1 and c["runner"] in ("eager", "onnxruntime"):
+            ax.axhline(c["images_per_s"], ls="--", lw=1, color="k" if c["runner"] == "eager" else "g",
+                       label=f"in-process {c['runner']}, batch 1")  # fmt: skip
+    ax.set(xscale="log", xlabel="concurrent clients (batch 1 each)", ylabel="images / s",
+           title=f"{model['name']}: served throughput")  # fmt: skip
+    ax.set_xticks(sorted({r["concurrency"] for r in results}))
+    ax.get_xaxis().set_major_formatter(plt.ScalarFormatter())
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def write_plots(report: dict[str, Any], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    written: list[Path] = []
+    for model in report["models"]:
+        if not model["cells"]:
+            continue
+        name = model["name"]
+        written.append(throughput_plot(model, out / f"{name}_throughput.png"))
+        written.append(latency_plot(model, out / f"{name}_latency.png"))
+        served = served_plot(model, out / f"{name}_served.png")
+        if served is not None:
+            written.append(served)
+    return written

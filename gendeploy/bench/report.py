@@ -1,0 +1,109 @@
+"""The bench report: goals judged from the measured cells, ``bench.json``, ``bench.md``, plots.
+
+Everything here reads the report dictionary only (what ``run_bench`` recorded, or a JSON file
+loaded back), so a report can be rebuilt from a recorded run without measuring anything again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from gendeploy.errors import GendeployError
+
+JSON_NAME, MD_NAME = "bench.json", "bench.md"
+
+
+def _cells(model: dict[str, Any], batch: int | None = None) -> list[dict[str, Any]]:
+    return [c for c in model["cells"] if batch is None or c["batch"] == batch]
+
+
+def _best(cells: list[dict[str, Any]], key: str) -> dict[str, Any] | None:
+    return max(cells, key=lambda c: c[key]) if cells else None
+
+
+def _goal(goal: str, target: float, cell: dict[str, Any] | None, key: str, what: str) -> dict[str, Any]:
+    if cell is None:
+        return {"goal": goal, "target": target, "measured": None, "met": None, "by": "",
+                "detail": f"not measured: {what}"}  # fmt: skip
+    value = float(cell[key])
+    return {"goal": goal, "target": target, "measured": round(value, 3), "met": value >= target,
+            "by": cell.get("runner", ""), "detail": what}  # fmt: skip
+
+
+def evaluate_goals(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's goals, judged on the suite's goals model (DCGAN-64) from this run's cells."""
+    model = next((m for m in report.get("models", []) if m.get("goals_model")), None)
+    if model is None:
+        return []
+    engines = [c for c in model["cells"] if c["runner"] != "eager"]
+    goals = []
+    for batch, target in ((1, 6.0), (64, 1.5)):
+        best = _best([c for c in engines if c["batch"] == batch], "speedup")
+        what = f"best engine's images/s over eager fp32 at batch {batch}"
+        goals.append(_goal(f"best engine >= {target}x eager at batch {batch}", target, best,
+                           "speedup", what))  # fmt: skip
+    fp32 = [c for c in model["cells"] if c["precision"] == "fp32" and c["batch"] >= 64]
+    goals.append(_goal("best FP32 engine >= 85% of the FP32 matmul peak at batch >= 64", 0.85,
+                       _best(fp32, "peak_fraction"), "peak_fraction",
+                       "achieved GFLOP/s / FP32 matmul GFLOP/s measured in this run"))  # fmt: skip
+    goals.append(_served_goal(model))
+    return goals
+
+
+def _served_goal(model: dict[str, Any]) -> dict[str, Any]:
+    goal = "served at concurrency 4 >= 0.9x in-process batch-1 throughput"
+    served = model.get("served") or {}
+    level4 = [r for r in served.get("results", []) if r["concurrency"] == 4]
+    inproc = next((c for c in _cells(model, 1) if c["runner"] == "onnxruntime"), None)
+    if not level4 or inproc is None:
+        reason = served.get("skipped") or "no concurrency-4 result or no onnxruntime batch-1 cell"
+        return _goal(goal, 0.9, None, "", reason)
+    best = max(level4, key=lambda r: r["images_per_s"])
+    ratio = best["images_per_s"] / inproc["images_per_s"]
+    cell = {"ratio": ratio, "runner": f"triton {best['protocol']} ({best['tool']})"}
+    return _goal(goal, 0.9, cell, "ratio",
+                 f"served {best['images_per_s']:.1f} img/s over {best['protocol']} vs in-process "
+                 f"ONNX Runtime batch 1 {inproc['images_per_s']:.1f} img/s (the served engine)")  # fmt: skip
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_report(path: Path | str) -> dict[str, Any]:
+    path = Path(path)
+    if path.is_dir():
+        path = path / JSON_NAME
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise GendeployError(f"cannot read bench report {path}: {e}") from None
+    if not isinstance(data, dict) or "models" not in data:
+        raise GendeployError(f"{path} is not a gendeploy bench report (no 'models')")
+    return data
+
+
+def write_report(report: dict[str, Any], out: Path) -> list[Path]:
+    """Judge the goals, then write the JSON, the plots and the Markdown that shows them."""
+    from gendeploy.bench.markdown import render_markdown
+    from gendeploy.bench.plots import write_plots
+
+    report["goals"] = evaluate_goals(report)
+    plots = write_plots(report, out)
+    report["plots"] = [p.name for p in plots]
+    atomic_write_bytes(out / JSON_NAME, (json.dumps(report, indent=1) + "\n").encode())
+    atomic_write_bytes(out / MD_NAME, render_markdown(report).encode())
+    return [out / JSON_NAME, out / MD_NAME, *plots]

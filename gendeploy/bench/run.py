@@ -1,0 +1,175 @@
+"""``run_bench``: one suite, end to end, in one process, written as one report.
+
+For each model: a checkpoint (the trainer's, or random weights for a speed-only architecture) is
+exported through ``gendeploy.export`` (gated like any export), every runner is built from that
+export, the batch sweep times them in alternation, and the served sweep puts the export behind a
+real tritonserver. The matmul peaks are measured at the start and the end of the same run.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gendeploy.bench import machine, peak
+from gendeploy.bench.flops import flops_per_image
+from gendeploy.bench.runners import DESCRIPTIONS, Skip, build_runner
+from gendeploy.bench.suites import BenchModel, Suite
+from gendeploy.bench.sweep import CellResult, sweep_batch
+
+Log = Callable[[str], None]
+SCHEMA_VERSION = 1
+
+
+def run_bench(
+    suite: Suite, out: Path, work_dir: Path | None = None, log: Log | None = None
+) -> dict[str, Any]:
+    """Run ``suite`` and write ``out``/bench.json, bench.md and the plots; returns the report."""
+    from gendeploy.bench.report import write_report
+
+    say = log or (lambda _msg: None)
+    threads = suite.threads or machine.machine_info()["physical_cores"] or 1
+    torch.set_num_threads(threads)
+    started, meter = time.monotonic(), machine.BusyMeter()
+    report: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "suite": suite.name,
+        "command": shlex.join(["gendeploy", *sys.argv[1:]]),
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine.machine_info(),
+        "threads": threads,
+        "rule": {
+            "window_s": suite.rule.window_s,
+            "stable_windows": suite.rule.windows,
+            "tolerance": suite.rule.tolerance,
+            "max_windows": suite.rule.max_windows,
+            "served_window_ms": suite.served_window_ms,
+        },
+        "runners": {k: {"precision": p, "what": w} for k, (p, w) in DESCRIPTIONS.items()},
+    }
+    say(f"bench suite {suite.name!r}: {threads} threads; measuring the matmul peak")
+    peaks_start = _peaks()
+    with tempfile.TemporaryDirectory(prefix="gendeploy-bench-") as tmp:
+        work = work_dir or Path(tmp)
+        report["models"] = [bench_model(m, suite, work, threads, peaks_start, say) for m in suite.models]
+    peaks_end = _peaks()
+    report["peaks"] = {
+        k: {"gflops": max(peaks_start[k], peaks_end[k]), "start": peaks_start[k], "end": peaks_end[k]}
+        for k in peaks_start
+    }
+    report["duration_s"] = round(time.monotonic() - started, 1)
+    report["busy"] = {
+        "other_processes_cpu_share": meter.other_share(),
+        "load_average_end": machine.load_average(),
+    }
+    write_report(report, out)
+    say(f"wrote {out}/bench.json, bench.md and plots in {report['duration_s']:.0f}s")
+    return report
+
+
+def _peaks() -> dict[str, float]:
+    found = {"fp32": round(peak.matmul_peak(torch.float32).gflops, 1)}
+    if peak.bf16_supported():
+        found["bf16"] = round(peak.matmul_peak(torch.bfloat16).gflops, 1)
+    return found
+
+
+def prepare_checkpoint(model: BenchModel, work: Path) -> tuple[Path, str]:
+    """The checkpoint to export and where it came from (the trainer's, or seeded random weights)."""
+    from gendeploy.trainer.checkpoint import Checkpoint, save_checkpoint, versions
+    from gendeploy.trainer.models import build_generator, init_weights
+
+    if model.checkpoint is not None and model.checkpoint.is_file():
+        return model.checkpoint, str(model.checkpoint)
+    torch.manual_seed(0)
+    generator = build_generator(model.config)
+    generator.apply(init_weights)
+    path = work / model.name / "checkpoint.pt"
+    # str(): torch.__version__ is a TorchVersion, which weights_only loading refuses
+    plain = {k: str(v) for k, v in versions().items()}
+    save_checkpoint(Checkpoint(model.config, 0, generator.state_dict(), versions=plain), path)
+    return path, "random weights (seed 0): speed does not depend on training"
+
+
+def bench_model(
+    model: BenchModel,
+    suite: Suite,
+    work: Path,
+    threads: int,
+    peaks: dict[str, float],
+    say: Log,
+) -> dict[str, Any]:
+    from gendeploy.export.api import ExportOptions, ModelSpec, export
+    from gendeploy.export.source import load_eager
+
+    checkpoint, origin = prepare_checkpoint(model, work)
+    export_dir = work / "exports" / model.name
+    say(f"[{model.name}] exporting {origin}")
+    manifest = export(
+        ModelSpec(checkpoint=checkpoint),
+        ExportOptions(fp16=torch.cuda.is_available(), max_batch=max(suite.batches)),
+        name=model.name,
+        out=export_dir,
+        force=True,
+        command="gendeploy bench (export step)",
+    )
+    module = load_eager(manifest)
+    flops = flops_per_image(module, manifest.latent_dim, manifest.num_classes)
+    runners, skipped = {}, []
+    for name in suite.runners:
+        built = build_runner(name, manifest, export_dir, module, threads)
+        if isinstance(built, Skip):
+            skipped.append({"runner": built.runner, "reason": built.reason})
+            say(f"[{model.name}] skipped {built.runner}: {built.reason}")
+        else:
+            runners[name] = built
+    if "eager" not in runners:
+        from gendeploy.runtime.eager import EagerRunner
+
+        runners = {"eager": EagerRunner(module, threads=threads), **runners}
+    cells: list[CellResult] = []
+    try:
+        for batch in suite.batches:
+            cells += sweep_batch(
+                runners, batch, manifest.latent_dim, manifest.num_classes, flops, peaks,
+                suite.rule, log=say,
+            )  # fmt: skip
+    finally:
+        for r in runners.values():
+            r.close()
+    result: dict[str, Any] = {
+        "name": model.name,
+        "config": model.config.to_dict(),
+        "source": origin,
+        "goals_model": model.goals,
+        "flops_per_image": flops,
+        "export": {
+            "artifacts": [a.name for a in manifest.artifacts],
+            "skipped": manifest.skipped,
+            "timings_s": getattr(manifest, "timings", {}),
+        },
+        "cells": [c.to_dict() for c in cells],
+        "skipped": skipped,
+    }
+    if suite.served:
+        from gendeploy.bench.served import served_sweep
+
+        result["served"] = served_sweep(manifest, export_dir, work, suite, threads, module, say)
+    if suite.profile and model.goals:
+        from gendeploy.bench.profile import profile_eager, profile_onnxruntime
+
+        say(f"[{model.name}] profiling eager and ONNX Runtime at batch 1 and 64")
+        fp32 = export_dir / manifest.artifact("fp32").path
+        dims = (manifest.latent_dim, manifest.num_classes)
+        result["profile"] = [profile_eager(module, *dims, b) for b in (1, 64)] + [
+            profile_onnxruntime(fp32, *dims, b, threads) for b in (1, 64)
+        ]
+    return result

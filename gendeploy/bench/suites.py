@@ -1,0 +1,123 @@
+"""Bench suites: which models, batch sizes, concurrency levels, windows and runners."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from gendeploy.bench.timing import StabilityRule
+from gendeploy.errors import UsageError
+from gendeploy.trainer.models import ModelConfig
+
+DEMO_CHECKPOINT = Path("runs/demo/checkpoint.pt")
+
+# Every in-process runner the bench knows, in report order; each is timed or listed as skipped.
+ALL_RUNNERS = (
+    "eager",
+    "eager_bf16",
+    "eager_fp16",
+    "torch_compile",
+    "onnxruntime",
+    "onnxruntime_fp16",
+    "onnxruntime_cuda",
+    "onnxruntime_trt",
+    "tensorrt",
+    "openvino",
+    "openvino_bf16",
+)
+
+
+@dataclass(frozen=True)
+class BenchModel:
+    """A generator to bench: a trainer checkpoint, or a config with random weights."""
+
+    name: str
+    config: ModelConfig
+    checkpoint: Path | None = None  # used when it exists; else random init (speed is the same)
+    goals: bool = False  # the issue's goals are judged on this model
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    models: tuple[BenchModel, ...]
+    batches: tuple[int, ...] = (1, 8, 64, 256)
+    concurrencies: tuple[int, ...] = (1, 2, 4, 8)
+    rule: StabilityRule = field(default_factory=StabilityRule)
+    runners: tuple[str, ...] = ALL_RUNNERS
+    served: bool = True
+    served_window_ms: int = 1000  # perf_analyzer --measurement-interval
+    threads: int = 0  # 0: all physical cores
+    profile: bool = True  # profile eager where a goal is missed
+
+    def __post_init__(self) -> None:
+        if not self.models or not self.batches or min(self.batches) < 1:
+            raise UsageError(f"suite {self.name!r}: needs models and batch sizes >= 1")
+        if self.served and (not self.concurrencies or min(self.concurrencies) < 1):
+            raise UsageError(f"suite {self.name!r}: concurrency levels must be >= 1")
+        unknown = set(self.runners) - set(ALL_RUNNERS)
+        if unknown:
+            raise UsageError(f"unknown runners {sorted(unknown)}; known: {', '.join(ALL_RUNNERS)}")
+
+
+DEMO = BenchModel(
+    "digits_cdcgan32",
+    ModelConfig(arch="dcgan", image_size=32, image_channels=1, num_classes=10, width=64),
+    checkpoint=DEMO_CHECKPOINT,
+)
+DCGAN64 = BenchModel(
+    "dcgan64", ModelConfig(arch="dcgan", image_size=64, image_channels=3, width=64), goals=True
+)
+TINY = BenchModel("tiny_dcgan32", ModelConfig(arch="dcgan", image_size=32, num_classes=10, width=8))
+
+SUITES: dict[str, Suite] = {
+    "default": Suite("default", (DEMO, DCGAN64)),
+    "quick": Suite(
+        "quick",
+        (DEMO,),
+        batches=(1, 64),
+        concurrencies=(1, 4),
+        rule=StabilityRule(window_s=0.2, max_windows=6),
+        runners=tuple(r for r in ALL_RUNNERS if r != "torch_compile"),  # compiling takes ~30 s
+        served_window_ms=500,
+        profile=False,
+    ),
+    # For tests and CI: seconds, on a tiny model, every path including the served one.
+    "tiny": Suite(
+        "tiny",
+        (TINY,),
+        batches=(1, 4),
+        concurrencies=(1, 2),
+        rule=StabilityRule(window_s=0.05, max_windows=4, warmup_calls=1),
+        runners=("eager", "eager_bf16", "onnxruntime", "tensorrt"),
+        served_window_ms=300,
+        profile=False,
+    ),
+}
+
+
+def get_suite(name: str) -> Suite:
+    try:
+        return SUITES[name]
+    except KeyError:
+        raise UsageError(f"unknown suite {name!r}; choose one of {', '.join(SUITES)}") from None
+
+
+def with_overrides(
+    suite: Suite,
+    batches: tuple[int, ...] | None = None,
+    concurrencies: tuple[int, ...] | None = None,
+    runners: tuple[str, ...] | None = None,
+    served: bool | None = None,
+    window_s: float | None = None,
+) -> Suite:
+    """The suite with command-line overrides applied (validated by ``Suite``)."""
+    rule = replace(suite.rule, window_s=window_s) if window_s else suite.rule
+    return replace(
+        suite,
+        batches=batches or suite.batches,
+        concurrencies=concurrencies or suite.concurrencies,
+        runners=runners or suite.runners,
+        served=suite.served if served is None else served,
+        rule=rule,
+    )

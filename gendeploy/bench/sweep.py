@@ -1,0 +1,133 @@
+"""The in-process batch sweep: every runner at every batch size, timed in alternation."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gendeploy.bench.runners import DESCRIPTIONS
+from gendeploy.bench.timing import Clock, Measurement, StabilityRule, measure_alternating
+from gendeploy.runtime.base import Feeds, Runner
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class CellResult:
+    """One runner at one batch size: the row of the report."""
+
+    runner: str
+    precision: str
+    batch: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    images_per_s: float
+    gflops: float  # achieved, from the counted FLOPs
+    peak_fraction: float  # of the FP32 matmul peak measured in this run (bf16 may pass 1.0)
+    speedup: float  # over eager fp32 at the same batch, same run
+    max_abs_diff: float  # against eager fp32 on the same inputs
+    peak_rss_mib: float  # process high-water mark while this runner ran (weights of all included)
+    stable: bool
+    windows: int
+    calls: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def make_feeds(batch: int, latent_dim: int, num_classes: int, seed: int = 0) -> Feeds:
+    rng = np.random.default_rng(seed)
+    feeds: Feeds = {"z": rng.standard_normal((batch, latent_dim), dtype=np.float32)}
+    if num_classes:
+        feeds["labels"] = (np.arange(batch) % num_classes).astype(np.int64)
+    return feeds
+
+
+def peak_rss_mib(fn: Callable[[], object], calls: int = 2) -> float:
+    """Resident-memory high-water mark of this process across ``calls`` calls of ``fn`` (Linux:
+    reset through ``/proc/self/clear_refs``); 0.0 where the kernel does not offer it."""
+    status = Path("/proc/self/status")
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return 0.0
+    for _ in range(calls):
+        fn()
+    found = re.search(r"VmHWM:\s+(\d+)\s+kB", status.read_text())
+    return round(int(found.group(1)) / 1024, 1) if found else 0.0
+
+
+def sweep_batch(
+    runners: dict[str, Runner],
+    batch: int,
+    latent_dim: int,
+    num_classes: int,
+    flops_per_image: int,
+    peaks: dict[str, float],
+    rule: StabilityRule,
+    clock: Clock = time.perf_counter,
+    log: Log | None = None,
+) -> list[CellResult]:
+    """Time every runner at ``batch`` in alternation; ``runners`` must include ``eager``."""
+    feeds = make_feeds(batch, latent_dim, num_classes)
+    reference = runners["eager"].run(feeds)
+    diffs, memory = {}, {}
+    for name, runner in runners.items():
+        out = runner.run(feeds)  # also compiles torch.compile's graph for this batch size
+        diffs[name] = float(np.max(np.abs(out.astype(np.float64) - reference)))
+        memory[name] = peak_rss_mib(lambda r=runner: r.run(feeds))  # type: ignore[misc]
+    fns = {name: (lambda r=runner: r.run(feeds)) for name, runner in runners.items()}
+    results = measure_alternating(fns, rule, clock)  # type: ignore[arg-type]
+    eager_ips = batch * results["eager"].calls_per_s
+    cells = []
+    for name, m in results.items():
+        cells.append(_cell(name, batch, m, flops_per_image, peaks, eager_ips, diffs, memory))
+        if log:
+            c = cells[-1]
+            log(
+                f"  {name:<18} batch {batch:>4}: {c.images_per_s:9.1f} img/s  p50 {c.p50_ms:8.3f} ms"
+                f"  x{c.speedup:.2f}{'' if c.stable else '  (not stable)'}"
+            )
+    return cells
+
+
+def _cell(
+    name: str,
+    batch: int,
+    m: Measurement,
+    flops_per_image: int,
+    peaks: dict[str, float],
+    eager_ips: float,
+    diffs: dict[str, float],
+    memory: dict[str, float],
+) -> CellResult:
+    precision = DESCRIPTIONS.get(name, ("fp32", ""))[0]
+    ips = batch * m.calls_per_s
+    gflops = ips * flops_per_image / 1e9
+    peak = peaks.get("fp32", 0.0)
+    return CellResult(
+        runner=name,
+        precision=precision,
+        batch=batch,
+        p50_ms=round(m.percentile_ms(50), 4),
+        p90_ms=round(m.percentile_ms(90), 4),
+        p99_ms=round(m.percentile_ms(99), 4),
+        mean_ms=round(float(np.mean(m.latencies_s)) * 1e3, 4),
+        images_per_s=round(ips, 2),
+        gflops=round(gflops, 2),
+        peak_fraction=round(gflops / peak, 4) if peak else 0.0,
+        speedup=round(ips / eager_ips, 3) if eager_ips else 0.0,
+        max_abs_diff=float(f"{diffs[name]:.3g}"),
+        peak_rss_mib=memory[name],
+        stable=m.stable,
+        windows=m.windows_run,
+        calls=len(m.latencies_s),
+    )

@@ -1,0 +1,158 @@
+"""``gendeploy doctor``: what this machine can do, and which export / serve / bench paths follow.
+
+Every probe is read-only and imports its dependency lazily; a probe that fails says why.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Finding:
+    what: str
+    ok: bool
+    detail: str
+
+
+@dataclass
+class Report:
+    facilities: list[Finding] = field(default_factory=list)
+    paths: list[Finding] = field(default_factory=list)  # export / serve / bench paths
+
+    def facility(self, what: str) -> Finding:
+        return next(f for f in self.facilities if f.what == what)
+
+
+def diagnose() -> Report:
+    cuda = _cuda()
+    trt = _tensorrt()
+    providers = _ort_providers()
+    ort = Finding(
+        "ONNX Runtime", bool(providers), ", ".join(providers) if providers else "not installed"
+    )
+    openvino = _openvino()
+    triton, backends = _tritonserver()
+    perf = _perf_analyzer()
+    report = Report(facilities=[cuda, trt, ort, openvino, triton, perf])
+
+    engine = cuda.ok and trt.ok
+    why_engine = "" if engine else (trt.detail if not trt.ok else cuda.detail)
+    p = report.paths
+    p.append(
+        Finding("export: FP32 / uint8 / FP16 ONNX, gated with ONNX Runtime", ort.ok, ort.detail)
+    )
+    p.append(Finding("export: TensorRT FP16 engine (--fp16)", engine, why_engine or "available"))
+    p.append(
+        Finding(
+            "serve: Triton python backend (ONNX Runtime inside)",
+            triton.ok and ort.ok,
+            triton.detail,
+        )
+    )
+    for backend in ("onnxruntime", "tensorrt"):
+        have = backend in backends
+        p.append(
+            Finding(
+                f"serve: Triton '{backend}' backend",
+                have,
+                "available" if have else "not in this tritonserver (use the NGC container)",
+            )
+        )
+    p.append(Finding("bench: eager PyTorch" + (" (CPU + CUDA)" if cuda.ok else " (CPU)"), True, ""))
+    p.append(Finding("bench: ONNX Runtime", ort.ok, ort.detail))
+    p.append(Finding("bench: TensorRT engine", engine, why_engine or "available"))
+    p.append(Finding("bench: OpenVINO", openvino.ok, openvino.detail))
+    p.append(
+        Finding("bench: served through Triton (perf_analyzer)", triton.ok and perf.ok, perf.detail)
+    )
+    return report
+
+
+def _cuda() -> Finding:
+    import torch
+
+    if not torch.cuda.is_available():
+        return Finding("CUDA", False, f"no CUDA device (torch {torch.__version__})")
+    devices = []
+    for i in range(torch.cuda.device_count()):
+        major, minor = torch.cuda.get_device_capability(i)
+        devices.append(f"{i}: {torch.cuda.get_device_name(i)} (sm {major}.{minor})")
+    return Finding("CUDA", True, f"CUDA {torch.version.cuda}; " + "; ".join(devices))
+
+
+def _tensorrt() -> Finding:
+    from gendeploy.runtime.tensorrt import tensorrt_availability
+
+    if importlib.util.find_spec("tensorrt") is None:
+        return Finding("TensorRT", False, "tensorrt not installed")
+    status = tensorrt_availability()
+    try:
+        import tensorrt
+
+        detail = f"TensorRT {tensorrt.__version__}"
+    except (ImportError, OSError):
+        detail = status.reason
+    return Finding("TensorRT", status.ok, detail if status.ok else f"{detail}: {status.reason}")
+
+
+def _ort_providers() -> list[str]:
+    from gendeploy.runtime.onnxrt import providers
+
+    return providers()
+
+
+def _openvino() -> Finding:
+    if importlib.util.find_spec("openvino") is None:
+        return Finding("OpenVINO", False, "not installed (pip install 'gendeploy[openvino]')")
+    return Finding("OpenVINO", True, f"openvino {_dist_version('openvino')}")
+
+
+def _tritonserver() -> tuple[Finding, list[str]]:
+    on_path = shutil.which("tritonserver")
+    if on_path:
+        exe = Path(on_path).resolve()
+        backends_dir = exe.parent.parent / "backends"
+        if not backends_dir.is_dir():
+            backends_dir = Path("/opt/tritonserver/backends")
+    else:
+        spec = importlib.util.find_spec("pytriton")
+        if spec is None or not spec.submodule_search_locations:
+            return Finding("tritonserver", False, "not on PATH, nvidia-pytriton not installed"), []
+        root = Path(next(iter(spec.submodule_search_locations))) / "tritonserver"
+        exe = root / "bin" / "tritonserver"
+        backends_dir = root / "backends"
+        if not exe.is_file():
+            return Finding("tritonserver", False, f"nvidia-pytriton has no binary at {exe}"), []
+    backends = (
+        sorted(p.name for p in backends_dir.iterdir() if p.is_dir())
+        if backends_dir.is_dir()
+        else []
+    )
+    return Finding(
+        "tritonserver", True, f"{exe} (backends: {', '.join(backends) or 'none'})"
+    ), backends
+
+
+def _perf_analyzer() -> Finding:
+    explicit = os.environ.get("GENDEPLOY_PERF_ANALYZER")
+    candidate = explicit or shutil.which("perf_analyzer")
+    if candidate and Path(candidate).is_file():
+        return Finding("perf_analyzer", True, candidate)
+    return Finding(
+        "perf_analyzer",
+        False,
+        "not on PATH (set GENDEPLOY_PERF_ANALYZER; it ships in tritonclient 2.49's wheel)",
+    )
+
+
+def _dist_version(dist: str) -> str:
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "?"

@@ -1,0 +1,223 @@
+"""The gate: every artifact is compared with eager PyTorch before anything is published.
+
+Order of checks (first failure raises ``ValidationError`` with the figures): input/output names,
+output shape and dtype, NaN/Inf, values (max abs difference against the tolerance of the artifact's
+precision), rendered images (PSNR of uint8 renderings; at most N levels per pixel), and batch
+invariance (the same z alone and inside a batch of k gives the same image: Triton's dynamic
+batching merges requests, so a model that mixes samples would serve wrong images).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from gendeploy.errors import ValidationError
+from gendeploy.export.manifest import Artifact, Precision
+from gendeploy.runtime.base import Feeds, Runner
+from gendeploy.runtime.eager import EagerRunner
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    max_abs: float  # float outputs in [-1, 1]
+    min_psnr_db: float  # uint8 renderings against eager's
+    max_levels: int  # uint8 renderings: largest per-pixel difference, in levels of 255
+
+
+TOLERANCES = {
+    # FP32 graphs differ from eager only by operator ordering/fusion: ~1e-6 seen, 1e-4 allowed.
+    Precision.fp32: Tolerance(max_abs=1e-4, min_psnr_db=60.0, max_levels=1),
+    # FP16 keeps 11 significant bits (relative step 2^-11 ~ 4.9e-4). Through ~5 conv layers with
+    # FP32 accumulation, pre-tanh errors of a few 1e-3 are expected, and TensorRT may pick
+    # different FP16 kernels per batch size. 3e-2 on [-1, 1] is ~4 uint8 levels in the worst
+    # pixel; the mean error is bounded by PSNR >= 40 dB (RMS below 2.6 levels), which is below
+    # what a viewer notices in a generated image.
+    Precision.fp16: Tolerance(max_abs=3e-2, min_psnr_db=40.0, max_levels=4),
+}
+PSNR_IDENTICAL = 100.0  # reported when the renderings are identical (JSON has no infinity)
+SEEDS = (0, 1)
+BATCH = 8  # samples per seed; conditional models use at least one sample per label
+INVARIANCE_SAMPLES = 3
+
+
+@dataclass
+class Reference:
+    """Eager PyTorch outputs on the gate's fixed inputs, computed once for all artifacts."""
+
+    feeds: list[Feeds]  # one per seed
+    outputs: list[np.ndarray]  # float NCHW
+
+
+def gate_inputs(latent_dim: int, num_classes: int, seeds: tuple[int, ...] = SEEDS) -> list[Feeds]:
+    n = max(BATCH, num_classes)
+    feeds = []
+    for seed in seeds:
+        rng = np.random.default_rng(seed)
+        f: Feeds = {"z": rng.standard_normal((n, latent_dim)).astype(np.float32)}
+        if num_classes > 0:
+            f["labels"] = (np.arange(n) % num_classes).astype(np.int64)  # every label
+        feeds.append(f)
+    return feeds
+
+
+def render(images: np.ndarray) -> np.ndarray:
+    """Float NCHW in [-1, 1] -> uint8 NHWC, exactly as the uint8 head does it."""
+    return np.clip(np.round((images + 1.0) * 127.5), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return PSNR_IDENTICAL if mse == 0 else min(PSNR_IDENTICAL, 10 * math.log10(255.0**2 / mse))
+
+
+def eager_reference(
+    module: nn.Module, latent_dim: int, num_classes: int, max_batch: int
+) -> Reference:
+    """Run eager on the fixed inputs and check the model itself: finite and batch invariant."""
+    runner = EagerRunner(module)
+    feeds = gate_inputs(latent_dim, num_classes)
+    outputs = [_run_chunked(runner, f, max_batch) for f in feeds]
+    for f, out in zip(feeds, outputs, strict=True):
+        if not np.isfinite(out).all():
+            where = _first_nonfinite_layer(module, f)
+            raise ValidationError(
+                f"eager PyTorch output has NaN/Inf ({_count_nonfinite(out)}), first made by "
+                f"layer {where}: the model itself is broken, nothing exported"
+            )
+    diff = _batch_invariance(runner, feeds[0], outputs[0])
+    if diff > TOLERANCES[Precision.fp32].max_abs:
+        raise ValidationError(_not_invariant_message(module, diff, len(outputs[0])))
+    return Reference(feeds=feeds, outputs=outputs)
+
+
+def validate(
+    runner: Runner, artifact: Artifact, reference: Reference, max_batch: int
+) -> dict[str, Any]:
+    """Gate one artifact; returns its figures or raises ``ValidationError`` with them."""
+    tol = TOLERANCES[artifact.precision]
+    figures: dict[str, Any] = {"tolerance": asdict(tol), "seeds": list(SEEDS)}
+    fail = _Failer(artifact.name, figures)
+    want_in = [t.name for t in artifact.inputs]
+    got_in = list(getattr(runner, "input_names", want_in))
+    got_out = list(getattr(runner, "output_names", [artifact.output.name]))
+    want_out = [artifact.output.name]
+    if sorted(got_in) != sorted(want_in) or got_out[:1] != want_out:
+        fail(f"names: inputs {got_in} / outputs {got_out}, expected {want_in} / {want_out}")
+    is_uint8 = artifact.output.dtype == "uint8"
+    max_abs = max_levels = 0.0
+    psnrs = []
+    for feeds, ref in zip(reference.feeds, reference.outputs, strict=True):
+        out = _run_chunked(runner, feeds, max_batch)
+        want_shape = (len(ref), *artifact.output.shape[1:])
+        if out.shape != want_shape or out.dtype != np.dtype(artifact.output.dtype):
+            got = f"{out.dtype}{list(out.shape)}"
+            fail(f"shape: got {got}, expected {artifact.output.dtype}{list(want_shape)}")
+        if not is_uint8 and not np.isfinite(out).all():
+            figures["nonfinite"] = _count_nonfinite(out)
+            fail(f"values: {figures['nonfinite']} NaN/Inf values in the output (eager has none)")
+        rendered_ref = render(ref)
+        rendered = out if is_uint8 else render(out)
+        if not is_uint8:
+            max_abs = max(max_abs, float(np.abs(out - ref).max()))
+        max_levels = max(max_levels, float(np.abs(rendered.astype(np.int16) - rendered_ref).max()))
+        psnrs.append(psnr(rendered, rendered_ref))
+    figures["samples"] = sum(len(r) for r in reference.outputs)
+    if not is_uint8:
+        figures["max_abs_diff"] = max_abs
+    figures["max_level_diff"] = int(max_levels)
+    figures["psnr_db"] = round(min(psnrs), 2)
+    if not is_uint8 and max_abs > tol.max_abs:
+        fail(f"values: max abs difference {max_abs:.3g} > {tol.max_abs:g}")
+    if figures["psnr_db"] < tol.min_psnr_db:
+        fail(f"images: PSNR {figures['psnr_db']} dB < {tol.min_psnr_db} dB")
+    if max_levels > tol.max_levels:
+        fail(f"images: a pixel differs by {int(max_levels)} levels > {tol.max_levels}")
+    full = _run_chunked(runner, reference.feeds[0], max_batch)
+    diff = _batch_invariance(runner, reference.feeds[0], full)
+    figures["batch_invariance_max_diff"] = diff
+    limit = tol.max_levels if is_uint8 else tol.max_abs
+    if diff > limit:
+        fail(
+            f"batch invariance: the same z differs by {diff:.3g} between batch 1 and batch "
+            f"{min(len(full), max_batch)} (limit {limit:g}); dynamic batching would change images"
+        )
+    figures["passed"] = True
+    return figures
+
+
+class _Failer:
+    def __init__(self, name: str, figures: dict[str, Any]) -> None:
+        self.name, self.figures = name, figures
+
+    def __call__(self, what: str) -> None:
+        shown = {k: v for k, v in self.figures.items() if k not in ("tolerance", "seeds")}
+        raise ValidationError(
+            f"gate failed for {self.name!r}: {what}; figures {shown}; nothing published"
+        )
+
+
+def _run_chunked(runner: Runner, feeds: Feeds, max_batch: int) -> np.ndarray:
+    n = len(feeds["z"])
+    parts = [
+        runner.run({k: v[i : i + max_batch] for k, v in feeds.items()})
+        for i in range(0, n, max_batch)
+    ]
+    return np.concatenate(parts)
+
+
+def _batch_invariance(runner: Runner, feeds: Feeds, batched: np.ndarray) -> float:
+    worst = 0.0
+    for i in range(min(INVARIANCE_SAMPLES, len(batched))):
+        single = runner.run({k: v[i : i + 1] for k, v in feeds.items()})
+        diff = np.abs(single.astype(np.float64) - batched[i : i + 1].astype(np.float64))
+        worst = max(worst, float(np.nan_to_num(diff, nan=np.inf).max()))
+    return worst
+
+
+def _not_invariant_message(module: nn.Module, diff: float, k: int) -> str:
+    batch_stats = [
+        name or type(m).__name__
+        for name, m in module.named_modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        and (m.training or not m.track_running_stats)
+    ]
+    cause = (
+        f"BatchNorm runs in training mode (batch statistics) in {batch_stats[:4]}: "
+        "use running statistics (eval mode, track_running_stats=True)"
+        if batch_stats
+        else "a layer mixes samples across the batch (batch statistics, cross-sample ops)"
+    )
+    return (
+        f"gate failed: eager PyTorch is not batch invariant (the same z differs by {diff:.3g} "
+        f"between batch 1 and batch {k}): {cause}; nothing published"
+    )
+
+
+def _first_nonfinite_layer(module: nn.Module, feeds: Feeds) -> str:
+    found: list[str] = []
+
+    def hook(name: str) -> Callable[[nn.Module, object, object], None]:
+        def fn(_m: nn.Module, _i: object, out: object) -> None:
+            if not found and isinstance(out, torch.Tensor) and not torch.isfinite(out).all():
+                found.append(name or type(_m).__name__)
+
+        return fn
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in module.named_modules() if n]
+    try:
+        EagerRunner(module).run(feeds)
+    finally:
+        for h in handles:
+            h.remove()
+    return repr(found[0]) if found else "(unknown)"
+
+
+def _count_nonfinite(a: np.ndarray) -> str:
+    return f"{int(np.isnan(a).sum())} NaN, {int(np.isinf(a).sum())} Inf"

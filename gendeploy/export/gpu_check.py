@@ -1,0 +1,144 @@
+"""The prepared GPU check (``make gpu-check OUT=dir``): export DCGAN-64 with a TensorRT FP16
+engine, gate it against eager PyTorch, and time it beside eager CUDA, writing ``results.json`` and
+``results.md`` into the given directory. Needs TensorRT and a CUDA device; says why otherwise.
+
+    python -m gendeploy.export.gpu_check OUT_DIR
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gendeploy.errors import GendeployError, MissingDependencyError
+from gendeploy.runtime.base import Feeds, Runner
+
+BATCHES = (1, 8, 64)
+MIN_SECONDS = 1.0  # per measurement
+MAX_ITERS = 300
+
+
+def run(out: Path) -> dict[str, Any]:
+    import torch
+
+    from gendeploy.export.api import ExportOptions, ModelSpec, export
+    from gendeploy.runtime.eager import EagerRunner
+    from gendeploy.runtime.tensorrt import TensorRTRunner, tensorrt_availability
+    from gendeploy.trainer.models import ModelConfig, build_generator, init_weights
+
+    out.mkdir(parents=True, exist_ok=True)
+    status = tensorrt_availability()
+    results: dict[str, Any] = {"ok": False, "python": platform.python_version()}
+    if not status.ok:
+        results["reason"] = status.reason
+        (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        raise MissingDependencyError(f"gpu-check needs TensorRT and a CUDA GPU: {status.reason}")
+
+    from gendeploy.trainer.checkpoint import Checkpoint, save_checkpoint
+
+    config = ModelConfig(arch="dcgan", image_size=64, image_channels=3, width=64)
+    torch.manual_seed(0)
+    generator = build_generator(config)
+    generator.apply(init_weights)
+    ckpt = out / "runs" / "dcgan64" / "checkpoint.pt"
+    save_checkpoint(
+        Checkpoint(config, 0, generator.state_dict(), versions={"torch": str(torch.__version__)}),
+        ckpt,
+    )
+    started = time.perf_counter()
+    options = ExportOptions(fp16=True, output="uint8", max_batch=64, require_engine=True)
+    manifest = export(
+        ModelSpec(checkpoint=ckpt), options, out=out / "export", force=True, log=print
+    )
+    results["export_seconds"] = round(time.perf_counter() - started, 2)
+    results["timings"] = manifest.timings
+    results["artifacts"] = {a.name: a.validation for a in manifest.artifacts}
+    engine = manifest.artifact("trt_fp16")
+    results["engine"] = engine.extra
+    results["versions"] = manifest.versions
+
+    rng = np.random.default_rng(0)
+    rows = []
+    eager = EagerRunner(generator.eval(), device="cuda")
+    trt = TensorRTRunner(out / "export" / engine.path)
+    for batch in BATCHES:
+        feeds: Feeds = {"z": rng.standard_normal((batch, config.latent_dim)).astype(np.float32)}
+        e, t = _time(eager, feeds), _time(trt, feeds)
+        rows.append({"batch": batch, "eager_cuda_fp32": e, "tensorrt_fp16": t,
+                     "speedup_p50": round(e["p50_ms"] / t["p50_ms"], 2)})  # fmt: skip
+    trt.close()
+    results["latency"] = rows
+    results["ok"] = True
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "results.md").write_text(_markdown(results))
+    print(_markdown(results))
+    return results
+
+
+def _time(runner: Runner, feeds: Feeds) -> dict[str, float]:
+    """Host numpy in -> host numpy out (both runners synchronize before returning)."""
+    for _ in range(10):
+        runner.run(feeds)
+    samples = []
+    deadline = time.perf_counter() + MIN_SECONDS
+    while len(samples) < MAX_ITERS and (len(samples) < 20 or time.perf_counter() < deadline):
+        t0 = time.perf_counter()
+        runner.run(feeds)
+        samples.append((time.perf_counter() - t0) * 1e3)
+    samples.sort()
+    p50 = statistics.median(samples)
+    return {
+        "p50_ms": round(p50, 4),
+        "p90_ms": round(samples[int(0.9 * (len(samples) - 1))], 4),
+        "images_per_s": round(len(feeds["z"]) / (p50 / 1e3), 1),
+        "iterations": len(samples),
+    }
+
+
+def _markdown(results: dict[str, Any]) -> str:
+    eng = results["engine"]
+    lines = [
+        "# gpu-check: DCGAN-64, TensorRT FP16 vs eager PyTorch FP32 (CUDA)",
+        "",
+        f"GPU {eng['gpu']} (sm {eng['compute_capability']}), TensorRT {eng['tensorrt']}, "
+        f"CUDA {eng['cuda']}; export + gate {results['export_seconds']} s",
+        "",
+        "| artifact | max abs diff | PSNR dB | max levels | batch invariance |",
+        "|---|---|---|---|---|",
+    ]
+    for name, v in results["artifacts"].items():
+        lines.append(
+            f"| {name} | {v.get('max_abs_diff', '-')} | {v['psnr_db']} | {v['max_level_diff']} "
+            f"| {v['batch_invariance_max_diff']} |"
+        )
+    lines += ["", "| batch | eager p50 ms | TRT p50 ms | speedup | TRT img/s |", "|---|---|---|---|---|"]
+    for r in results["latency"]:
+        lines.append(
+            f"| {r['batch']} | {r['eager_cuda_fp32']['p50_ms']} | {r['tensorrt_fp16']['p50_ms']} "
+            f"| {r['speedup_p50']}x | {r['tensorrt_fp16']['images_per_s']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m gendeploy.export.gpu_check OUT_DIR", file=sys.stderr)
+        return 2
+    try:
+        run(Path(args[0]))
+    except GendeployError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

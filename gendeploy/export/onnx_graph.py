@@ -1,0 +1,201 @@
+"""torch -> ONNX, the uint8 post-processing head, and the FP16 conversion.
+
+Every function leaves a single self-contained ``.onnx`` file (no external ``.data`` sidecar) that
+passes ``onnx.checker`` with ``full_check=True``. The batch axis is dynamic.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from torch import nn
+
+from gendeploy.errors import ExportError
+
+OUTPUT = "images"
+_FLOAT_OUTPUT = "images_float"
+
+# Ops kept in FP32 in the FP16 model. Each costs two Casts; each is here because FP16 breaks it:
+FP32_OPS = [
+    # Normalizations compute a mean and a variance over many elements: the sum of squares
+    # overflows FP16 (max 65504) on large feature maps and E[x^2]-E[x]^2 cancels catastrophically
+    # with 11 bits of mantissa. InstanceNorm generators showed visible banding without this.
+    "BatchNormalization",
+    "InstanceNormalization",
+    "LayerNormalization",
+    "GroupNormalization",
+    # Long reductions accumulate rounding error and overflow for the same reason (manual norms,
+    # PixelNorm, minibatch statistics are written with these).
+    "ReduceMean",
+    "ReduceSum",
+    "ReduceSumSquare",
+    "ReduceL2",
+    # x^2 and 1/sqrt(x + eps): eps like 1e-8 underflows FP16 (smallest subnormal 6e-8), so
+    # rsqrt(0 + eps) becomes inf.
+    "Pow",
+    "Sqrt",
+    "Reciprocal",
+    # exp overflows FP16 above ~11; softmax attention logits routinely exceed that.
+    "Exp",
+    "Softmax",
+    "LogSoftmax",
+]
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """The exporter logs torchvision notes and deprecation chatter unrelated to our model."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def export_fp32(
+    module: nn.Module,
+    path: Path,
+    latent_dim: int,
+    num_classes: int,
+    max_batch: int,
+) -> str:
+    """Export ``module`` to ``path``; returns the exporter used ("dynamo" or "torchscript")."""
+    sample_batch = 2 if max_batch >= 2 else 1
+    args: tuple[torch.Tensor, ...] = (torch.randn(sample_batch, latent_dim),)
+    names = ["z"]
+    if num_classes > 0:
+        args += (torch.arange(sample_batch, dtype=torch.int64) % num_classes,)
+        names.append("labels")
+    module = module.eval()
+    batch = torch.export.Dim("batch", min=1, max=max(max_batch, 2))
+    errors = []
+    with _quiet_exporter():
+        try:
+            torch.onnx.export(
+                module,
+                args,
+                str(path),
+                input_names=names,
+                output_names=[OUTPUT],
+                dynamic_shapes=tuple({0: batch} for _ in args),
+                external_data=False,
+                dynamo=True,
+            )
+            exporter = "dynamo"
+        except Exception as e:  # the dynamo exporter rejects some Python control flow
+            errors.append(f"dynamo: {_first_line(e)}")
+            try:
+                torch.onnx.export(
+                    module,
+                    args,
+                    str(path),
+                    input_names=names,
+                    output_names=[OUTPUT],
+                    dynamic_axes={n: {0: "batch"} for n in [*names, OUTPUT]},
+                    dynamo=False,
+                )
+                exporter = "torchscript"
+            except Exception as e2:
+                errors.append(f"torchscript: {_first_line(e2)}")
+                raise ExportError(f"torch.onnx.export failed: {'; '.join(errors)}") from None
+    sidecar = path.with_name(path.name + ".data")
+    if sidecar.exists():
+        raise ExportError(f"the exporter wrote external data {sidecar.name}; expected one file")
+    check(path)
+    return exporter
+
+
+def add_uint8_head(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Append (x + 1) * 127.5, round half to even, clip to [0, 255], NCHW -> NHWC, cast to uint8.
+
+    Works on any model whose float32 output is ``images`` (the FP16 model keeps FP32 outputs), so
+    the head always computes in FP32: FP16 cannot hold 255.5 - 0.5 steps exactly enough to round.
+    """
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    old = next(o for o in graph.output if o.name == OUTPUT)
+    dims = [d.dim_param or d.dim_value for d in old.type.tensor_type.shape.dim]
+    if old.type.tensor_type.elem_type != TensorProto.FLOAT or len(dims) != 4:
+        raise ExportError("the uint8 head needs a float32 NCHW output named 'images'")
+    for node in graph.node:
+        node.output[:] = [_FLOAT_OUTPUT if o == OUTPUT else o for o in node.output]
+    graph.output.remove(old)
+    consts = {
+        "u8_one": 1.0,
+        "u8_scale": 127.5,
+        "u8_min": 0.0,
+        "u8_max": 255.0,
+    }
+    for name, value in consts.items():
+        graph.initializer.append(numpy_helper.from_array(_scalar(value), name))
+    graph.node.extend(
+        [
+            helper.make_node("Add", [_FLOAT_OUTPUT, "u8_one"], ["u8_shifted"], name="u8_add"),
+            helper.make_node("Mul", ["u8_shifted", "u8_scale"], ["u8_scaled"], name="u8_mul"),
+            helper.make_node("Round", ["u8_scaled"], ["u8_rounded"], name="u8_round"),
+            helper.make_node(
+                "Clip", ["u8_rounded", "u8_min", "u8_max"], ["u8_clipped"], name="u8_clip"
+            ),
+            helper.make_node("Transpose", ["u8_clipped"], ["u8_nhwc"], perm=[0, 2, 3, 1], name="u8_nhwc"),
+            # Cast last: TensorRT allows UINT8 tensors only at the network's edges, via a Cast.
+            helper.make_node("Cast", ["u8_nhwc"], [OUTPUT], to=TensorProto.UINT8, name="u8_cast"),
+        ]
+    )
+    n, c, h, w = dims
+    graph.output.append(helper.make_tensor_value_info(OUTPUT, TensorProto.UINT8, [n, h, w, c]))
+    return out
+
+
+def convert_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
+    """FP16 weights and arithmetic, FP32 inputs and outputs, ``FP32_OPS`` kept in FP32."""
+    from onnxconverter_common import float16
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "values truncated to fp16 range" notes for tiny weights
+        converted: onnx.ModelProto = float16.convert_float_to_float16(
+            model,
+            keep_io_types=True,
+            op_block_list=[*float16.DEFAULT_OP_BLOCK_LIST, *FP32_OPS],
+        )
+    return converted
+
+
+def save(model: onnx.ModelProto, path: Path) -> None:
+    onnx.save_model(model, str(path), save_as_external_data=False)
+    check(path)
+
+
+def check(path: Path) -> None:
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        raise ExportError(f"{path.name} fails onnx.checker: {_first_line(e)}") from None
+
+
+def opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def _scalar(value: float) -> np.ndarray:
+    return np.array(value, dtype=np.float32)
+
+
+def _first_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text[:240]}"

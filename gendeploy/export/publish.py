@@ -1,0 +1,61 @@
+"""Safe publishing: build in a hidden temporary directory beside the destination, rename into place.
+
+An interrupted or failed export removes its staging directory and never touches an earlier
+export; replacing one (``--force``) swaps directories with two renames on the same filesystem.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from gendeploy.errors import UsageError
+from gendeploy.export.manifest import MANIFEST_NAME
+
+STAGING_PREFIX = ".gendeploy-staging-"
+
+
+@contextmanager
+def staging_dir(out: Path) -> Iterator[Path]:
+    """A fresh directory next to ``out``, removed unless it was published."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{out.name}-", dir=out.parent))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # a no-op once published (renamed away)
+
+
+def check_destination(out: Path) -> None:
+    """Refuse to replace a directory that is not a gendeploy export (``--force`` or not)."""
+    if out.exists() and not (out / MANIFEST_NAME).is_file():  # noqa: SIM102
+        if not out.is_dir() or any(out.iterdir()):
+            raise UsageError(f"{out} exists and is not a gendeploy export; choose another --out")
+
+
+def publish(staged: Path, out: Path) -> None:
+    """Move ``staged`` to ``out``, replacing an earlier export there."""
+    _fsync_tree(staged)
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{out.name}-old-", dir=out.parent))
+        os.replace(out, old / "previous")
+        try:
+            os.replace(staged, out)
+        except BaseException:
+            os.replace(old / "previous", out)  # put the earlier export back
+            raise
+        finally:
+            shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staged, out)
+
+
+def _fsync_tree(root: Path) -> None:
+    for path in root.iterdir():
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())

@@ -1,0 +1,98 @@
+"""ONNX (already FP16, FP32 I/O) -> serialized TensorRT engine, the way that works on TRT 10 and 11.
+
+TensorRT 10.12 deprecated the weakly typed precision flags and 11.x removed ``BuilderFlag.FP16``:
+the precision lives in the ONNX graph (see ``onnx_graph.convert_fp16``) and the network is created
+STRONGLY_TYPED (required on 10.x, accepted and ignored on 11.x where strong typing is always on).
+One optimization profile covers batch 1..max (max = Triton's ``max_batch_size``). The timing
+cache is persisted per GPU and TensorRT version so rebuilds skip kernel timing. Written from the
+documented Python API; run only where TensorRT and a CUDA device exist (tests marked ``gpu``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from gendeploy.errors import ExportError
+from gendeploy.export.manifest import TensorSpec
+from gendeploy.runtime.tensorrt import import_tensorrt
+
+WORKSPACE_BYTES = 2 << 30
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("GENDEPLOY_CACHE_DIR", Path.home() / ".cache" / "gendeploy"))
+
+
+def gpu_facts() -> dict[str, str]:
+    import torch
+
+    major, minor = torch.cuda.get_device_capability()
+    trt = import_tensorrt()
+    return {
+        "gpu": torch.cuda.get_device_name(),
+        "compute_capability": f"{major}.{minor}",
+        "tensorrt": trt.__version__,
+        "cuda": str(torch.version.cuda),
+    }
+
+
+def build_engine(
+    onnx_path: Path,
+    engine_path: Path,
+    inputs: list[TensorSpec],
+    min_batch: int,
+    opt_batch: int,
+    max_batch: int,
+) -> dict[str, Any]:
+    """Build and write the engine; returns the facts to record in the artifact's ``extra``."""
+    trt = import_tensorrt()
+    facts: dict[str, Any] = gpu_facts()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 0
+    strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    if strongly_typed is not None:
+        flags |= 1 << int(strongly_typed)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(onnx_path.read_bytes()):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise ExportError(f"TensorRT cannot parse {onnx_path.name}: {errors[:300]}")
+
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
+    profile = builder.create_optimization_profile()
+    for spec in inputs:
+        rest = tuple(spec.shape[1:])
+        profile.set_shape(spec.name, (min_batch, *rest), (opt_batch, *rest), (max_batch, *rest))
+    config.add_optimization_profile(profile)
+
+    cache_path = cache_dir() / "tensorrt" / _cache_name(facts)
+    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
+    config.set_timing_cache(cache, False)  # ignore_mismatch=False: a foreign cache is rejected
+
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise ExportError(
+            f"TensorRT failed to build an engine from {onnx_path.name} (see log above)"
+        )
+    engine_path.write_bytes(bytes(serialized))
+
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache_path.with_suffix(".tmp")
+    tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
+    os.replace(tmp, cache_path)
+    facts.update(
+        strongly_typed=strongly_typed is not None,
+        profile={"min": min_batch, "opt": opt_batch, "max": max_batch},
+        timing_cache=str(cache_path),
+        source_onnx=onnx_path.name,
+    )
+    return facts
+
+
+def _cache_name(facts: dict[str, Any]) -> str:
+    gpu = "".join(c if c.isalnum() else "_" for c in facts["gpu"])
+    return f"timing_{gpu}_sm{facts['compute_capability']}_trt{facts['tensorrt']}.cache"

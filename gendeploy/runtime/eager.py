@@ -1,0 +1,44 @@
+"""Eager PyTorch runner: the reference every artifact is compared with, and bench's baseline row."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from gendeploy.runtime.base import Availability, Feeds, Runner, register_check
+
+if TYPE_CHECKING:
+    from torch import nn
+
+
+class EagerRunner(Runner):
+    """Runs an ``nn.Module`` generator under ``torch.inference_mode`` on CPU or CUDA.
+
+    Feeds are passed positionally in the order ``z``, ``labels`` (the generator signature).
+    """
+
+    name = "eager"
+
+    def __init__(self, module: nn.Module, device: str = "cpu", threads: int | None = None) -> None:
+        import torch
+
+        if threads is not None:
+            torch.set_num_threads(threads)
+        self.device = torch.device(device)
+        self.module = module.eval().to(self.device)
+
+    def run(self, feeds: Feeds) -> np.ndarray:
+        import torch
+
+        args = [torch.from_numpy(np.ascontiguousarray(feeds["z"])).to(self.device)]
+        if "labels" in feeds:
+            args.append(torch.from_numpy(np.ascontiguousarray(feeds["labels"])).to(self.device))
+        with torch.inference_mode():
+            out = self.module(*args)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return out.detach().cpu().numpy()
+
+
+register_check("eager", lambda: Availability(True))

@@ -1,0 +1,106 @@
+"""TensorRT runner: deserializes an engine and runs it with ``execute_async_v3``.
+
+Buffers are torch CUDA tensors (no pycuda): inputs are copied to the device, the output is
+allocated at the shape the context reports, and ``set_tensor_address`` binds each by name
+(the name-based I/O API of TensorRT 10 and 11). Written from TensorRT's documented Python API;
+exercised only by tests marked ``gpu``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gendeploy.errors import ExportError, MissingDependencyError
+from gendeploy.runtime.base import Availability, Feeds, Runner, register_check
+
+
+def tensorrt_availability() -> Availability:
+    """Whether engines can be built and run here, and if not, why (one phrase)."""
+    if importlib.util.find_spec("tensorrt") is None:
+        return Availability(False, "tensorrt not installed")
+    try:
+        import tensorrt  # noqa: F401
+    except (ImportError, OSError) as e:  # the -bindings wheel imports without its libraries
+        return Availability(False, f"tensorrt does not import ({str(e).splitlines()[0][:120]})")
+    import torch
+
+    if not torch.cuda.is_available():
+        return Availability(False, "no CUDA device")
+    return Availability(True)
+
+
+def import_tensorrt() -> Any:
+    """``import tensorrt`` or a one-line MissingDependencyError saying why it cannot run here."""
+    status = tensorrt_availability()
+    if not status.ok:
+        raise MissingDependencyError(
+            f"TensorRT engines need TensorRT and a CUDA GPU: {status.reason}"
+        )
+    import tensorrt as trt
+
+    return trt
+
+
+class TensorRTRunner(Runner):
+    """Runs one serialized engine (one optimization profile, dynamic batch) on the current GPU."""
+
+    name = "tensorrt"
+
+    def __init__(self, engine_path: Path | str, device: int = 0) -> None:
+        trt = import_tensorrt()
+        import torch
+
+        self._torch = torch
+        self.device = torch.device("cuda", device)
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)
+        with torch.cuda.device(self.device):
+            self.engine = self._runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
+            if self.engine is None:
+                raise ExportError(
+                    f"TensorRT cannot deserialize {engine_path}: built for another GPU or TensorRT "
+                    "version? Re-export on this machine"
+                )
+            self.context = self.engine.create_execution_context()
+        self.stream = torch.cuda.Stream(self.device)
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        is_input = {n: self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
+        self.input_names = [n for n in names if is_input[n]]
+        self.output_names = [n for n in names if not is_input[n]]
+        self._dtypes = {
+            n: torch.from_numpy(np.empty(0, trt.nptype(self.engine.get_tensor_dtype(n)))).dtype
+            for n in names
+        }
+
+    def run(self, feeds: Feeds) -> np.ndarray:
+        torch = self._torch
+        keep = []  # device tensors must outlive the asynchronous execution
+        with torch.cuda.device(self.device), torch.cuda.stream(self.stream):
+            for name in self.input_names:
+                host = np.ascontiguousarray(feeds[name])
+                tensor = torch.from_numpy(host).to(self.device, self._dtypes[name])
+                self.context.set_input_shape(name, tuple(tensor.shape))
+                self.context.set_tensor_address(name, tensor.data_ptr())
+                keep.append(tensor)
+            out_name = self.output_names[0]
+            shape = tuple(self.context.get_tensor_shape(out_name))
+            out = torch.empty(shape, dtype=self._dtypes[out_name], device=self.device)
+            self.context.set_tensor_address(out_name, out.data_ptr())
+            if not self.context.execute_async_v3(self.stream.cuda_stream):
+                raise ExportError(
+                    f"TensorRT execution failed for input shapes {[t.shape for t in keep]}"
+                )
+            self.stream.synchronize()
+        result: np.ndarray = out.cpu().numpy()
+        return result
+
+    def close(self) -> None:
+        self.context = None
+        self.engine = None
+
+
+register_check("tensorrt", tensorrt_availability)

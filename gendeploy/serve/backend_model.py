@@ -1,0 +1,209 @@
+"""Triton python-backend model serving one gendeploy export; copied as ``<version>/model.py``.
+
+It is self-contained (numpy + onnxruntime, TensorRT when importable) so it serves in any Triton with
+the python backend, including the NGC container where gendeploy is not installed. It reads the
+exported ONNX (``model.onnx``), optionally a TensorRT engine (``model.plan``) and the export's
+``manifest.json`` from its own version directory.
+
+Every request of a dynamic batch is validated on its own (a bad request gets its own
+INVALID_ARGUMENT error; the others still run), then all valid requests run as ONE batch.
+
+Inputs: ``z`` FP32 [N, latent] or ``seed`` INT64 [N, 1] (exactly one of them) and, for conditional
+models, ``labels`` INT64 [N, 1]. With ``seed`` the server draws z with :func:`draw_latents`, which
+clients use too, so "image 42" is the same image everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+MAX_SEED = 2**63 - 1
+
+
+def draw_latents(seeds: Any, latent_dim: int) -> np.ndarray:
+    """The documented RNG: z for seed s is ``np.random.default_rng(s).standard_normal(latent_dim,
+    dtype=np.float32)`` (numpy's PCG64 seeded through SeedSequence), one row per seed."""
+    rows = [
+        np.random.default_rng(int(s)).standard_normal(latent_dim, dtype=np.float32)
+        for s in np.asarray(seeds).reshape(-1)
+    ]
+    return np.stack(rows) if rows else np.zeros((0, latent_dim), np.float32)
+
+
+class RequestError(ValueError):
+    """A request that cannot run: becomes that request's INVALID_ARGUMENT response."""
+
+
+def parse_request(
+    z: np.ndarray | None,
+    seed: np.ndarray | None,
+    labels: np.ndarray | None,
+    latent_dim: int,
+    num_classes: int,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Check one request's tensors and return (z (N, latent) float32, labels (N,) int64 or None)."""
+    if (z is None) == (seed is None):
+        raise RequestError("send exactly one of 'z' (FP32 [N, latent]) or 'seed' (INT64 [N, 1])")
+    if seed is not None:
+        seeds = seed.reshape(-1)
+        if seeds.size and (seeds.min() < 0):
+            raise RequestError(f"seed must be in [0, {MAX_SEED}], got {int(seeds.min())}")
+        z = draw_latents(seeds, latent_dim)
+    assert z is not None
+    z = np.ascontiguousarray(z, dtype=np.float32).reshape(-1, latent_dim)
+    if not np.isfinite(z).all():
+        raise RequestError("z contains NaN or Inf; send finite latents")
+    if num_classes <= 0:
+        return z, None
+    if labels is None:
+        raise RequestError("this model is conditional: send 'labels' (INT64 [N, 1])")
+    flat = labels.reshape(-1).astype(np.int64)
+    if flat.shape[0] != z.shape[0]:
+        raise RequestError(f"labels has batch {flat.shape[0]} but z has batch {z.shape[0]}")
+    if flat.size and (flat.min() < 0 or flat.max() >= num_classes):
+        bad = int(flat[(flat < 0) | (flat >= num_classes)][0])
+        raise RequestError(f"label {bad} is out of range [0, {num_classes - 1}]")
+    return z, flat
+
+
+class _OrtEngine:
+    def __init__(self, path: str, gpu: bool, threads: int) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads > 0:
+            options.intra_op_num_threads = threads
+        providers = ["CPUExecutionProvider"]
+        if gpu and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        self.session = ort.InferenceSession(path, options, providers=providers)
+        self.input_names = {i.name for i in self.session.get_inputs()}
+        self.output_name = self.session.get_outputs()[0].name
+
+    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        feeds = {k: v for k, v in feeds.items() if k in self.input_names}
+        return np.asarray(self.session.run([self.output_name], feeds)[0])
+
+
+class _TrtEngine:
+    """A TensorRT engine run with TensorRT 10/11's tensor-name API; buffers are torch tensors."""
+
+    def __init__(self, path: str) -> None:
+        import tensorrt as trt
+        import torch
+
+        self.torch = torch
+        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        with open(path, "rb") as f:
+            self.engine = runtime.deserialize_cuda_engine(f.read())
+        if self.engine is None:
+            raise RuntimeError(f"TensorRT could not deserialize {path}")
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        mode = trt.TensorIOMode.INPUT
+        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == mode]
+        self.output = next(n for n in names if self.engine.get_tensor_mode(n) != mode)
+        self.output_dtype = trt.nptype(self.engine.get_tensor_dtype(self.output))
+        self.stream = torch.cuda.Stream()
+
+    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        torch = self.torch
+        keep = []
+        for name in self.inputs:
+            t = torch.from_numpy(np.ascontiguousarray(feeds[name])).cuda()
+            keep.append(t)
+            self.context.set_input_shape(name, tuple(t.shape))
+            self.context.set_tensor_address(name, t.data_ptr())
+        shape = tuple(self.context.get_tensor_shape(self.output))
+        out = torch.empty(shape, dtype=torch.from_numpy(np.zeros(0, self.output_dtype)).dtype)
+        out = out.cuda()
+        self.context.set_tensor_address(self.output, out.data_ptr())
+        with torch.cuda.stream(self.stream):
+            if not self.context.execute_async_v3(self.stream.cuda_stream):
+                raise RuntimeError("TensorRT execution failed")
+        self.stream.synchronize()
+        return out.cpu().numpy()
+
+
+def _tensorrt_usable() -> bool:
+    try:
+        import tensorrt  # noqa: F401
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:
+        return False
+
+
+class TritonPythonModel:
+    """The model Triton's python backend instantiates once per instance."""
+
+    def initialize(self, args: dict[str, str]) -> None:
+        import triton_python_backend_utils as pb_utils
+
+        self.pb = pb_utils
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        version_dir = os.path.join(args["model_repository"], args["model_version"])
+        with open(os.path.join(version_dir, "manifest.json")) as f:
+            manifest = json.load(f)
+        self.latent_dim = int(manifest["latent_dim"])
+        self.num_classes = int(manifest["num_classes"])
+        self.output_name = config["output"][0]["name"]
+        gpu = args.get("model_instance_kind") == "GPU"
+        engine_path = os.path.join(version_dir, params.get("engine_file", "model.plan"))
+        self.engine: Any
+        if gpu and os.path.isfile(engine_path) and _tensorrt_usable():
+            self.engine = _TrtEngine(engine_path)
+            self.backend = "tensorrt"
+        else:
+            onnx_path = os.path.join(version_dir, params.get("onnx_file", "model.onnx"))
+            threads = int(params.get("intra_op_threads", "0"))
+            self.engine = _OrtEngine(onnx_path, gpu, threads)
+            self.backend = "onnxruntime"
+
+    def _tensor(self, request: Any, name: str) -> np.ndarray | None:
+        t = self.pb.get_input_tensor_by_name(request, name)
+        return None if t is None else t.as_numpy()
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        pb = self.pb
+        parsed: list[tuple[np.ndarray, np.ndarray | None] | str] = []
+        for request in requests:
+            try:
+                parsed.append(
+                    parse_request(
+                        self._tensor(request, "z"),
+                        self._tensor(request, "seed"),
+                        self._tensor(request, "labels"),
+                        self.latent_dim,
+                        self.num_classes,
+                    )
+                )
+            except RequestError as e:
+                parsed.append(str(e))
+        valid = [p for p in parsed if not isinstance(p, str)]
+        images = np.zeros((0,))
+        if valid:
+            feeds = {"z": np.concatenate([p[0] for p in valid])}
+            if self.num_classes > 0:
+                feeds["labels"] = np.concatenate([p[1] for p in valid if p[1] is not None])
+            images = self.engine.run(feeds)
+        responses, start = [], 0
+        for p in parsed:
+            if isinstance(p, str):
+                error = pb.TritonError(p, pb.TritonError.INVALID_ARG)
+                responses.append(pb.InferenceResponse(output_tensors=[], error=error))
+                continue
+            n = p[0].shape[0]
+            out = pb.Tensor(self.output_name, np.ascontiguousarray(images[start : start + n]))
+            responses.append(pb.InferenceResponse(output_tensors=[out]))
+            start += n
+        return responses
+
+    def finalize(self) -> None:
+        self.engine = None

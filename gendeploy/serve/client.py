@@ -1,0 +1,149 @@
+"""``gendeploy generate``: ask a served model for N images and write a PNG grid."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gendeploy.errors import ServeError, UsageError
+from gendeploy.runtime.triton import TritonRunner, as_inference_error, connect
+from gendeploy.serve.backend_model import MAX_SEED, draw_latents
+
+SUFFIXES = ("_uint8", "_onnx", "_trt")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    latent_dim: int
+    num_classes: int
+    accepts_seed: bool
+    output: str
+    max_batch_size: int
+
+
+def endpoints_from_ready_file(path: Path, protocol: str) -> str:
+    """The URL for ``protocol`` from the JSON that ``gendeploy serve --ready-file`` wrote."""
+    try:
+        data = json.loads(Path(path).read_text())
+        return str(data[protocol])
+    except (OSError, ValueError, KeyError) as e:
+        raise UsageError(f"{path} is not a `gendeploy serve --ready-file` file ({e})") from None
+
+
+def _ready_models(client: Any, protocol: str) -> list[str]:
+    index = client.get_model_repository_index()
+    if protocol == "grpc":
+        entries = [{"name": m.name, "state": m.state} for m in index.models]
+    else:
+        entries = list(index)
+    return sorted({e["name"] for e in entries if e.get("state") == "READY"})
+
+
+def pick_model(models: list[str]) -> str:
+    """The one python-backend float model, when the repo serves exactly one export."""
+    plain = [m for m in models if not m.endswith(SUFFIXES)]
+    if len(plain) == 1:
+        return plain[0]
+    raise UsageError(f"pass --model: the server has {models or 'no ready models'}")
+
+
+def model_info(url: str, model: str | None, protocol: str = "http") -> ModelInfo:
+    """Read a served model's config (written by ``gendeploy repo``): latent size, classes, IO."""
+    from tritonclient.utils import InferenceServerException
+
+    client = connect(url, protocol)
+    try:
+        name = model or pick_model(_ready_models(client, protocol))
+        config = client.get_model_config(name)
+    except InferenceServerException as e:
+        raise as_inference_error(e, model or "repository") from None
+    finally:
+        client.close()
+    if protocol == "grpc":
+        from google.protobuf import json_format
+
+        config = json_format.MessageToDict(config.config, preserving_proto_field_name=True)
+    params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+    if "latent_dim" not in params:
+        raise ServeError(f"model {name!r} was not written by `gendeploy repo` (no latent_dim)")
+    inputs = {i["name"] for i in config.get("input", [])}
+    return ModelInfo(
+        name=name,
+        latent_dim=int(params["latent_dim"]),
+        num_classes=int(params.get("num_classes", "0")),
+        accepts_seed="seed" in inputs,
+        output=config["output"][0]["name"],
+        max_batch_size=int(config.get("max_batch_size", 0)),
+    )
+
+
+def generate(
+    url: str,
+    model: str | None = None,
+    n: int = 16,
+    *,
+    protocol: str = "http",
+    label: int | None = None,
+    seed: int = 0,
+    client_latents: bool = False,
+) -> tuple[np.ndarray, ModelInfo]:
+    """N images for seeds ``seed .. seed+n-1``; labels cycle through the classes unless ``label``.
+    Requests are at most the model's ``max_batch_size`` each.
+
+    The server draws z from the seeds (python-backend models); with ``client_latents`` (or for a
+    model without a ``seed`` input) the client draws the same z with the same RNG and sends it.
+    """
+    if n < 1:
+        raise UsageError(f"-n must be >= 1, got {n}")
+    if not 0 <= seed <= MAX_SEED - n:
+        raise UsageError(f"--seed must be in [0, {MAX_SEED - n}], got {seed}")
+    info = model_info(url, model, protocol)
+    seeds = np.arange(seed, seed + n, dtype=np.int64)
+    feeds: dict[str, np.ndarray] = {}
+    if info.accepts_seed and not client_latents:
+        feeds["seed"] = seeds
+    else:
+        feeds["z"] = draw_latents(seeds, info.latent_dim)
+    if info.num_classes > 0:
+        if label is not None and not 0 <= label < info.num_classes:
+            raise UsageError(f"--label must be in [0, {info.num_classes - 1}], got {label}")
+        labels = np.full(n, label) if label is not None else np.arange(n) % info.num_classes
+        feeds["labels"] = labels.astype(np.int64)
+    elif label is not None:
+        raise UsageError(f"model {info.name!r} is unconditional: drop --label")
+    step = info.max_batch_size or n
+    with TritonRunner(url, info.name, protocol, output=info.output) as runner:
+        chunks = [
+            runner.run({k: v[i : i + step] for k, v in feeds.items()}) for i in range(0, n, step)
+        ]
+    return np.concatenate(chunks), info
+
+
+def save_grid(images: np.ndarray, path: Path | str, nrow: int | None = None) -> Path:
+    """Tile N images (float NCHW in [-1, 1] or uint8 NHWC) into one PNG."""
+    from gendeploy.images import save_grid as _save
+
+    return _save(images, Path(path), nrow=nrow or math.ceil(math.sqrt(len(images))))
+
+
+def inference_statistics(url: str, model: str, protocol: str = "http") -> dict[str, int]:
+    """Total inference and execution counts of a model (all versions)."""
+    client = connect(url, protocol)
+    try:
+        if protocol == "grpc":
+            stats = client.get_inference_statistics(model, as_json=True)
+        else:
+            stats = client.get_inference_statistics(model)
+    finally:
+        client.close()
+    totals = {"inference_count": 0, "execution_count": 0}
+    for entry in stats.get("model_stats", []):
+        for key in totals:
+            totals[key] += int(entry.get(key, 0))
+    return totals

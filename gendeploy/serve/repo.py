@@ -1,0 +1,331 @@
+"""The Triton model repository, written from an export's manifest.
+
+Models written for an export named ``<name>``:
+
+- ``<name>``: python backend running the ``fp32`` ONNX (ONNX Runtime; the TensorRT engine when it
+  exists and TensorRT imports): serves on any Triton with the python backend, the pip one included.
+  Takes ``z`` or ``seed`` (the server draws z, see ``backend_model.draw_latents``).
+- ``<name>_uint8``: the same for the ``uint8`` artifact (UINT8 NHWC images), when exported.
+- ``<name>_onnx``: ``platform: "onnxruntime_onnx"`` for the NGC container (KIND_GPU with the ONNX
+  Runtime TensorRT accelerator in FP16 for GPU targets); ``z`` only.
+- ``<name>_trt``: ``platform: "tensorrt_plan"`` when a ``trt_fp16`` engine exists; ``z`` only.
+
+Every ``config.pbtxt`` is built through Triton's protobuf (``model_config_pb2``). Each write stages
+the version directory beside its model, renames it to version N+1, and writes ``config.pbtxt`` last
+(atomically); an export identical to the latest version adds nothing. Older versions beyond
+``keep_versions`` are removed; the version policy serves the latest.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gendeploy.errors import ServeError
+from gendeploy.export.manifest import (
+    MANIFEST_NAME,
+    Artifact,
+    ArtifactKind,
+    Manifest,
+    TensorSpec,
+    load_manifest,
+)
+
+BACKEND_MODEL = Path(__file__).with_name("backend_model.py")
+TRITON_DTYPES = {
+    "float32": "TYPE_FP32",
+    "float16": "TYPE_FP16",
+    "int64": "TYPE_INT64",
+    "int32": "TYPE_INT32",
+    "uint8": "TYPE_UINT8",
+}
+
+
+@dataclass(frozen=True)
+class RepoOptions:
+    """How the exported models are served."""
+
+    name: str | None = None  # default: the export's name
+    max_batch_size: int | None = None  # default: the export's batch profile max
+    queue_delay_us: int = 2000
+    instances: int = 1
+    keep_versions: int = 2
+    gpu: bool | None = None  # default: True when the export has a TensorRT engine
+    intra_op_threads: int = 0  # python model: ONNX Runtime threads per instance, 0 = ORT default
+
+    def __post_init__(self) -> None:
+        if self.name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name):
+            raise ServeError(f"model name {self.name!r} must be letters, digits, '_', '-' or '.'")
+        if self.max_batch_size is not None and self.max_batch_size < 1:
+            raise ServeError(f"--max-batch-size must be >= 1, got {self.max_batch_size}")
+        if self.queue_delay_us < 0 or self.instances < 1 or self.keep_versions < 1:
+            raise ServeError("queue delay must be >= 0, instances and keep-versions >= 1")
+
+
+@dataclass
+class ModelPlan:
+    """One model to write: its config and the files of its new version."""
+
+    name: str
+    config: Any  # model_config_pb2.ModelConfig
+    files: dict[str, Path]  # name in the version dir -> source file
+    texts: dict[str, str] = field(default_factory=dict)  # name in the version dir -> content
+
+
+@dataclass(frozen=True)
+class WrittenModel:
+    name: str
+    version: int
+    new: bool  # False: identical to the latest version already there
+    path: Path
+
+
+def _dims(spec: TensorSpec) -> list[int]:
+    return [int(d) for d in spec.shape[1:]]  # drop the batch axis
+
+
+def _triton_type(spec: TensorSpec) -> str:
+    try:
+        return TRITON_DTYPES[spec.dtype]
+    except KeyError:
+        raise ServeError(f"tensor {spec.name!r} has dtype {spec.dtype!r}, not servable") from None
+
+
+def _io(artifact: Artifact, with_seed: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    inputs: list[dict[str, Any]] = []
+    for spec in artifact.inputs:
+        entry: dict[str, Any] = {"name": spec.name, "data_type": _triton_type(spec)}
+        if spec.name == "z" and with_seed:
+            entry["optional"] = True
+        if len(spec.shape) == 1:  # labels (N,): Triton needs dims, the model gets rank 1
+            entry["dims"] = [1]
+            if not with_seed:
+                entry["reshape"] = {"shape": []}
+        else:
+            entry["dims"] = _dims(spec)
+        inputs.append(entry)
+    if with_seed:
+        inputs.insert(1, {"name": "seed", "data_type": "TYPE_INT64", "dims": [1], "optional": True})
+    out = artifact.output
+    outputs = [{"name": out.name, "data_type": _triton_type(out), "dims": _dims(out)}]
+    return inputs, outputs
+
+
+def _warmup(artifact: Artifact) -> list[dict[str, Any]]:
+    inputs = {}
+    for spec in artifact.inputs:
+        dims = _dims(spec) or [1]
+        inputs[spec.name] = {"data_type": _triton_type(spec), "dims": dims, "zero_data": True}
+    return [{"name": "zeros_batch_1", "batch_size": 1, "inputs": inputs}]
+
+
+def model_config(
+    manifest: Manifest,
+    artifact: Artifact,
+    name: str,
+    kind: str,
+    options: RepoOptions,
+    gpu: bool,
+) -> Any:
+    """The ``ModelConfig`` protobuf for ``kind`` in ("python", "onnx", "trt")."""
+    from google.protobuf import json_format
+    from tritonclient.grpc import model_config_pb2
+
+    max_batch = options.max_batch_size or manifest.batch.max
+    inputs, outputs = _io(artifact, with_seed=kind == "python")
+    config: dict[str, Any] = {
+        "name": name,
+        "max_batch_size": max_batch,
+        "version_policy": {"latest": {"num_versions": 1}},
+        "input": inputs,
+        "output": outputs,
+        "instance_group": [{"kind": "KIND_GPU" if gpu else "KIND_CPU", "count": options.instances}],
+        "dynamic_batching": {"max_queue_delay_microseconds": options.queue_delay_us},
+        "model_warmup": _warmup(artifact),
+        "parameters": {
+            "gendeploy_export": {"string_value": manifest.name},
+            "gendeploy_artifact": {"string_value": artifact.name},
+            "latent_dim": {"string_value": str(manifest.latent_dim)},
+            "num_classes": {"string_value": str(manifest.num_classes)},
+        },
+    }
+    if kind == "python":
+        config["backend"] = "python"
+        config["parameters"]["onnx_file"] = {"string_value": "model.onnx"}
+        config["parameters"]["engine_file"] = {"string_value": "model.plan"}
+        config["parameters"]["intra_op_threads"] = {"string_value": str(options.intra_op_threads)}
+    elif kind == "onnx":
+        config["platform"] = "onnxruntime_onnx"
+        if gpu:
+            trt = {
+                "name": "tensorrt",
+                "parameters": {"precision_mode": "FP16", "max_workspace_size_bytes": "1073741824"},
+            }
+            config["optimization"] = {
+                "execution_accelerators": {"gpu_execution_accelerator": [trt]}
+            }
+    elif kind == "trt":
+        config["platform"] = "tensorrt_plan"
+        profile_max = artifact.extra.get("profile", {}).get("max") if artifact.extra else None
+        config["max_batch_size"] = int(profile_max or max_batch)
+    else:
+        raise ServeError(f"unknown model kind {kind!r}")
+    return json_format.ParseDict(config, model_config_pb2.ModelConfig())
+
+
+def config_text(config: Any) -> str:
+    from google.protobuf import text_format
+
+    return str(text_format.MessageToString(config))
+
+
+def parse_config(text: str) -> Any:
+    """Parse ``config.pbtxt`` text with Triton's schema (unknown fields, bad enums fail)."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    try:
+        return text_format.Parse(text, model_config_pb2.ModelConfig())
+    except text_format.ParseError as e:
+        raise ServeError(f"invalid config.pbtxt: {e}") from None
+
+
+def plan_models(manifest: Manifest, export_dir: Path, options: RepoOptions) -> list[ModelPlan]:
+    """The models (configs + files) to write for one export."""
+    names = {a.name: a for a in manifest.artifacts}
+    base = options.name or re.sub(r"[^A-Za-z0-9_.-]", "_", manifest.name)
+    engine = names.get("trt_fp16")
+    gpu = options.gpu if options.gpu is not None else engine is not None
+    manifest_text = manifest.to_json()
+    plans: list[ModelPlan] = []
+    if "fp32" not in names:
+        raise ServeError(f"export {manifest.name!r} has no 'fp32' artifact to serve")
+    for artifact_name, model_name in (("fp32", base), ("uint8", f"{base}_uint8")):
+        artifact = names.get(artifact_name)
+        if artifact is None:
+            continue
+        files = {"model.onnx": _artifact_file(export_dir, artifact)}
+        if engine is not None and artifact_name == "fp32":
+            files["model.plan"] = _artifact_file(export_dir, engine)
+        config = model_config(manifest, artifact, model_name, "python", options, gpu)
+        texts = {"model.py": BACKEND_MODEL.read_text(), MANIFEST_NAME: manifest_text}
+        plans.append(ModelPlan(model_name, config, files, texts))
+    fp32 = names["fp32"]
+    onnx_files = {"model.onnx": _artifact_file(export_dir, fp32)}
+    sidecar = onnx_files["model.onnx"].with_name(onnx_files["model.onnx"].name + ".data")
+    if sidecar.is_file():  # external weights keep the file name the ONNX refers to
+        onnx_files[sidecar.name] = sidecar
+    config = model_config(manifest, fp32, f"{base}_onnx", "onnx", options, gpu)
+    plans.append(ModelPlan(f"{base}_onnx", config, onnx_files))
+    if engine is not None:
+        config = model_config(manifest, engine, f"{base}_trt", "trt", options, True)
+        plans.append(
+            ModelPlan(f"{base}_trt", config, {"model.plan": _artifact_file(export_dir, engine)})
+        )
+    return plans
+
+
+def _artifact_file(export_dir: Path, artifact: Artifact) -> Path:
+    path = export_dir / artifact.path
+    if not path.is_file():
+        raise ServeError(f"{path} named by the manifest is missing; re-run `gendeploy export`")
+    if artifact.sha256 and _sha256(path) != artifact.sha256:
+        raise ServeError(f"{path} does not match its sha256 in the manifest; re-run the export")
+    if artifact.kind not in (ArtifactKind.onnx, ArtifactKind.tensorrt):
+        raise ServeError(f"artifact {artifact.name!r} has unknown kind {artifact.kind!r}")
+    return path
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _versions(model_dir: Path) -> list[int]:
+    if not model_dir.is_dir():
+        return []
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def _same_tree(a: Path, b: Path) -> bool:
+    names_a = sorted(p.name for p in a.iterdir())
+    names_b = sorted(p.name for p in b.iterdir())
+    if names_a != names_b:
+        return False
+    _, mismatch, errors = filecmp.cmpfiles(a, b, names_a, shallow=False)
+    return not mismatch and not errors
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide it from a server running as another user
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_model(plan: ModelPlan, repo_dir: Path, keep_versions: int) -> WrittenModel:
+    """Stage the version, rename it to N+1 (unless identical to the latest), then config.pbtxt."""
+    model_dir = repo_dir / plan.name
+    model_dir.mkdir(parents=True, exist_ok=True)
+    versions = _versions(model_dir)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=model_dir))
+    staging.chmod(0o755)
+    try:
+        for dest, src in plan.files.items():
+            shutil.copyfile(src, staging / dest)
+        for dest, text in plan.texts.items():
+            (staging / dest).write_text(text)
+        latest = model_dir / str(versions[-1]) if versions else None
+        if latest is not None and _same_tree(staging, latest):
+            version, new = versions[-1], False
+        else:
+            version, new = (versions[-1] + 1 if versions else 1), True
+            os.rename(staging, model_dir / str(version))
+            versions.append(version)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    _atomic_text(model_dir / "config.pbtxt", config_text(plan.config))
+    for old in versions[:-keep_versions]:
+        shutil.rmtree(model_dir / str(old), ignore_errors=True)
+    return WrittenModel(plan.name, version, new, model_dir)
+
+
+def write_repo(
+    export: Manifest | Path | str,
+    repo_dir: Path | str,
+    options: RepoOptions | None = None,
+    export_dir: Path | str | None = None,
+) -> list[WrittenModel]:
+    """Write (or add a version to) the Triton models of one export into ``repo_dir``.
+
+    ``export`` is an export directory (or its manifest.json); a ``Manifest`` object needs
+    ``export_dir`` for the files it names. All files are checked before anything is written.
+    """
+    options = options or RepoOptions()
+    if isinstance(export, Manifest):
+        if export_dir is None:
+            raise ServeError("write_repo(manifest, ...) needs export_dir= for the files it names")
+        manifest, root = export, Path(export_dir)
+    else:
+        root = Path(export)
+        root = root.parent if root.is_file() else root
+        manifest = load_manifest(root)
+    plans = plan_models(manifest, root, options)
+    repo = Path(repo_dir)
+    repo.mkdir(parents=True, exist_ok=True)
+    return [write_model(plan, repo, options.keep_versions) for plan in plans]

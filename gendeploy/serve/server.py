@@ -1,0 +1,352 @@
+"""Find, prepare, start and stop a real ``tritonserver`` bound to loopback.
+
+A ``tritonserver`` on ``PATH`` is used as is. Otherwise the one in the ``nvidia-pytriton`` wheel is
+prepared (see ../shared/TRITON_ON_CPU.md): a backend directory in the user cache holds links to the
+wheel's python backend plus a copy of the stub for this Python; the stub finds this environment from
+the first ``python3`` on ``PATH`` and this interpreter's ``libpython`` through ``LD_LIBRARY_PATH``.
+
+    with TritonServer("triton_repo") as server:
+        server.http_url, server.grpc_url, server.metrics_url
+
+The server runs in its own process group; ``stop()`` sends SIGINT, waits, then kills whatever is
+left of the group, so no python-backend stub outlives it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gendeploy.errors import MissingDependencyError, ServeError
+
+STUB = "triton_python_backend_stub"
+PLATFORM_BACKENDS = {
+    "onnxruntime_onnx": "onnxruntime",
+    "tensorrt_plan": "tensorrt",
+    "pytorch_libtorch": "pytorch",
+    "tensorflow_savedmodel": "tensorflow",
+    "tensorflow_graphdef": "tensorflow",
+}
+
+
+@dataclass(frozen=True)
+class TritonBinary:
+    executable: Path
+    backend_dir: Path
+    env: dict[str, str] = field(default_factory=dict)  # set on top of os.environ
+    origin: str = "PATH"  # "PATH", "nvidia-pytriton" or "explicit"
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "gendeploy"
+
+
+def _pytriton_root() -> Path | None:
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    root = Path(next(iter(spec.submodule_search_locations))) / "tritonserver"
+    return root if (root / "bin" / "tritonserver").is_file() else None
+
+
+def _prepare_pytriton_backends(root: Path) -> Path:
+    """A backend dir: the wheel's python backend plus this Python's stub (made once)."""
+    py = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = root / "python_backend_stubs" / py / STUB
+    if not stub.is_file():
+        raise MissingDependencyError(f"nvidia-pytriton has no python backend stub for Python {py}")
+    source = root / "backends" / "python"
+    stat = stub.stat()
+    key = hashlib.sha256(f"{root}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    target = _cache_dir() / f"tritonserver-py{py}-{key}" / "backends"
+    if (target / "python" / STUB).is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".backends-", dir=target.parent))
+    try:
+        (staging / "python").mkdir()
+        for item in source.iterdir():
+            if item.is_file():
+                (staging / "python" / item.name).symlink_to(item)
+        shutil.copy2(stub, staging / "python" / STUB)
+        with contextlib.suppress(OSError):  # another process won the race: use its copy
+            os.rename(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _pytriton_env(root: Path) -> dict[str, str]:
+    libs = [root.parent.parent / "nvidia_pytriton.libs"]
+    libdir = sysconfig.get_config_var("LIBDIR")
+    ldlib = sysconfig.get_config_var("LDLIBRARY")
+    if libdir and ldlib and (Path(libdir) / str(ldlib)).exists():
+        libs.insert(0, Path(libdir))  # the stub then links this interpreter's own libpython
+    old_ld = os.environ.get("LD_LIBRARY_PATH", "")
+    bin_dir = Path(sys.prefix) / "bin"
+    return {
+        "PATH": os.pathsep.join([str(bin_dir), os.environ.get("PATH", "")]),
+        "LD_LIBRARY_PATH": os.pathsep.join([str(p) for p in libs] + ([old_ld] if old_ld else [])),
+    }
+
+
+def find_tritonserver(explicit: Path | str | None = None) -> TritonBinary:
+    """The ``tritonserver`` to run: ``explicit``, else on PATH, else the nvidia-pytriton wheel's."""
+    if explicit is not None:
+        exe = Path(explicit)
+        if not exe.is_file():
+            raise ServeError(f"tritonserver not found at {exe}")
+        return TritonBinary(exe, exe.parent.parent / "backends", origin="explicit")
+    on_path = shutil.which("tritonserver")
+    if on_path:
+        exe = Path(on_path).resolve()
+        backends = exe.parent.parent / "backends"
+        if not backends.is_dir():
+            backends = Path("/opt/tritonserver/backends")
+        return TritonBinary(exe, backends, origin="PATH")
+    root = _pytriton_root()
+    if root is None:
+        raise MissingDependencyError(
+            "no tritonserver on PATH and nvidia-pytriton is not installed; "
+            "pip install 'gendeploy[cpu]' or use the NGC container (`gendeploy serve --docker`)"
+        )
+    return TritonBinary(
+        root / "bin" / "tritonserver",
+        _prepare_pytriton_backends(root),
+        _pytriton_env(root),
+        origin="nvidia-pytriton",
+    )
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def servable_models(repo_dir: Path, backend_dir: Path) -> tuple[list[str], dict[str, str]]:
+    """Models this server can load, and the others with the reason (a backend it lacks)."""
+    from gendeploy.serve.repo import parse_config
+
+    load: list[str] = []
+    skipped: dict[str, str] = {}
+    for config_path in sorted(repo_dir.glob("*/config.pbtxt")):
+        name = config_path.parent.name
+        config = parse_config(config_path.read_text())
+        backend = config.backend or PLATFORM_BACKENDS.get(config.platform, config.platform)
+        if backend_dir.is_dir() and not (backend_dir / backend).is_dir():
+            skipped[name] = f"this tritonserver has no '{backend}' backend (the NGC container has)"
+        else:
+            load.append(name)
+    return load, skipped
+
+
+class TritonServer:
+    """A tritonserver process serving ``repo_dir`` on 127.0.0.1 (ports 0 = pick free ones)."""
+
+    def __init__(
+        self,
+        repo_dir: Path | str,
+        *,
+        http_port: int = 0,
+        grpc_port: int = 0,
+        metrics_port: int = 0,
+        tritonserver: Path | str | None = None,
+        log_path: Path | str | None = None,
+        exit_timeout_s: int = 5,
+        startup_timeout_s: float = 180.0,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        self.repo_dir = Path(repo_dir).resolve()
+        if not self.repo_dir.is_dir():
+            raise ServeError(
+                f"model repository {self.repo_dir} does not exist; run `gendeploy repo`"
+            )
+        self.requested = (http_port, grpc_port, metrics_port)
+        self.tritonserver = tritonserver
+        self.log_path = Path(log_path) if log_path else None
+        self.exit_timeout_s = exit_timeout_s
+        self.startup_timeout_s = startup_timeout_s
+        self.extra_args = extra_args
+        self.process: subprocess.Popen[bytes] | None = None
+        self.http_port = self.grpc_port = self.metrics_port = 0
+        self.loaded: list[str] = []
+        self.skipped: dict[str, str] = {}  # model -> why this server cannot load it
+
+    @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    def endpoints(self) -> dict[str, Any]:
+        return {
+            "http": self.http_url,
+            "grpc": self.grpc_url,
+            "metrics": self.metrics_url,
+            "pid": self.process.pid if self.process else None,
+            "log": str(self.log_path),
+            "repo": str(self.repo_dir),
+        }
+
+    def start(self) -> TritonServer:
+        binary = find_tritonserver(self.tritonserver)
+        if self.log_path is None:
+            fd, name = tempfile.mkstemp(prefix="gendeploy-tritonserver-", suffix=".log")
+            os.close(fd)
+            self.log_path = Path(name)
+        auto = not any(self.requested)
+        for attempt in range(3 if auto else 1):
+            self.http_port, self.grpc_port, self.metrics_port = (
+                p or free_port() for p in self.requested
+            )
+            self._spawn(binary)
+            try:
+                self._wait_ready()
+                return self
+            except ServeError:
+                self.stop()
+                in_use = "address already in use" in self._log_tail().lower()
+                if not (auto and in_use and attempt < 2):
+                    raise
+        raise AssertionError("unreachable")
+
+    def _spawn(self, binary: TritonBinary) -> None:
+        assert self.log_path is not None
+        self.loaded, self.skipped = servable_models(self.repo_dir, binary.backend_dir)
+        if not self.loaded:
+            raise ServeError(f"no model in {self.repo_dir} can be served by this tritonserver")
+        # explicit mode: load only what this server's backends can run, not the NGC-only models
+        load = ["--model-control-mode=explicit", *(f"--load-model={m}" for m in self.loaded)]
+        cmd = [
+            str(binary.executable),
+            f"--model-repository={self.repo_dir}",
+            f"--backend-directory={binary.backend_dir}",
+            "--http-address=127.0.0.1",
+            "--grpc-address=127.0.0.1",
+            f"--http-port={self.http_port}",
+            f"--grpc-port={self.grpc_port}",
+            f"--metrics-port={self.metrics_port}",
+            "--allow-gpu-metrics=false",
+            f"--exit-timeout-secs={self.exit_timeout_s}",
+            *load,
+            *self.extra_args,
+        ]
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **binary.env},
+                start_new_session=True,  # its own process group: stop() reaps the stubs too
+            )
+
+    def _log_tail(self, lines: int = 15) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        text = self.log_path.read_text(errors="replace").splitlines()
+        return "\n".join(text[-lines:])
+
+    def _wait_ready(self) -> None:
+        assert self.process is not None
+        deadline = time.monotonic() + self.startup_timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                lines = self._log_tail(80).splitlines()
+                errors = [line for line in lines if "failed to load" in line] or [
+                    line for line in lines if line.startswith("error") or "address" in line
+                ]
+                detail = (
+                    errors[0].split("] ", 1)[-1].strip('"')
+                    if errors
+                    else f"exit code {self.process.returncode}"
+                )
+                raise ServeError(
+                    f"tritonserver exited during startup: {detail} (log: {self.log_path})"
+                )
+            if self.is_ready():
+                return
+            time.sleep(0.25)
+        raise ServeError(
+            f"tritonserver not ready after {self.startup_timeout_s:.0f}s (log: {self.log_path})"
+        )
+
+    def is_ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=2) as r:
+                return bool(r.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def models(self) -> list[dict[str, Any]]:
+        """The repository index: name, version, state of every model."""
+        req = urllib.request.Request(f"http://{self.http_url}/v2/repository/index", data=b"{}")
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return list(json.loads(r.read()))
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self) -> None:
+        """Graceful SIGINT, then SIGKILL to the whole process group (stubs included)."""
+        process, self.process = self.process, None
+        if process is None:
+            return
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=self.exit_timeout_s + 10)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
+        _kill_group(process.pid)
+
+    def __enter__(self) -> TritonServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _kill_group(pgid: int) -> None:
+    """Kill what is left of the server's process group (an orphaned stub)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def group_members(pgid: int) -> list[int]:
+    """PIDs still in process group ``pgid`` (used by tests to prove no stub is left behind)."""
+    import psutil
+
+    members = []
+    for proc in psutil.process_iter(["pid"]):
+        with contextlib.suppress(psutil.Error, ProcessLookupError):
+            if os.getpgid(proc.info["pid"]) == pgid:
+                members.append(proc.info["pid"])
+    return members

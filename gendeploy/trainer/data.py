@@ -1,0 +1,210 @@
+"""Datasets, all loaded into memory as (images in [-1, 1] (N, C, S, S) float32, labels int64 (N,)).
+
+``digits`` (the default) is scikit-learn's 8x8 digits, shipped inside scikit-learn: no download.
+``mnist`` / ``fashion-mnist`` read local IDX files, ``cifar10`` the local python batches (through a
+restricted unpickler that builds numpy arrays and nothing else), ``folder`` an image folder with one
+subfolder per class, ``fake`` random tensors for smoke tests.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import pickle
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from gendeploy.errors import DataError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
+
+
+class DatasetName(str, Enum):
+    digits = "digits"
+    mnist = "mnist"
+    fashion_mnist = "fashion-mnist"
+    cifar10 = "cifar10"
+    folder = "folder"
+    fake = "fake"
+
+
+@dataclass(frozen=True)
+class ImageData:
+    images: torch.Tensor  # (N, C, S, S) float32 in [-1, 1]
+    labels: torch.Tensor  # (N,) int64
+    num_classes: int
+    class_names: list[str]
+
+
+def load_dataset(
+    name: DatasetName | str,
+    image_size: int,
+    channels: int,
+    path: Path | None = None,
+    split: str = "train",
+) -> ImageData:
+    """Load ``name`` resized to ``channels`` x ``image_size`` x ``image_size``."""
+    name = DatasetName(name)
+    if name is DatasetName.fake:
+        g = torch.Generator().manual_seed(0)
+        images = torch.rand(256, channels, image_size, image_size, generator=g) * 2 - 1
+        labels = torch.randint(0, 10, (256,), generator=g)
+        return ImageData(images, labels, 10, [str(i) for i in range(10)])
+    if name is DatasetName.digits:
+        raw, labels_np, names = _digits(split)
+    elif name in (DatasetName.mnist, DatasetName.fashion_mnist):
+        raw, labels_np = _idx_pair(_require_path(name, path), train=split == "train")
+        names = [str(i) for i in range(10)]
+    elif name is DatasetName.cifar10:
+        raw, labels_np = _cifar10(_require_path(name, path), train=split == "train")
+        names = ["airplane", "automobile", "bird", "cat", "deer"]
+        names += ["dog", "frog", "horse", "ship", "truck"]
+    else:
+        raw, labels_np, names = _folder(_require_path(name, path))
+    images = _to_model_range(raw, image_size, channels)
+    return ImageData(images, torch.from_numpy(labels_np.astype(np.int64)), len(names), names)
+
+
+def _require_path(name: DatasetName, path: Path | None) -> Path:
+    if path is None:
+        raise DataError(f"dataset {name.value!r} reads local files: pass --data-path DIR")
+    if not path.exists():
+        raise DataError(f"dataset {name.value!r}: {path} does not exist")
+    return path
+
+
+def _to_model_range(raw: np.ndarray, size: int, channels: int) -> torch.Tensor:
+    """uint8-range (N, C, H, W) array -> float (N, channels, size, size) in [-1, 1]."""
+    x = torch.from_numpy(raw.astype(np.float32) / 255.0)
+    if x.shape[1] != channels:
+        x = x.mean(dim=1, keepdim=True) if channels == 1 else x.expand(-1, 3, -1, -1)
+    if x.shape[-1] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
+                          antialias=x.shape[-1] > size)
+    return (x.clamp(0, 1) * 2 - 1).contiguous()
+
+
+def digits_split(split: str) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits as (N, 8, 8) float in [0, 1] and labels, split 80/20 deterministically
+    (stratified by class) into "train" and "test"; "all" returns every image."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    images = data.images.astype(np.float32) / 16.0
+    labels = data.target.astype(np.int64)
+    if split == "all":
+        return images, labels
+    rng = np.random.default_rng(1234)
+    test = np.zeros(len(labels), dtype=bool)
+    for k in range(10):
+        idx = np.flatnonzero(labels == k)
+        test[rng.choice(idx, size=len(idx) // 5, replace=False)] = True
+    keep = test if split == "test" else ~test
+    return images[keep], labels[keep]
+
+
+def _digits(split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    images, labels = digits_split(split)
+    return (images[:, None] * 255.0), labels, [str(i) for i in range(10)]
+
+
+def _open_maybe_gz(path: Path) -> bytes:
+    data = path.read_bytes()
+    return gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+
+
+def _find(root: Path, stems: list[str]) -> Path:
+    for stem in stems:
+        for candidate in (root / stem, root / f"{stem}.gz"):
+            if candidate.is_file():
+                return candidate
+    raise DataError(f"no {stems[0]}[.gz] in {root}: expected the standard IDX file names there")
+
+
+def _idx_pair(root: Path, train: bool) -> tuple[np.ndarray, np.ndarray]:
+    prefix = "train" if train else "t10k"
+    images_path = _find(root, [f"{prefix}-images-idx3-ubyte", f"{prefix}-images.idx3-ubyte"])
+    labels_path = _find(root, [f"{prefix}-labels-idx1-ubyte", f"{prefix}-labels.idx1-ubyte"])
+    images = read_idx(images_path, ndim=3)
+    labels = read_idx(labels_path, ndim=1)
+    if len(images) != len(labels):
+        raise DataError(f"{images_path} has {len(images)} images but {labels_path} has {len(labels)}")
+    return images[:, None], labels
+
+
+def read_idx(path: Path, ndim: int) -> np.ndarray:
+    """Parse an unsigned-byte IDX file (magic 0x00000800 + ndim) with full size checks."""
+    try:
+        data = _open_maybe_gz(path)
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise DataError(f"cannot read {path}: {e}") from None
+    header = 4 + 4 * ndim
+    if len(data) < header or data[:3] != b"\x00\x00\x08" or data[3] != ndim:
+        raise DataError(f"{path} is not a {ndim}-d unsigned-byte IDX file (bad magic number)")
+    dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    if len(data) != header + int(np.prod(dims)):
+        raise DataError(f"{path} is truncated or padded: header says {dims}, size {len(data)}")
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
+
+
+class _ArraysOnly(pickle.Unpickler):
+    """Unpickles the CIFAR batches (dicts, lists, bytes, numpy arrays) and refuses any other class."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+    }
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def _cifar10(root: Path, train: bool) -> tuple[np.ndarray, np.ndarray]:
+    if (root / "cifar-10-batches-py").is_dir():
+        root = root / "cifar-10-batches-py"
+    names = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
+    images, labels = [], []
+    for name in names:
+        path = root / name
+        if not path.is_file():
+            raise DataError(f"cifar10: {path} is missing (expected the python-version batches)")
+        try:
+            batch = _ArraysOnly(io.BytesIO(path.read_bytes()), encoding="bytes").load()
+            data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+            labels.append(np.asarray(batch[b"labels"], dtype=np.int64))
+        except (pickle.UnpicklingError, KeyError, ValueError, TypeError, EOFError) as e:
+            raise DataError(f"cifar10: {path} is not a CIFAR-10 python batch ({e})") from None
+        images.append(data)
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def _folder(root: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    from PIL import Image, UnidentifiedImageError
+
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if not classes:
+        raise DataError(f"{root} has no class subfolders: expected {root}/<class>/<image>.png")
+    images, labels = [], []
+    for k, name in enumerate(classes):
+        for path in sorted((root / name).iterdir()):
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            try:
+                with Image.open(path) as im:
+                    rgb = np.asarray(im.convert("RGB").resize((64, 64)), dtype=np.uint8)
+            except (UnidentifiedImageError, OSError) as e:
+                raise DataError(f"{path} is not a readable image ({e})") from None
+            images.append(rgb.transpose(2, 0, 1))
+            labels.append(k)
+    if not images:
+        raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {root}/<class>/")
+    return np.stack(images), np.asarray(labels), classes

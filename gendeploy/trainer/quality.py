@@ -1,0 +1,195 @@
+"""Sample quality on digits: a small classifier, trained deterministically and cached, scores
+generated images by label accuracy (conditional), class coverage (unconditional) and a Frechet
+distance in its feature space, next to the real-train vs real-held-out baseline."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gendeploy.trainer.data import digits_split
+
+CLASSIFIER_SIZE = 16  # generated images are resized to 16x16 grey before classification
+COVERAGE_SHARE = 0.05  # a class is covered when it holds at least 5% of unconditional samples
+
+
+class DigitsClassifier(nn.Module):
+    def __init__(self, features: int = 64) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            # state: 32 x 8 x 8
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            # state: 64 x 4 x 4
+            nn.Flatten(),
+            nn.Linear(64 * 16, features),
+            nn.ReLU(),
+            # state: features (the Frechet feature space)
+        )
+        self.classify = nn.Linear(features, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classify(self.features(x))
+
+
+def to_classifier_input(images: torch.Tensor) -> torch.Tensor:
+    """Any (N, C, H, W) images in [-1, 1] -> (N, 1, 16, 16) grey in [-1, 1]."""
+    x = images.float().mean(dim=1, keepdim=True)
+    if x.shape[-1] != CLASSIFIER_SIZE:
+        down = x.shape[-1] > CLASSIFIER_SIZE
+        x = F.interpolate(x, size=(CLASSIFIER_SIZE,) * 2, mode="bilinear", antialias=down)
+    return x
+
+
+def _real_digits(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = digits_split(split)
+    x = torch.from_numpy(images)[:, None] * 2 - 1
+    return to_classifier_input(x), torch.from_numpy(labels)
+
+
+def _cache_path() -> Path:
+    root = Path(os.environ.get("GENDEPLOY_CACHE", Path.home() / ".cache" / "gendeploy"))
+    # The cache key changes whenever the classifier's code or training recipe changes.
+    source = inspect.getsource(DigitsClassifier) + inspect.getsource(train_classifier)
+    key = hashlib.sha256(source.encode()).hexdigest()[:12]
+    return root / f"digits_classifier_{key}.pt"
+
+
+def train_classifier(epochs: int = 20, seed: int = 0) -> nn.Module:
+    """Train on the real train split with small random shifts (generated digits are never pixel-
+    aligned like the scans); deterministic for a given seed on one machine."""
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = DigitsClassifier()
+    x, y = _real_digits("train")
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    for _ in range(epochs):
+        order = torch.randperm(len(x), generator=gen)
+        for i in range(0, len(x), 64):
+            idx = order[i : i + 64]
+            shift = torch.randint(-1, 2, (2,), generator=gen).tolist()
+            xb = torch.roll(x[idx], shifts=(shift[0], shift[1]), dims=(2, 3))
+            loss = F.cross_entropy(model(xb), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval()
+
+
+def load_classifier() -> tuple[nn.Module, float]:
+    """The cached classifier (trained on first use, ~15 s) and its held-out accuracy."""
+    path = _cache_path()
+    model = DigitsClassifier()
+    if path.is_file():
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(payload["state"])
+        return model.eval(), float(payload["held_out_accuracy"])
+    model = train_classifier()
+    x, y = _real_digits("test")
+    with torch.inference_mode():
+        accuracy = float((model(x).argmax(1) == y).float().mean())
+    from gendeploy.trainer.checkpoint import atomic_write
+
+    atomic_write(path, lambda f: torch.save({"state": model.state_dict(),
+                                              "held_out_accuracy": accuracy}, f))
+    return model, accuracy
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Frechet distance between Gaussians fitted to feature sets ``a`` and ``b`` (rows = samples)."""
+    from scipy import linalg
+
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
+    covmean = np.real(covmean)
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * covmean))
+
+
+@dataclass(frozen=True)
+class QualityReport:
+    classifier_accuracy: float  # the classifier's own held-out accuracy
+    samples: int
+    frechet: float  # generated vs real held-out
+    frechet_baseline: float  # real train vs real held-out
+    label_accuracy: float | None  # conditional models
+    classes_covered: int  # classes holding >= 5% of samples (unconditional: of all samples)
+    class_shares: list[float]
+
+    @property
+    def frechet_ratio(self) -> float:
+        return self.frechet / self.frechet_baseline
+
+    def to_dict(self) -> dict[str, float | int | list[float] | None]:
+        d: dict[str, float | int | list[float] | None] = dict(asdict(self))
+        d["frechet_ratio"] = self.frechet_ratio
+        return d
+
+
+@torch.inference_mode()
+def _features_and_predictions(
+    classifier: nn.Module, images: torch.Tensor
+) -> tuple[np.ndarray, np.ndarray]:
+    assert isinstance(classifier, DigitsClassifier)
+    h = classifier.features(to_classifier_input(images))
+    return h.numpy().astype(np.float64), classifier.classify(h).argmax(1).numpy()
+
+
+@torch.inference_mode()
+def evaluate_generator(
+    generator: nn.Module, latent_dim: int, num_classes: int, seed: int = 0
+) -> QualityReport:
+    """Score ``generator`` (eval mode) against the real digits, as many samples as the train split."""
+    classifier, accuracy = load_classifier()
+    real_train, train_labels = _real_digits("train")
+    real_test, _ = _real_digits("test")
+    n = len(real_train)
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, latent_dim, generator=gen)
+    # Conditional models draw labels with the real class frequencies, so Frechet stays comparable.
+    labels = train_labels[torch.randperm(n, generator=gen)] if num_classes else None
+    fake = torch.cat([
+        generator(z[i : i + 256], None if labels is None else labels[i : i + 256])
+        for i in range(0, n, 256)
+    ])
+    f_fake, pred = _features_and_predictions(classifier, fake)
+    f_train, _ = _features_and_predictions(classifier, real_train)
+    f_test, _ = _features_and_predictions(classifier, real_test)
+    shares = np.bincount(pred, minlength=10) / len(pred)
+    return QualityReport(
+        classifier_accuracy=accuracy,
+        samples=n,
+        frechet=frechet_distance(f_fake, f_test),
+        frechet_baseline=frechet_distance(f_train, f_test),
+        label_accuracy=None if labels is None else float((pred == labels.numpy()).mean()),
+        classes_covered=int((shares >= COVERAGE_SHARE).sum()),
+        class_shares=[round(float(s), 4) for s in shares],
+    )
+
+
+def evaluate_checkpoint(path: Path, seed: int = 0) -> QualityReport:
+    """Score a checkpoint's deployable generator and write ``quality.json`` next to it."""
+    import json
+
+    from gendeploy.trainer.checkpoint import atomic_write, load_generator
+
+    generator, ckpt = load_generator(path)
+    report = evaluate_generator(
+        generator, ckpt.model_config.latent_dim, ckpt.model_config.num_classes, seed
+    )
+    payload = {"checkpoint": str(path), "step": ckpt.step, **report.to_dict()}
+    text = json.dumps(payload, indent=2) + "\n"
+    atomic_write(Path(path).parent / "quality.json", lambda f: f.write(text.encode()))
+    return report

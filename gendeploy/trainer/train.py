@@ -1,0 +1,434 @@
+"""The training loop: non-saturating GAN loss with logits, Adam, optional generator EMA, DDP.
+
+One run writes one directory ``runs/<name>/``: ``checkpoint.pt`` (self-describing, atomic),
+``config.json``, ``metrics.jsonl``, ``samples/step_XXXXXX.png``, ``loss.png``, ``quality.json``.
+Under torchrun every rank trains on its own random batches; only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gendeploy.errors import CheckpointError, UsageError
+from gendeploy import images
+from gendeploy.trainer import plots
+from gendeploy.trainer.checkpoint import (
+    Checkpoint,
+    atomic_write,
+    load_checkpoint,
+    load_state_into,
+    save_checkpoint,
+)
+from gendeploy.trainer.data import DatasetName, load_dataset
+from gendeploy.trainer.models import (
+    ModelConfig,
+    build_discriminator,
+    build_generator,
+    init_weights,
+)
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    dataset: DatasetName = DatasetName.digits
+    data_path: str | None = None
+    steps: int = 2000
+    batch_size: int = 64
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    ema_decay: float = 0.0  # 0 disables the generator EMA
+    aux_weight: float = 1.0  # conditional models: weight of the auxiliary class loss (AC-GAN)
+    seed: int = 0
+    sample_every: int = 250
+    checkpoint_every: int = 250
+    eval_at_end: bool = True
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "dataset", DatasetName(self.dataset))
+        except ValueError:
+            choices = ", ".join(d.value for d in DatasetName)
+            raise UsageError(f"unknown dataset {self.dataset!r}; choose one of: {choices}") from None
+        object.__setattr__(self, "betas", tuple(self.betas))
+        if self.steps < 1 or self.batch_size < 1:
+            raise UsageError("--steps and --batch-size must be at least 1")
+        if not 0 <= self.ema_decay < 1:
+            raise UsageError(f"--ema must be in [0, 1), got {self.ema_decay}")
+        if self.sample_every < 1 or self.checkpoint_every < 1:
+            raise UsageError("--sample-every and --checkpoint-every must be at least 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["dataset"] = self.dataset.value
+        d["betas"] = list(self.betas)
+        return d
+
+
+@dataclass(frozen=True)
+class Preset:
+    description: str
+    model: ModelConfig
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+PRESETS: dict[str, Preset] = {
+    "digits-cdcgan": Preset(
+        "conditional DCGAN 32x32 on digits (the default)",
+        ModelConfig(arch="dcgan", image_size=32, num_classes=10, width=32),  # type: ignore[arg-type]
+        TrainConfig(steps=1500, batch_size=64, ema_decay=0.999),
+    ),
+    "digits-dcgan": Preset(
+        "unconditional DCGAN 32x32 on digits",
+        ModelConfig(arch="dcgan", image_size=32, width=32),  # type: ignore[arg-type]
+        TrainConfig(steps=1500, batch_size=64, ema_decay=0.999),
+    ),
+    "seed-mlp": Preset(
+        "the classic MLP GAN (latent 100 -> 256 -> 512 -> 1024), fixed, on digits 32x32",
+        ModelConfig(arch="mlp", image_size=32, width=64),  # type: ignore[arg-type]
+        TrainConfig(steps=3000, batch_size=64),
+    ),
+    "dcgan64": Preset(
+        "the reference DCGAN-64 (pytorch/examples), RGB 64x64; pair with --dataset",
+        ModelConfig(arch="dcgan", image_size=64, image_channels=3, width=64),  # type: ignore[arg-type]
+        TrainConfig(steps=5000, batch_size=64),
+    ),
+}
+DEFAULT_PRESET = "digits-cdcgan"
+
+
+def preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise UsageError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+@dataclass
+class _Dist:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _init_distributed() -> _Dist:
+    """torchrun sets WORLD_SIZE/RANK: gloo on CPU, nccl on GPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return _Dist()
+    import torch.distributed as dist
+
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend)
+    return _Dist(dist.get_rank(), dist.get_world_size())
+
+
+def _ddp(module: nn.Module, dist: _Dist) -> nn.Module:
+    if dist.world == 1:
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    # The auxiliary class head gets no gradient from the fake-image pass: allow unused params.
+    return DistributedDataParallel(module, find_unused_parameters=True)
+
+
+def _unwrap(module: nn.Module) -> nn.Module:
+    inner = getattr(module, "module", module)
+    assert isinstance(inner, nn.Module)
+    return inner
+
+
+def prepare_run_dir(out: Path, resume: bool, force: bool) -> None:
+    """Refuse to touch an existing run unless asked to resume it or overwrite it."""
+    if resume and force:
+        raise UsageError("--resume and --force contradict each other: pick one")
+    if resume:
+        if not (out / CHECKPOINT_NAME).is_file():
+            raise CheckpointError(f"--resume: no {CHECKPOINT_NAME} in {out}; start without --resume")
+        return
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise UsageError(
+                f"run directory {out} already exists; pass --resume to continue it or --force "
+                "to start over (its files are replaced)"
+            )
+        shutil.rmtree(out)
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(generator: nn.Module, config: ModelConfig, batches: int = 20,
+                          batch_size: int = 128, seed: int = 0) -> None:
+    """Re-estimate BatchNorm running statistics of ``generator`` from its own forward passes.
+
+    EMA weights never produced the running statistics they inherit, so an exported (eval-mode) EMA
+    generator needs them re-estimated with a cumulative average over fresh noise.
+    """
+    bns = [m for m in generator.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative moving average
+    generator.train()
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(batches):
+        z = torch.randn(batch_size, config.latent_dim, generator=g)
+        y = torch.randint(0, config.num_classes, (batch_size,), generator=g) \
+            if config.conditional else None
+        generator(z, y)
+    for bn, m in zip(bns, momenta, strict=True):
+        bn.momentum = m
+    generator.eval()
+
+
+def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    with torch.no_grad():
+        for p_ema, p in zip(ema.parameters(), model.parameters(), strict=True):
+            p_ema.lerp_(p, 1 - decay)
+
+
+def train(
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    out: Path,
+    resume: bool = False,
+    force: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train a GAN into run directory ``out``; returns the final metrics (and quality report)."""
+    dist = _init_distributed()
+    if dist.main:
+        prepare_run_dir(out, resume, force)
+    start_step, ckpt = 0, None
+    if resume:
+        ckpt = load_checkpoint(out / CHECKPOINT_NAME)
+        if ckpt.model_config != model_config:
+            raise CheckpointError(
+                f"{out / CHECKPOINT_NAME} was trained as {ckpt.model_config.to_dict()}, not "
+                f"{model_config.to_dict()}; resume with the same preset and model flags"
+            )
+        start_step = ckpt.step
+    data = load_dataset(
+        train_config.dataset,
+        model_config.image_size,
+        model_config.image_channels,
+        Path(train_config.data_path) if train_config.data_path else None,
+    )
+    if model_config.conditional and data.num_classes > model_config.num_classes:
+        raise UsageError(
+            f"dataset {train_config.dataset.value} has {data.num_classes} classes but the model "
+            f"has --num-classes {model_config.num_classes}"
+        )
+
+    torch.manual_seed(train_config.seed)
+    generator = build_generator(model_config)
+    discriminator = build_discriminator(model_config)
+    generator.apply(init_weights)
+    discriminator.apply(init_weights)
+    ema = copy.deepcopy(generator).eval() if train_config.ema_decay else None
+    opt_g = torch.optim.Adam(generator.parameters(), lr=train_config.lr, betas=train_config.betas)
+    opt_d = torch.optim.Adam(discriminator.parameters(), lr=train_config.lr,
+                             betas=train_config.betas)
+    if ckpt is not None:
+        source = str(out / CHECKPOINT_NAME)
+        load_state_into(generator, ckpt.generator, source)
+        if ckpt.discriminator is None or ckpt.optimizer_g is None or ckpt.optimizer_d is None:
+            raise CheckpointError(f"{source} holds no training state (was it exported only?)")
+        load_state_into(discriminator, ckpt.discriminator, source)
+        opt_g.load_state_dict(ckpt.optimizer_g)
+        opt_d.load_state_dict(ckpt.optimizer_d)
+        if ema is not None and ckpt.generator_ema is not None:
+            load_state_into(ema, ckpt.generator_ema, source)
+    g_train, d_train = _ddp(generator, dist), _ddp(discriminator, dist)
+
+    run = _Run(out, model_config, train_config, dist.main)
+    # Each rank (and each resumed segment) draws its own batches, reproducibly.
+    rng = torch.Generator().manual_seed(train_config.seed * 1000 + dist.rank + 7919 * start_step)
+    n, bs, k = len(data.images), train_config.batch_size, model_config.num_classes
+    t0 = time.perf_counter()
+    bar = run.progress(start_step, train_config.steps, progress)
+    for step in range(start_step + 1, train_config.steps + 1):
+        idx = torch.randint(0, n, (bs,), generator=rng)
+        real, real_y = data.images[idx], data.labels[idx] if k else None
+        z = torch.randn(bs, model_config.latent_dim, generator=rng)
+        fake_y = torch.randint(0, k, (bs,), generator=rng) if k else None
+
+        # Discriminator: real -> 1, fake -> 0, in logits (softplus form is numerically stable).
+        fake = g_train(z, fake_y)
+        logit_real, cls_real = d_train(real, real_y)
+        loss_d_real = F.softplus(-logit_real).mean()
+        if cls_real is not None and real_y is not None:
+            loss_d_real = loss_d_real + train_config.aux_weight * F.cross_entropy(cls_real, real_y)
+        opt_d.zero_grad(set_to_none=True)
+        loss_d_real.backward()
+        logit_fake, _ = d_train(fake.detach(), fake_y)
+        loss_d_fake = F.softplus(logit_fake).mean()
+        loss_d_fake.backward()
+        opt_d.step()
+
+        # Generator: non-saturating loss -log D(G(z)) (the seed's log(1 - D) saturates).
+        if dist.world > 1:
+            with d_train.no_sync():  # type: ignore[operator]
+                loss_g = _generator_loss(d_train, fake, fake_y, train_config.aux_weight)
+                opt_g.zero_grad(set_to_none=True)
+                loss_g.backward()
+        else:
+            loss_g = _generator_loss(d_train, fake, fake_y, train_config.aux_weight)
+            opt_g.zero_grad(set_to_none=True)
+            loss_g.backward()
+        opt_g.step()
+        if ema is not None:
+            # Warm-up: early on the average must not be dominated by the random initialisation.
+            _ema_update(ema, generator, min(train_config.ema_decay, (1 + step) / (10 + step)))
+
+        metrics = {
+            "step": step,
+            "loss_d": float((loss_d_real + loss_d_fake).detach()),
+            "loss_g": float(loss_g.detach()),
+            "d_real": float(torch.sigmoid(logit_real.detach()).mean()),
+            "d_fake": float(torch.sigmoid(logit_fake.detach()).mean()),
+        }
+        elapsed = time.perf_counter() - t0
+        metrics["steps_per_s"] = (step - start_step) / elapsed if elapsed > 0 else 0.0
+        run.log(metrics, bar)
+        if run.main and (step % train_config.sample_every == 0 or step == train_config.steps):
+            run.samples(run.deployable(generator, ema, step), step)
+        if step % train_config.checkpoint_every == 0 or step == train_config.steps:
+            run.checkpoint(step, generator, discriminator, ema, opt_g, opt_d)
+    if bar is not None:
+        bar.stop()
+    return run.finish()
+
+
+def _generator_loss(d_train: nn.Module, fake: torch.Tensor, fake_y: torch.Tensor | None,
+                    aux_weight: float) -> torch.Tensor:
+    logit, cls = d_train(fake, fake_y)
+    loss = F.softplus(-logit).mean()
+    if cls is not None and fake_y is not None:
+        loss = loss + aux_weight * F.cross_entropy(cls, fake_y)
+    return loss
+
+
+class _Run:
+    """What rank 0 writes into the run directory; on other ranks every method does nothing."""
+
+    def __init__(self, out: Path, model: ModelConfig, train: TrainConfig, main: bool) -> None:
+        self.out, self.model, self.train, self.main = out, model, train, main
+        self.history: list[dict[str, float]] = []
+        if not main:
+            return
+        out.mkdir(parents=True, exist_ok=True)
+        config = {"model": model.to_dict(), "train": train.to_dict()}
+        atomic_write(out / "config.json", lambda f: f.write(json.dumps(config, indent=2).encode()))
+        metrics = out / "metrics.jsonl"
+        if metrics.is_file():
+            self.history = [json.loads(line) for line in metrics.read_text().splitlines() if line]
+        # Fixed noise (and every label, for conditional models) so sample grids are comparable.
+        g = torch.Generator().manual_seed(12345)
+        k = model.num_classes
+        rows = k if k else 8
+        self.sample_z = torch.randn(rows * 8, model.latent_dim, generator=g)
+        self.sample_y = torch.arange(k).repeat_interleave(8) if k else None
+
+    def progress(self, start: int, total: int, enabled: bool) -> Any:
+        if not (self.main and enabled):
+            return None
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeRemainingColumn)
+
+        bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                       TextColumn("{task.fields[status]}"), TimeRemainingColumn())
+        bar.start()
+        bar.add_task("train", total=total, completed=start, status="")
+        return bar
+
+    def log(self, metrics: dict[str, float], bar: Any) -> None:
+        if not self.main:
+            return
+        self.history.append(metrics)
+        with (self.out / "metrics.jsonl").open("a") as f:
+            f.write(json.dumps(metrics) + "\n")
+        if bar is not None:
+            status = (f"loss_d {metrics['loss_d']:.3f} loss_g {metrics['loss_g']:.3f} "
+                      f"{metrics['steps_per_s']:.1f} steps/s")
+            bar.update(bar.task_ids[0], completed=int(metrics["step"]), status=status)
+
+    def deployable(self, generator: nn.Module, ema: nn.Module | None, step: int) -> nn.Module:
+        """What export will ship: an eval-mode copy; the EMA one with recalibrated BatchNorm."""
+        deployed = copy.deepcopy(_unwrap(ema if ema is not None else generator))
+        if ema is not None:
+            recalibrate_batchnorm(deployed, self.model, seed=step)
+        return deployed.eval()
+
+    def samples(self, generator: nn.Module, step: int) -> None:
+        """``generator`` is the deployable (eval-mode) one."""
+        if not self.main:
+            return
+        with torch.no_grad():
+            samples = generator(self.sample_z, self.sample_y)
+        images.save_grid(samples, self.out / "samples" / f"step_{step:06d}.png", nrow=8)
+
+    def checkpoint(self, step: int, generator: nn.Module, discriminator: nn.Module,
+                   ema: nn.Module | None, opt_g: torch.optim.Optimizer,
+                   opt_d: torch.optim.Optimizer) -> None:
+        if not self.main:
+            return
+        ema_state = self.deployable(generator, ema, step).state_dict() if ema is not None else None
+        ckpt = Checkpoint(
+            model_config=self.model,
+            step=step,
+            generator=_unwrap(generator).state_dict(),
+            train_config=self.train.to_dict(),
+            generator_ema=ema_state,
+            discriminator=_unwrap(discriminator).state_dict(),
+            optimizer_g=opt_g.state_dict(),
+            optimizer_d=opt_d.state_dict(),
+        )
+        save_checkpoint(ckpt, self.out / CHECKPOINT_NAME)
+        # Metrics written after this checkpoint would be replayed on resume: keep them in step.
+        self._truncate_metrics(step)
+
+    def _truncate_metrics(self, step: int) -> None:
+        kept = [m for m in self.history if m["step"] <= step]
+        if len(kept) != len(self.history):
+            self.history = kept
+            lines = "".join(json.dumps(m) + "\n" for m in kept)
+            atomic_write(self.out / "metrics.jsonl", lambda f: f.write(lines.encode()))
+
+    def finish(self) -> dict[str, Any]:
+        result: dict[str, Any] = {"steps": self.history[-1]["step"] if self.history else 0}
+        if not self.main:
+            return result
+        plots.save_loss_curve(self.history, self.out / "loss.png")
+        if self.train.eval_at_end and self.train.dataset is DatasetName.digits:
+            from gendeploy.trainer.quality import evaluate_checkpoint
+
+            result["quality"] = evaluate_checkpoint(self.out / CHECKPOINT_NAME).to_dict()
+        return result
+
+
+def with_overrides(base: Preset, **overrides: Any) -> tuple[ModelConfig, TrainConfig]:
+    """Apply CLI flags (None = keep the preset's value) to a preset's configs."""
+    model_fields = set(ModelConfig.__dataclass_fields__)
+    model_kw = {k: v for k, v in overrides.items() if v is not None and k in model_fields}
+    train_kw = {k: v for k, v in overrides.items() if v is not None and k not in model_fields}
+    try:
+        return replace(base.model, **model_kw), replace(base.train, **train_kw)
+    except ValueError as e:
+        raise UsageError(str(e)) from None

@@ -1,0 +1,165 @@
+"""`gendeploy export` of trainer checkpoints: artifacts, manifest, gate figures, safe publishing."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from conftest import TINY_CONDITIONAL_DCGAN, TINY_MLP, MakeCheckpoint
+
+from gendeploy.errors import UsageError
+from gendeploy.export.api import ExportOptions, ModelSpec, export
+from gendeploy.export.gate import render
+from gendeploy.export.manifest import load_manifest, sha256_file
+from gendeploy.export.publish import STAGING_PREFIX
+from gendeploy.export.source import load_eager
+from gendeploy.runtime.base import available
+from gendeploy.runtime.eager import EagerRunner
+from gendeploy.runtime.onnxrt import OnnxRuntimeRunner
+
+
+def _eager(checkpoint_dir: Path, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    manifest = load_manifest(checkpoint_dir)
+    return EagerRunner(load_eager(manifest)).run(feeds)
+
+
+def test_export_of_a_conditional_checkpoint_publishes_gated_fp32_uint8_fp16(
+    make_checkpoint: MakeCheckpoint, tmp_path: Path
+) -> None:
+    ckpt = make_checkpoint(TINY_CONDITIONAL_DCGAN, run="digits")
+    out = tmp_path / "exports" / "digits"
+    manifest = export(
+        ModelSpec(checkpoint=ckpt), ExportOptions(fp16=True, output="uint8", max_batch=16), out=out
+    )
+
+    assert manifest.name == "digits"  # from the run directory
+    names = [a.name for a in manifest.artifacts]
+    assert names[:4] == ["fp32", "uint8", "fp16", "fp16_uint8"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["manifest.json", *(f"{n}.onnx" for n in names)]
+    )
+    on_disk = load_manifest(out)
+    assert on_disk.to_json() == manifest.to_json()
+    assert on_disk.source.sha256 == sha256_file(ckpt)
+    assert on_disk.batch.max == 16 and on_disk.opset >= 17
+    assert {"torch", "onnx", "onnxruntime"} <= set(on_disk.versions)
+    for artifact in on_disk.artifacts:
+        assert artifact.sha256 == sha256_file(out / artifact.path)
+        assert artifact.validation["passed"] is True
+        assert artifact.validation["samples"] >= 8
+        onnx.checker.check_model(str(out / artifact.path), full_check=True)
+    assert on_disk.artifact("fp32").validation["max_abs_diff"] < 1e-4
+    assert on_disk.artifact("fp16").validation["psnr_db"] >= 40
+    assert on_disk.artifact("uint8").validation["max_level_diff"] <= 1
+    if not available("tensorrt").ok:  # said plainly, not silently dropped
+        skipped = {s["name"]: s["reason"] for s in on_disk.skipped}
+        assert skipped.keys() == {"trt_fp16", "trt_fp16_uint8"}
+        assert available("tensorrt").reason in skipped["trt_fp16"]
+
+
+def test_exported_onnx_has_a_dynamic_batch_and_matches_eager_at_any_batch(
+    make_checkpoint: MakeCheckpoint, tmp_path: Path
+) -> None:
+    out = tmp_path / "e"
+    export(ModelSpec(checkpoint=make_checkpoint()), ExportOptions(output="uint8"), out=out)
+    rng = np.random.default_rng(7)
+    for batch in (1, 5, 13):
+        feeds = {
+            "z": rng.standard_normal((batch, 16)).astype(np.float32),
+            "labels": rng.integers(0, 4, batch).astype(np.int64),
+        }
+        expected = _eager(out, feeds)
+        images = OnnxRuntimeRunner(out / "fp32.onnx").run(feeds)
+        assert images.shape == (batch, 1, 32, 32)
+        np.testing.assert_allclose(images, expected, atol=1e-4)
+        rendered = OnnxRuntimeRunner(out / "uint8.onnx").run(feeds)
+        assert rendered.dtype == np.uint8 and rendered.shape == (batch, 32, 32, 1)
+        assert np.abs(rendered.astype(int) - render(expected)).max() <= 1
+
+
+def test_single_self_contained_onnx_without_external_data(
+    make_checkpoint: MakeCheckpoint, tmp_path: Path
+) -> None:
+    out = tmp_path / "e"
+    export(ModelSpec(checkpoint=make_checkpoint(TINY_MLP)), out=out)
+    assert sorted(p.name for p in out.iterdir()) == ["fp32.onnx", "manifest.json"]
+    model = onnx.load(str(out / "fp32.onnx"), load_external_data=False)
+    assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+    assert [i.name for i in model.graph.input] == ["z"]
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # symbolic batch
+
+
+def test_reexport_is_a_noop_unless_force(make_checkpoint: MakeCheckpoint, tmp_path: Path) -> None:
+    ckpt = make_checkpoint(TINY_MLP)
+    out = tmp_path / "e"
+    first = export(ModelSpec(checkpoint=ckpt), out=out)
+    stamp = os.stat(out / "fp32.onnx").st_mtime_ns
+    messages: list[str] = []
+    again = export(ModelSpec(checkpoint=ckpt), out=out, log=messages.append)
+    assert again.created == first.created
+    assert os.stat(out / "fp32.onnx").st_mtime_ns == stamp
+    assert any("up to date" in m for m in messages)
+
+    export(ModelSpec(checkpoint=ckpt), out=out, force=True)
+    assert os.stat(out / "fp32.onnx").st_mtime_ns != stamp
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(STAGING_PREFIX)]
+
+
+def test_other_options_into_an_existing_export_need_force(
+    make_checkpoint: MakeCheckpoint, tmp_path: Path
+) -> None:
+    ckpt = make_checkpoint(TINY_MLP)
+    out = tmp_path / "e"
+    export(ModelSpec(checkpoint=ckpt), out=out)
+    with pytest.raises(UsageError, match="--force"):
+        export(ModelSpec(checkpoint=ckpt), ExportOptions(max_batch=4), out=out)
+    assert load_manifest(out).batch.max == 64
+
+
+def test_interrupted_export_leaves_nothing_behind_and_keeps_the_earlier_export(
+    make_checkpoint: MakeCheckpoint, tmp_path: Path
+) -> None:
+    ckpt = make_checkpoint(TINY_MLP)
+    out = tmp_path / "exports" / "e"
+
+    def interrupt_after_first_gate(message: str) -> None:
+        if message.startswith("gate passed fp32"):  # fp32.onnx is written by now
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        export(ModelSpec(checkpoint=ckpt), out=out, log=interrupt_after_first_gate)
+    assert list(out.parent.iterdir()) == []
+
+    export(ModelSpec(checkpoint=ckpt), out=out)
+    before = {p.name: sha256_file(p) for p in out.iterdir()}
+    with pytest.raises(KeyboardInterrupt):
+        export(
+            ModelSpec(checkpoint=ckpt),
+            ExportOptions(fp16=True),
+            out=out,
+            force=True,
+            log=interrupt_after_first_gate,
+        )
+    assert {p.name: sha256_file(p) for p in out.iterdir()} == before
+    assert [p.name for p in out.parent.iterdir()] == ["e"]
+
+
+def test_load_eager_rebuilds_the_model_the_export_was_made_from(
+    make_checkpoint: MakeCheckpoint, tmp_path: Path
+) -> None:
+    ckpt = make_checkpoint(TINY_MLP)
+    out = tmp_path / "e"
+    export(ModelSpec(checkpoint=ckpt), out=out)
+    module = load_eager(load_manifest(out))
+    z = torch.randn(3, 8)
+    with torch.no_grad():
+        images = module(z).numpy()
+    np.testing.assert_allclose(
+        OnnxRuntimeRunner(out / "fp32.onnx").run({"z": z.numpy()}), images, atol=1e-5
+    )
+    json.loads((out / "manifest.json").read_text())  # plain JSON, readable without gendeploy

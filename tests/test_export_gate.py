@@ -1,0 +1,160 @@
+"""The gate passes good models and fails broken ones with a named error, publishing nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from gendeploy.errors import ValidationError
+from gendeploy.export import gate, onnx_graph
+from gendeploy.export.api import ExportOptions, ModelSpec, export, make_artifact
+from gendeploy.export.manifest import ArtifactKind
+from gendeploy.export.source import LoadedModel
+from gendeploy.runtime.onnxrt import OnnxRuntimeRunner
+
+BROKEN_MODELS = '''
+import torch
+from torch import nn
+
+
+def decoder(norm: nn.Module, extra: nn.Module) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(6, 8 * 4 * 4), nn.Unflatten(1, (8, 4, 4)),
+        nn.Upsample(scale_factor=2), nn.Conv2d(8, 8, 3, padding=1), norm, nn.ReLU(),
+        extra, nn.Conv2d(8, 1, 3, padding=1), nn.Tanh(),
+    )
+
+
+class TrainingBatchNorm(nn.Module):
+    """BatchNorm without running statistics: normalises with the batch's own statistics."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = decoder(nn.BatchNorm2d(8, track_running_stats=False), nn.Identity())
+
+    def forward(self, z):
+        return self.net(z)
+
+
+class MakesNaN(nn.Module):
+    def forward(self, x):
+        return torch.sqrt(x - 1e3)
+
+
+class NaNGenerator(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = decoder(nn.InstanceNorm2d(8), MakesNaN())
+
+    def forward(self, z):
+        return self.net(z)
+'''
+
+
+@pytest.fixture
+def broken_file(tmp_path: Path) -> Path:
+    path = tmp_path / "broken.py"
+    path.write_text(BROKEN_MODELS)
+    return path
+
+
+def _spec(path: Path, cls: str) -> ModelSpec:
+    return ModelSpec(model=f"{path}:{cls}", latent_dim=6, image_shape=(1, 8, 8))
+
+
+def test_training_mode_batchnorm_fails_batch_invariance_and_says_so(
+    broken_file: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "exports" / "bn"
+    with pytest.raises(ValidationError, match=r"batch invariant.*BatchNorm.*training mode"):
+        export(_spec(broken_file, "TrainingBatchNorm"), out=out)
+    assert list(out.parent.iterdir()) == []  # nothing published, no staging left
+
+
+def test_a_layer_that_makes_nan_fails_the_gate_naming_the_layer(
+    broken_file: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "exports" / "nan"
+    with pytest.raises(ValidationError, match=r"NaN.*layer 'net\.6'"):
+        export(_spec(broken_file, "NaNGenerator"), out=out)
+    assert list(out.parent.iterdir()) == []
+
+
+def _tiny(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 64), nn.Tanh(), nn.Unflatten(1, (1, 8, 8))
+    ).eval()
+
+
+def _loaded(module: nn.Module) -> LoadedModel:
+    from gendeploy.export.manifest import Source
+
+    return LoadedModel(module, 6, 0, (1, 8, 8), Source("user_model", "x:y", ""), "tiny")
+
+
+def test_an_onnx_that_does_not_match_its_model_fails_on_values(tmp_path: Path) -> None:
+    model, other = _tiny(0), _tiny(1)
+    path = tmp_path / "other.onnx"
+    onnx_graph.export_fp32(other, path, latent_dim=6, num_classes=0, max_batch=8)
+    reference = gate.eager_reference(model, 6, 0, max_batch=8)
+    artifact = make_artifact(_loaded(model), "fp32", ArtifactKind.onnx, path.name)
+    with pytest.raises(ValidationError, match=r"'fp32': values: max abs difference .* > 0\.0001"):
+        gate.validate(OnnxRuntimeRunner(path), artifact, reference, max_batch=8)
+    # the very same file passes against its own model
+    own = gate.eager_reference(other, 6, 0, max_batch=8)
+    figures = gate.validate(OnnxRuntimeRunner(path), artifact, own, max_batch=8)
+    assert figures["passed"] and figures["max_abs_diff"] < 1e-5
+
+
+def test_an_onnx_with_wrong_names_or_shapes_fails_before_values(tmp_path: Path) -> None:
+    model = _tiny(0)
+    path = tmp_path / "m.onnx"
+    onnx_graph.export_fp32(model, path, latent_dim=6, num_classes=0, max_batch=8)
+    reference = gate.eager_reference(model, 6, 0, max_batch=8)
+    uint8 = make_artifact(_loaded(model), "uint8", ArtifactKind.onnx, path.name)
+    with pytest.raises(ValidationError, match=r"'uint8': shape: got float32\[8, 1, 8, 8\]"):
+        gate.validate(OnnxRuntimeRunner(path), uint8, reference, max_batch=8)
+    conditional = make_artifact(
+        LoadedModel(model, 6, 3, (1, 8, 8), _loaded(model).source, "c"),
+        "fp32",
+        ArtifactKind.onnx,
+        path.name,
+    )
+    with pytest.raises(ValidationError, match=r"names: inputs \['z'\]"):
+        gate.validate(OnnxRuntimeRunner(path), conditional, reference, max_batch=8)
+
+
+def test_uint8_rendering_and_psnr_figures() -> None:
+    images = np.array([-1.0, -0.999, 0.0, 0.5, 1.0, 1.2], np.float32).reshape(1, 1, 1, 6)
+    assert gate.render(images).ravel().tolist() == [0, 0, 128, 191, 255, 255]
+    a = np.zeros((1, 4, 4, 1), np.uint8)
+    assert gate.psnr(a, a) == gate.PSNR_IDENTICAL
+    assert gate.psnr(a, a + 1) == pytest.approx(48.13, abs=0.01)
+
+
+def test_gate_inputs_cover_every_label_with_fixed_seeds() -> None:
+    first, second = gate.gate_inputs(latent_dim=4, num_classes=12)
+    assert set(first["labels"].tolist()) == set(range(12))
+    again, _ = gate.gate_inputs(latent_dim=4, num_classes=12)
+    np.testing.assert_array_equal(first["z"], again["z"])
+    assert not np.array_equal(first["z"], second["z"])
+
+
+def test_fp16_tolerance_is_looser_than_fp32_but_bounded() -> None:
+    fp32, fp16 = gate.TOLERANCES.values()
+    assert fp32.max_abs <= 1e-4 and fp16.min_psnr_db >= 40
+    assert fp16.max_abs > fp32.max_abs and fp32.max_levels == 1
+
+
+def test_export_options_are_checked_before_heavy_work() -> None:
+    from gendeploy.errors import UsageError
+
+    with pytest.raises(UsageError, match="--require-engine needs --fp16"):
+        ExportOptions(require_engine=True)
+    with pytest.raises(UsageError, match="--opt-batch"):
+        ExportOptions(max_batch=4, opt_batch=8)

@@ -1,0 +1,71 @@
+"""Runners: eager and ONNX Runtime agree; optional backends say why they cannot run here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_CONDITIONAL_DCGAN, MakeCheckpoint
+
+from gendeploy.errors import ExportError, MissingDependencyError
+from gendeploy.export.api import ExportOptions, ModelSpec, export
+from gendeploy.export.manifest import load_manifest
+from gendeploy.export.source import load_eager
+from gendeploy.runtime.base import available
+from gendeploy.runtime.eager import EagerRunner
+from gendeploy.runtime.onnxrt import OnnxRuntimeRunner, providers
+from gendeploy.runtime.tensorrt import TensorRTRunner, tensorrt_availability
+
+
+def _feeds(n: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(5)
+    return {
+        "z": rng.standard_normal((n, TINY_CONDITIONAL_DCGAN.latent_dim)).astype(np.float32),
+        "labels": (np.arange(n) % TINY_CONDITIONAL_DCGAN.num_classes).astype(np.int64),
+    }
+
+
+def test_eager_and_onnxruntime_runners_agree_with_pinned_threads(
+    make_checkpoint: MakeCheckpoint, tmp_path: Path
+) -> None:
+    out = tmp_path / "e"
+    export(ModelSpec(checkpoint=make_checkpoint()), ExportOptions(fp16=True), out=out)
+    manifest = load_manifest(out)
+    feeds = _feeds(6)
+    threads = torch.get_num_threads()
+    try:
+        with EagerRunner(load_eager(manifest), threads=1) as eager:
+            expected = eager.run(feeds)
+    finally:
+        torch.set_num_threads(threads)
+    with OnnxRuntimeRunner(manifest.artifact_path("fp32", out), threads=1) as ort:
+        assert ort.input_names == ["z", "labels"] and ort.output_names == ["images"]
+        assert ort.providers == ["CPUExecutionProvider"]
+        np.testing.assert_allclose(ort.run(feeds), expected, atol=1e-4)
+    with OnnxRuntimeRunner(manifest.artifact_path("fp16", out)) as ort16:
+        images = ort16.run(feeds)
+    assert images.dtype == np.float32  # FP32 I/O around FP16 weights
+    assert np.abs(images - expected).max() < 3e-2
+
+
+def test_onnxruntime_runner_errors_are_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(ExportError, match="ONNX Runtime cannot load"):
+        OnnxRuntimeRunner(bad)
+    with pytest.raises(MissingDependencyError, match="NoSuchExecutionProvider"):
+        OnnxRuntimeRunner(bad, providers=["NoSuchExecutionProvider"])
+
+
+def test_availability_checks_are_registered_with_reasons() -> None:
+    assert available("eager").ok
+    assert available("onnxruntime").ok and "CPUExecutionProvider" in providers()
+    trt = available("tensorrt")
+    assert trt == tensorrt_availability()
+    if not trt.ok:
+        assert trt.reason.startswith(("tensorrt not installed", "tensorrt does not", "no CUDA"))
+        with pytest.raises(MissingDependencyError, match=trt.reason):
+            TensorRTRunner("engine.plan")
+    assert not available("no-such-backend").ok

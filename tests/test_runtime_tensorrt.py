@@ -1,0 +1,58 @@
+"""The GPU path: TensorRT FP16 engines built from the FP16 ONNX and gated against eager.
+
+Runs only where TensorRT and a CUDA device exist (``make gpu-check`` runs the same on the
+default DCGAN-64); elsewhere each test is skipped with the reason.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import TINY_CONDITIONAL_DCGAN, MakeCheckpoint
+
+from gendeploy.export.api import ExportOptions, ModelSpec, export
+from gendeploy.export.gate import TOLERANCES
+from gendeploy.export.manifest import ArtifactKind, Precision, load_manifest
+from gendeploy.export.source import load_eager
+from gendeploy.runtime.eager import EagerRunner
+from gendeploy.runtime.tensorrt import TensorRTRunner, tensorrt_availability
+
+_trt = tensorrt_availability()
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not _trt.ok, reason=f"needs TensorRT + CUDA: {_trt.reason}"),
+]
+
+
+def test_require_engine_builds_a_gated_strongly_typed_fp16_engine(
+    make_checkpoint: MakeCheckpoint, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GENDEPLOY_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "e"
+    options = ExportOptions(fp16=True, output="uint8", max_batch=16, opt_batch=4,
+                            require_engine=True)  # fmt: skip
+    export(ModelSpec(checkpoint=make_checkpoint()), options, out=out)
+    manifest = load_manifest(out)
+    assert manifest.skipped == []
+    engine = manifest.artifact("trt_fp16")
+    assert engine.kind is ArtifactKind.tensorrt and engine.precision is Precision.fp16
+    assert engine.validation["passed"] and engine.validation["psnr_db"] >= 40
+    assert engine.extra["profile"] == {"min": 1, "opt": 4, "max": 16}
+    assert engine.extra["gpu"] and engine.extra["compute_capability"]
+    assert manifest.versions["tensorrt"] == engine.extra["tensorrt"]
+    assert Path(engine.extra["timing_cache"]).is_file()
+    assert manifest.artifact("trt_fp16_uint8").output.dtype == "uint8"
+
+    feeds = {
+        "z": np.random.default_rng(2).standard_normal((16, 16)).astype(np.float32),
+        "labels": (np.arange(16) % TINY_CONDITIONAL_DCGAN.num_classes).astype(np.int64),
+    }
+    expected = EagerRunner(load_eager(manifest)).run(feeds)
+    with TensorRTRunner(out / engine.path) as runner:
+        for batch in (1, 7, 16):
+            part = {k: v[:batch] for k, v in feeds.items()}
+            images = runner.run(part)
+            assert images.shape == (batch, 1, 32, 32)
+            assert np.abs(images - expected[:batch]).max() <= TOLERANCES[Precision.fp16].max_abs

@@ -1,0 +1,274 @@
+"""The Triton model repository writer, the seed RNG and request validation (no server needed).
+
+Golden files: ``GENDEPLOY_UPDATE_GOLDEN=1 pytest tests/test_serve_repo.py`` rewrites them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from serve_support import TINY_CONDITIONAL, TINY_UNCONDITIONAL, build_export, make_checkpoint
+from tritonclient.grpc import model_config_pb2
+from typer.testing import CliRunner
+
+from gendeploy.cli import app
+from gendeploy.errors import ExportError, ServeError
+from gendeploy.export.manifest import (
+    Artifact,
+    ArtifactKind,
+    BatchProfile,
+    Manifest,
+    Precision,
+    Source,
+    TensorSpec,
+    load_manifest,
+)
+from gendeploy.serve.backend_model import RequestError, draw_latents, parse_request
+from gendeploy.serve.docker import container_tag, docker_command
+from gendeploy.serve.repo import RepoOptions, config_text, model_config, parse_config, write_repo
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def dcgan64_manifest() -> Manifest:
+    """A fixed conditional DCGAN-64 export with an FP16 engine, as export would describe it."""
+    inputs = [
+        TensorSpec("z", "float32", [-1, 100]),
+        TensorSpec("labels", "int64", [-1], value_range=[0, 9]),
+    ]
+    images = TensorSpec("images", "float32", [-1, 3, 64, 64], "NCHW")
+    engine_extra = {"tensorrt": "10.3.0", "profile": {"min": 1, "opt": 8, "max": 32}}
+    return Manifest(
+        name="dcgan64",
+        source=Source("checkpoint", "runs/dcgan64/checkpoint.pt", "0" * 64),
+        latent_dim=100,
+        num_classes=10,
+        image_shape=[3, 64, 64],
+        batch=BatchProfile(1, 8, 32),
+        opset=20,
+        artifacts=[
+            Artifact("fp32", ArtifactKind.onnx, "fp32.onnx", Precision.fp32, inputs, images),
+            Artifact(
+                "trt_fp16",
+                ArtifactKind.tensorrt,
+                "trt_fp16.plan",
+                Precision.fp16,
+                inputs,
+                images,
+                extra=engine_extra,
+            ),
+        ],
+    )
+
+
+def check_golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if os.environ.get("GENDEPLOY_UPDATE_GOLDEN"):
+        path.write_text(text)
+    assert path.is_file(), f"missing golden file {path}; run with GENDEPLOY_UPDATE_GOLDEN=1"
+    assert text == path.read_text()
+
+
+@pytest.mark.parametrize(
+    ("kind", "gpu", "artifact", "golden"),
+    [
+        ("onnx", False, "fp32", "dcgan64_onnx_cpu.pbtxt"),
+        ("onnx", True, "fp32", "dcgan64_onnx_gpu.pbtxt"),
+        ("trt", True, "trt_fp16", "dcgan64_trt.pbtxt"),
+        ("python", False, "fp32", "dcgan64_python.pbtxt"),
+    ],
+)
+def test_configs_round_trip_through_triton_protobuf_and_match_golden_files(
+    kind: str, gpu: bool, artifact: str, golden: str
+) -> None:
+    manifest = dcgan64_manifest()
+    config = model_config(
+        manifest, manifest.artifact(artifact), "dcgan64", kind, RepoOptions(), gpu
+    )
+    text = config_text(config)
+    assert parse_config(text) == config
+    check_golden(golden, text)
+
+
+def test_trt_config_takes_max_batch_from_the_engine_profile() -> None:
+    manifest = dcgan64_manifest()
+    options = RepoOptions(max_batch_size=64)
+    config = model_config(manifest, manifest.artifact("trt_fp16"), "m", "trt", options, True)
+    assert config.platform == "tensorrt_plan"
+    assert config.max_batch_size == 32
+    assert [i.name for i in config.input] == ["z", "labels"]
+    assert list(config.input[1].reshape.shape) == []  # the engine gets labels as (N,)
+
+
+def test_parse_config_rejects_unknown_fields_and_bad_enums() -> None:
+    with pytest.raises(ServeError, match=r"invalid config\.pbtxt"):
+        parse_config('name: "m" max_batch: 4')
+    with pytest.raises(ServeError, match=r"invalid config\.pbtxt"):
+        parse_config('name: "m" instance_group { kind: KIND_TPU }')
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("exports")
+    cond = make_checkpoint(TINY_CONDITIONAL, root / "cond.pt")
+    cond2 = make_checkpoint(TINY_CONDITIONAL, root / "cond2.pt", seed=1)
+    uncond = make_checkpoint(TINY_UNCONDITIONAL, root / "uncond.pt")
+    return {
+        "cond": build_export(cond, root / "cond", "tinyc"),
+        "cond_retrained": build_export(cond2, root / "cond2", "tinyc"),
+        "uncond": build_export(uncond, root / "uncond", "tinyu"),
+    }
+
+
+def test_repo_has_python_uint8_and_onnx_models_with_their_files(
+    exports: dict[str, Path], tmp_path: Path
+) -> None:
+    written = write_repo(exports["cond"], tmp_path / "repo")
+    assert [(m.name, m.version, m.new) for m in written] == [
+        ("tinyc", 1, True),
+        ("tinyc_uint8", 1, True),
+        ("tinyc_onnx", 1, True),
+    ]
+    python_model = tmp_path / "repo" / "tinyc"
+    assert sorted(p.name for p in (python_model / "1").iterdir()) == [
+        "manifest.json",
+        "model.onnx",
+        "model.py",
+    ]
+    assert load_manifest(python_model / "1").name == "tinyc"
+    config = parse_config((python_model / "config.pbtxt").read_text())
+    assert config.backend == "python"
+    assert [(i.name, i.optional) for i in config.input] == [
+        ("z", True),
+        ("seed", True),
+        ("labels", False),
+    ]
+    assert config.dynamic_batching.max_queue_delay_microseconds == 2000
+    assert config.max_batch_size == load_manifest(exports["cond"]).batch.max
+    uint8 = parse_config((tmp_path / "repo" / "tinyc_uint8" / "config.pbtxt").read_text())
+    assert model_config_pb2.DataType.Name(uint8.output[0].data_type) == "TYPE_UINT8"
+    assert list(uint8.output[0].dims) == [32, 32, 1]
+    onnx = parse_config((tmp_path / "repo" / "tinyc_onnx" / "config.pbtxt").read_text())
+    assert onnx.platform == "onnxruntime_onnx"
+    assert "seed" not in [i.name for i in onnx.input]
+    assert not list(tmp_path.glob("repo/*/.staging-*"))
+
+
+def test_identical_export_adds_no_version_and_a_new_one_adds_n_plus_1(
+    exports: dict[str, Path], tmp_path: Path
+) -> None:
+    repo = tmp_path / "repo"
+    options = RepoOptions(keep_versions=2)
+    write_repo(exports["cond"], repo, options)
+    again = write_repo(exports["cond"], repo, options)
+    assert [(m.version, m.new) for m in again] == [(1, False)] * 3
+    retrained = write_repo(exports["cond_retrained"], repo, options)
+    assert [(m.version, m.new) for m in retrained] == [(2, True)] * 3
+    assert sorted(p.name for p in (repo / "tinyc").iterdir() if p.is_dir()) == ["1", "2"]
+    write_repo(exports["cond"], repo, options)  # differs from version 2: becomes version 3
+    assert sorted(p.name for p in (repo / "tinyc").iterdir() if p.is_dir()) == ["2", "3"]
+    config = parse_config((repo / "tinyc" / "config.pbtxt").read_text())
+    assert config.version_policy.latest.num_versions == 1
+
+
+def test_two_exports_share_one_repo(exports: dict[str, Path], tmp_path: Path) -> None:
+    write_repo(exports["cond"], tmp_path / "repo")
+    write_repo(exports["uncond"], tmp_path / "repo")
+    names = sorted(p.name for p in (tmp_path / "repo").iterdir())
+    assert names == ["tinyc", "tinyc_onnx", "tinyc_uint8", "tinyu", "tinyu_onnx", "tinyu_uint8"]
+    config = parse_config((tmp_path / "repo" / "tinyu" / "config.pbtxt").read_text())
+    assert [i.name for i in config.input] == ["z", "seed"]
+
+
+def test_a_file_changed_after_export_is_refused_before_anything_is_written(
+    exports: dict[str, Path], tmp_path: Path
+) -> None:
+    broken = tmp_path / "export"
+    broken.mkdir()
+    for f in exports["uncond"].iterdir():
+        (broken / f.name).write_bytes(f.read_bytes())
+    (broken / "uint8.onnx").write_bytes(b"not the exported model")
+    with pytest.raises(ServeError, match="does not match its sha256"):
+        write_repo(broken, tmp_path / "repo")
+    assert not (tmp_path / "repo").exists()
+    (broken / "uint8.onnx").unlink()
+    with pytest.raises(ServeError, match="missing"):
+        write_repo(broken, tmp_path / "repo")
+
+
+def test_a_directory_without_manifest_is_a_one_line_error(tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match="no manifest"):
+        write_repo(tmp_path, tmp_path / "repo")
+    result = CliRunner().invoke(app, ["repo", str(tmp_path), "--repo", str(tmp_path / "r")])
+    assert result.exit_code != 0
+
+
+def test_repo_command_writes_the_repo(exports: dict[str, Path], tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    args = ["repo", str(exports["uncond"]), "--repo", str(repo), "--queue-delay-us", "500"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "new version" in result.output
+    config = parse_config((repo / "tinyu" / "config.pbtxt").read_text())
+    assert config.dynamic_batching.max_queue_delay_microseconds == 500
+
+
+def test_bad_repo_options_are_refused() -> None:
+    with pytest.raises(ServeError, match="model name"):
+        RepoOptions(name="a/b")
+    with pytest.raises(ServeError, match="max-batch-size"):
+        RepoOptions(max_batch_size=0)
+
+
+def test_seed_latents_follow_the_documented_pcg64_rng() -> None:
+    z = draw_latents(np.array([[42], [7]]), 16)
+    assert z.dtype == np.float32 and z.shape == (2, 16)
+    expected = np.random.default_rng(42).standard_normal(16, dtype=np.float32)
+    np.testing.assert_array_equal(z[0], expected)
+    np.testing.assert_array_equal(draw_latents([7], 16)[0], z[1])
+
+
+@pytest.mark.parametrize(
+    ("z", "seed", "labels", "message"),
+    [
+        (np.full((1, 4), np.nan, np.float32), None, np.array([[0]]), "NaN"),
+        (np.zeros((1, 4), np.float32), None, np.array([[3]]), "out of range"),
+        (np.zeros((1, 4), np.float32), None, np.array([[-1]]), "out of range"),
+        (np.zeros((1, 4), np.float32), None, None, "conditional"),
+        (np.zeros((2, 4), np.float32), None, np.array([[0]]), "batch"),
+        (None, None, np.array([[0]]), "exactly one"),
+        (np.zeros((1, 4), np.float32), np.array([[1]]), np.array([[0]]), "exactly one"),
+        (None, np.array([[-5]]), np.array([[0]]), "seed must be"),
+    ],
+)
+def test_bad_requests_are_refused_with_a_reason(
+    z: np.ndarray | None, seed: np.ndarray | None, labels: np.ndarray | None, message: str
+) -> None:
+    with pytest.raises(RequestError, match=message):
+        parse_request(z, seed, labels, latent_dim=4, num_classes=3)
+
+
+def test_a_seed_request_gets_the_seeds_latents() -> None:
+    z, labels = parse_request(None, np.array([[5], [6]]), np.array([[1], [2]]), 4, 3)
+    np.testing.assert_array_equal(z, draw_latents([5, 6], 4))
+    assert labels is not None and labels.tolist() == [1, 2]
+
+
+def test_docker_command_uses_the_container_whose_tensorrt_matches_the_engine(
+    tmp_path: Path,
+) -> None:
+    version_dir = tmp_path / "dcgan64" / "1"
+    version_dir.mkdir(parents=True)
+    (version_dir / "manifest.json").write_text(dcgan64_manifest().to_json())
+    command, why = docker_command(tmp_path)
+    assert "nvcr.io/nvidia/tritonserver:24.08-py3" in command
+    assert f"{tmp_path.resolve()}:/models" in command
+    assert "10.3" in why
+    assert container_tag("99.1.0")[1].startswith("no known container")
+    result = CliRunner().invoke(app, ["serve", str(tmp_path), "--docker"])
+    assert result.exit_code == 0 and "docker run" in result.output
+    assert json.loads((version_dir / "manifest.json").read_text())["name"] == "dcgan64"
