@@ -34,8 +34,8 @@ lint: ## ruff lint + format check
 typecheck: ## mypy on the package
 	$(BIN)/mypy
 
-demo: ## train the default preset, then export, serve, generate (each step as later issues add it)
-	$(BIN)/gendeploy train --preset digits-cdcgan --out $(RUN) --force
+demo: ## train the default preset, export + gate it, serve it with Triton, generate a PNG grid
+	BIN=$(BIN) RUN=$(RUN) EXPORT=$(EXPORT) REPO=$(REPO) bash scripts/demo.sh
 
 clean: ## remove runs/, exports/ and generated triton_repo/ models
 	rm -rf runs exports

@@ -45,6 +45,8 @@ def save_grid(images: np.ndarray | torch.Tensor, path: Path, nrow: int = 8) -> P
     picture = Image.fromarray(tiled[..., 0] if tiled.shape[-1] == 1 else tiled)
     scale = max(1, 256 // max(picture.size))
     if scale > 1:
-        picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+        picture = picture.resize(
+            (picture.width * scale, picture.height * scale), Image.Resampling.NEAREST
+        )
     atomic_write(path, lambda f: picture.save(f, format="PNG"))
     return path

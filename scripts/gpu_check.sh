@@ -26,10 +26,10 @@ export GENDEPLOY_CACHE_DIR="${GENDEPLOY_CACHE_DIR:-$OUT/cache}"
 "$PY" -m gendeploy doctor 2>&1 | tee "$OUT/doctor.txt"
 
 status=0
-timeout 420 "$PY" -m gendeploy.export.gpu_check "$OUT" 2>&1 | tee "$OUT/gpu_check.log"
+timeout 300 "$PY" -m gendeploy.export.gpu_check "$OUT" 2>&1 | tee "$OUT/gpu_check.log"
 status=${PIPESTATUS[0]}
 
-timeout 240 "$PY" -m pytest -m gpu -q -rs -p no:cacheprovider tests 2>&1 | tee "$OUT/pytest_gpu.log"
+timeout 150 "$PY" -m pytest -m gpu -q -rs -p no:cacheprovider tests 2>&1 | tee "$OUT/pytest_gpu.log"
 test_status=${PIPESTATUS[0]}
 
 echo "gpu_check exit $status, gpu tests exit $test_status; results in $OUT" | tee -a "$OUT/gpu_check.log"

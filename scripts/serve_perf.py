@@ -72,9 +72,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     args = parser.parse_args()
     manifest = load_manifest(args.export_dir)
-    pa = subprocess.run(
-        ["bash", "scripts/get_perf_analyzer.sh"], capture_output=True, text=True, check=True
-    ).stdout.strip().splitlines()[-1]
+    pa = (
+        subprocess.run(
+            ["bash", "scripts/get_perf_analyzer.sh"], capture_output=True, text=True, check=True
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         written = write_repo(args.export_dir, root / "repo", RepoOptions(queue_delay_us=2000))
@@ -86,13 +90,12 @@ def main() -> None:
             entry["labels"] = {"content": [0], "shape": [1]}
         (root / "data.json").write_text(json.dumps({"data": [entry]}))
         with TritonServer(root / "repo", log_path=root / "server.log") as server:
-            ort = ort_batch1(
-                args.export_dir / manifest.artifact("fp32").path,
-                manifest.latent_dim,
-                manifest.num_classes,
-                args.seconds,
-            )
+            onnx_path = args.export_dir / manifest.artifact("fp32").path
+            facts = (onnx_path, manifest.latent_dim, manifest.num_classes, args.seconds)
+            before = ort_batch1(*facts)
             rows = perf_analyzer(pa, server.http_url, model, root / "data.json", root / "pa.csv")
+            after = ort_batch1(*facts)  # the machine is shared: take the better of two runs
+            ort = max(before, after, key=lambda r: r["throughput"])
     served = {
         int(r["Concurrency"]): {
             "throughput": float(r["Inferences/Second"]),
@@ -106,6 +109,7 @@ def main() -> None:
     summary = {
         "model": model,
         "ort_in_process_batch1": ort,
+        "ort_runs_throughput": [before["throughput"], after["throughput"]],
         "served_batch1": served,
         "missing_concurrency": [c for c in (1, 4) if c not in served],
         "served_c4_over_ort": served[4]["throughput"] / ort["throughput"] if 4 in served else None,

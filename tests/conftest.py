@@ -31,10 +31,7 @@ def write_checkpoint(config: ModelConfig, path: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     generator = build_generator(config)
     generator.apply(init_weights)
-    versions = {"torch": str(torch.__version__)}  # plain str: loads with weights_only=True
-    save_checkpoint(
-        Checkpoint(config, step=0, generator=generator.state_dict(), versions=versions), path
-    )
+    save_checkpoint(Checkpoint(config, step=0, generator=generator.state_dict()), path)
     return path
 
 

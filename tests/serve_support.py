@@ -1,25 +1,14 @@
-"""Export directories for the serving tests: a tiny generator, its checkpoint, ONNX files and a
-manifest, built with ``gendeploy.export.api.export`` when it is available, otherwise directly
-(torch.onnx.export + the manifest dataclasses) so serving can be tested on its own."""
+"""Export directories for the serving tests: a tiny generator's checkpoint exported by the real
+exporter (``gendeploy.export.api.export``, fp32 + uint8 artifacts), and its eager images."""
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
-from gendeploy.export.manifest import (
-    Artifact,
-    ArtifactKind,
-    BatchProfile,
-    Manifest,
-    Precision,
-    Source,
-    TensorSpec,
-)
+from gendeploy.export.api import ExportOptions, ModelSpec, OutputKind, export
 from gendeploy.trainer.checkpoint import Checkpoint, load_generator, save_checkpoint
 from gendeploy.trainer.models import Arch, ModelConfig, build_generator, init_weights
 
@@ -37,17 +26,6 @@ TINY_UNCONDITIONAL = ModelConfig(
 )
 
 
-class _Uint8Head(nn.Module):
-    def __init__(self, generator: nn.Module) -> None:
-        super().__init__()
-        self.generator = generator
-
-    def forward(self, *args: torch.Tensor) -> torch.Tensor:
-        x = self.generator(*args)
-        x = torch.clamp(torch.round((x + 1.0) * 127.5), 0, 255).to(torch.uint8)
-        return x.permute(0, 2, 3, 1)
-
-
 def make_checkpoint(config: ModelConfig, path: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     generator = build_generator(config)
@@ -58,71 +36,9 @@ def make_checkpoint(config: ModelConfig, path: Path, seed: int = 0) -> Path:
     return path
 
 
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _export_onnx(module: nn.Module, config: ModelConfig, path: Path) -> None:
-    z = torch.randn(2, config.latent_dim)
-    args: tuple[torch.Tensor, ...] = (z,)
-    names = ["z"]
-    if config.conditional:
-        args = (z, torch.zeros(2, dtype=torch.int64))
-        names.append("labels")
-    axes = {n: {0: "batch"} for n in [*names, "images"]}
-    torch.onnx.export(
-        module,
-        args,
-        str(path),
-        input_names=names,
-        output_names=["images"],
-        dynamic_axes=axes,
-        dynamo=False,
-        opset_version=17,
-    )
-
-
-def build_export_directly(checkpoint: Path, out_dir: Path, name: str, max_batch: int = 8) -> Path:
-    generator, ckpt = load_generator(checkpoint)
-    config = ckpt.model_config
-    out_dir.mkdir(parents=True, exist_ok=True)
-    c, h, w = config.image_shape
-    inputs = [TensorSpec("z", "float32", [-1, config.latent_dim])]
-    if config.conditional:
-        inputs.append(TensorSpec("labels", "int64", [-1], value_range=[0, config.num_classes - 1]))
-    artifacts = []
-    for art, module, output in (
-        ("fp32", generator, TensorSpec("images", "float32", [-1, c, h, w], "NCHW")),
-        ("uint8", _Uint8Head(generator), TensorSpec("images", "uint8", [-1, h, w, c], "NHWC")),
-    ):
-        path = out_dir / f"{art}.onnx"
-        _export_onnx(module, config, path)
-        artifacts.append(
-            Artifact(art, ArtifactKind.onnx, path.name, Precision.fp32, inputs, output, _sha(path))
-        )
-    manifest = Manifest(
-        name=name,
-        source=Source(
-            "checkpoint", str(checkpoint), _sha(checkpoint), model_config=config.to_dict()
-        ),
-        latent_dim=config.latent_dim,
-        num_classes=config.num_classes,
-        image_shape=[c, h, w],
-        batch=BatchProfile(1, 4, max_batch),
-        opset=17,
-        artifacts=artifacts,
-    )
-    (out_dir / "manifest.json").write_text(manifest.to_json())
-    return out_dir
-
-
 def build_export(checkpoint: Path, out_dir: Path, name: str, max_batch: int = 8) -> Path:
-    """An export dir with fp32 and uint8 ONNX artifacts (the real exporter when it exists)."""
-    try:
-        from gendeploy.export.api import ExportOptions, ModelSpec, export
-    except ImportError:
-        return build_export_directly(checkpoint, out_dir, name, max_batch)
-    options = ExportOptions(output="uint8", max_batch=max_batch)  # type: ignore[arg-type]
+    """An export dir with gated fp32 and uint8 ONNX artifacts and its manifest."""
+    options = ExportOptions(output=OutputKind.uint8, max_batch=max_batch)
     export(ModelSpec(checkpoint=checkpoint), options, name=name, out=out_dir)
     return out_dir
 
@@ -133,4 +49,4 @@ def eager_images(checkpoint: Path, z: np.ndarray, labels: np.ndarray | None) -> 
         args = [torch.from_numpy(z)]
         if labels is not None:
             args.append(torch.from_numpy(labels.astype(np.int64)))
-        return generator(*args).numpy()
+        return np.asarray(generator(*args).numpy())

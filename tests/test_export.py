@@ -100,7 +100,7 @@ def test_reexport_is_a_noop_unless_force(make_checkpoint: MakeCheckpoint, tmp_pa
     first = export(ModelSpec(checkpoint=ckpt), out=out)
     stamp = os.stat(out / "fp32.onnx").st_mtime_ns
     messages: list[str] = []
-    again = export(ModelSpec(checkpoint=ckpt), out=out, log=messages.append)
+    again = export(ModelSpec(checkpoint=ckpt.parent), out=out, log=messages.append)  # run dir
     assert again.created == first.created
     assert os.stat(out / "fp32.onnx").st_mtime_ns == stamp
     assert any("up to date" in m for m in messages)
@@ -163,3 +163,13 @@ def test_load_eager_rebuilds_the_model_the_export_was_made_from(
         OnnxRuntimeRunner(out / "fp32.onnx").run({"z": z.numpy()}), images, atol=1e-5
     )
     json.loads((out / "manifest.json").read_text())  # plain JSON, readable without gendeploy
+
+
+def test_published_directory_has_ordinary_permissions(
+    make_checkpoint: MakeCheckpoint, tmp_path: Path
+) -> None:
+    out = tmp_path / "e"
+    export(ModelSpec(checkpoint=make_checkpoint(TINY_MLP)), out=out)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o777 & ~umask

@@ -152,6 +152,7 @@ def test_conditional_two_input_generator_from_a_factory_with_pt_weights(
     ("args", "message"),
     [
         (["missing/checkpoint.pt"], "checkpoint not found"),
+        (["{foreign}"], "is not a gendeploy checkpoint (refused to load it safely"),
         (["--model", "{file}:NoSuchClass", "--latent-dim", "12", "--image-shape", "3,16,16"],
          "has no 'NoSuchClass'; nn.Module classes there: ['UpsampleDecoder', 'TwoInputGenerator']"),
         (["--model", "nowhere.py:Gen", "--latent-dim", "2", "--image-shape", "1,4,4"],
@@ -167,6 +168,8 @@ def test_conditional_two_input_generator_from_a_factory_with_pt_weights(
          "fails on an unconditional (z) input with latent dim 7"),
         (["--model", "{file}:UpsampleDecoder", "--latent-dim", "12", "--image-shape", "3,16,16",
           "--weights", "{foreign}"], "refused to unpickle it safely"),
+        (["--model", "{file}:UpsampleDecoder", "--latent-dim", "12", "--image-shape", "3,16,16",
+          "--weights", "{foreign_torch}"], "it pickles pathlib.PosixPath"),
         (["--model", "{file}:UpsampleDecoder", "--latent-dim", "12", "--image-shape", "3,16,16",
           "--weights", "{wrong}"], "do not fit UpsampleDecoder"),
         (["{ckpt}", "--latent-dim", "4"], "--latent-dim: only with --model"),
@@ -185,14 +188,16 @@ def test_bad_inputs_get_one_line_errors_and_nonzero_exits(
 ) -> None:
     foreign = tmp_path / "foreign.pt"
     foreign.write_bytes(pickle.dumps(Path("a pickled object, not tensors")))
+    foreign_torch = tmp_path / "foreign_torch.pt"
+    torch.save({"stem.weight": Path("not a tensor")}, foreign_torch)
     wrong = tmp_path / "wrong.pt"
     torch.save({"stem.weight": torch.zeros(3, 3)}, wrong)
     not_export = tmp_path / "notes"
     not_export.mkdir()
     (not_export / "todo.txt").write_text("mine")
     ckpt = make_checkpoint() if any("{ckpt}" in a for a in args) else ""
-    fill = {"file": user_file, "foreign": foreign, "wrong": wrong, "ckpt": ckpt,
-            "not_export": not_export}  # fmt: skip
+    fill = {"file": user_file, "foreign": foreign, "foreign_torch": foreign_torch, "wrong": wrong,
+            "ckpt": ckpt, "not_export": not_export}  # fmt: skip
     code, _, stderr = cli("export", *(a.format(**fill) for a in args))
     assert code != 0
     lines = stderr.strip().splitlines()

@@ -272,3 +272,65 @@ def test_docker_command_uses_the_container_whose_tensorrt_matches_the_engine(
     result = CliRunner().invoke(app, ["serve", str(tmp_path), "--docker"])
     assert result.exit_code == 0 and "docker run" in result.output
     assert json.loads((version_dir / "manifest.json").read_text())["name"] == "dcgan64"
+
+
+def with_engine(export_dir: Path, dest: Path) -> Path:
+    """A copy of an export plus a ``trt_fp16`` artifact. The plan's bytes are opaque to the repo
+    writer (no TensorRT here to build a real one): only layout and configs are checked."""
+    dest.mkdir()
+    for f in export_dir.iterdir():
+        (dest / f.name).write_bytes(f.read_bytes())
+    (dest / "trt_fp16.plan").write_bytes(b"engine bytes")
+    manifest = load_manifest(dest)
+    fp32 = manifest.artifact("fp32")
+    extra = {"tensorrt": "10.8.0.43", "profile": {"min": 1, "opt": 4, "max": manifest.batch.max}}
+    manifest.artifacts.append(
+        Artifact(
+            "trt_fp16",
+            ArtifactKind.tensorrt,
+            "trt_fp16.plan",
+            Precision.fp16,
+            fp32.inputs,
+            fp32.output,
+            extra=extra,
+        )
+    )
+    (dest / "manifest.json").write_text(manifest.to_json())
+    return dest
+
+
+def test_an_export_with_an_engine_adds_a_tensorrt_model_and_targets_the_gpu(
+    exports: dict[str, Path], tmp_path: Path
+) -> None:
+    export_dir = with_engine(exports["cond"], tmp_path / "export")
+    written = write_repo(export_dir, tmp_path / "repo")
+    assert [m.name for m in written] == ["tinyc", "tinyc_uint8", "tinyc_onnx", "tinyc_trt"]
+    repo = tmp_path / "repo"
+    assert (repo / "tinyc_trt" / "1" / "model.plan").read_bytes() == b"engine bytes"
+    assert (repo / "tinyc" / "1" / "model.plan").is_file()  # the python model prefers it on GPU
+    trt = parse_config((repo / "tinyc_trt" / "config.pbtxt").read_text())
+    assert trt.platform == "tensorrt_plan" and trt.max_batch_size == 8
+    onnx = parse_config((repo / "tinyc_onnx" / "config.pbtxt").read_text())
+    accelerator = onnx.optimization.execution_accelerators.gpu_execution_accelerator[0]
+    assert accelerator.name == "tensorrt" and accelerator.parameters["precision_mode"] == "FP16"
+    python = parse_config((repo / "tinyc" / "config.pbtxt").read_text())
+    assert model_config_pb2.ModelInstanceGroup.Kind.Name(python.instance_group[0].kind) == (
+        "KIND_GPU"
+    )
+    command, _ = docker_command(repo)
+    assert "tritonserver:25.01-py3" in command
+    with pytest.raises(ServeError, match="exceeds the TensorRT engine's profile"):
+        write_repo(export_dir, tmp_path / "repo2", RepoOptions(max_batch_size=16))
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_generate_without_a_server_is_a_one_line_error(protocol: str, tmp_path: Path) -> None:
+    from gendeploy.serve.server import free_port
+
+    url = f"127.0.0.1:{free_port()}"
+    out = tmp_path / "grid.png"
+    args = ["generate", "--url", url, "--protocol", protocol, "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert isinstance(result.exception, ServeError)
+    assert "\n" not in str(result.exception)
+    assert not out.exists()

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -270,16 +269,13 @@ def test_serve_command_serves_until_sigterm_and_leaves_nothing_behind(
     cmd = [sys.executable, "-m", "gendeploy", "serve", str(served.repo), "--ready-file", str(ready)]
     process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 120
-        while not ready.exists() and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert ready.exists(), process.stdout.read() if process.stdout else ""
-        endpoints = json.loads(ready.read_text())
         out = tmp_path / "demo.png"
-        args = ["generate", "--ready-file", str(ready), "--model", "tinyc", "-o", str(out)]
-        result = CliRunner().invoke(app, args)
+        args = ["generate", "--ready-file", str(ready), "--wait-s", "120"]
+        args += ["--model", "tinyc", "-o", str(out)]
+        result = CliRunner().invoke(app, args)  # waits for the server to write the ready file
         assert result.exit_code == 0, result.output
         assert out.is_file()
+        endpoints = json.loads(ready.read_text())
     finally:
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=60)
@@ -288,3 +284,35 @@ def test_serve_command_serves_until_sigterm_and_leaves_nothing_behind(
     assert not ready.exists()
     assert group_members(endpoints["pid"]) == []
     assert os.path.exists(endpoints["log"])
+
+
+def version_files(version_dir: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in version_dir.iterdir() if p.is_file()}
+
+
+def test_a_new_export_becomes_version_2_without_touching_the_served_version_1(
+    served: Served, tmp_path: Path
+) -> None:
+    """Rollout: v1 keeps serving until the server looks again (`serve --watch` does every 2 s);
+    then v2, with the new weights, serves."""
+    retrained = make_checkpoint(TINY_UNCONDITIONAL, tmp_path / "retrained.pt", seed=7)
+    new_export = build_export(retrained, tmp_path / "export", "tinyu", max_batch=MAX_BATCH)
+    options = RepoOptions(name="rollout")
+    server = served.server
+    feeds, z, _ = request("tinyu", "seed", [3, 4])
+    assert write_repo(served.exports["tinyu"], served.repo, options)[0].version == 1
+    assert server.refresh() == ["rollout", "rollout_uint8"]  # new models; rollout_onnx skipped
+    v1_files = version_files(served.repo / "rollout" / "1")
+    assert write_repo(served.exports["tinyu"], served.repo, options)[0].new is False
+    assert server.refresh() == []  # nothing changed on disk
+    assert write_repo(new_export, served.repo, options)[0].version == 2
+    with TritonRunner(server.http_url, "rollout") as runner:
+        before_reload = runner.run(feeds)
+        assert sorted(server.refresh()) == ["rollout", "rollout_uint8"]
+        after_reload = runner.run(feeds)
+    assert version_files(served.repo / "rollout" / "1") == v1_files
+    old = eager_images(served.checkpoints["tinyu"], z, None)
+    new = eager_images(retrained, z, None)
+    assert np.abs(before_reload - old).max() <= FP32_ATOL
+    assert np.abs(after_reload - new).max() <= FP32_ATOL
+    assert np.abs(new - old).max() > 0.01  # the two versions really differ

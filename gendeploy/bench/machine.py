@@ -45,15 +45,20 @@ PACKAGES = (
 def cpu_info(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, Any]:
     """CPU model name and the kernel-relevant flags (Linux ``/proc/cpuinfo``; else platform)."""
     model, flags = platform.processor() or platform.machine(), set[str]()
+    ids: dict[str, str] = {}
     try:
         for line in cpuinfo.read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and value.strip():
-                model = value.strip()
-            elif key.strip() == "flags" and not flags:
+            key, _, value = (part.strip() for part in line.partition(":"))
+            if key == "model name" and value:
+                model = value
+            elif key == "flags" and not flags:
                 flags = set(value.split())
+            elif key in ("cpu family", "model", "stepping") and key not in ids:
+                ids[key] = value
     except OSError:
         pass
+    if ids:  # a hypervisor may mask the name ("AMD EPYC"); family/model still say which one
+        model += " (" + ", ".join(f"{k} {v}" for k, v in ids.items()) + ")"
     return {"model": model, "flags": [f for f in KERNEL_FLAGS if f in flags]}
 
 
@@ -81,7 +86,8 @@ def package_versions() -> dict[str, str]:
         try:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
-            continue
+            if name in ("tensorrt", "onnxruntime"):
+                versions[name] = "not installed"
     return versions
 
 
@@ -144,8 +150,13 @@ class BusyMeter:
         import psutil
 
         t = psutil.cpu_times()
-        return float(t.user + t.system + getattr(t, "nice", 0.0) + getattr(t, "irq", 0.0)
-                     + getattr(t, "softirq", 0.0))
+        return float(
+            t.user
+            + t.system
+            + getattr(t, "nice", 0.0)
+            + getattr(t, "irq", 0.0)
+            + getattr(t, "softirq", 0.0)
+        )
 
     def _own(self) -> float:
         t = self._proc.cpu_times()

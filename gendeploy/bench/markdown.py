@@ -4,11 +4,25 @@ from __future__ import annotations
 
 from typing import Any
 
+BUSY = 0.10  # slack: the share of the machine other processes may take from our threads
+
+
+def contended(share: float, threads: int, cores: int) -> bool:
+    """Did other processes need cores our ``threads`` needed? (more than BUSY of the machine)"""
+    return share * cores > (cores - threads) + BUSY * cores
+
+
+def _disturbed(report: dict[str, Any]) -> bool:
+    busy = report.get("busy", {})
+    if "disturbed" in busy:
+        return bool(busy["disturbed"])
+    return (busy.get("other_processes_cpu_share") or 0.0) > BUSY
+
 
 def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(x) for x in row) + " |" for row in rows]
-    return lines + [""]
+    return [*lines, ""]
 
 
 def _fmt(x: float, digits: int = 1) -> str:
@@ -41,22 +55,35 @@ def machine_lines(report: dict[str, Any]) -> list[str]:
     versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
     share = busy.get("other_processes_cpu_share")
     lines = [
-        f"- CPU: {cpu['model']}, {m['physical_cores']} physical / {m['logical_cores']} logical cores,"
-        f" {m['memory_gib']} GiB; flags: {' '.join(cpu['flags'])}",
+        f"- CPU: {cpu['model']}, {m['physical_cores']} physical / {m['logical_cores']} logical"
+        f" cores, {m['memory_gib']} GiB; flags: {' '.join(cpu['flags'])}",
         f"- GPU: {gpus}",
         f"- Threads: {report['threads']} (torch intra-op, ONNX Runtime intra-op, OpenVINO,"
         " Triton's ONNX Runtime), pinned for the whole run",
         f"- Load average at start {m['load_average_1m_5m_15m']}, at end "
-        f"{busy.get('load_average_end', '?')}; CPU time taken by other processes during the run: "
+        f"{busy.get('load_average_end', '?')}; CPU taken by other processes: "
+        + (
+            f"{report['busy_before']:.0%} in the second before the run, "
+            if "busy_before" in report
+            else ""
+        )
+        + "during the run: "
         + (f"{share:.0%} of the machine" if share is not None else "not recorded")
-        + (" (**the machine was shared: absolute figures are disturbed**)" if (share or 0) > 0.1 else ""),
+        + (
+            " (**they needed the cores the runners used: figures are disturbed**)"
+            if _disturbed(report)
+            else ""
+        ),
         f"- Versions: {versions}",
     ]
     peaks = report.get("peaks", {})
     if peaks:
         lines.append(
-            "- Matmul peak measured in this run (2048^2, best of start/end): "
-            + ", ".join(f"{k} {v['gflops']:.1f} GFLOP/s" for k, v in peaks.items())
+            "- Matmul peak measured in this run (2048^2 matmul, fastest call of the best GEMM"
+            " library, at the start and the end): "
+            + ", ".join(
+                f"{k} {v['gflops']:.1f} GFLOP/s ({v.get('by', '')})" for k, v in peaks.items()
+            )
         )
     return lines
 
@@ -66,7 +93,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     out = [
         f"# gendeploy bench: suite `{report['suite']}`",
         "",
-        f"Run {report['started']} in {report.get('duration_s', 0):.0f} s with `{report['command']}`.",
+        f"Run {report['started']} in {report.get('duration_s', 0):.0f} s with"
+        f" `{report['command']}`.",
         f"Each cell: warm-up, then windows of {rule['window_s']} s until {rule['stable_windows']}"
         f" consecutive windows agree within {rule['tolerance']:.0%} (cap {rule['max_windows']}"
         " windows), runners timed in alternation. Speed-ups and max |diff| are against eager FP32"
@@ -79,11 +107,26 @@ def render_markdown(report: dict[str, Any]) -> str:
     ]
     if report.get("goals"):
         out += ["## Goals (DCGAN-64, ratios from this run)", ""]
+        share = report.get("busy", {}).get("other_processes_cpu_share") or 0.0
+        if _disturbed(report):
+            out += [
+                f"> **Other processes took {share:.0%} of this machine's CPU time during the run:"
+                " these ratios are not trustworthy.** Eager PyTorch (OpenMP) suffers most from"
+                " contention on 2 cores, which inflates every speed-up over it. Re-run `make bench`"
+                " on a quiet machine.",
+                "",
+            ]
         rows = [
-            [g["goal"], g["target"], "" if g["measured"] is None else g["measured"], g["by"],
-             _met(g["met"]), g["detail"]]
+            [
+                g["goal"],
+                g["target"],
+                "" if g["measured"] is None else g["measured"],
+                g["by"],
+                _met(g["met"]),
+                g["detail"],
+            ]
             for g in report["goals"]
-        ]  # fmt: skip
+        ]
         out += _table(["goal", "target", "measured", "by", "result", "how"], rows)
     for model in report["models"]:
         out += model_section(model, report.get("runners", {}))
@@ -106,19 +149,43 @@ def model_section(model: dict[str, Any], runners: dict[str, Any]) -> list[str]:
         "<details><summary>Every cell</summary>",
         "",
     ]
-    header = ["runner", "batch", "p50 ms", "p90 ms", "p99 ms", "img/s", "GFLOP/s",
-              "% FP32 peak", "x eager", "max abs diff", "peak RSS MiB", "stable (windows)"]  # fmt: skip
+    header = [
+        "runner",
+        "batch",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "img/s",
+        "GFLOP/s",
+        "% FP32 peak",
+        "x eager",
+        "max abs diff",
+        "peak RSS MiB",
+        "stable (windows)",
+    ]
     rows = [
-        [c["runner"], c["batch"], _fmt(c["p50_ms"], 3), _fmt(c["p90_ms"], 3), _fmt(c["p99_ms"], 3),
-         _fmt(c["images_per_s"]), _fmt(c["gflops"]), f"{c['peak_fraction']:.0%}",
-         f"{c['speedup']:.2f}", f"{c['max_abs_diff']:.2g}", _fmt(c["peak_rss_mib"], 0),
-         f"{'yes' if c['stable'] else 'NO'} ({c['windows']})"]
+        [
+            c["runner"],
+            c["batch"],
+            _fmt(c["p50_ms"], 3),
+            _fmt(c["p90_ms"], 3),
+            _fmt(c["p99_ms"], 3),
+            _fmt(c["images_per_s"]),
+            _fmt(c["gflops"]),
+            f"{c['peak_fraction']:.0%}",
+            f"{c['speedup']:.2f}",
+            f"{c['max_abs_diff']:.2g}",
+            _fmt(c["peak_rss_mib"], 0),
+            f"{'yes' if c['stable'] else 'NO'} ({c['windows']})",
+        ]
         for c in model["cells"]
-    ]  # fmt: skip
-    out += _table(header, rows) + ["</details>", ""]
+    ]
+    out += [*_table(header, rows), "</details>", ""]
     if model.get("skipped"):
         out += ["Skipped here (with the reason):", ""]
-        out += _table(["runner", "reason"], [[f"`{s['runner']}`", s["reason"]] for s in model["skipped"]])
+        out += _table(
+            ["runner", "reason"], [[f"`{s['runner']}`", s["reason"]] for s in model["skipped"]]
+        )
     out += served_section(model)
     out += profile_section(model)
     return out
@@ -134,21 +201,42 @@ def served_section(model: dict[str, Any]) -> list[str]:
     out.append(
         f"Triton {served.get('triton_version', '?')}, load from {served['tool']}"
         + (f" ({served['perf_analyzer_version']})" if served.get("perf_analyzer_version") else "")
-        + f"; batch 1 per request. Served output vs eager: max abs diff "
+        + f"; batch 1 per request; dynamic batching delay {served.get('queue_delay_us', '?')} us."
+        + " Served output vs eager: max abs diff "
         + ", ".join(f"{k} {v:.2g}" for k, v in served.get("max_abs_diff", {}).items())
         + "."
     )
     out.append("")
     rows = [
-        [r["protocol"], r["concurrency"], _fmt(r["images_per_s"]), _fmt(r["p50_ms"], 3),
-         _fmt(r["p90_ms"], 3), _fmt(r["p99_ms"], 3), "yes" if r["stable"] else "NO", r["tool"]]
+        [
+            r["protocol"],
+            r["concurrency"],
+            _fmt(r["images_per_s"]),
+            _fmt(r["p50_ms"], 3),
+            _fmt(r["p90_ms"], 3),
+            _fmt(r["p99_ms"], 3),
+            _parts(r.get("breakdown_ms") or {}),
+            "yes" if r["stable"] else "NO",
+            r["tool"] + (f" ({r['note']})" if r.get("note") else ""),
+        ]
         for r in served["results"]
-    ]  # fmt: skip
-    out += _table(["protocol", "concurrency", "img/s", "p50 ms", "p90 ms", "p99 ms", "stable",
-                   "measured by"], rows)  # fmt: skip
+    ]
+    header = ["protocol", "concurrency", "img/s", "p50 ms", "p90 ms", "p99 ms"]
+    header += ["mean: queue / compute / rest ms", "stable", "measured by"]
+    out += _table(header, rows)
     out += [f"![served]({model['name']}_served.png)", ""]
     out += [f"- {e}" for e in served.get("errors", [])]
     return out
+
+
+def _parts(parts: dict[str, float]) -> str:
+    """perf_analyzer's mean latency split: server queue, server compute, everything else."""
+    if not parts:
+        return ""
+    queue = parts.get("Server Queue", 0.0)
+    compute = sum(v for k, v in parts.items() if k.startswith("Server Compute"))
+    rest = sum(parts.values()) - queue - compute
+    return f"{queue:.2f} / {compute:.2f} / {rest:.2f}"
 
 
 def profile_section(model: dict[str, Any]) -> list[str]:
@@ -157,8 +245,24 @@ def profile_section(model: dict[str, Any]) -> list[str]:
         return []
     out = ["### Where the time goes", ""]
     rows = [
-        [p["runner"], p["batch"], _fmt(p["ms_per_call"], 2),
-         ", ".join(f"{o['op']} {o['share']:.0%}" for o in p["ops"][:4])]
+        [
+            p["runner"],
+            p["batch"],
+            _fmt(p["ms_per_call"], 2),
+            ", ".join(f"{o['op']} {o['share']:.0%}" for o in p["ops"][:4]),
+            ", ".join(f"{o['op']} {o['share']:.0%}" for o in p.get("nodes", [])[:5]),
+        ]
         for p in profiles
-    ]  # fmt: skip
-    return out + _table(["runner", "batch", "profiled ms/call", "top ops (share of op time)"], rows)
+    ]
+    header = ["runner", "batch", "profiled ms/call", "top ops (share of op time)", "top nodes"]
+    out += _table(header, rows)
+    for lp in model.get("layers") or []:
+        total = sum(r["ms"] for r in lp["layers"]) or 1.0
+        out += [f"Eager, per layer, batch {lp['batch']} (forward hooks):", ""]
+        rows = [
+            [r["layer"], r["shape"], _fmt(r["mflop"]), _fmt(r["ms"], 3), f"{r['ms'] / total:.0%}",
+             _fmt(r["gflops"])]
+            for r in lp["layers"]
+        ]  # fmt: skip
+        out += _table(["layer", "in -> out", "MFLOP", "ms", "share", "GFLOP/s"], rows)
+    return out

@@ -3,9 +3,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import sys
 import tempfile
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +17,20 @@ import torch
 from torch import nn
 
 from gendeploy.bench.sweep import make_feeds
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Kineto prints start/stop lines straight to fd 2; keep the bench log readable."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _top(totals: dict[str, float], top: int) -> list[dict[str, Any]]:
@@ -31,7 +49,7 @@ def profile_eager(
     args = [torch.from_numpy(v) for v in feeds.values()]
     with torch.inference_mode():
         module(*args)
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
+        with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU]) as prof:
             for _ in range(calls):
                 module(*args)
     totals = {
@@ -39,14 +57,23 @@ def profile_eager(
         for e in prof.key_averages()
         if e.self_cpu_time_total > 0
     }
-    return {"runner": "eager", "batch": batch, "ms_per_call": round(sum(totals.values()), 3),
-            "ops": _top(totals, top)}  # fmt: skip
+    return {
+        "runner": "eager",
+        "batch": batch,
+        "ms_per_call": round(sum(totals.values()), 3),
+        "ops": _top(totals, top),
+    }
 
 
 def profile_onnxruntime(
-    model_path: Path, latent_dim: int, num_classes: int, batch: int, threads: int,
-    calls: int = 5, top: int = 6,
-) -> dict[str, Any]:  # fmt: skip
+    model_path: Path,
+    latent_dim: int,
+    num_classes: int,
+    batch: int,
+    threads: int,
+    calls: int = 5,
+    top: int = 6,
+) -> dict[str, Any]:
     """Node time per ONNX op type from ONNX Runtime's profiler (kernel time, per call)."""
     import onnxruntime as ort
 
@@ -65,9 +92,70 @@ def profile_onnxruntime(
             session.run(None, inputs)
         trace = json.loads(Path(session.end_profiling()).read_text())
     totals: dict[str, float] = defaultdict(float)
+    nodes: dict[str, float] = defaultdict(float)
     for event in trace:
         args = event.get("args", {})
         if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
-            totals[args.get("op_name", "?")] += event.get("dur", 0) / 1e3 / (calls + 1)
-    return {"runner": "onnxruntime", "batch": batch, "ms_per_call": round(sum(totals.values()), 3),
-            "ops": _top(totals, top)}  # fmt: skip
+            ms = event.get("dur", 0) / 1e3 / (calls + 1)
+            totals[args.get("op_name", "?")] += ms
+            nodes[event["name"].removesuffix("_kernel_time")] += ms
+    return {
+        "nodes": _top(nodes, top),
+        "runner": "onnxruntime",
+        "batch": batch,
+        "ms_per_call": round(sum(totals.values()), 3),
+        "ops": _top(totals, top),
+    }
+
+
+def layer_profile(
+    module: nn.Module, latent_dim: int, num_classes: int, batch: int, calls: int = 10
+) -> dict[str, Any]:
+    """Eager time and achieved GFLOP/s of each convolution / linear layer (forward hooks)."""
+    import time
+
+    from gendeploy.bench.flops import count_flops
+
+    feeds = make_feeds(batch, latent_dim, num_classes)
+    args = [torch.from_numpy(v) for v in feeds.values()]
+    layers = {
+        name: m
+        for name, m in module.named_modules()
+        if isinstance(m, nn.Conv2d | nn.ConvTranspose2d | nn.Linear)
+    }
+    spent: dict[str, float] = defaultdict(float)
+    flops: dict[str, int] = {}
+    shapes: dict[str, str] = {}
+    started: dict[str, float] = {}
+
+    def before(name: str) -> Any:
+        return lambda _m, _inp: started.__setitem__(name, time.perf_counter())
+
+    def after(name: str) -> Any:
+        def hook(m: nn.Module, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+            spent[name] += time.perf_counter() - started[name]
+            if name not in flops:
+                flops[name] = -1  # counting runs this layer again: do not recurse
+                flops[name] = count_flops(m, inp)
+                shapes[name] = f"{list(inp[0].shape[1:])} -> {list(out.shape[1:])}"
+
+        return hook
+
+    handles = [m.register_forward_pre_hook(before(n)) for n, m in layers.items()]
+    handles += [m.register_forward_hook(after(n)) for n, m in layers.items()]
+    try:
+        with torch.inference_mode():
+            module(*args)  # counts FLOPs (and warms up)
+            spent.clear()
+            for _ in range(calls):
+                module(*args)
+    finally:
+        for h in handles:
+            h.remove()
+    rows = []
+    for name in layers:
+        ms = spent[name] / calls * 1e3
+        rate = flops[name] / (ms / 1e3) / 1e9 if ms > 0 else 0.0
+        rows.append({"layer": name, "shape": shapes.get(name, ""), "ms": round(ms, 3),
+                     "mflop": round(flops[name] / 1e6, 1), "gflops": round(rate, 1)})  # fmt: skip
+    return {"runner": "eager", "batch": batch, "layers": rows}

@@ -21,6 +21,7 @@ import torch
 
 from gendeploy.bench import machine, peak
 from gendeploy.bench.flops import flops_per_image
+from gendeploy.bench.markdown import contended
 from gendeploy.bench.runners import DESCRIPTIONS, Skip, build_runner
 from gendeploy.bench.suites import BenchModel, Suite
 from gendeploy.bench.sweep import CellResult, sweep_batch
@@ -52,34 +53,70 @@ def run_bench(
             "tolerance": suite.rule.tolerance,
             "max_windows": suite.rule.max_windows,
             "served_window_ms": suite.served_window_ms,
+            "served_max_windows": suite.served_max_windows,
         },
         "runners": {k: {"precision": p, "what": w} for k, (p, w) in DESCRIPTIONS.items()},
     }
+    before = _other_share_now()
+    report["busy_before"] = before
+    cores = report["machine"]["logical_cores"] or 1
+    if contended(before, threads, cores):
+        say(
+            f"warning: other processes are using {before:.0%} of the CPU right now; eager PyTorch"
+            f" with {threads} OpenMP threads slows down badly under contention (see the report)"
+        )
     say(f"bench suite {suite.name!r}: {threads} threads; measuring the matmul peak")
-    peaks_start = _peaks()
+    peaks_start = _peaks(threads)
     with tempfile.TemporaryDirectory(prefix="gendeploy-bench-") as tmp:
         work = work_dir or Path(tmp)
-        report["models"] = [bench_model(m, suite, work, threads, peaks_start, say) for m in suite.models]
-    peaks_end = _peaks()
+        start = {k: p.gflops for k, p in peaks_start.items()}
+        models = [bench_model(m, suite, work, threads, start, say) for m in suite.models]
+    peaks_end = _peaks(threads)
     report["peaks"] = {
-        k: {"gflops": max(peaks_start[k], peaks_end[k]), "start": peaks_start[k], "end": peaks_end[k]}
+        k: {
+            "gflops": max(peaks_start[k].gflops, peaks_end[k].gflops),
+            "by": max((peaks_start[k], peaks_end[k]), key=lambda p: p.gflops).by,
+            "start": peaks_start[k].each,
+            "end": peaks_end[k].each,
+        }
         for k in peaks_start
     }
+    fp32_peak = report["peaks"]["fp32"]["gflops"]
+    for m in models:  # fractions of the best FP32 peak seen in the whole run
+        for c in m["cells"]:
+            c["peak_fraction"] = round(c["gflops"] / fp32_peak, 4)
+    report["models"] = models
+    served = [m["served"] for m in models if m.get("served", {}).get("triton_version")]
+    if served:
+        report["machine"]["versions"]["tritonserver"] = served[0]["triton_version"]
+        report["machine"]["versions"]["perf_analyzer"] = (
+            served[0]["perf_analyzer_version"] or served[0]["perf_analyzer"]
+        )
     report["duration_s"] = round(time.monotonic() - started, 1)
+    share = meter.other_share()
     report["busy"] = {
-        "other_processes_cpu_share": meter.other_share(),
+        "other_processes_cpu_share": share,
+        "disturbed": contended(share, threads, cores),
         "load_average_end": machine.load_average(),
     }
     write_report(report, out)
+    if report["busy"]["disturbed"]:
+        say(
+            f"warning: other processes took {share:.0%} of the CPU during the run: ratios disturbed"
+        )
     say(f"wrote {out}/bench.json, bench.md and plots in {report['duration_s']:.0f}s")
     return report
 
 
-def _peaks() -> dict[str, float]:
-    found = {"fp32": round(peak.matmul_peak(torch.float32).gflops, 1)}
-    if peak.bf16_supported():
-        found["bf16"] = round(peak.matmul_peak(torch.bfloat16).gflops, 1)
-    return found
+def _other_share_now(seconds: float = 1.0) -> float:
+    """Other processes' share of the CPU over the next ``seconds`` (this process is idle)."""
+    meter = machine.BusyMeter()
+    time.sleep(seconds)
+    return meter.other_share()
+
+
+def _peaks(threads: int) -> dict[str, peak.Peak]:
+    return {d: peak.matmul_peak(d, threads=threads) for d in peak.peak_dtypes()}
 
 
 def prepare_checkpoint(model: BenchModel, work: Path) -> tuple[Path, str]:
@@ -136,18 +173,29 @@ def bench_model(
 
         runners = {"eager": EagerRunner(module, threads=threads), **runners}
     cells: list[CellResult] = []
+    failed: dict[str, str] = {}
     try:
         for batch in suite.batches:
             cells += sweep_batch(
-                runners, batch, manifest.latent_dim, manifest.num_classes, flops, peaks,
-                suite.rule, log=say,
-            )  # fmt: skip
+                runners,
+                batch,
+                manifest.latent_dim,
+                manifest.num_classes,
+                flops,
+                peaks,
+                suite.rule,
+                log=say,
+                failed=failed,
+            )
     finally:
         for r in runners.values():
             r.close()
+    for name, reason in failed.items():
+        skipped.append({"runner": name, "reason": reason})
+        say(f"[{model.name}] dropped {name}: {reason}")
     result: dict[str, Any] = {
         "name": model.name,
-        "config": model.config.to_dict(),
+        "config": manifest.source.model_config or model.config.to_dict(),
         "source": origin,
         "goals_model": model.goals,
         "flops_per_image": flops,
@@ -164,7 +212,7 @@ def bench_model(
 
         result["served"] = served_sweep(manifest, export_dir, work, suite, threads, module, say)
     if suite.profile and model.goals:
-        from gendeploy.bench.profile import profile_eager, profile_onnxruntime
+        from gendeploy.bench.profile import layer_profile, profile_eager, profile_onnxruntime
 
         say(f"[{model.name}] profiling eager and ONNX Runtime at batch 1 and 64")
         fp32 = export_dir / manifest.artifact("fp32").path
@@ -172,4 +220,5 @@ def bench_model(
         result["profile"] = [profile_eager(module, *dims, b) for b in (1, 64)] + [
             profile_onnxruntime(fp32, *dims, b, threads) for b in (1, 64)
         ]
+        result["layers"] = [layer_profile(module, *dims, b) for b in (1, 64)]
     return result

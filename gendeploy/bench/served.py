@@ -1,10 +1,10 @@
 """The served sweep: the model behind a real tritonserver, driven at each concurrency level.
 
-Triton's own ``perf_analyzer`` drives the load where it is found (``GENDEPLOY_PERF_ANALYZER`` or
-``PATH``), with the same stability rule as the in-process sweep (``--stability-percentage 10``,
-time windows, a cap on trials). It exits 0 even when it gives up on a level, so its CSV is read and
-a missing row is a failure. Where it is missing, a tritonclient load loop (one connection per
-concurrent client, threads) measures the same figures with :mod:`gendeploy.bench.timing`'s rule.
+Triton's own ``perf_analyzer`` drives the load where it is found (``$GENDEPLOY_PERF_ANALYZER``,
+``PATH``, or the wrapper ``scripts/get_perf_analyzer.sh`` caches), with the same stability rule as
+the in-process sweep (``--stability-percentage 10``, time windows, a cap on trials). Its exit code
+is not trusted: its CSV is read and the row asked for must be there. Where it is missing, or gives
+up on a level that never stabilises (no row), :mod:`gendeploy.bench.loadloop` measures that level.
 """
 
 from __future__ import annotations
@@ -16,19 +16,27 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from gendeploy.bench.timing import Measurement, StabilityRule, Window, summarize, windows_agree
+from gendeploy.bench.timing import StabilityRule
 from gendeploy.errors import ServeError
 from gendeploy.runtime.base import Feeds
 
 PERF_ANALYZER_ENV = "GENDEPLOY_PERF_ANALYZER"
+# perf_analyzer's CSV splits the mean latency into these parts (microseconds)
+BREAKDOWN = (
+    "Client Send",
+    "Network+Server Send/Recv",
+    "Server Queue",
+    "Server Compute Input",
+    "Server Compute Infer",
+    "Server Compute Output",
+    "Client Recv",
+)
 
 
 @dataclass
@@ -44,23 +52,30 @@ class ServedResult:
     stable: bool
     tool: str  # "perf_analyzer" or "tritonclient load loop"
     note: str = ""
+    breakdown_ms: dict[str, float] = field(default_factory=dict)  # perf_analyzer's mean parts
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def find_perf_analyzer() -> Path | None:
-    """``$GENDEPLOY_PERF_ANALYZER``, else ``perf_analyzer`` on PATH or beside this Python."""
+    """``$GENDEPLOY_PERF_ANALYZER``, else ``perf_analyzer`` on PATH or beside this Python, else
+    the wrapper ``scripts/get_perf_analyzer.sh`` leaves in the user cache."""
     explicit = os.environ.get(PERF_ANALYZER_ENV)
     if explicit:
         return Path(explicit) if Path(explicit).is_file() else None
     found = shutil.which("perf_analyzer") or shutil.which(
         "perf_analyzer", path=str(Path(sys.executable).parent)
     )
-    return Path(found) if found else None
+    if found:
+        return Path(found)
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    wrapper = cache / "gendeploy" / "perf_analyzer" / "perf_analyzer"
+    return wrapper if wrapper.is_file() else None
 
 
 def perf_analyzer_version(path: Path) -> str:
+    """What it prints for ``--version`` and, when it came from a tritonclient wheel, which."""
     try:
         done = subprocess.run(
             [str(path), "--version"], capture_output=True, text=True, timeout=20, check=False
@@ -68,7 +83,9 @@ def perf_analyzer_version(path: Path) -> str:
     except (OSError, subprocess.SubprocessError) as e:
         return f"does not run ({e})"
     text = (done.stdout + done.stderr).strip().splitlines()
-    return text[0][:120] if text else ""
+    wheels = sorted(path.parent.glob("wheel/tritonclient-*.whl"))
+    source = f" from {wheels[-1].name}" if wheels else ""
+    return " ".join((text[0][:120] if text else "").split()) + source
 
 
 def input_data_json(feeds: Feeds) -> dict[str, Any]:
@@ -76,7 +93,10 @@ def input_data_json(feeds: Feeds) -> dict[str, Any]:
     step: dict[str, Any] = {}
     for name, value in feeds.items():
         row = np.asarray(value)[0]
-        step[name] = {"content": np.atleast_1d(row).tolist(), "shape": list(np.atleast_1d(row).shape)}
+        step[name] = {
+            "content": np.atleast_1d(row).tolist(),
+            "shape": list(np.atleast_1d(row).shape),
+        }
     return {"data": [step]}
 
 
@@ -96,14 +116,28 @@ def run_perf_analyzer(
         data, out = Path(tmp) / "input.json", Path(tmp) / "result.csv"
         data.write_text(json.dumps(input_data_json(feeds)))
         cmd = [
-            str(exe), "-m", model, "-u", url, "-i", protocol, "-b", "1",
+            str(exe),
+            "-m",
+            model,
+            "-u",
+            url,
+            "-i",
+            protocol,
+            "-b",
+            "1",
             f"--concurrency-range={concurrency}:{concurrency}",
-            "--measurement-mode=time_windows", f"--measurement-interval={window_ms}",
+            "--measurement-mode=time_windows",
+            f"--measurement-interval={window_ms}",
             f"--stability-percentage={round(rule.tolerance * 100)}",
-            f"--max-trials={rule.max_windows}", f"--input-data={data}", "-f", str(out),
-        ]  # fmt: skip
+            f"--max-trials={rule.max_windows}",
+            f"--input-data={data}",
+            "-f",
+            str(out),
+        ]
         try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
+            done = subprocess.run(
+                cmd, capture_output=True, text=True, timeout=timeout_s, check=False
+            )
         except subprocess.TimeoutExpired:
             raise ServeError(f"perf_analyzer timed out after {timeout_s:.0f}s") from None
         log = done.stdout + done.stderr
@@ -111,11 +145,15 @@ def run_perf_analyzer(
         row = next((r for r in rows if int(r.get("Concurrency", -1)) == concurrency), None)
         if row is None:
             last = [line for line in log.splitlines() if line.strip()][-1:] or ["no output"]
-            raise ServeError(f"perf_analyzer gave no result (exit {done.returncode}): {last[0][:200]}")
+            raise ServeError(
+                f"perf_analyzer gave no result (exit {done.returncode}): {last[0][:200]}"
+            )
     unstable = "Failed to obtain stable measurement" in log
 
     def ms(column: str) -> float:
         return round(float(row[column]) / 1e3, 4)
+
+    parts = {c: ms(c) for c in BREAKDOWN if c in row}
 
     return ServedResult(
         protocol=protocol,
@@ -124,104 +162,12 @@ def run_perf_analyzer(
         p50_ms=ms("p50 latency"),
         p90_ms=ms("p90 latency"),
         p99_ms=ms("p99 latency"),
-        mean_ms=ms("Avg latency"),
+        mean_ms=ms("Avg latency") if "Avg latency" in row else round(sum(parts.values()), 4),
         images_per_s=round(float(row["Inferences/Second"]), 2),
         stable=not unstable,
         tool="perf_analyzer",
+        breakdown_ms=parts,
     )
-
-
-def load_loop(
-    url: str,
-    model: str,
-    protocol: str,
-    concurrency: int,
-    feeds: Feeds,
-    rule: StabilityRule,
-) -> ServedResult:
-    """``concurrency`` threads, one client each (created in its thread: the HTTP client is
-    gevent-based and bound to its thread), sending ``feeds`` back to back; the main thread cuts
-    time windows from the completed requests, as perf_analyzer does, until they agree."""
-    loop = _LoadLoop(url, model, protocol, concurrency, feeds)
-    try:
-        windows = loop.windows(rule)
-    finally:
-        loop.stop()
-    m: Measurement = summarize(windows, rule)
-    batch = int(np.asarray(feeds["z"]).shape[0])
-    return ServedResult(
-        protocol=protocol,
-        concurrency=concurrency,
-        batch=batch,
-        p50_ms=round(m.percentile_ms(50), 4),
-        p90_ms=round(m.percentile_ms(90), 4),
-        p99_ms=round(m.percentile_ms(99), 4),
-        mean_ms=round(float(np.mean(m.latencies_s)) * 1e3, 4),
-        images_per_s=round(batch * m.calls_per_s, 2),
-        stable=m.stable,
-        tool="tritonclient load loop",
-    )
-
-
-class _LoadLoop:
-    def __init__(self, url: str, model: str, protocol: str, concurrency: int, feeds: Feeds) -> None:
-        self.args = (url, model, protocol)
-        self.feeds = feeds
-        self.done: list[tuple[float, float]] = []  # (sent, answered), appended under the lock
-        self.lock = threading.Lock()
-        self.errors: list[BaseException] = []
-        self.halt = threading.Event()
-        self.warm = threading.Semaphore(0)
-        self.threads = [threading.Thread(target=self._work, daemon=True) for _ in range(concurrency)]
-        for t in self.threads:
-            t.start()
-        for _ in self.threads:
-            if not self.warm.acquire(timeout=120):
-                raise ServeError("served model did not answer a warm-up request within 120 s")
-        if self.errors:
-            raise ServeError(f"served request failed: {self.errors[0]}")
-
-    def _work(self) -> None:
-        from gendeploy.runtime.triton import TritonRunner
-
-        client = None
-        try:
-            client = TritonRunner(*self.args)
-            client.run(self.feeds)
-            self.warm.release()
-            while not self.halt.is_set():
-                t0 = time.perf_counter()
-                client.run(self.feeds)
-                t1 = time.perf_counter()
-                with self.lock:
-                    self.done.append((t0, t1))
-        except Exception as e:  # surfaced in the main thread
-            self.errors.append(e)
-            self.warm.release()
-        finally:
-            if client is not None:
-                client.close()
-
-    def windows(self, rule: StabilityRule) -> list[Window]:
-        windows: list[Window] = []
-        seen, start = 0, time.perf_counter()
-        while not (windows_agree(windows, rule) or len(windows) >= rule.max_windows):
-            time.sleep(rule.window_s)
-            while len(self.done) - seen < rule.min_calls and not self.errors:
-                time.sleep(0.01)
-            if self.errors:
-                raise ServeError(f"served request failed during the load loop: {self.errors[0]}")
-            now = time.perf_counter()
-            with self.lock:
-                finished, seen = self.done[seen:], len(self.done)
-            windows.append(Window(tuple(b - a for a, b in finished), now - start))
-            start = now
-        return windows
-
-    def stop(self) -> None:
-        self.halt.set()
-        for t in self.threads:
-            t.join(timeout=60)
 
 
 def triton_version(http_url: str) -> str:
@@ -265,9 +211,13 @@ def served_sweep(
     }
     repo = work / "triton_repo" / model
     try:
-        write_repo(manifest, repo, RepoOptions(intra_op_threads=threads), export_dir=export_dir)
-        args = ("--model-control-mode=explicit", f"--load-model={model}")
-        with TritonServer(repo, extra_args=args, log_path=work / f"{model}-tritonserver.log") as srv:
+        options = RepoOptions(intra_op_threads=threads)
+        if suite.queue_delay_us is not None:
+            options = RepoOptions(intra_op_threads=threads, queue_delay_us=suite.queue_delay_us)
+        result["queue_delay_us"] = options.queue_delay_us
+        write_repo(manifest, repo, options, export_dir=export_dir)
+        # the launcher loads only what this server's backends can serve (not <name>_onnx here)
+        with TritonServer(repo, log_path=work / f"{model}-tritonserver.log") as srv:
             result["triton_version"] = triton_version(srv.http_url)
             say(f"[{model}] tritonserver {result['triton_version']} up; load from {tool}")
             check_batch = min(8, manifest.batch.max)
@@ -306,11 +256,20 @@ def _one_level(
     if exe is not None:
         try:
             return run_perf_analyzer(
-                exe, url, model, protocol, concurrency, feeds, suite.served_window_ms, suite.rule
+                exe,
+                url,
+                model,
+                protocol,
+                concurrency,
+                feeds,
+                suite.served_window_ms,
+                suite.served_rule,
             )
         except ServeError as e:
             errors.append(f"{protocol} concurrency {concurrency}: {e}; used the load loop")
-    result = load_loop(url, model, protocol, concurrency, feeds, suite.rule)
+    from gendeploy.bench.loadloop import load_loop
+
+    result = load_loop(url, model, protocol, concurrency, feeds, suite.served_rule)
     if exe is not None:
         result.note = "perf_analyzer failed at this level"
     return result

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from gendeploy.bench.timing import StabilityRule
 from gendeploy.errors import UsageError
-from gendeploy.trainer.models import ModelConfig
+from gendeploy.trainer.models import Arch, ModelConfig
 
 DEMO_CHECKPOINT = Path("runs/demo/checkpoint.pt")
 
@@ -47,8 +47,17 @@ class Suite:
     runners: tuple[str, ...] = ALL_RUNNERS
     served: bool = True
     served_window_ms: int = 1000  # perf_analyzer --measurement-interval
+    served_max_windows: int = 6  # perf_analyzer --max-trials (each level costs up to this many)
+    queue_delay_us: int | None = None  # Triton dynamic batching delay; None: the repo's default
     threads: int = 0  # 0: all physical cores
     profile: bool = True  # profile eager where a goal is missed
+
+    @property
+    def served_rule(self) -> StabilityRule:
+        """The same stability rule with the served sweep's window and cap."""
+        return replace(
+            self.rule, window_s=self.served_window_ms / 1e3, max_windows=self.served_max_windows
+        )
 
     def __post_init__(self) -> None:
         if not self.models or not self.batches or min(self.batches) < 1:
@@ -56,19 +65,26 @@ class Suite:
         if self.served and (not self.concurrencies or min(self.concurrencies) < 1):
             raise UsageError(f"suite {self.name!r}: concurrency levels must be >= 1")
         unknown = set(self.runners) - set(ALL_RUNNERS)
+        if self.queue_delay_us is not None and self.queue_delay_us < 0:
+            raise UsageError(f"queue delay must be >= 0 us, got {self.queue_delay_us}")
+        if self.threads < 0:
+            raise UsageError(f"threads must be >= 0 (0: all physical cores), got {self.threads}")
         if unknown:
             raise UsageError(f"unknown runners {sorted(unknown)}; known: {', '.join(ALL_RUNNERS)}")
 
 
 DEMO = BenchModel(
     "digits_cdcgan32",
-    ModelConfig(arch="dcgan", image_size=32, image_channels=1, num_classes=10, width=64),
+    ModelConfig(arch=Arch.dcgan, image_size=32, image_channels=1, num_classes=10, width=64),
     checkpoint=DEMO_CHECKPOINT,
 )
 DCGAN64 = BenchModel(
-    "dcgan64", ModelConfig(arch="dcgan", image_size=64, image_channels=3, width=64), goals=True
+    "dcgan64", ModelConfig(arch=Arch.dcgan, image_size=64, image_channels=3, width=64), goals=True
 )
-TINY = BenchModel("tiny_dcgan32", ModelConfig(arch="dcgan", image_size=32, num_classes=10, width=8))
+TINY = BenchModel(
+    "tiny_dcgan32",
+    ModelConfig(arch=Arch.dcgan, latent_dim=16, image_size=32, num_classes=4, width=8, embed_dim=8),
+)
 
 SUITES: dict[str, Suite] = {
     "default": Suite("default", (DEMO, DCGAN64)),
@@ -80,6 +96,7 @@ SUITES: dict[str, Suite] = {
         rule=StabilityRule(window_s=0.2, max_windows=6),
         runners=tuple(r for r in ALL_RUNNERS if r != "torch_compile"),  # compiling takes ~30 s
         served_window_ms=500,
+        served_max_windows=5,
         profile=False,
     ),
     # For tests and CI: seconds, on a tiny model, every path including the served one.
@@ -91,6 +108,8 @@ SUITES: dict[str, Suite] = {
         rule=StabilityRule(window_s=0.05, max_windows=4, warmup_calls=1),
         runners=("eager", "eager_bf16", "onnxruntime", "tensorrt"),
         served_window_ms=300,
+        served_max_windows=4,
+        threads=1,  # robust on a shared machine: 2 OpenMP threads on 2 busy cores stall
         profile=False,
     ),
 }
@@ -110,9 +129,21 @@ def with_overrides(
     runners: tuple[str, ...] | None = None,
     served: bool | None = None,
     window_s: float | None = None,
+    threads: int | None = None,
+    models: tuple[str, ...] | None = None,
+    queue_delay_us: int | None = None,
 ) -> Suite:
     """The suite with command-line overrides applied (validated by ``Suite``)."""
     rule = replace(suite.rule, window_s=window_s) if window_s else suite.rule
+    chosen = suite.models
+    if models:
+        known = {m.name: m for m in suite.models}
+        unknown = sorted(set(models) - set(known))
+        if unknown:
+            raise UsageError(
+                f"--models: suite {suite.name!r} has no {unknown}; it has {list(known)}"
+            )
+        chosen = tuple(known[name] for name in models)
     return replace(
         suite,
         batches=batches or suite.batches,
@@ -120,4 +151,7 @@ def with_overrides(
         runners=runners or suite.runners,
         served=suite.served if served is None else served,
         rule=rule,
+        threads=suite.threads if threads is None else threads,
+        models=chosen,
+        queue_delay_us=suite.queue_delay_us if queue_delay_us is None else queue_delay_us,
     )

@@ -75,17 +75,30 @@ def sweep_batch(
     rule: StabilityRule,
     clock: Clock = time.perf_counter,
     log: Log | None = None,
+    failed: dict[str, str] | None = None,
 ) -> list[CellResult]:
-    """Time every runner at ``batch`` in alternation; ``runners`` must include ``eager``."""
+    """Time every runner at ``batch`` in alternation; ``runners`` must include ``eager``.
+
+    With ``failed``, a runner whose first call raises is removed from ``runners`` and its reason
+    recorded there, instead of ending the bench."""
+    if log:
+        log(f"  batch {batch}: checking outputs against eager, warming up (torch.compile compiles)")
     feeds = make_feeds(batch, latent_dim, num_classes)
     reference = runners["eager"].run(feeds)
     diffs, memory = {}, {}
-    for name, runner in runners.items():
-        out = runner.run(feeds)  # also compiles torch.compile's graph for this batch size
+    for name, runner in list(runners.items()):
+        try:
+            out = runner.run(feeds)  # also compiles torch.compile's graph for this batch size
+        except Exception as e:  # a backend that builds but cannot run here: skip it, say why
+            if failed is None or name == "eager":
+                raise
+            failed[name] = f"failed at batch {batch}: {type(e).__name__}: {str(e).strip()[:200]}"
+            runners.pop(name).close()
+            continue
         diffs[name] = float(np.max(np.abs(out.astype(np.float64) - reference)))
         memory[name] = peak_rss_mib(lambda r=runner: r.run(feeds))  # type: ignore[misc]
     fns = {name: (lambda r=runner: r.run(feeds)) for name, runner in runners.items()}
-    results = measure_alternating(fns, rule, clock)  # type: ignore[arg-type]
+    results = measure_alternating(fns, rule, clock)
     eager_ips = batch * results["eager"].calls_per_s
     cells = []
     for name, m in results.items():
@@ -93,8 +106,8 @@ def sweep_batch(
         if log:
             c = cells[-1]
             log(
-                f"  {name:<18} batch {batch:>4}: {c.images_per_s:9.1f} img/s  p50 {c.p50_ms:8.3f} ms"
-                f"  x{c.speedup:.2f}{'' if c.stable else '  (not stable)'}"
+                f"  {name:<18} batch {batch:>4}: {c.images_per_s:9.1f} img/s"
+                f"  p50 {c.p50_ms:8.3f} ms  x{c.speedup:.2f}{'' if c.stable else '  (not stable)'}"
             )
     return cells
 

@@ -12,7 +12,7 @@ tests can drive the rule with a deterministic fake clock.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -131,7 +131,7 @@ def measure(
 
 
 def measure_alternating(
-    fns: dict[str, Callable[[], object]],
+    fns: Mapping[str, Callable[[], object]],
     rule: StabilityRule,
     clock: Clock = time.perf_counter,
     on_window: Callable[[str], None] | None = None,

@@ -25,7 +25,9 @@ def _ints(flag: str, text: str | None) -> tuple[int, ...] | None:
 
 
 def bench_command(
-    suite: Annotated[str, Opt(help="Suite: default (~10 min), quick (~1 min) or tiny.")] = "default",
+    suite: Annotated[
+        str, Opt(help="Suite: default (~10 min), quick (~1 min) or tiny.")
+    ] = "default",
     out: Annotated[Path, Opt(help="Directory for bench.json, bench.md and the plots.")] = Path(
         "bench"
     ),
@@ -39,7 +41,16 @@ def bench_command(
     served: Annotated[
         bool, Opt("--served/--no-served", help="Also bench the model behind tritonserver.")
     ] = True,
+    models: Annotated[
+        str | None, Opt(help="Only these of the suite's models, comma-separated (e.g. dcgan64).")
+    ] = None,
     window: Annotated[float | None, Opt(help="Measurement window in seconds.")] = None,
+    queue_delay_us: Annotated[
+        int | None, Opt(help="Served model's dynamic-batching delay (default: the repo's).")
+    ] = None,
+    threads: Annotated[
+        int | None, Opt(help="Threads for every runner (default: the suite's; 0: physical cores).")
+    ] = None,
     work_dir: Annotated[
         Path | None, Opt(help="Keep checkpoints, exports and the Triton repo here (default: temp).")
     ] = None,
@@ -69,13 +80,18 @@ def bench_command(
         runners=names,
         served=served,
         window_s=window,
+        threads=threads,
+        models=tuple(models.split(",")) if models else None,
+        queue_delay_us=queue_delay_us,
     )
     from rich.console import Console
 
     from gendeploy.bench.run import run_bench
 
     console = Console(stderr=True)
-    report = run_bench(chosen, out, work_dir, log=lambda msg: console.print(msg, highlight=False, markup=False))
+    report = run_bench(
+        chosen, out, work_dir, log=lambda msg: console.print(msg, highlight=False, markup=False)
+    )
     for goal in report.get("goals", []):
         verdict = {True: "met", False: "MISSED", None: "not judged"}[goal["met"]]
         typer.echo(f"goal: {goal['goal']}: {goal['measured']} ({goal['by']}) -> {verdict}")

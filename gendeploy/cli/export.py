@@ -42,6 +42,9 @@ def export_command(
     latent_dim: Annotated[int | None, Opt(help="--model: latent size.")] = None,
     num_classes: Annotated[int | None, Opt(help="--model: classes (0: unconditional).")] = None,
     image_shape: Annotated[str | None, Opt(help="--model: output image shape C,H,W.")] = None,
+    repo: Annotated[
+        Path | None, Opt(help="Also write (or add a version to) the Triton models in this repo.")
+    ] = None,
 ) -> None:
     """Export a generator to gated ONNX (FP32, uint8, FP16) and TensorRT, with a manifest."""
     from gendeploy.export.api import ExportOptions, ModelSpec, OutputKind, export
@@ -74,6 +77,12 @@ def export_command(
     )
     for item in manifest.skipped:
         typer.echo(f"NOT built: {item['name']} ({item['reason']})")
+    if repo is not None:
+        from gendeploy.serve.repo import write_repo
+
+        for written in write_repo(out or Path("exports") / manifest.name, repo):
+            state = "new version" if written.new else "unchanged"
+            typer.echo(f"triton model {written.path}/{written.version} ({state})")
 
 
 def doctor_command() -> None:

@@ -7,13 +7,17 @@ import os
 import signal
 import threading
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from gendeploy.errors import UsageError
+from gendeploy.errors import ServeError, UsageError
+
+if TYPE_CHECKING:
+    from gendeploy.serve.server import TritonServer
 
 DEFAULT_REPO = Path("triton_repo")
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def repo_command(
@@ -53,6 +57,9 @@ def serve_command(
     log_file: Annotated[
         Path | None, typer.Option(help="Server log (default: a temp file).")
     ] = None,
+    watch: Annotated[
+        bool, typer.Option("--watch", help="Load new versions and models as they are written.")
+    ] = False,
     docker: Annotated[
         bool, typer.Option("--docker", help="Print the NGC container command instead.")
     ] = False,
@@ -75,7 +82,8 @@ def serve_command(
     from gendeploy.serve.server import TritonServer
 
     stop = threading.Event()
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # handled explicitly: a shell's background job starts with SIGINT ignored
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in STOP_SIGNALS}
     server = TritonServer(
         repo,
         http_port=http_port,
@@ -84,6 +92,8 @@ def serve_command(
         tritonserver=tritonserver,
         log_path=log_file,
     )
+    if ready_file is not None:
+        ready_file.unlink(missing_ok=True)  # a stale file from a killed server is not "ready"
     try:
         server.start()
         endpoints = server.endpoints()
@@ -100,17 +110,26 @@ def serve_command(
             tmp.write_text(json.dumps(endpoints, indent=2) + "\n")
             os.replace(tmp, ready_file)
         typer.echo("serving; Ctrl-C to stop")
-        while not stop.wait(0.5):
+        while not stop.wait(2.0 if watch else 0.5):
             if not server.running():
-                raise UsageError(f"tritonserver exited unexpectedly (log: {server.log_path})")
-    except KeyboardInterrupt:
-        pass
+                raise ServeError(f"tritonserver exited unexpectedly (log: {server.log_path})")
+            if watch:
+                _refresh(server)
     finally:
         server.stop()
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if ready_file is not None:
             ready_file.unlink(missing_ok=True)
         typer.echo("stopped")
+
+
+def _refresh(server: TritonServer) -> None:
+    try:
+        for model in server.refresh():
+            typer.echo(f"loaded   {model} (new version or config)")
+    except ServeError as e:  # a bad new version: keep serving what is loaded
+        typer.echo(f"error: {e}", err=True)
 
 
 def generate_command(
@@ -123,6 +142,9 @@ def generate_command(
     ready_file: Annotated[
         Path | None, typer.Option(help="Read the URL from `gendeploy serve --ready-file`.")
     ] = None,
+    wait_s: Annotated[
+        float, typer.Option(help="Wait this long for --ready-file to appear (server starting).")
+    ] = 0.0,
     protocol: Annotated[str, typer.Option(help="http or grpc.")] = "http",
     label: Annotated[
         int | None, typer.Option(help="Class for every image (default: cycle classes).")
@@ -142,7 +164,7 @@ def generate_command(
     from gendeploy.serve.client import endpoints_from_ready_file, generate, save_grid
 
     if ready_file is not None:
-        url = endpoints_from_ready_file(ready_file, protocol)
+        url = endpoints_from_ready_file(ready_file, protocol, wait_s)
     url = url or ("127.0.0.1:8000" if protocol == "http" else "127.0.0.1:8001")
     images, info = generate(
         url, model, n, protocol=protocol, label=label, seed=seed, client_latents=client_latents

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -13,17 +14,20 @@ Opt = typer.Option
 
 
 def train_command(
-    preset: Annotated[str, Opt(help="Preset: digits-cdcgan (default), digits-dcgan, seed-mlp, "
-                                    "dcgan64.")] = "digits-cdcgan",
+    preset: Annotated[
+        str, Opt(help="Preset: digits-cdcgan (default), digits-dcgan, seed-mlp, dcgan64.")
+    ] = "digits-cdcgan",
     out: Annotated[Path | None, Opt(help="Run directory (default runs/<preset>).")] = None,
     arch: Annotated[str | None, Opt(help="Override the model: mlp or dcgan.")] = None,
-    dataset: Annotated[str | None, Opt(help="digits, mnist, fashion-mnist, cifar10, folder, "
-                                            "fake.")] = None,
+    dataset: Annotated[
+        str | None, Opt(help="digits, mnist, fashion-mnist, cifar10, folder, fake.")
+    ] = None,
     data_path: Annotated[Path | None, Opt(help="Directory of the dataset's files.")] = None,
     image_size: Annotated[int | None, Opt(help="Image side (dcgan: 32 or 64).")] = None,
     channels: Annotated[int | None, Opt(help="Image channels, 1 or 3.")] = None,
-    num_classes: Annotated[int | None, Opt(help="Classes for a conditional model; 0: "
-                                                "unconditional.")] = None,
+    num_classes: Annotated[
+        int | None, Opt(help="Classes for a conditional model; 0: unconditional.")
+    ] = None,
     width: Annotated[int | None, Opt(help="Feature width (DCGAN ngf/ndf).")] = None,
     latent_dim: Annotated[int | None, Opt(help="Latent size.")] = None,
     steps: Annotated[int | None, Opt(help="Total training steps.")] = None,
@@ -46,11 +50,22 @@ def train_command(
         raise UsageError(f"--channels must be 1 or 3, got {channels}")
     model, config = with_overrides(
         get_preset(preset),
-        arch=arch, image_size=image_size, image_channels=channels, num_classes=num_classes,
-        width=width, latent_dim=latent_dim, dataset=dataset,
-        data_path=str(data_path) if data_path else None, steps=steps, batch_size=batch_size,
-        lr=lr, ema_decay=ema, seed=seed, sample_every=sample_every,
-        checkpoint_every=checkpoint_every, eval_at_end=False if no_eval else None,
+        arch=arch,
+        image_size=image_size,
+        image_channels=channels,
+        num_classes=num_classes,
+        width=width,
+        latent_dim=latent_dim,
+        dataset=dataset,
+        data_path=str(data_path) if data_path else None,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        ema_decay=ema,
+        seed=seed,
+        sample_every=sample_every,
+        checkpoint_every=checkpoint_every,
+        eval_at_end=False if no_eval else None,
     )
     run_dir = out or Path("runs") / preset
     result = train(model, config, run_dir, resume=resume, force=force, progress=progress)
@@ -69,7 +84,7 @@ def eval_command(
     _print_quality(evaluate_checkpoint(checkpoint, seed).to_dict())
 
 
-def _print_quality(q: dict[str, object]) -> None:
+def _print_quality(q: Mapping[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 

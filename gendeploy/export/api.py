@@ -39,6 +39,8 @@ from gendeploy.export.manifest import (
 from gendeploy.export.publish import check_destination, publish, staging_dir
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from gendeploy.export.source import LoadedModel
 
 Log = Callable[[str], None]
@@ -177,6 +179,13 @@ def export(
         publish(staged, out_dir)
     say(f"published {out_dir}: {', '.join(a.name for a in manifest.artifacts)}")
     return manifest
+
+
+def load_eager(manifest: Manifest) -> nn.Module:
+    """The eager generator an export was made from (see ``source.load_eager``)."""
+    from gendeploy.export.source import load_eager as _load_eager
+
+    return _load_eager(manifest)
 
 
 def input_specs(latent_dim: int, num_classes: int) -> list[TensorSpec]:

@@ -28,10 +28,10 @@ MAX_ITERS = 300
 def run(out: Path) -> dict[str, Any]:
     import torch
 
-    from gendeploy.export.api import ExportOptions, ModelSpec, export
+    from gendeploy.export.api import ExportOptions, ModelSpec, OutputKind, export
     from gendeploy.runtime.eager import EagerRunner
     from gendeploy.runtime.tensorrt import TensorRTRunner, tensorrt_availability
-    from gendeploy.trainer.models import ModelConfig, build_generator, init_weights
+    from gendeploy.trainer.models import Arch, ModelConfig, build_generator, init_weights
 
     out.mkdir(parents=True, exist_ok=True)
     status = tensorrt_availability()
@@ -43,17 +43,14 @@ def run(out: Path) -> dict[str, Any]:
 
     from gendeploy.trainer.checkpoint import Checkpoint, save_checkpoint
 
-    config = ModelConfig(arch="dcgan", image_size=64, image_channels=3, width=64)
+    config = ModelConfig(arch=Arch.dcgan, image_size=64, image_channels=3, width=64)
     torch.manual_seed(0)
     generator = build_generator(config)
     generator.apply(init_weights)
     ckpt = out / "runs" / "dcgan64" / "checkpoint.pt"
-    save_checkpoint(
-        Checkpoint(config, 0, generator.state_dict(), versions={"torch": str(torch.__version__)}),
-        ckpt,
-    )
+    save_checkpoint(Checkpoint(config, 0, generator.state_dict()), ckpt)
     started = time.perf_counter()
-    options = ExportOptions(fp16=True, output="uint8", max_batch=64, require_engine=True)
+    options = ExportOptions(fp16=True, output=OutputKind.uint8, max_batch=64, require_engine=True)
     manifest = export(
         ModelSpec(checkpoint=ckpt), options, out=out / "export", force=True, log=print
     )
@@ -86,7 +83,7 @@ def _time(runner: Runner, feeds: Feeds) -> dict[str, float]:
     """Host numpy in -> host numpy out (both runners synchronize before returning)."""
     for _ in range(10):
         runner.run(feeds)
-    samples = []
+    samples: list[float] = []
     deadline = time.perf_counter() + MIN_SECONDS
     while len(samples) < MAX_ITERS and (len(samples) < 20 or time.perf_counter() < deadline):
         t0 = time.perf_counter()
@@ -118,7 +115,11 @@ def _markdown(results: dict[str, Any]) -> str:
             f"| {name} | {v.get('max_abs_diff', '-')} | {v['psnr_db']} | {v['max_level_diff']} "
             f"| {v['batch_invariance_max_diff']} |"
         )
-    lines += ["", "| batch | eager p50 ms | TRT p50 ms | speedup | TRT img/s |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| batch | eager p50 ms | TRT p50 ms | speedup | TRT img/s |",
+        "|---|---|---|---|---|",
+    ]
     for r in results["latency"]:
         lines.append(
             f"| {r['batch']} | {r['eager_cuda_fp32']['p50_ms']} | {r['tensorrt_fp16']['p50_ms']} "

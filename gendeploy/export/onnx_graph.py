@@ -152,7 +152,9 @@ def add_uint8_head(model: onnx.ModelProto) -> onnx.ModelProto:
             helper.make_node(
                 "Clip", ["u8_rounded", "u8_min", "u8_max"], ["u8_clipped"], name="u8_clip"
             ),
-            helper.make_node("Transpose", ["u8_clipped"], ["u8_nhwc"], perm=[0, 2, 3, 1], name="u8_nhwc"),
+            helper.make_node(
+                "Transpose", ["u8_clipped"], ["u8_nhwc"], perm=[0, 2, 3, 1], name="u8_nhwc"
+            ),
             # Cast last: TensorRT allows UINT8 tensors only at the network's edges, via a Cast.
             helper.make_node("Cast", ["u8_nhwc"], [OUTPUT], to=TensorProto.UINT8, name="u8_cast"),
         ]

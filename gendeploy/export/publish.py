@@ -24,6 +24,9 @@ def staging_dir(out: Path) -> Iterator[Path]:
     """A fresh directory next to ``out``, removed unless it was published."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{out.name}-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; the export must be readable like any dir
     try:
         yield tmp
     finally:

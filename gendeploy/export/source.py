@@ -62,7 +62,9 @@ def resolve_checkpoint(path: Path | str) -> Path:
 
 def load_checkpoint_model(path: Path | str) -> LoadedModel:
     ckpt_path = resolve_checkpoint(path).resolve()
-    module, ckpt = load_generator(ckpt_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's pickle-protocol note on files it then refuses
+        module, ckpt = load_generator(ckpt_path)
     cfg = ckpt.model_config
     run_dir = ckpt_path.parent.name
     return LoadedModel(
@@ -167,9 +169,10 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
             warnings.simplefilter("ignore")  # pickle-protocol notes for files we then refuse
             payload = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        found = re.search(r"GLOBAL ([\w.]+) was not an allowed", str(e))
+        what = f"it pickles {found.group(1)}" if found else "not a torch-saved file of tensors"
         raise CheckpointError(
-            f"{path} is not a plain state dict (refused to unpickle it safely: {first}); "
+            f"{path} is not a plain state dict (refused to unpickle it safely: {what}); "
             "save weights with torch.save(model.state_dict()) or safetensors"
         ) from None
     if isinstance(payload, dict) and payload.get("format") == FORMAT:

@@ -64,7 +64,7 @@ class OpenVINORunner(Runner):
         return np.array(self.request.get_output_tensor(0).data, copy=True)
 
     def close(self) -> None:
-        self.request = None  # type: ignore[assignment]
+        self.request = None
         self.compiled = None
 
 

@@ -56,6 +56,8 @@ class TensorRTRunner(Runner):
 
         self._torch = torch
         self.device = torch.device("cuda", device)
+        # Creating the stream first initialises torch's CUDA context, which TensorRT then shares.
+        self.stream = torch.cuda.Stream(self.device)
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
         with torch.cuda.device(self.device):
@@ -66,15 +68,12 @@ class TensorRTRunner(Runner):
                     "version? Re-export on this machine"
                 )
             self.context = self.engine.create_execution_context()
-        self.stream = torch.cuda.Stream(self.device)
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         is_input = {n: self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
         self.input_names = [n for n in names if is_input[n]]
         self.output_names = [n for n in names if not is_input[n]]
-        self._dtypes = {
-            n: torch.from_numpy(np.empty(0, trt.nptype(self.engine.get_tensor_dtype(n)))).dtype
-            for n in names
-        }
+        torch_dtypes = _torch_dtypes(trt, torch)
+        self._dtypes = {n: torch_dtypes[self.engine.get_tensor_dtype(n)] for n in names}
 
     def run(self, feeds: Feeds) -> np.ndarray:
         torch = self._torch
@@ -83,7 +82,11 @@ class TensorRTRunner(Runner):
             for name in self.input_names:
                 host = np.ascontiguousarray(feeds[name])
                 tensor = torch.from_numpy(host).to(self.device, self._dtypes[name])
-                self.context.set_input_shape(name, tuple(tensor.shape))
+                if not self.context.set_input_shape(name, tuple(tensor.shape)):
+                    raise ExportError(
+                        f"input {name} shape {tuple(tensor.shape)} is outside the engine's "
+                        "optimization profile (batch 1..max)"
+                    )
                 self.context.set_tensor_address(name, tensor.data_ptr())
                 keep.append(tensor)
             out_name = self.output_names[0]
@@ -101,6 +104,20 @@ class TensorRTRunner(Runner):
     def close(self) -> None:
         self.context = None
         self.engine = None
+
+
+def _torch_dtypes(trt: Any, torch: Any) -> dict[Any, Any]:
+    pairs = {
+        "FLOAT": torch.float32,
+        "HALF": torch.float16,
+        "BF16": torch.bfloat16,
+        "INT8": torch.int8,
+        "UINT8": torch.uint8,
+        "INT32": torch.int32,
+        "INT64": torch.int64,
+        "BOOL": torch.bool,
+    }
+    return {getattr(trt.DataType, k): v for k, v in pairs.items() if hasattr(trt.DataType, k)}
 
 
 register_check("tensorrt", tensorrt_availability)

@@ -98,6 +98,8 @@ class TritonRunner(Runner):
             result = self.client.infer(self.model, inputs, **kwargs)
         except InferenceServerException as e:
             raise as_inference_error(e, self.model) from None
+        except OSError as e:  # the HTTP client's connection errors
+            raise ServeError(f"cannot reach Triton for {self.model!r}: {e}") from None
         return np.asarray(result.as_numpy(self.output))
 
     def close(self) -> None:

@@ -92,11 +92,12 @@ class _OrtEngine:
 class _TrtEngine:
     """A TensorRT engine run with TensorRT 10/11's tensor-name API; buffers are torch tensors."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, device_id: int) -> None:
         import tensorrt as trt
         import torch
 
         self.torch = torch
+        torch.cuda.set_device(device_id)
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         with open(path, "rb") as f:
             self.engine = runtime.deserialize_cuda_engine(f.read())
@@ -107,11 +108,12 @@ class _TrtEngine:
         mode = trt.TensorIOMode.INPUT
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == mode]
         self.output = next(n for n in names if self.engine.get_tensor_mode(n) != mode)
-        self.output_dtype = trt.nptype(self.engine.get_tensor_dtype(self.output))
-        self.stream = torch.cuda.Stream()
+        numpy_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(self.output)))
+        self.output_dtype = getattr(torch, numpy_dtype.name)  # float32 / float16 / uint8
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         torch = self.torch
+        stream = torch.cuda.current_stream()  # copies and execution on one stream: ordered
         keep = []
         for name in self.inputs:
             t = torch.from_numpy(np.ascontiguousarray(feeds[name])).cuda()
@@ -119,14 +121,13 @@ class _TrtEngine:
             self.context.set_input_shape(name, tuple(t.shape))
             self.context.set_tensor_address(name, t.data_ptr())
         shape = tuple(self.context.get_tensor_shape(self.output))
-        out = torch.empty(shape, dtype=torch.from_numpy(np.zeros(0, self.output_dtype)).dtype)
-        out = out.cuda()
+        out = torch.empty(shape, dtype=self.output_dtype, device="cuda")
         self.context.set_tensor_address(self.output, out.data_ptr())
-        with torch.cuda.stream(self.stream):
-            if not self.context.execute_async_v3(self.stream.cuda_stream):
-                raise RuntimeError("TensorRT execution failed")
-        self.stream.synchronize()
-        return out.cpu().numpy()
+        if not self.context.execute_async_v3(stream.cuda_stream):
+            raise RuntimeError("TensorRT execution failed")
+        images = out.cpu().numpy()  # synchronizes the stream
+        del keep
+        return images
 
 
 def _tensorrt_usable() -> bool:
@@ -158,7 +159,7 @@ class TritonPythonModel:
         engine_path = os.path.join(version_dir, params.get("engine_file", "model.plan"))
         self.engine: Any
         if gpu and os.path.isfile(engine_path) and _tensorrt_usable():
-            self.engine = _TrtEngine(engine_path)
+            self.engine = _TrtEngine(engine_path, int(args.get("model_instance_device_id", "0")))
             self.backend = "tensorrt"
         else:
             onnx_path = os.path.join(version_dir, params.get("onnx_file", "model.onnx"))

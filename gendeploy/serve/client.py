@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,8 +28,14 @@ class ModelInfo:
     max_batch_size: int
 
 
-def endpoints_from_ready_file(path: Path, protocol: str) -> str:
-    """The URL for ``protocol`` from the JSON that ``gendeploy serve --ready-file`` wrote."""
+def endpoints_from_ready_file(path: Path, protocol: str, wait_s: float = 0.0) -> str:
+    """The URL for ``protocol`` from the JSON that ``gendeploy serve --ready-file`` wrote,
+    waiting up to ``wait_s`` seconds for the server to write it."""
+    deadline = time.monotonic() + wait_s
+    while not Path(path).exists() and time.monotonic() < deadline:
+        time.sleep(0.25)
+    if not Path(path).exists():
+        raise ServeError(f"no ready file {path} after {wait_s:.0f}s: is `gendeploy serve` running?")
     try:
         data = json.loads(Path(path).read_text())
         return str(data[protocol])
@@ -63,6 +70,10 @@ def model_info(url: str, model: str | None, protocol: str = "http") -> ModelInfo
         config = client.get_model_config(name)
     except InferenceServerException as e:
         raise as_inference_error(e, model or "repository") from None
+    except OSError as e:
+        raise ServeError(
+            f"cannot reach Triton at {url} ({e}); is `gendeploy serve` running?"
+        ) from None
     finally:
         client.close()
     if protocol == "grpc":

@@ -207,29 +207,39 @@ def plan_models(manifest: Manifest, export_dir: Path, options: RepoOptions) -> l
     plans: list[ModelPlan] = []
     if "fp32" not in names:
         raise ServeError(f"export {manifest.name!r} has no 'fp32' artifact to serve")
+    profile_max = (engine.extra.get("profile") or {}).get("max") if engine else None
+    if profile_max and options.max_batch_size and options.max_batch_size > int(profile_max):
+        raise ServeError(
+            f"--max-batch-size {options.max_batch_size} exceeds the TensorRT engine's profile "
+            f"max {profile_max}; re-export with --max-batch {options.max_batch_size}"
+        )
     for artifact_name, model_name in (("fp32", base), ("uint8", f"{base}_uint8")):
         artifact = names.get(artifact_name)
         if artifact is None:
             continue
-        files = {"model.onnx": _artifact_file(export_dir, artifact)}
+        files = _onnx_files(export_dir, artifact)
         if engine is not None and artifact_name == "fp32":
             files["model.plan"] = _artifact_file(export_dir, engine)
         config = model_config(manifest, artifact, model_name, "python", options, gpu)
         texts = {"model.py": BACKEND_MODEL.read_text(), MANIFEST_NAME: manifest_text}
         plans.append(ModelPlan(model_name, config, files, texts))
     fp32 = names["fp32"]
-    onnx_files = {"model.onnx": _artifact_file(export_dir, fp32)}
-    sidecar = onnx_files["model.onnx"].with_name(onnx_files["model.onnx"].name + ".data")
-    if sidecar.is_file():  # external weights keep the file name the ONNX refers to
-        onnx_files[sidecar.name] = sidecar
     config = model_config(manifest, fp32, f"{base}_onnx", "onnx", options, gpu)
-    plans.append(ModelPlan(f"{base}_onnx", config, onnx_files))
+    plans.append(ModelPlan(f"{base}_onnx", config, _onnx_files(export_dir, fp32)))
     if engine is not None:
         config = model_config(manifest, engine, f"{base}_trt", "trt", options, True)
         plans.append(
             ModelPlan(f"{base}_trt", config, {"model.plan": _artifact_file(export_dir, engine)})
         )
     return plans
+
+
+def _onnx_files(export_dir: Path, artifact: Artifact) -> dict[str, Path]:
+    files = {"model.onnx": _artifact_file(export_dir, artifact)}
+    sidecar = files["model.onnx"].with_name(files["model.onnx"].name + ".data")
+    if sidecar.is_file():  # external weights keep the file name the ONNX refers to
+        files[sidecar.name] = sidecar
+    return files
 
 
 def _artifact_file(export_dir: Path, artifact: Artifact) -> Path:
@@ -257,9 +267,13 @@ def _versions(model_dir: Path) -> list[int]:
     return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
 
 
+def _files(version_dir: Path) -> list[str]:
+    # the python backend leaves __pycache__/ beside model.py once served: not part of a version
+    return sorted(p.name for p in version_dir.iterdir() if p.is_file())
+
+
 def _same_tree(a: Path, b: Path) -> bool:
-    names_a = sorted(p.name for p in a.iterdir())
-    names_b = sorted(p.name for p in b.iterdir())
+    names_a, names_b = _files(a), _files(b)
     if names_a != names_b:
         return False
     _, mismatch, errors = filecmp.cmpfiles(a, b, names_a, shallow=False)
@@ -299,7 +313,9 @@ def write_model(plan: ModelPlan, repo_dir: Path, keep_versions: int) -> WrittenM
             versions.append(version)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    _atomic_text(model_dir / "config.pbtxt", config_text(plan.config))
+    config_path, text = model_dir / "config.pbtxt", config_text(plan.config)
+    if not (config_path.is_file() and config_path.read_text() == text):
+        _atomic_text(config_path, text)  # untouched when unchanged: watchers see no change
     for old in versions[:-keep_versions]:
         shutil.rmtree(model_dir / str(old), ignore_errors=True)
     return WrittenModel(plan.name, version, new, model_dir)

@@ -189,6 +189,7 @@ class TritonServer:
         self.http_port = self.grpc_port = self.metrics_port = 0
         self.loaded: list[str] = []
         self.skipped: dict[str, str] = {}  # model -> why this server cannot load it
+        self._seen: dict[str, tuple[int, tuple[str, ...]]] = {}
 
     @property
     def http_url(self) -> str:
@@ -223,8 +224,8 @@ class TritonServer:
             self.http_port, self.grpc_port, self.metrics_port = (
                 p or free_port() for p in self.requested
             )
-            self._spawn(binary)
             try:
+                self._spawn(binary)
                 self._wait_ready()
                 return self
             except ServeError:
@@ -232,11 +233,15 @@ class TritonServer:
                 in_use = "address already in use" in self._log_tail().lower()
                 if not (auto and in_use and attempt < 2):
                     raise
+            except BaseException:  # Ctrl-C while starting: leave nothing running
+                self.stop()
+                raise
         raise AssertionError("unreachable")
 
     def _spawn(self, binary: TritonBinary) -> None:
         assert self.log_path is not None
         self.loaded, self.skipped = servable_models(self.repo_dir, binary.backend_dir)
+        self._seen = _repo_state(self.repo_dir)
         if not self.loaded:
             raise ServeError(f"no model in {self.repo_dir} can be served by this tritonserver")
         # explicit mode: load only what this server's backends can run, not the NGC-only models
@@ -308,6 +313,33 @@ class TritonServer:
         with urllib.request.urlopen(req, timeout=10) as r:
             return list(json.loads(r.read()))
 
+    def load(self, model: str) -> None:
+        """(Re)load ``model``: the version policy's versions on disk now, new config included.
+        Triton swaps versions only once the new ones are ready, so requests keep being served."""
+        url = f"http://{self.http_url}/v2/repository/models/{model}/load"
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, data=b"{}"), timeout=300):
+                pass
+        except urllib.error.HTTPError as e:
+            detail = e.read().decode(errors="replace").strip()
+            raise ServeError(f"tritonserver could not load {model!r}: {detail}") from None
+
+    def refresh(self) -> list[str]:
+        """Load models added to the repo, or given a new version or config, since the last look."""
+        state = _repo_state(self.repo_dir)
+        changed = [m for m in self.loadable() if state.get(m) != self._seen.get(m)]
+        for model in changed:
+            self.load(model)
+            if model not in self.loaded:
+                self.loaded.append(model)
+        self._seen = state
+        return changed
+
+    def loadable(self) -> list[str]:
+        binary = find_tritonserver(self.tritonserver)
+        load, self.skipped = servable_models(self.repo_dir, binary.backend_dir)
+        return load
+
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
@@ -332,6 +364,15 @@ class TritonServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _repo_state(repo_dir: Path) -> dict[str, tuple[int, tuple[str, ...]]]:
+    """Per model: config.pbtxt's mtime and its version directories (config is written last)."""
+    state = {}
+    for config in repo_dir.glob("*/config.pbtxt"):
+        versions = tuple(sorted(p.name for p in config.parent.iterdir() if p.name.isdigit()))
+        state[config.parent.name] = (config.stat().st_mtime_ns, versions)
+    return state
 
 
 def _kill_group(pgid: int) -> None:

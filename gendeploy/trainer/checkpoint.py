@@ -29,7 +29,11 @@ SCHEMA_VERSION = 1
 
 
 def versions() -> dict[str, str]:
-    return {"gendeploy": __version__, "torch": torch.__version__, "python": platform.python_version()}
+    return {
+        "gendeploy": __version__,
+        "torch": str(torch.__version__),
+        "python": platform.python_version(),
+    }
 
 
 @dataclass
@@ -73,6 +77,9 @@ def atomic_write(path: Path, write: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual mode
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -90,10 +97,15 @@ def load_checkpoint(path: Path | str) -> Checkpoint:
         raise CheckpointError(f"checkpoint not found: {path} (pass runs/<name>/checkpoint.pt)")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    except pickle.UnpicklingError:
         raise CheckpointError(
-            f"{path} is not a gendeploy checkpoint (refused to load it safely: {first[:160]}); "
+            f"{path} is not a gendeploy checkpoint (it holds Python objects, not only tensors, "
+            "and was not unpickled); pass a checkpoint written by `gendeploy train`"
+        ) from None
+    except (zipfile.BadZipFile, RuntimeError, EOFError, ValueError, OSError) as e:
+        reason = " ".join(str(e).split())[:120] or type(e).__name__
+        raise CheckpointError(
+            f"{path} is not a gendeploy checkpoint (corrupt or truncated: {reason}); "
             "pass a checkpoint written by `gendeploy train`"
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:

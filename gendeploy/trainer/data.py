@@ -14,6 +14,7 @@ import pickle
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -84,8 +85,9 @@ def _to_model_range(raw: np.ndarray, size: int, channels: int) -> torch.Tensor:
     if x.shape[1] != channels:
         x = x.mean(dim=1, keepdim=True) if channels == 1 else x.expand(-1, 3, -1, -1)
     if x.shape[-1] != size:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
-                          antialias=x.shape[-1] > size)
+        x = F.interpolate(
+            x, size=(size, size), mode="bilinear", align_corners=False, antialias=x.shape[-1] > size
+        )
     return (x.clamp(0, 1) * 2 - 1).contiguous()
 
 
@@ -133,7 +135,9 @@ def _idx_pair(root: Path, train: bool) -> tuple[np.ndarray, np.ndarray]:
     images = read_idx(images_path, ndim=3)
     labels = read_idx(labels_path, ndim=1)
     if len(images) != len(labels):
-        raise DataError(f"{images_path} has {len(images)} images but {labels_path} has {len(labels)}")
+        raise DataError(
+            f"{images_path} has {len(images)} images but {labels_path} has {len(labels)}"
+        )
     return images[:, None], labels
 
 
@@ -153,9 +157,9 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
 
 
 class _ArraysOnly(pickle.Unpickler):
-    """Unpickles the CIFAR batches (dicts, lists, bytes, numpy arrays) and refuses any other class."""
+    """Unpickles CIFAR batches (dicts, lists, bytes, numpy arrays); refuses any other class."""
 
-    ALLOWED = {
+    ALLOWED: ClassVar[set[tuple[str, str]]] = {
         ("numpy.core.multiarray", "_reconstruct"),
         ("numpy._core.multiarray", "_reconstruct"),
         ("numpy", "ndarray"),

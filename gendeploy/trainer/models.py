@@ -7,6 +7,7 @@ second input (int64, shape (N,)). Hyperparameters are constructor arguments held
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import asdict, dataclass
 from enum import Enum
@@ -171,7 +172,7 @@ class DCGANGenerator(nn.Module):
             nn.ReLU(True),
             # state: (ngf*mults[0]) x 4 x 4
         ]
-        for m_in, m_out in zip(mults, mults[1:], strict=False):
+        for m_in, m_out in itertools.pairwise(mults):
             layers += [
                 nn.ConvTranspose2d(ngf * m_in, ngf * m_out, 4, 2, 1, bias=False),
                 nn.BatchNorm2d(ngf * m_out),
@@ -191,7 +192,7 @@ class DCGANGenerator(nn.Module):
 
 
 class DCGANDiscriminator(_Discriminator):
-    """DCGAN discriminator: strided convs + BatchNorm + LeakyReLU; projection head if conditional."""
+    """DCGAN discriminator: strided convs + BatchNorm + LeakyReLU; projection head if conditional"""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -211,9 +212,23 @@ class DCGANDiscriminator(_Discriminator):
                 # state: (2ch) x s/2 x s/2
             ]
             ch *= 2
-        layers += [nn.Flatten()]  # state: ch*4*4
+        layers += [
+            MinibatchStd(),
+            # state: (ch+1) x 4 x 4
+            nn.Flatten(),
+            # state: (ch+1)*4*4
+        ]
         self.features = nn.Sequential(*layers)
-        self.head = _Head(ch * 16, config.num_classes)
+        self.head = _Head((ch + 1) * 16, config.num_classes)
+
+
+class MinibatchStd(nn.Module):
+    """Appends the batch's mean feature standard deviation as one more channel (Karras et al.,
+    ProGAN): a generator that ignores z makes it near zero, which the discriminator then sees."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        std = x.std(dim=0, unbiased=False).mean() if len(x) > 1 else x.new_zeros(())
+        return torch.cat([x, std.expand(len(x), 1, *x.shape[2:])], dim=1)
 
 
 class _Head(nn.Module):

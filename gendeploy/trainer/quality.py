@@ -91,24 +91,24 @@ def train_classifier(epochs: int = 20, seed: int = 0) -> nn.Module:
 def load_classifier() -> tuple[nn.Module, float]:
     """The cached classifier (trained on first use, ~15 s) and its held-out accuracy."""
     path = _cache_path()
-    model = DigitsClassifier()
     if path.is_file():
+        model = DigitsClassifier()
         payload = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(payload["state"])
         return model.eval(), float(payload["held_out_accuracy"])
-    model = train_classifier()
+    trained = train_classifier()
     x, y = _real_digits("test")
     with torch.inference_mode():
-        accuracy = float((model(x).argmax(1) == y).float().mean())
+        accuracy = float((trained(x).argmax(1) == y).float().mean())
     from gendeploy.trainer.checkpoint import atomic_write
 
-    atomic_write(path, lambda f: torch.save({"state": model.state_dict(),
-                                              "held_out_accuracy": accuracy}, f))
-    return model, accuracy
+    payload = {"state": trained.state_dict(), "held_out_accuracy": accuracy}
+    atomic_write(path, lambda f: torch.save(payload, f))
+    return trained, accuracy
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """Frechet distance between Gaussians fitted to feature sets ``a`` and ``b`` (rows = samples)."""
+    """Frechet distance between Gaussians fitted to feature sets ``a`` and ``b`` (rows: samples)"""
     from scipy import linalg
 
     mu_a, mu_b = a.mean(0), b.mean(0)
@@ -147,12 +147,23 @@ def _features_and_predictions(
     return h.numpy().astype(np.float64), classifier.classify(h).argmax(1).numpy()
 
 
-@torch.inference_mode()
 def evaluate_generator(
     generator: nn.Module, latent_dim: int, num_classes: int, seed: int = 0
 ) -> QualityReport:
-    """Score ``generator`` (eval mode) against the real digits, as many samples as the train split."""
-    classifier, accuracy = load_classifier()
+    """Score an eval-mode ``generator`` against real digits, as many samples as the train split."""
+    classifier, accuracy = load_classifier()  # may train it: outside inference mode
+    with torch.inference_mode():
+        return _evaluate(generator, latent_dim, num_classes, seed, classifier, accuracy)
+
+
+def _evaluate(
+    generator: nn.Module,
+    latent_dim: int,
+    num_classes: int,
+    seed: int,
+    classifier: nn.Module,
+    accuracy: float,
+) -> QualityReport:
     real_train, train_labels = _real_digits("train")
     real_test, _ = _real_digits("test")
     n = len(real_train)
@@ -160,10 +171,12 @@ def evaluate_generator(
     z = torch.randn(n, latent_dim, generator=gen)
     # Conditional models draw labels with the real class frequencies, so Frechet stays comparable.
     labels = train_labels[torch.randperm(n, generator=gen)] if num_classes else None
-    fake = torch.cat([
-        generator(z[i : i + 256], None if labels is None else labels[i : i + 256])
-        for i in range(0, n, 256)
-    ])
+    fake = torch.cat(
+        [
+            generator(z[i : i + 256], None if labels is None else labels[i : i + 256])
+            for i in range(0, n, 256)
+        ]
+    )
     f_fake, pred = _features_and_predictions(classifier, fake)
     f_train, _ = _features_and_predictions(classifier, real_train)
     f_test, _ = _features_and_predictions(classifier, real_test)

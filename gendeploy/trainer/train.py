@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gendeploy.errors import CheckpointError, UsageError
 from gendeploy import images
+from gendeploy.errors import CheckpointError, UsageError
 from gendeploy.trainer import plots
 from gendeploy.trainer.checkpoint import (
     Checkpoint,
@@ -51,6 +51,9 @@ class TrainConfig:
     betas: tuple[float, float] = (0.5, 0.999)
     ema_decay: float = 0.0  # 0 disables the generator EMA
     aux_weight: float = 1.0  # conditional models: weight of the auxiliary class loss (AC-GAN)
+    # Mode seeking (Mao et al., MSGAN): rewards different images for different z under one label;
+    # without it conditional generators here learn one image per class and ignore z.
+    diversity_weight: float = 0.0
     seed: int = 0
     sample_every: int = 250
     checkpoint_every: int = 250
@@ -61,7 +64,9 @@ class TrainConfig:
             object.__setattr__(self, "dataset", DatasetName(self.dataset))
         except ValueError:
             choices = ", ".join(d.value for d in DatasetName)
-            raise UsageError(f"unknown dataset {self.dataset!r}; choose one of: {choices}") from None
+            raise UsageError(
+                f"unknown dataset {self.dataset!r}; choose one of: {choices}"
+            ) from None
         object.__setattr__(self, "betas", tuple(self.betas))
         if self.steps < 1 or self.batch_size < 1:
             raise UsageError("--steps and --batch-size must be at least 1")
@@ -159,7 +164,9 @@ def prepare_run_dir(out: Path, resume: bool, force: bool) -> None:
         raise UsageError("--resume and --force contradict each other: pick one")
     if resume:
         if not (out / CHECKPOINT_NAME).is_file():
-            raise CheckpointError(f"--resume: no {CHECKPOINT_NAME} in {out}; start without --resume")
+            raise CheckpointError(
+                f"--resume: no {CHECKPOINT_NAME} in {out}; start without --resume"
+            )
         return
     if out.exists() and any(out.iterdir()):
         if not force:
@@ -171,8 +178,13 @@ def prepare_run_dir(out: Path, resume: bool, force: bool) -> None:
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(generator: nn.Module, config: ModelConfig, batches: int = 20,
-                          batch_size: int = 128, seed: int = 0) -> None:
+def recalibrate_batchnorm(
+    generator: nn.Module,
+    config: ModelConfig,
+    batches: int = 20,
+    batch_size: int = 128,
+    seed: int = 0,
+) -> None:
     """Re-estimate BatchNorm running statistics of ``generator`` from its own forward passes.
 
     EMA weights never produced the running statistics they inherit, so an exported (eval-mode) EMA
@@ -189,8 +201,11 @@ def recalibrate_batchnorm(generator: nn.Module, config: ModelConfig, batches: in
     g = torch.Generator().manual_seed(seed)
     for _ in range(batches):
         z = torch.randn(batch_size, config.latent_dim, generator=g)
-        y = torch.randint(0, config.num_classes, (batch_size,), generator=g) \
-            if config.conditional else None
+        y = (
+            torch.randint(0, config.num_classes, (batch_size,), generator=g)
+            if config.conditional
+            else None
+        )
         generator(z, y)
     for bn, m in zip(bns, momenta, strict=True):
         bn.momentum = m
@@ -243,8 +258,9 @@ def train(
     discriminator.apply(init_weights)
     ema = copy.deepcopy(generator).eval() if train_config.ema_decay else None
     opt_g = torch.optim.Adam(generator.parameters(), lr=train_config.lr, betas=train_config.betas)
-    opt_d = torch.optim.Adam(discriminator.parameters(), lr=train_config.lr,
-                             betas=train_config.betas)
+    opt_d = torch.optim.Adam(
+        discriminator.parameters(), lr=train_config.lr, betas=train_config.betas
+    )
     if ckpt is not None:
         source = str(out / CHECKPOINT_NAME)
         load_state_into(generator, ckpt.generator, source)
@@ -257,7 +273,7 @@ def train(
             load_state_into(ema, ckpt.generator_ema, source)
     g_train, d_train = _ddp(generator, dist), _ddp(discriminator, dist)
 
-    run = _Run(out, model_config, train_config, dist.main)
+    run = _Run(out, model_config, train_config, dist.main, start_step)
     # Each rank (and each resumed segment) draws its own batches, reproducibly.
     rng = torch.Generator().manual_seed(train_config.seed * 1000 + dist.rank + 7919 * start_step)
     n, bs, k = len(data.images), train_config.batch_size, model_config.num_classes
@@ -268,6 +284,8 @@ def train(
         real, real_y = data.images[idx], data.labels[idx] if k else None
         z = torch.randn(bs, model_config.latent_dim, generator=rng)
         fake_y = torch.randint(0, k, (bs,), generator=rng) if k else None
+        if fake_y is not None and train_config.diversity_weight:
+            fake_y[bs // 2 : 2 * (bs // 2)] = fake_y[: bs // 2]  # pairs of z under one label
 
         # Discriminator: real -> 1, fake -> 0, in logits (softplus form is numerically stable).
         fake = g_train(z, fake_y)
@@ -285,11 +303,11 @@ def train(
         # Generator: non-saturating loss -log D(G(z)) (the seed's log(1 - D) saturates).
         if dist.world > 1:
             with d_train.no_sync():  # type: ignore[operator]
-                loss_g = _generator_loss(d_train, fake, fake_y, train_config.aux_weight)
+                loss_g = _generator_loss(d_train, fake, fake_y, z, train_config)
                 opt_g.zero_grad(set_to_none=True)
                 loss_g.backward()
         else:
-            loss_g = _generator_loss(d_train, fake, fake_y, train_config.aux_weight)
+            loss_g = _generator_loss(d_train, fake, fake_y, z, train_config)
             opt_g.zero_grad(set_to_none=True)
             loss_g.backward()
         opt_g.step()
@@ -316,19 +334,31 @@ def train(
     return run.finish()
 
 
-def _generator_loss(d_train: nn.Module, fake: torch.Tensor, fake_y: torch.Tensor | None,
-                    aux_weight: float) -> torch.Tensor:
+def _generator_loss(
+    d_train: nn.Module,
+    fake: torch.Tensor,
+    fake_y: torch.Tensor | None,
+    z: torch.Tensor,
+    config: TrainConfig,
+) -> torch.Tensor:
     logit, cls = d_train(fake, fake_y)
     loss = F.softplus(-logit).mean()
     if cls is not None and fake_y is not None:
-        loss = loss + aux_weight * F.cross_entropy(cls, fake_y)
+        loss = loss + config.aux_weight * F.cross_entropy(cls, fake_y)
+    if config.diversity_weight:
+        h = len(z) // 2
+        image_gap = (fake[:h] - fake[h : 2 * h]).abs().mean()
+        latent_gap = (z[:h] - z[h : 2 * h]).abs().mean()
+        loss = loss + config.diversity_weight / (image_gap / latent_gap + 1e-5)
     return loss
 
 
 class _Run:
     """What rank 0 writes into the run directory; on other ranks every method does nothing."""
 
-    def __init__(self, out: Path, model: ModelConfig, train: TrainConfig, main: bool) -> None:
+    def __init__(
+        self, out: Path, model: ModelConfig, train: TrainConfig, main: bool, start_step: int
+    ) -> None:
         self.out, self.model, self.train, self.main = out, model, train, main
         self.history: list[dict[str, float]] = []
         if not main:
@@ -338,7 +368,8 @@ class _Run:
         atomic_write(out / "config.json", lambda f: f.write(json.dumps(config, indent=2).encode()))
         metrics = out / "metrics.jsonl"
         if metrics.is_file():
-            self.history = [json.loads(line) for line in metrics.read_text().splitlines() if line]
+            self.history = _read_metrics(metrics)
+            self._truncate_metrics(start_step)  # steps after the last checkpoint are re-run
         # Fixed noise (and every label, for conditional models) so sample grids are comparable.
         g = torch.Generator().manual_seed(12345)
         k = model.num_classes
@@ -349,11 +380,21 @@ class _Run:
     def progress(self, start: int, total: int, enabled: bool) -> Any:
         if not (self.main and enabled):
             return None
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
 
-        bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-                       TextColumn("{task.fields[status]}"), TimeRemainingColumn())
+        bar = Progress(
+            TextColumn("[bold]train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeRemainingColumn(),
+        )
         bar.start()
         bar.add_task("train", total=total, completed=start, status="")
         return bar
@@ -365,8 +406,10 @@ class _Run:
         with (self.out / "metrics.jsonl").open("a") as f:
             f.write(json.dumps(metrics) + "\n")
         if bar is not None:
-            status = (f"loss_d {metrics['loss_d']:.3f} loss_g {metrics['loss_g']:.3f} "
-                      f"{metrics['steps_per_s']:.1f} steps/s")
+            status = (
+                f"loss_d {metrics['loss_d']:.3f} loss_g {metrics['loss_g']:.3f} "
+                f"{metrics['steps_per_s']:.1f} steps/s"
+            )
             bar.update(bar.task_ids[0], completed=int(metrics["step"]), status=status)
 
     def deployable(self, generator: nn.Module, ema: nn.Module | None, step: int) -> nn.Module:
@@ -384,9 +427,15 @@ class _Run:
             samples = generator(self.sample_z, self.sample_y)
         images.save_grid(samples, self.out / "samples" / f"step_{step:06d}.png", nrow=8)
 
-    def checkpoint(self, step: int, generator: nn.Module, discriminator: nn.Module,
-                   ema: nn.Module | None, opt_g: torch.optim.Optimizer,
-                   opt_d: torch.optim.Optimizer) -> None:
+    def checkpoint(
+        self,
+        step: int,
+        generator: nn.Module,
+        discriminator: nn.Module,
+        ema: nn.Module | None,
+        opt_g: torch.optim.Optimizer,
+        opt_d: torch.optim.Optimizer,
+    ) -> None:
         if not self.main:
             return
         ema_state = self.deployable(generator, ema, step).state_dict() if ema is not None else None
@@ -406,7 +455,7 @@ class _Run:
 
     def _truncate_metrics(self, step: int) -> None:
         kept = [m for m in self.history if m["step"] <= step]
-        if len(kept) != len(self.history):
+        if len(kept) != len(self.history) or step == 0:
             self.history = kept
             lines = "".join(json.dumps(m) + "\n" for m in kept)
             atomic_write(self.out / "metrics.jsonl", lambda f: f.write(lines.encode()))
@@ -421,6 +470,17 @@ class _Run:
 
             result["quality"] = evaluate_checkpoint(self.out / CHECKPOINT_NAME).to_dict()
         return result
+
+
+def _read_metrics(path: Path) -> list[dict[str, float]]:
+    """Metrics lines; a last line cut short by a killed run is dropped."""
+    history = []
+    for line in path.read_text().splitlines():
+        try:
+            history.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return history
 
 
 def with_overrides(base: Preset, **overrides: Any) -> tuple[ModelConfig, TrainConfig]:

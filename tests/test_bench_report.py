@@ -1,0 +1,191 @@
+"""The report, its goals and its plots, built from a recorded bench JSON (no timing)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from gendeploy.bench.report import evaluate_goals, load_report, write_report
+from gendeploy.cli import app
+from gendeploy.errors import GendeployError
+
+RUNNERS = {"eager": ("fp32", 1.0), "onnxruntime": ("fp32", 2.0), "eager_bf16": ("bf16", 3.0)}
+FLOPS = 209_256_448  # DCGAN-64
+
+
+def cell(runner: str, batch: int, eager_ips: float) -> dict[str, Any]:
+    precision, speedup = RUNNERS[runner]
+    ips = eager_ips * speedup
+    gflops = ips * FLOPS / 1e9
+    return {
+        "runner": runner,
+        "precision": precision,
+        "batch": batch,
+        "p50_ms": 1e3 * batch / ips,
+        "p90_ms": 1.1e3 * batch / ips,
+        "p99_ms": 1.3e3 * batch / ips,
+        "mean_ms": 1e3 * batch / ips,
+        "images_per_s": ips,
+        "gflops": gflops,
+        "peak_fraction": gflops / 100.0,
+        "speedup": speedup,
+        "max_abs_diff": 0.0 if runner == "eager" else 3e-7,
+        "peak_rss_mib": 500.0,
+        "stable": runner != "eager_bf16",
+        "windows": 3,
+        "calls": 30,
+    }
+
+
+def recorded(served_ips: float = 500.0) -> dict[str, Any]:
+    cells = [cell(r, b, ips) for b, ips in ((1, 200.0), (64, 400.0)) for r in RUNNERS]
+    served = [
+        {
+            "protocol": p,
+            "concurrency": c,
+            "batch": 1,
+            "p50_ms": 4.0,
+            "p90_ms": 5.0,
+            "p99_ms": 9.0,
+            "mean_ms": 4.2,
+            "images_per_s": served_ips * c / 4,
+            "stable": True,
+            "tool": "perf_analyzer",
+        }
+        for p in ("http", "grpc")
+        for c in (1, 4)
+    ]
+    model = {
+        "name": "dcgan64",
+        "config": {
+            "arch": "dcgan",
+            "image_channels": 3,
+            "image_size": 64,
+            "width": 64,
+            "num_classes": 0,
+        },
+        "source": "random weights (seed 0)",
+        "goals_model": True,
+        "flops_per_image": FLOPS,
+        "cells": cells,
+        "skipped": [{"runner": "tensorrt", "reason": "tensorrt not installed"}],
+        "served": {
+            "model": "dcgan64 (python backend)",
+            "tool": "perf_analyzer",
+            "perf_analyzer_version": "",
+            "triton_version": "2.51.0",
+            "max_abs_diff": {"http": 4e-8, "grpc": 4e-8},
+            "results": served,
+            "errors": [],
+        },
+        "profile": [
+            {
+                "runner": "eager",
+                "batch": 1,
+                "ms_per_call": 5.0,
+                "ops": [{"op": "aten::_convolution", "ms": 4.0, "share": 0.8}],
+            }
+        ],
+    }
+    machine = {
+        "cpu": {"model": "Test CPU", "flags": ["avx2", "avx512_bf16"]},
+        "physical_cores": 2,
+        "logical_cores": 2,
+        "memory_gib": 8.0,
+        "load_average_1m_5m_15m": [0.1, 0.1, 0.1],
+        "gpus": [],
+        "versions": {"torch": "2.13.0"},
+    }
+    return {
+        "schema_version": 1,
+        "suite": "default",
+        "command": "gendeploy bench",
+        "started": "2026-11-28T15:30:00+00:00",
+        "duration_s": 600.0,
+        "machine": machine,
+        "threads": 2,
+        "models": [model],
+        "rule": {"window_s": 0.5, "stable_windows": 3, "tolerance": 0.1, "max_windows": 12},
+        "peaks": {"fp32": {"gflops": 100.0}, "bf16": {"gflops": 200.0}},
+        "busy": {"other_processes_cpu_share": 0.02, "load_average_end": [0.2, 0.1, 0.1]},
+    }
+
+
+def test_goals_are_judged_from_the_recorded_ratios() -> None:
+    goals = {g["goal"]: g for g in evaluate_goals(recorded(served_ips=500.0))}
+    batch1 = goals["best engine >= 6.0x eager at batch 1"]
+    assert batch1["measured"] == 3.0 and batch1["by"] == "eager_bf16" and batch1["met"] is False
+    assert goals["best engine >= 1.5x eager at batch 64"]["met"] is True
+    peak = goals["best FP32 engine >= 85% of the FP32 matmul peak at batch >= 64"]
+    assert peak["by"] == "onnxruntime"  # bf16 is faster but is not an FP32 engine
+    assert peak["measured"] == pytest.approx(800 * FLOPS / 1e9 / 100.0, abs=1e-3)
+    served = goals["served at concurrency 4 >= 0.9x in-process batch-1 throughput"]
+    assert served["measured"] == pytest.approx(500.0 / 400.0)  # over onnxruntime at batch 1
+    assert served["met"] is True
+
+
+def test_a_slow_server_misses_its_goal() -> None:
+    goals = evaluate_goals(recorded(served_ips=100.0))
+    assert goals[-1]["met"] is False and goals[-1]["measured"] == pytest.approx(0.25)
+
+
+def test_report_markdown_and_plots_are_rebuilt_from_a_recorded_json(tmp_path: Path) -> None:
+    source = tmp_path / "recorded.json"
+    source.write_text(json.dumps(recorded()))
+    out = tmp_path / "report"
+    result = CliRunner().invoke(app, ["bench", "--from-json", str(source), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    md = (out / "bench.md").read_text()
+    assert "| best engine >= 6.0x eager at batch 1 | 6.0 | 3.0 | eager_bf16 | **missed** |" in md
+    assert "**met**" in md
+    assert "| `tensorrt` | tensorrt not installed |" in md  # skipped, with its reason
+    assert "| grpc | 4 | 500.0 |" in md
+    assert "aten::_convolution 80%" in md
+    for name in ("dcgan64_throughput.png", "dcgan64_latency.png", "dcgan64_served.png"):
+        with Image.open(out / name) as image:
+            assert image.format == "PNG" and image.size[0] > 300
+        assert f"]({name})" in md
+    again = load_report(out)
+    assert again["plots"] == ["dcgan64_throughput.png", "dcgan64_latency.png", "dcgan64_served.png"]
+    assert not list(out.glob(".*"))  # no temporary files left behind
+
+
+def test_a_run_on_a_busy_machine_says_its_ratios_are_not_trustworthy(tmp_path: Path) -> None:
+    report = recorded()
+    write_report(report, tmp_path / "quiet")
+    assert "not trustworthy" not in (tmp_path / "quiet" / "bench.md").read_text()
+    report["busy"]["other_processes_cpu_share"] = 0.4
+    write_report(report, tmp_path / "busy")
+    md = (tmp_path / "busy" / "bench.md").read_text()
+    assert "Other processes took 40% of this machine's CPU time" in md
+    assert "not trustworthy" in md
+
+
+def test_a_report_without_a_goals_model_judges_nothing(tmp_path: Path) -> None:
+    report = recorded()
+    report["models"][0]["goals_model"] = False
+    write_report(report, tmp_path)
+    assert report["goals"] == []
+    assert "## Goals" not in (tmp_path / "bench.md").read_text()
+
+
+def test_a_file_that_is_not_a_bench_report_gets_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bench.json"
+    bad.write_text('{"hello": 1}')
+    with pytest.raises(GendeployError, match="not a gendeploy bench report"):
+        load_report(bad)
+    result = CliRunner().invoke(app, ["bench", "--from-json", str(tmp_path / "missing.json")])
+    assert result.exit_code != 0
+
+
+def test_a_run_is_contended_only_when_others_needed_the_cores_its_threads_used() -> None:
+    from gendeploy.bench.markdown import contended
+
+    assert contended(0.5, threads=2, cores=2)  # one core busy elsewhere, two threads here
+    assert not contended(0.5, threads=1, cores=2)  # the other core was free for our one thread
+    assert not contended(0.05, threads=2, cores=2)  # background noise

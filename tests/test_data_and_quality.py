@@ -1,0 +1,122 @@
+"""Datasets (real files, malformed files) and the digits quality metric."""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from gendeploy.errors import DataError
+from gendeploy.trainer.data import digits_split, load_dataset
+from gendeploy.trainer.quality import COVERAGE_SHARE, evaluate_generator
+
+
+def _write_idx(path: Path, array: np.ndarray, compress: bool = False) -> None:
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(data) if compress else data)
+
+
+def test_digits_are_the_default_and_split_without_overlap() -> None:
+    data = load_dataset("digits", 32, 1)
+    assert data.images.shape[1:] == (1, 32, 32) and data.num_classes == 10
+    assert -1 <= data.images.min() < data.images.max() <= 1
+    train_x, _ = digits_split("train")
+    test_x, _ = digits_split("test")
+    assert len(train_x) + len(test_x) == 1797
+    train_rows = {x.tobytes() for x in train_x}
+    assert sum(x.tobytes() in train_rows for x in test_x) < 10  # only true duplicates in the data
+
+
+def test_mnist_idx_files_load_gzipped_or_not(tmp_path: Path) -> None:
+    images = np.random.default_rng(0).integers(0, 256, (5, 28, 28))
+    _write_idx(tmp_path / "train-images-idx3-ubyte.gz", images, compress=True)
+    _write_idx(tmp_path / "train-labels-idx1-ubyte", np.array([0, 1, 2, 3, 9]))
+    data = load_dataset("mnist", 32, 1, tmp_path)
+    assert data.images.shape == (5, 1, 32, 32)
+    assert data.labels.tolist() == [0, 1, 2, 3, 9]
+
+
+def test_malformed_idx_files_get_a_clear_error(tmp_path: Path) -> None:
+    _write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((5, 28, 28)))
+    (tmp_path / "train-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x09abc")
+    with pytest.raises(DataError, match="truncated or padded"):
+        load_dataset("fashion-mnist", 32, 1, tmp_path)
+    (tmp_path / "train-labels-idx1-ubyte").write_bytes(b"not an idx file")
+    with pytest.raises(DataError, match="bad magic number"):
+        load_dataset("mnist", 32, 1, tmp_path)
+    with pytest.raises(DataError, match="expected the standard IDX file names"):
+        load_dataset("mnist", 32, 1, tmp_path / "..")
+
+
+def test_cifar10_batches_load_and_foreign_pickles_are_refused(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    for i in range(1, 6):
+        batch = {b"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), b"labels": [0, 1, 2, 3]}
+        (tmp_path / f"data_batch_{i}").write_bytes(pickle.dumps(batch))
+    data = load_dataset("cifar10", 32, 3, tmp_path)
+    assert data.images.shape == (20, 3, 32, 32) and data.num_classes == 10
+    (tmp_path / "data_batch_3").write_bytes(pickle.dumps({b"data": Path("/etc")}))
+    with pytest.raises(DataError, match="not a CIFAR-10 python batch"):
+        load_dataset("cifar10", 32, 3, tmp_path)
+
+
+def test_image_folder_uses_subfolders_as_labels(tmp_path: Path) -> None:
+    for k, name in enumerate(["cats", "dogs"]):
+        (tmp_path / name).mkdir()
+        for i in range(3):
+            Image.new("RGB", (40, 30), (k * 200, i * 50, 0)).save(tmp_path / name / f"{i}.png")
+    data = load_dataset("folder", 32, 3, tmp_path)
+    assert data.class_names == ["cats", "dogs"]
+    assert data.labels.tolist() == [0, 0, 0, 1, 1, 1] and data.images.shape == (6, 3, 32, 32)
+    (tmp_path / "dogs" / "broken.png").write_bytes(b"nope")
+    with pytest.raises(DataError, match="not a readable image"):
+        load_dataset("folder", 32, 3, tmp_path)
+    with pytest.raises(DataError, match="no class subfolders"):
+        load_dataset("folder", 32, 3, tmp_path / "cats")
+
+
+class _Replay(nn.Module):
+    """A stand-in generator that returns real digits (of the asked label when conditional)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        super().__init__()
+        self.images, self.labels = images, labels
+        self.rng = torch.Generator().manual_seed(0)
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if labels is None:
+            idx = torch.randint(0, len(self.images), (len(z),), generator=self.rng)
+        else:
+            idx = torch.stack(
+                [
+                    torch.nonzero(self.labels == y)[torch.randint(0, 50, (1,), generator=self.rng)][
+                        0, 0
+                    ]
+                    for y in labels
+                ]
+            )
+        return self.images[idx]
+
+
+def test_quality_metric_scores_real_digits_high_and_noise_low() -> None:
+    real = load_dataset("digits", 32, 1)
+    good = evaluate_generator(_Replay(real.images, real.labels), 8, 10)
+    assert good.classifier_accuracy >= 0.97
+    assert good.label_accuracy is not None and good.label_accuracy >= 0.97
+    assert good.classes_covered == 10 and good.frechet_ratio < 1.5
+
+    noise = torch.rand_like(real.images) * 2 - 1
+    bad = evaluate_generator(_Replay(noise, real.labels), 8, 0)
+    assert bad.label_accuracy is None
+    assert bad.frechet_ratio > 10
+    assert bad.classes_covered < 10 or max(bad.class_shares) > 3 * COVERAGE_SHARE
+
+    collapsed = evaluate_generator(_Replay(real.images[real.labels == 3][:1], real.labels), 8, 0)
+    assert collapsed.classes_covered == 1 and collapsed.frechet_ratio > 5

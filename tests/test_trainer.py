@@ -1,0 +1,352 @@
+"""Trainer: models, configs, checkpoints, resume, bad input, CLI, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from gendeploy.errors import CheckpointError, UsageError
+from gendeploy.trainer.checkpoint import (
+    Checkpoint,
+    load_checkpoint,
+    load_generator,
+    save_checkpoint,
+)
+from gendeploy.trainer.models import ModelConfig, build_discriminator, build_generator
+from gendeploy.trainer.train import (
+    PRESETS,
+    TrainConfig,
+    recalibrate_batchnorm,
+    train,
+    with_overrides,
+)
+
+GENDEPLOY = [sys.executable, "-m", "gendeploy"]
+CONFIGS = [
+    ModelConfig(arch=arch, image_size=size, image_channels=ch, num_classes=k, width=8)  # type: ignore[arg-type]
+    for arch in ("mlp", "dcgan")
+    for size, ch in ((32, 1), (64, 3))
+    for k in (0, 10)
+]
+
+
+def _tiny_train(steps: int = 4, **kw: object) -> TrainConfig:
+    base = dict(
+        dataset="fake",
+        steps=steps,
+        batch_size=8,
+        sample_every=2,
+        checkpoint_every=2,
+        eval_at_end=False,
+    )
+    base.update(kw)
+    return TrainConfig(**base)  # type: ignore[arg-type]
+
+
+TINY = ModelConfig(arch="dcgan", image_size=32, num_classes=10, width=8)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "config", CONFIGS, ids=lambda c: f"{c.arch.value}{c.image_size}c{c.num_classes}"
+)
+def test_every_model_has_the_documented_shapes_and_is_deterministic(config: ModelConfig) -> None:
+    torch.manual_seed(0)
+    generator = build_generator(config).eval()
+    z = torch.randn(3, config.latent_dim)
+    labels = torch.tensor([0, 4, 9]) if config.conditional else None
+    images = generator(z, labels)
+    assert images.shape == (3, *config.image_shape)
+    assert images.min() >= -1 and images.max() <= 1
+    assert torch.equal(images, generator(z, labels))
+    logits, class_logits = build_discriminator(config)(images, labels)
+    assert logits.shape == (3,)
+    assert (class_logits is None) == (not config.conditional)
+
+
+def test_conditional_generator_without_labels_is_refused() -> None:
+    with pytest.raises(ValueError, match="conditional"):
+        build_generator(TINY)(torch.randn(2, 100))
+
+
+def test_model_config_round_trips_and_rejects_bad_values() -> None:
+    assert ModelConfig.from_dict(TINY.to_dict()) == TINY
+    with pytest.raises(ValueError, match="unknown model 'resnet'"):
+        ModelConfig(arch="resnet")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="32 or 64"):
+        ModelConfig(arch="dcgan", image_size=48)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown model config fields"):
+        ModelConfig.from_dict({**TINY.to_dict(), "depth": 3})
+
+
+def test_unknown_dataset_and_preset_names_are_usage_errors() -> None:
+    with pytest.raises(UsageError, match="unknown dataset 'imagenet'"):
+        TrainConfig(dataset="imagenet")  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match="unknown preset"):
+        from gendeploy.trainer.train import preset
+
+        preset("nope")
+
+
+def test_checkpoint_round_trips_through_weights_only_load(tmp_path: Path) -> None:
+    generator = build_generator(TINY)
+    ckpt = Checkpoint(
+        model_config=TINY, step=7, generator=generator.state_dict(), train_config={"steps": 7}
+    )
+    path = tmp_path / "c.pt"
+    save_checkpoint(ckpt, path)
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temporary file left behind
+    raw = torch.load(path, weights_only=True)
+    assert raw["format"] == "gendeploy-checkpoint" and raw["step"] == 7
+    loaded, meta = load_generator(path)
+    assert meta.model_config == TINY and meta.step == 7 and meta.versions["torch"]
+    z, y = torch.randn(2, 100), torch.tensor([1, 2])
+    assert torch.equal(loaded(z, y), generator.eval()(z, y))
+
+
+class _Payload:
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.system, ("touch pwned",))
+
+
+def test_a_foreign_pickle_is_refused_without_being_executed(tmp_path: Path) -> None:
+    path = tmp_path / "evil.pt"
+    path.write_bytes(pickle.dumps({"generator": _Payload()}))
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        with pytest.raises(CheckpointError, match="not a gendeploy checkpoint"):
+            load_checkpoint(path)
+    finally:
+        os.chdir(cwd)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_torch_files_that_are_not_checkpoints_are_refused(tmp_path: Path) -> None:
+    state = tmp_path / "state.pt"
+    torch.save(build_generator(TINY).state_dict(), state)
+    with pytest.raises(CheckpointError, match=r"no 'gendeploy-checkpoint' marker"):
+        load_checkpoint(state)
+    truncated = tmp_path / "truncated.pt"
+    save_checkpoint(Checkpoint(TINY, 1, build_generator(TINY).state_dict()), truncated)
+    truncated.write_bytes(truncated.read_bytes()[:500])
+    with pytest.raises(CheckpointError, match="not a gendeploy checkpoint"):
+        load_checkpoint(truncated)
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_weights_of_another_architecture_are_refused(tmp_path: Path) -> None:
+    mlp = ModelConfig(arch="mlp", image_size=32, width=8)  # type: ignore[arg-type]
+    path = tmp_path / "c.pt"
+    save_checkpoint(Checkpoint(TINY, 1, build_generator(mlp).state_dict()), path)
+    with pytest.raises(CheckpointError, match="do not fit DCGANGenerator"):
+        load_generator(path)
+
+
+def test_training_writes_a_complete_run_directory(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    train(TINY, _tiny_train(4, ema_decay=0.9), out, progress=False)
+    assert {p.name for p in out.iterdir()} >= {
+        "checkpoint.pt",
+        "config.json",
+        "metrics.jsonl",
+        "samples",
+        "loss.png",
+    }
+    assert sorted(p.name for p in (out / "samples").iterdir()) == [
+        "step_000002.png",
+        "step_000004.png",
+    ]
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    assert ckpt.step == 4 and ckpt.generator_ema is not None
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"] == TINY.to_dict() and config["train"]["steps"] == 4
+
+
+def test_seed_makes_a_run_repeatable(tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        train(TINY, _tiny_train(2), tmp_path / name, progress=False)
+    a = load_checkpoint(tmp_path / "a" / "checkpoint.pt").generator
+    b = load_checkpoint(tmp_path / "b" / "checkpoint.pt").generator
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_continues_at_the_step_where_it_stopped(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    train(TINY, _tiny_train(4), out, progress=False)
+    train(TINY, _tiny_train(8), out, resume=True, progress=False)
+    assert load_checkpoint(out / "checkpoint.pt").step == 8
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 9))
+
+
+def test_bad_resume_and_existing_runs_are_refused_and_left_untouched(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    with pytest.raises(CheckpointError, match=r"no checkpoint\.pt"):
+        train(TINY, _tiny_train(2), out, resume=True, progress=False)
+    train(TINY, _tiny_train(2), out, progress=False)
+    before = (out / "checkpoint.pt").read_bytes()
+    with pytest.raises(UsageError, match="already exists"):
+        train(TINY, _tiny_train(2), out, progress=False)
+    other = ModelConfig(arch="mlp", image_size=32, num_classes=10, width=8)  # type: ignore[arg-type]
+    with pytest.raises(CheckpointError, match="resume with the same preset"):
+        train(other, _tiny_train(4), out, resume=True, progress=False)
+    assert (out / "checkpoint.pt").read_bytes() == before
+
+
+def test_batchnorm_recalibration_matches_the_generators_own_statistics() -> None:
+    torch.manual_seed(0)
+    generator = build_generator(TINY)
+    bn = next(m for m in generator.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    bn.running_mean.fill_(5.0)  # stale statistics, as an EMA copy inherits them
+    recalibrate_batchnorm(generator, TINY, batches=4, batch_size=32)
+    assert not generator.training
+    assert bn.running_mean.abs().max() < 1.0
+
+
+def test_presets_cover_the_seed_mlp_and_both_dcgans() -> None:
+    assert {"seed-mlp", "digits-dcgan", "digits-cdcgan"} <= set(PRESETS)
+    model, config = with_overrides(PRESETS["digits-cdcgan"], steps=10, width=None)
+    assert model.conditional and model.image_size >= 32 and config.steps == 10
+    assert PRESETS["seed-mlp"].model.arch.value == "mlp"
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*GENDEPLOY, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_cli_smoke_run_on_fake_data(tmp_path: Path) -> None:
+    result = _cli(
+        "train",
+        "--dataset",
+        "fake",
+        "--steps",
+        "3",
+        "--batch-size",
+        "8",
+        "--width",
+        "8",
+        "--out",
+        "run",
+        "--no-eval",
+        "--no-progress",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt").step == 3
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--preset", "nope"], "unknown preset 'nope'"),
+        (["--dataset", "nope"], "unknown dataset 'nope'"),
+        (["--arch", "nope"], "unknown model 'nope'"),
+        (["--dataset", "mnist"], "pass --data-path"),
+        (["--dataset", "mnist", "--data-path", "missing"], "does not exist"),
+        (["--resume"], "no checkpoint.pt"),  # plain substring match
+    ],
+)
+def test_cli_bad_input_gets_one_line_and_nonzero_exit(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    result = _cli("train", "--out", "run", "--steps", "1", "--no-progress", *args, cwd=tmp_path)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_killed_run_loses_at_most_one_checkpoint_interval(tmp_path: Path) -> None:
+    args = [
+        "train",
+        "--dataset",
+        "fake",
+        "--steps",
+        "400",
+        "--batch-size",
+        "8",
+        "--width",
+        "8",
+        "--checkpoint-every",
+        "3",
+        "--sample-every",
+        "1000",
+        "--out",
+        "run",
+        "--no-eval",
+        "--no-progress",
+    ]
+    proc = subprocess.Popen(
+        [*GENDEPLOY, *args], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + 120
+        metrics = tmp_path / "run" / "metrics.jsonl"
+        while time.monotonic() < deadline:
+            if metrics.is_file() and len(metrics.read_text().splitlines()) >= 10:
+                break
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    logged = len(metrics.read_text().splitlines())
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoint.pt")  # never a truncated file
+    assert ckpt.step >= 9 and logged - ckpt.step <= 3 + 1
+    target = str(ckpt.step + 3)
+    result = _cli(*args[:4], target, *args[5:], "--resume", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt").step == int(target)
+    steps = [json.loads(x)["step"] for x in metrics.read_text().split()]
+    assert steps == list(range(1, int(target) + 1))  # no step logged twice after the kill
+
+
+def test_two_process_ddp_training_with_torchrun(tmp_path: Path) -> None:
+    torchrun = Path(sys.executable).with_name("torchrun")
+    result = subprocess.run(
+        [
+            str(torchrun),
+            "--nproc_per_node",
+            "2",
+            "--standalone",
+            "-m",
+            "gendeploy",
+            "train",
+            "--dataset",
+            "fake",
+            "--steps",
+            "4",
+            "--batch-size",
+            "8",
+            "--width",
+            "8",
+            "--checkpoint-every",
+            "2",
+            "--out",
+            "run",
+            "--no-eval",
+            "--no-progress",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert ckpt.step == 4
+    steps = [
+        json.loads(x)["step"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().split()
+    ]
+    assert steps == [1, 2, 3, 4]  # rank 0 alone writes
