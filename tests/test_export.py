@@ -12,11 +12,11 @@ import pytest
 import torch
 from conftest import TINY_CONDITIONAL_DCGAN, TINY_MLP, MakeCheckpoint
 
-from gendeploy.errors import UsageError
+from gendeploy.errors import ExportError, UsageError
 from gendeploy.export.api import ExportOptions, ModelSpec, export
 from gendeploy.export.gate import render
 from gendeploy.export.manifest import load_manifest, sha256_file
-from gendeploy.export.publish import STAGING_PREFIX
+from gendeploy.export.publish import STAGING_PREFIX, publish
 from gendeploy.export.source import load_eager
 from gendeploy.runtime.base import available
 from gendeploy.runtime.eager import EagerRunner
@@ -56,6 +56,8 @@ def test_export_of_a_conditional_checkpoint_publishes_gated_fp32_uint8_fp16(
     assert on_disk.artifact("fp32").validation["max_abs_diff"] < 1e-4
     assert on_disk.artifact("fp16").validation["psnr_db"] >= 40
     assert on_disk.artifact("uint8").validation["max_level_diff"] <= 1
+    for head in ("uint8", "fp16_uint8"):  # each head within 1 level of its float graph's images
+        assert on_disk.artifact(head).validation["head_level_diff"] <= 1
     if not available("tensorrt").ok:  # said plainly, not silently dropped
         skipped = {s["name"]: s["reason"] for s in on_disk.skipped}
         assert skipped.keys() == {"trt_fp16", "trt_fp16_uint8"}
@@ -173,3 +175,50 @@ def test_published_directory_has_ordinary_permissions(
     umask = os.umask(0)
     os.umask(umask)
     assert out.stat().st_mode & 0o777 == 0o777 & ~umask
+
+
+def _failing_replace(monkeypatch: pytest.MonkeyPatch, fail_calls: set[int]) -> None:
+    """Make the n-th os.replace of publish() fail (a full or vanished filesystem)."""
+    import gendeploy.export.publish as publish_module
+
+    calls = {"n": 0}
+    real = os.replace
+
+    def replace(src: object, dst: object) -> None:
+        calls["n"] += 1
+        if calls["n"] in fail_calls:
+            raise OSError(f"injected failure {calls['n']}")
+        real(src, dst)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(publish_module.os, "replace", replace)
+
+
+def _old_and_new(tmp_path: Path) -> tuple[Path, Path]:
+    out, staged = tmp_path / "exports" / "m", tmp_path / "exports" / "staged"
+    out.mkdir(parents=True)
+    (out / "manifest.json").write_text("old")
+    staged.mkdir()
+    (staged / "manifest.json").write_text("new")
+    return out, staged
+
+
+def test_publish_puts_the_earlier_export_back_when_the_new_one_cannot_move_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out, staged = _old_and_new(tmp_path)
+    _failing_replace(monkeypatch, {2})  # 1: set the old one aside, 2: move the new one in
+    with pytest.raises(OSError, match="injected failure 2"):
+        publish(staged, out)
+    assert (out / "manifest.json").read_text() == "old"
+    assert sorted(p.name for p in out.parent.iterdir()) == ["m", "staged"]
+
+
+def test_publish_keeps_the_earlier_export_and_names_it_when_it_cannot_be_restored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out, staged = _old_and_new(tmp_path)
+    _failing_replace(monkeypatch, {2, 3})
+    with pytest.raises(ExportError, match="it is kept at ") as failed:
+        publish(staged, out)
+    kept = Path(str(failed.value).rsplit("it is kept at ", 1)[1])
+    assert (kept / "manifest.json").read_text() == "old"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from torch import nn
@@ -73,6 +75,22 @@ def test_training_mode_batchnorm_fails_batch_invariance_and_says_so(
     with pytest.raises(ValidationError, match=r"batch invariant.*BatchNorm.*training mode"):
         export(_spec(broken_file, "TrainingBatchNorm"), out=out)
     assert list(out.parent.iterdir()) == []  # nothing published, no staging left
+
+
+def test_an_eval_mode_generator_with_one_batchnorm_in_training_mode_fails_the_gate() -> None:
+    """The export loader calls .eval(); this is the model that slips past it (a BN switched back
+    to training mode), caught by the gate itself."""
+    from conftest import TINY_CONDITIONAL_DCGAN
+
+    from gendeploy.trainer.models import build_generator
+
+    torch.manual_seed(0)
+    generator = build_generator(TINY_CONDITIONAL_DCGAN).eval()
+    gate.eager_reference(generator, 16, 4, max_batch=8)  # eval mode: passes
+    bn = next(m for m in generator.modules() if isinstance(m, nn.BatchNorm2d))
+    bn.train()
+    with pytest.raises(ValidationError, match=r"not batch invariant.*BatchNorm.*training mode"):
+        gate.eager_reference(generator, 16, 4, max_batch=8)
 
 
 def test_a_layer_that_makes_nan_fails_the_gate_naming_the_layer(
@@ -158,3 +176,49 @@ def test_export_options_are_checked_before_heavy_work() -> None:
         ExportOptions(require_engine=True)
     with pytest.raises(UsageError, match="--opt-batch"):
         ExportOptions(max_batch=4, opt_batch=8)
+
+
+def test_a_uint8_head_must_be_within_one_level_of_its_float_graphs_rendering(
+    tmp_path: Path,
+) -> None:
+    model = _tiny(0)
+    fp32 = tmp_path / "fp32.onnx"
+    onnx_graph.export_fp32(model, fp32, latent_dim=6, num_classes=0, max_batch=8)
+    fp16 = onnx_graph.convert_fp16(onnx.load(str(fp32)))
+    onnx_graph.save(fp16, tmp_path / "fp16.onnx")
+    onnx_graph.save(onnx_graph.add_uint8_head(fp16), tmp_path / "fp16_uint8.onnx")
+    reference = gate.eager_reference(model, 6, 0, max_batch=8)
+    float_outputs = gate.outputs(OnnxRuntimeRunner(tmp_path / "fp16.onnx"), reference, 8)
+    head = make_artifact(_loaded(model), "fp16_uint8", ArtifactKind.onnx, "fp16_uint8.onnx")
+    runner = OnnxRuntimeRunner(tmp_path / "fp16_uint8.onnx")
+    figures = gate.validate(runner, head, reference, 8, float_outputs)
+    assert figures["passed"] and figures["head_level_diff"] <= 1
+    # float outputs 2 levels away (within fp16's 4 levels of eager) are not what the head renders
+    shifted = [np.clip(o + 2 / 127.5, -1, 1) for o in float_outputs]
+    with pytest.raises(ValidationError, match=r"'fp16_uint8': uint8 head: .* by [23] levels"):
+        gate.validate(runner, head, reference, 8, shifted)
+
+
+def test_the_cli_on_a_failed_gate_exits_1_with_one_error_line_and_creates_nothing(
+    broken_file: Path, tmp_path: Path
+) -> None:
+    from test_export_user_model import cli
+
+    out = tmp_path / "exports" / "bn"
+    code, _, stderr = cli(
+        "export",
+        "--model",
+        f"{broken_file}:TrainingBatchNorm",
+        "--latent-dim",
+        "6",
+        "--image-shape",
+        "1,8,8",
+        "--out",
+        str(out),
+    )
+    assert code == 1
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, stderr
+    assert re.search(r"differs by \d[\d.e-]* between batch 1 and batch \d", errors[0])
+    assert "training mode" in errors[0]
+    assert not out.exists() and list(out.parent.iterdir()) == []

@@ -152,7 +152,7 @@ def test_conditional_two_input_generator_from_a_factory_with_pt_weights(
     ("args", "message"),
     [
         (["missing/checkpoint.pt"], "checkpoint not found"),
-        (["{foreign}"], "is not a gendeploy checkpoint (refused to load it safely"),
+        (["{foreign}"], "is not a gendeploy checkpoint (it holds Python objects"),
         (["--model", "{file}:NoSuchClass", "--latent-dim", "12", "--image-shape", "3,16,16"],
          "has no 'NoSuchClass'; nn.Module classes there: ['UpsampleDecoder', 'TwoInputGenerator']"),
         (["--model", "nowhere.py:Gen", "--latent-dim", "2", "--image-shape", "1,4,4"],

@@ -222,6 +222,8 @@ def test_bad_repo_options_are_refused() -> None:
         RepoOptions(name="a/b")
     with pytest.raises(ServeError, match="max-batch-size"):
         RepoOptions(max_batch_size=0)
+    with pytest.raises(ServeError, match=r"--keep-versions must be >= 2 .*got 1$"):
+        RepoOptions(keep_versions=1)
 
 
 def test_seed_latents_follow_the_documented_pcg64_rng() -> None:
@@ -261,40 +263,58 @@ def test_a_seed_request_gets_the_seeds_latents() -> None:
 def test_docker_command_uses_the_container_whose_tensorrt_matches_the_engine(
     tmp_path: Path,
 ) -> None:
+    manifest = dcgan64_manifest()
+    for name, kind, artifact in (
+        ("dcgan64", "python", "fp32"),
+        ("dcgan64_onnx", "onnx", "fp32"),
+        ("dcgan64_trt", "trt", "trt_fp16"),
+    ):
+        (tmp_path / name / "1").mkdir(parents=True)
+        spec = manifest.artifact(artifact)
+        config = model_config(manifest, spec, name, kind, RepoOptions(), gpu=True)
+        (tmp_path / name / "config.pbtxt").write_text(config_text(config))
     version_dir = tmp_path / "dcgan64" / "1"
-    version_dir.mkdir(parents=True)
-    (version_dir / "manifest.json").write_text(dcgan64_manifest().to_json())
+    (version_dir / "manifest.json").write_text(manifest.to_json())
     command, why = docker_command(tmp_path)
     assert "nvcr.io/nvidia/tritonserver:24.08-py3" in command
     assert f"{tmp_path.resolve()}:/models" in command
+    assert "-p127.0.0.1:8000:8000 -p127.0.0.1:8001:8001 -p127.0.0.1:8002:8002" in command
+    assert command.endswith(
+        "--model-control-mode=explicit --load-model=dcgan64_onnx --load-model=dcgan64_trt"
+    )  # not the python model: the NGC image has no onnxruntime for it
     assert "10.3" in why
-    assert container_tag("99.1.0")[1].startswith("no known container")
+    with pytest.raises(
+        ServeError, match=r"^unknown TensorRT version 99\.1\.0: pick the NGC tag whose TensorRT is"
+    ):
+        container_tag("99.1.0")
     result = CliRunner().invoke(app, ["serve", str(tmp_path), "--docker"])
     assert result.exit_code == 0 and "docker run" in result.output
     assert json.loads((version_dir / "manifest.json").read_text())["name"] == "dcgan64"
 
 
 def with_engine(export_dir: Path, dest: Path) -> Path:
-    """A copy of an export plus a ``trt_fp16`` artifact. The plan's bytes are opaque to the repo
-    writer (no TensorRT here to build a real one): only layout and configs are checked."""
+    """A copy of an export plus ``trt_fp16`` and ``trt_fp16_uint8`` artifacts. The plans' bytes are
+    opaque to the repo writer (no TensorRT here to build real ones): only layout and configs are
+    checked."""
     dest.mkdir()
     for f in export_dir.iterdir():
         (dest / f.name).write_bytes(f.read_bytes())
-    (dest / "trt_fp16.plan").write_bytes(b"engine bytes")
     manifest = load_manifest(dest)
-    fp32 = manifest.artifact("fp32")
     extra = {"tensorrt": "10.8.0.43", "profile": {"min": 1, "opt": 4, "max": manifest.batch.max}}
-    manifest.artifacts.append(
-        Artifact(
-            "trt_fp16",
-            ArtifactKind.tensorrt,
-            "trt_fp16.plan",
-            Precision.fp16,
-            fp32.inputs,
-            fp32.output,
-            extra=extra,
+    for source, engine in (("fp32", "trt_fp16"), ("uint8", "trt_fp16_uint8")):
+        (dest / f"{engine}.plan").write_bytes(f"{engine} bytes".encode())
+        spec = manifest.artifact(source)
+        manifest.artifacts.append(
+            Artifact(
+                engine,
+                ArtifactKind.tensorrt,
+                f"{engine}.plan",
+                Precision.fp16,
+                spec.inputs,
+                spec.output,
+                extra=extra,
+            )
         )
-    )
     (dest / "manifest.json").write_text(manifest.to_json())
     return dest
 
@@ -306,8 +326,10 @@ def test_an_export_with_an_engine_adds_a_tensorrt_model_and_targets_the_gpu(
     written = write_repo(export_dir, tmp_path / "repo")
     assert [m.name for m in written] == ["tinyc", "tinyc_uint8", "tinyc_onnx", "tinyc_trt"]
     repo = tmp_path / "repo"
-    assert (repo / "tinyc_trt" / "1" / "model.plan").read_bytes() == b"engine bytes"
-    assert (repo / "tinyc" / "1" / "model.plan").is_file()  # the python model prefers it on GPU
+    assert (repo / "tinyc_trt" / "1" / "model.plan").read_bytes() == b"trt_fp16 bytes"
+    # the python models prefer their engine on GPU: float NCHW and uint8 NHWC each get their own
+    assert (repo / "tinyc" / "1" / "model.plan").read_bytes() == b"trt_fp16 bytes"
+    assert (repo / "tinyc_uint8" / "1" / "model.plan").read_bytes() == b"trt_fp16_uint8 bytes"
     trt = parse_config((repo / "tinyc_trt" / "config.pbtxt").read_text())
     assert trt.platform == "tensorrt_plan" and trt.max_batch_size == 8
     onnx = parse_config((repo / "tinyc_onnx" / "config.pbtxt").read_text())

@@ -121,7 +121,7 @@ def _peaks(threads: int) -> dict[str, peak.Peak]:
 
 def prepare_checkpoint(model: BenchModel, work: Path) -> tuple[Path, str]:
     """The checkpoint to export and where it came from (the trainer's, or seeded random weights)."""
-    from gendeploy.trainer.checkpoint import Checkpoint, save_checkpoint, versions
+    from gendeploy.trainer.checkpoint import Checkpoint, save_checkpoint
     from gendeploy.trainer.models import build_generator, init_weights
 
     if model.checkpoint is not None and model.checkpoint.is_file():
@@ -130,9 +130,7 @@ def prepare_checkpoint(model: BenchModel, work: Path) -> tuple[Path, str]:
     generator = build_generator(model.config)
     generator.apply(init_weights)
     path = work / model.name / "checkpoint.pt"
-    # str(): torch.__version__ is a TorchVersion, which weights_only loading refuses
-    plain = {k: str(v) for k, v in versions().items()}
-    save_checkpoint(Checkpoint(model.config, 0, generator.state_dict(), versions=plain), path)
+    save_checkpoint(Checkpoint(model.config, 0, generator.state_dict()), path)
     return path, "random weights (seed 0): speed does not depend on training"
 
 

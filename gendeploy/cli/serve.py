@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import threading
 from pathlib import Path
@@ -74,10 +73,8 @@ def serve_command(
         command, why = docker_command(repo, docker_tag)
         typer.echo(command)
         typer.echo(f"# tag: {why}")
-        typer.echo(
-            "# the python-backend models need `pip install onnxruntime-gpu` in the container;"
-        )
-        typer.echo("# the *_onnx and *_trt models use Triton's own backends")
+        typer.echo("# loads the *_onnx and *_trt models (Triton's own backends); the python")
+        typer.echo("# models are not loaded: the NGC image has no onnxruntime Python package")
         return
     from gendeploy.serve.server import TritonServer
 
@@ -106,9 +103,10 @@ def serve_command(
         for model, why in server.skipped.items():
             typer.echo(f"skipped  {model}: {why}")
         if ready_file is not None:
-            tmp = ready_file.with_name(f".{ready_file.name}.tmp")
-            tmp.write_text(json.dumps(endpoints, indent=2) + "\n")
-            os.replace(tmp, ready_file)
+            from gendeploy.trainer.checkpoint import atomic_write
+
+            text = json.dumps(endpoints, indent=2) + "\n"
+            atomic_write(ready_file, lambda f: f.write(text.encode()))
         typer.echo("serving; Ctrl-C to stop")
         while not stop.wait(2.0 if watch else 0.5):
             if not server.running():

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 
 from gendeploy.export import gate, onnx_graph
@@ -33,6 +34,9 @@ def build_artifacts(
             loaded.module, loaded.latent_dim, loaded.num_classes, options.max_batch
         )
     artifacts: list[Artifact] = []
+    uint8 = options.output is OutputKind.uint8
+    # a float artifact's outputs, kept for the gate of the uint8 head added to it
+    float_outputs: dict[str, list[np.ndarray]] = {}
 
     def add_onnx(name: str, model: onnx.ModelProto | None, extra: dict[str, Any]) -> None:
         artifact = make_artifact(loaded, name, ArtifactKind.onnx, f"{name}.onnx")
@@ -42,8 +46,10 @@ def build_artifacts(
         artifact.extra = {**extra, "opset": onnx_graph.opset(onnx.load(str(path)))}
         runner = OnnxRuntimeRunner(path)
         with clock(f"validate_{name}"), runner:
-            artifact.validation = _gate(runner, artifact, reference, options, say)
+            artifact.validation = _gate(runner, artifact, reference, options, say, float_outputs)
             artifact.validation["runner"] = f"onnxruntime {runner.providers[0]}"
+            if uint8 and not name.endswith("uint8"):
+                float_outputs[name] = gate.outputs(runner, reference, options.max_batch)
         artifacts.append(artifact)
 
     with clock("export_fp32"):
@@ -57,7 +63,6 @@ def build_artifacts(
     say(f"exported fp32.onnx ({exporter} exporter)")
     add_onnx("fp32", None, {"exporter": exporter})
     fp32 = onnx.load(str(staged / "fp32.onnx"))
-    uint8 = options.output is OutputKind.uint8
     if uint8:
         add_onnx("uint8", onnx_graph.add_uint8_head(fp32), {"derived_from": "fp32"})
     if options.fp16:
@@ -77,7 +82,9 @@ def build_artifacts(
             say(f"skipped {name}: {engine_status}")
             continue
         artifacts.append(
-            _build_engine(loaded, options, staged, source, name, reference, clock, say)
+            _build_engine(
+                loaded, options, staged, source, name, reference, clock, say, float_outputs
+            )
         )
         versions["tensorrt"] = artifacts[-1].extra["tensorrt"]
     return artifacts, skipped, versions
@@ -92,6 +99,7 @@ def _build_engine(
     reference: gate.Reference,
     clock: _Clock,
     say: Callable[[str], None],
+    float_outputs: dict[str, list[np.ndarray]],
 ) -> Artifact:
     from gendeploy.export.tensorrt_build import build_engine
     from gendeploy.runtime.tensorrt import TensorRTRunner
@@ -108,8 +116,10 @@ def _build_engine(
         )
     runner = TensorRTRunner(staged / artifact.path)
     with clock(f"validate_{name}"), runner:
-        artifact.validation = _gate(runner, artifact, reference, options, say)
+        artifact.validation = _gate(runner, artifact, reference, options, say, float_outputs)
         artifact.validation["runner"] = "tensorrt"
+        if options.output is OutputKind.uint8 and not name.endswith("uint8"):
+            float_outputs[name] = gate.outputs(runner, reference, options.max_batch)
     return artifact
 
 
@@ -119,8 +129,18 @@ def _gate(
     reference: gate.Reference,
     options: ExportOptions,
     say: Callable[[str], None],
+    float_outputs: dict[str, list[np.ndarray]],
 ) -> dict[str, Any]:
-    figures = gate.validate(runner, artifact, reference, options.max_batch)
+    # "uint8" is the fp32 graph's head; "fp16_uint8" fp16's; "trt_fp16_uint8" trt_fp16's
+    head_of = artifact.name.removesuffix("_uint8") if artifact.name.endswith("_uint8") else "fp32"
+    is_uint8 = artifact.name.endswith("uint8")
+    figures = gate.validate(
+        runner,
+        artifact,
+        reference,
+        options.max_batch,
+        float_outputs.get(head_of) if is_uint8 else None,
+    )
     diff = figures.get("max_abs_diff")
     shown = f"max|diff| {diff:.2e}, " if diff is not None else ""
     say(

@@ -114,29 +114,16 @@ def _openvino() -> Finding:
 
 
 def _tritonserver() -> tuple[Finding, list[str]]:
-    on_path = shutil.which("tritonserver")
-    if on_path:
-        exe = Path(on_path).resolve()
-        backends_dir = exe.parent.parent / "backends"
-        if not backends_dir.is_dir():
-            backends_dir = Path("/opt/tritonserver/backends")
-    else:
-        spec = importlib.util.find_spec("pytriton")
-        if spec is None or not spec.submodule_search_locations:
-            return Finding("tritonserver", False, "not on PATH, nvidia-pytriton not installed"), []
-        root = Path(next(iter(spec.submodule_search_locations))) / "tritonserver"
-        exe = root / "bin" / "tritonserver"
-        backends_dir = root / "backends"
-        if not exe.is_file():
-            return Finding("tritonserver", False, f"nvidia-pytriton has no binary at {exe}"), []
-    backends = (
-        sorted(p.name for p in backends_dir.iterdir() if p.is_dir())
-        if backends_dir.is_dir()
-        else []
-    )
-    return Finding(
-        "tritonserver", True, f"{exe} (backends: {', '.join(backends) or 'none'})"
-    ), backends
+    from gendeploy.errors import GendeployError
+    from gendeploy.serve.tritonserver import backend_names, locate_tritonserver
+
+    try:
+        binary = locate_tritonserver()
+    except GendeployError as e:
+        return Finding("tritonserver", False, str(e)), []
+    backends = backend_names(binary)
+    detail = f"{binary.executable} (backends: {', '.join(backends) or 'none'})"
+    return Finding("tritonserver", True, detail), backends
 
 
 def _perf_analyzer() -> Finding:

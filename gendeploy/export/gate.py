@@ -2,7 +2,8 @@
 
 Order of checks (first failure raises ``ValidationError`` with the figures): input/output names,
 output shape and dtype, NaN/Inf, values (max abs difference against the tolerance of the artifact's
-precision), rendered images (PSNR of uint8 renderings; at most N levels per pixel), and batch
+precision), rendered images (PSNR of uint8 renderings; at most N levels per pixel; a uint8 head
+at most ``HEAD_MAX_LEVELS`` from the rendering of its own float graph's output), and batch
 invariance (the same z alone and inside a batch of k gives the same image: Triton's dynamic
 batching merges requests, so a model that mixes samples would serve wrong images).
 """
@@ -41,6 +42,9 @@ TOLERANCES = {
     # what a viewer notices in a generated image.
     Precision.fp16: Tolerance(max_abs=3e-2, min_psnr_db=40.0, max_levels=4),
 }
+# A uint8 head only rounds and clips its float graph's output: against that output's rendering it
+# may differ by 1 level (a value on a .5 boundary rounded the other way), never more.
+HEAD_MAX_LEVELS = 1
 PSNR_IDENTICAL = 100.0  # reported when the renderings are identical (JSON has no infinity)
 SEEDS = (0, 1)
 BATCH = 8  # samples per seed; conditional models use at least one sample per label
@@ -81,7 +85,7 @@ def eager_reference(
     module: nn.Module, latent_dim: int, num_classes: int, max_batch: int
 ) -> Reference:
     """Run eager on the fixed inputs and check the model itself: finite and batch invariant."""
-    runner = EagerRunner(module)
+    runner = EagerRunner(module, eval_mode=False)  # the model as given, not fixed up
     feeds = gate_inputs(latent_dim, num_classes)
     outputs = [_run_chunked(runner, f, max_batch) for f in feeds]
     for f, out in zip(feeds, outputs, strict=True):
@@ -97,10 +101,23 @@ def eager_reference(
     return Reference(feeds=feeds, outputs=outputs)
 
 
+def outputs(runner: Runner, reference: Reference, max_batch: int) -> list[np.ndarray]:
+    """The runner's outputs on the reference's inputs (a float artifact, for its uint8 head)."""
+    return [_run_chunked(runner, f, max_batch) for f in reference.feeds]
+
+
 def validate(
-    runner: Runner, artifact: Artifact, reference: Reference, max_batch: int
+    runner: Runner,
+    artifact: Artifact,
+    reference: Reference,
+    max_batch: int,
+    float_outputs: list[np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """Gate one artifact; returns its figures or raises ``ValidationError`` with them."""
+    """Gate one artifact; returns its figures or raises ``ValidationError`` with them.
+
+    ``float_outputs``: for a uint8 artifact, the outputs of the float graph its head was added
+    to (``gate.outputs``); its images must then be within ``HEAD_MAX_LEVELS`` of their rendering.
+    """
     tol = TOLERANCES[artifact.precision]
     figures: dict[str, Any] = {"tolerance": asdict(tol), "seeds": list(SEEDS)}
     fail = _Failer(artifact.name, figures)
@@ -111,9 +128,9 @@ def validate(
     if sorted(got_in) != sorted(want_in) or got_out[:1] != want_out:
         fail(f"names: inputs {got_in} / outputs {got_out}, expected {want_in} / {want_out}")
     is_uint8 = artifact.output.dtype == "uint8"
-    max_abs = max_levels = 0.0
+    max_abs = max_levels = head_levels = 0.0
     psnrs = []
-    for feeds, ref in zip(reference.feeds, reference.outputs, strict=True):
+    for i, (feeds, ref) in enumerate(zip(reference.feeds, reference.outputs, strict=True)):
         out = _run_chunked(runner, feeds, max_batch)
         want_shape = (len(ref), *artifact.output.shape[1:])
         if out.shape != want_shape or out.dtype != np.dtype(artifact.output.dtype):
@@ -128,17 +145,27 @@ def validate(
             max_abs = max(max_abs, float(np.abs(out - ref).max()))
         max_levels = max(max_levels, float(np.abs(rendered.astype(np.int16) - rendered_ref).max()))
         psnrs.append(psnr(rendered, rendered_ref))
+        if is_uint8 and float_outputs is not None:
+            head = np.abs(rendered.astype(np.int16) - render(float_outputs[i])).max()
+            head_levels = max(head_levels, float(head))
     figures["samples"] = sum(len(r) for r in reference.outputs)
     if not is_uint8:
         figures["max_abs_diff"] = max_abs
     figures["max_level_diff"] = int(max_levels)
     figures["psnr_db"] = round(min(psnrs), 2)
+    if is_uint8 and float_outputs is not None:
+        figures["head_level_diff"] = int(head_levels)
     if not is_uint8 and max_abs > tol.max_abs:
         fail(f"values: max abs difference {max_abs:.3g} > {tol.max_abs:g}")
     if figures["psnr_db"] < tol.min_psnr_db:
         fail(f"images: PSNR {figures['psnr_db']} dB < {tol.min_psnr_db} dB")
     if max_levels > tol.max_levels:
         fail(f"images: a pixel differs by {int(max_levels)} levels > {tol.max_levels}")
+    if head_levels > HEAD_MAX_LEVELS:
+        fail(
+            f"uint8 head: a pixel differs by {int(head_levels)} levels from the rendering of its "
+            f"float graph's output (> {HEAD_MAX_LEVELS})"
+        )
     full = _run_chunked(runner, reference.feeds[0], max_batch)
     diff = _batch_invariance(runner, reference.feeds[0], full)
     figures["batch_invariance_max_diff"] = diff
@@ -212,7 +239,7 @@ def _first_nonfinite_layer(module: nn.Module, feeds: Feeds) -> str:
 
     handles = [m.register_forward_hook(hook(n)) for n, m in module.named_modules() if n]
     try:
-        EagerRunner(module).run(feeds)
+        EagerRunner(module, eval_mode=False).run(feeds)
     finally:
         for h in handles:
             h.remove()

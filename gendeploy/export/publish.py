@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from gendeploy.errors import UsageError
+from gendeploy.errors import ExportError, UsageError
 from gendeploy.export.manifest import MANIFEST_NAME
 
 STAGING_PREFIX = ".gendeploy-staging-"
@@ -41,20 +41,30 @@ def check_destination(out: Path) -> None:
 
 
 def publish(staged: Path, out: Path) -> None:
-    """Move ``staged`` to ``out``, replacing an earlier export there."""
+    """Move ``staged`` to ``out``, replacing an earlier export there.
+
+    The earlier export is set aside and deleted only once the new one is in place; if the new one
+    cannot be moved in and the earlier one cannot be put back, it is kept and its path named.
+    """
     _fsync_tree(staged)
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{out.name}-old-", dir=out.parent))
-        os.replace(out, old / "previous")
-        try:
-            os.replace(staged, out)
-        except BaseException:
-            os.replace(old / "previous", out)  # put the earlier export back
-            raise
-        finally:
-            shutil.rmtree(old, ignore_errors=True)
-    else:
+    if not out.exists():
         os.replace(staged, out)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{out.name}-old-", dir=out.parent))
+    os.replace(out, old / "previous")
+    try:
+        os.replace(staged, out)
+    except BaseException as error:
+        try:
+            os.replace(old / "previous", out)  # put the earlier export back
+        except OSError as e:
+            raise ExportError(
+                f"could not publish {out} ({error}) nor restore the earlier export ({e}); "
+                f"it is kept at {old / 'previous'}"
+            ) from None
+        old.rmdir()
+        raise
+    shutil.rmtree(old, ignore_errors=True)  # the new export is in place: drop the earlier one
 
 
 def _fsync_tree(root: Path) -> None:

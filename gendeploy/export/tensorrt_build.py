@@ -10,6 +10,7 @@ documented Python API; run only where TensorRT and a CUDA device exist (tests ma
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,9 @@ from typing import Any
 from gendeploy.errors import ExportError
 from gendeploy.export.manifest import TensorSpec
 from gendeploy.runtime.tensorrt import import_tensorrt
+from gendeploy.trainer.checkpoint import atomic_write
+
+log = logging.getLogger(__name__)
 
 WORKSPACE_BYTES = 2 << 30
 
@@ -70,8 +74,7 @@ def build_engine(
     config.add_optimization_profile(profile)
 
     cache_path = cache_dir() / "tensorrt" / _cache_name(facts)
-    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
-    config.set_timing_cache(cache, False)  # ignore_mismatch=False: a foreign cache is rejected
+    _use_timing_cache(config, cache_path)
 
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
@@ -80,10 +83,8 @@ def build_engine(
         )
     engine_path.write_bytes(bytes(serialized))
 
-    cache_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache_path.with_suffix(".tmp")
-    tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
-    os.replace(tmp, cache_path)
+    cache = bytes(config.get_timing_cache().serialize())
+    atomic_write(cache_path, lambda f: f.write(cache))  # unique temp file: parallel builds are safe
     facts.update(
         strongly_typed=strongly_typed is not None,
         profile={"min": min_batch, "opt": opt_batch, "max": max_batch},
@@ -91,6 +92,19 @@ def build_engine(
         source_onnx=onnx_path.name,
     )
     return facts
+
+
+def _use_timing_cache(config: Any, cache_path: Path) -> None:
+    """Load the persisted timing cache; a stale or corrupt one is replaced by a fresh cache."""
+    saved = cache_path.read_bytes() if cache_path.is_file() else b""
+    cache = config.create_timing_cache(saved) if saved else None
+    # ignore_mismatch=False: a cache from another device or TensorRT is rejected (returns False)
+    if cache is not None and config.set_timing_cache(cache, False):
+        return
+    if saved:
+        log.warning("TensorRT rejected the timing cache %s; starting a fresh one", cache_path)
+    if not config.set_timing_cache(config.create_timing_cache(b""), False):
+        raise ExportError("TensorRT refused a fresh timing cache")
 
 
 def _cache_name(facts: dict[str, Any]) -> str:

@@ -16,17 +16,25 @@ class EagerRunner(Runner):
     """Runs an ``nn.Module`` generator under ``torch.inference_mode`` on CPU or CUDA.
 
     Feeds are passed positionally in the order ``z``, ``labels`` (the generator signature).
+    ``eval_mode=False`` runs the module in the mode it is in: the export gate checks the model as
+    given, so a BatchNorm left in training mode fails there instead of being silently fixed.
     """
 
     name = "eager"
 
-    def __init__(self, module: nn.Module, device: str = "cpu", threads: int | None = None) -> None:
+    def __init__(
+        self,
+        module: nn.Module,
+        device: str = "cpu",
+        threads: int | None = None,
+        eval_mode: bool = True,
+    ) -> None:
         import torch
 
         if threads is not None:
             torch.set_num_threads(threads)
         self.device = torch.device(device)
-        self.module = module.eval().to(self.device)
+        self.module = (module.eval() if eval_mode else module).to(self.device)
 
     def run(self, feeds: Feeds) -> np.ndarray:
         import torch

@@ -98,9 +98,11 @@ class _TrtEngine:
 
         self.torch = torch
         torch.cuda.set_device(device_id)
-        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        # kept as attributes: the runtime must outlive the engine it deserialized
+        self.logger = trt.Logger(trt.Logger.WARNING)
+        self.runtime = trt.Runtime(self.logger)
         with open(path, "rb") as f:
-            self.engine = runtime.deserialize_cuda_engine(f.read())
+            self.engine = self.runtime.deserialize_cuda_engine(f.read())
         if self.engine is None:
             raise RuntimeError(f"TensorRT could not deserialize {path}")
         self.context = self.engine.create_execution_context()
@@ -118,7 +120,10 @@ class _TrtEngine:
         for name in self.inputs:
             t = torch.from_numpy(np.ascontiguousarray(feeds[name])).cuda()
             keep.append(t)
-            self.context.set_input_shape(name, tuple(t.shape))
+            if not self.context.set_input_shape(name, tuple(t.shape)):
+                raise RuntimeError(
+                    f"TensorRT refused shape {tuple(t.shape)} for {name!r} (outside the profile)"
+                )
             self.context.set_tensor_address(name, t.data_ptr())
         shape = tuple(self.context.get_tensor_shape(self.output))
         out = torch.empty(shape, dtype=self.output_dtype, device="cuda")

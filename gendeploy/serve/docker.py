@@ -10,6 +10,8 @@ import json
 import shlex
 from pathlib import Path
 
+from gendeploy.errors import ServeError
+
 # TensorRT major.minor -> first NGC tritonserver container shipping it (NGC release notes).
 TRT_TO_CONTAINER = {
     "10.0": "24.05",
@@ -26,6 +28,7 @@ TRT_TO_CONTAINER = {
     "10.11": "25.06",
 }
 DEFAULT_TAG = "25.01"
+NGC_PLATFORMS = ("onnxruntime_onnx", "tensorrt_plan")
 
 
 def engine_tensorrt_version(repo_dir: Path) -> str | None:
@@ -40,35 +43,51 @@ def engine_tensorrt_version(repo_dir: Path) -> str | None:
 
 
 def container_tag(trt_version: str | None) -> tuple[str, str]:
-    """(tag, why) for the engine's TensorRT version."""
+    """(tag, why) for the engine's TensorRT version; an unknown version is an error, not a guess."""
     if trt_version is None:
         return DEFAULT_TAG, "no TensorRT engine in the repo: any recent tag serves the ONNX models"
     major_minor = ".".join(trt_version.split(".")[:2])
     tag = TRT_TO_CONTAINER.get(major_minor)
     if tag is None:
-        return DEFAULT_TAG, (
-            f"no known container for TensorRT {trt_version}: pick the tag with TensorRT "
-            f"{major_minor} in NGC's Triton release notes"
+        raise ServeError(
+            f"unknown TensorRT version {trt_version}: pick the NGC tag whose TensorRT is "
+            f"{major_minor} (NGC's Triton release notes) and pass --docker-tag"
         )
     return tag, f"its TensorRT {major_minor} matches the engine (built with {trt_version})"
 
 
+def container_models(repo_dir: Path) -> list[str]:
+    """The models the NGC container runs with its own backends (ONNX Runtime, TensorRT).
+
+    The python-backend models are left out: they import onnxruntime, which the image lacks."""
+    from gendeploy.serve.repo import parse_config
+
+    return [
+        config.parent.name
+        for config in sorted(repo_dir.glob("*/config.pbtxt"))
+        if parse_config(config.read_text()).platform in NGC_PLATFORMS
+    ]
+
+
 def docker_command(repo_dir: Path, tag: str | None = None, gpus: bool = True) -> tuple[str, str]:
-    """(command, why the tag) serving ``repo_dir`` on ports 8000/8001/8002."""
+    """(command, why the tag) serving ``repo_dir`` on 127.0.0.1 ports 8000/8001/8002."""
+    models = container_models(repo_dir)
+    if not models:
+        raise ServeError(f"{repo_dir} has no onnxruntime_onnx or tensorrt_plan model to serve")
     why = "chosen with --docker-tag"
     if tag is None:
         tag, why = container_tag(engine_tensorrt_version(repo_dir))
     args = ["docker", "run", "--rm"]
     if gpus:
         args += ["--gpus=all"]
+    args += [f"-p127.0.0.1:{port}:{port}" for port in (8000, 8001, 8002)]  # loopback only
     args += [
-        "-p8000:8000",
-        "-p8001:8001",
-        "-p8002:8002",
         "-v",
         f"{repo_dir.resolve()}:/models",
         f"nvcr.io/nvidia/tritonserver:{tag}-py3",
         "tritonserver",
         "--model-repository=/models",
+        "--model-control-mode=explicit",
+        *(f"--load-model={m}" for m in models),
     ]
     return shlex.join(args), why

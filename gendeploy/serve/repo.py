@@ -5,7 +5,8 @@ Models written for an export named ``<name>``:
 - ``<name>``: python backend running the ``fp32`` ONNX (ONNX Runtime; the TensorRT engine when it
   exists and TensorRT imports): serves on any Triton with the python backend, the pip one included.
   Takes ``z`` or ``seed`` (the server draws z, see ``backend_model.draw_latents``).
-- ``<name>_uint8``: the same for the ``uint8`` artifact (UINT8 NHWC images), when exported.
+- ``<name>_uint8``: the same for the ``uint8`` artifact (UINT8 NHWC images), when exported, with
+  the ``trt_fp16_uint8`` engine when it exists.
 - ``<name>_onnx``: ``platform: "onnxruntime_onnx"`` for the NGC container (KIND_GPU with the ONNX
   Runtime TensorRT accelerator in FP16 for GPU targets); ``z`` only.
 - ``<name>_trt``: ``platform: "tensorrt_plan"`` when a ``trt_fp16`` engine exists; ``z`` only.
@@ -13,13 +14,13 @@ Models written for an export named ``<name>``:
 Every ``config.pbtxt`` is built through Triton's protobuf (``model_config_pb2``). Each write stages
 the version directory beside its model, renames it to version N+1, and writes ``config.pbtxt`` last
 (atomically); an export identical to the latest version adds nothing. Older versions beyond
-``keep_versions`` are removed; the version policy serves the latest.
+``keep_versions`` (at least 2, so the version being served is never removed before the server
+reloads) are removed; the version policy serves the latest.
 """
 
 from __future__ import annotations
 
 import filecmp
-import hashlib
 import os
 import re
 import shutil
@@ -36,6 +37,7 @@ from gendeploy.export.manifest import (
     Manifest,
     TensorSpec,
     load_manifest,
+    sha256_file,
 )
 
 BACKEND_MODEL = Path(__file__).with_name("backend_model.py")
@@ -65,8 +67,13 @@ class RepoOptions:
             raise ServeError(f"model name {self.name!r} must be letters, digits, '_', '-' or '.'")
         if self.max_batch_size is not None and self.max_batch_size < 1:
             raise ServeError(f"--max-batch-size must be >= 1, got {self.max_batch_size}")
-        if self.queue_delay_us < 0 or self.instances < 1 or self.keep_versions < 1:
-            raise ServeError("queue delay must be >= 0, instances and keep-versions >= 1")
+        if self.queue_delay_us < 0 or self.instances < 1:
+            raise ServeError("queue delay must be >= 0 and instances >= 1")
+        if self.keep_versions < 2:
+            raise ServeError(
+                f"--keep-versions must be >= 2 (the served version stays until the server "
+                f"reloads), got {self.keep_versions}"
+            )
 
 
 @dataclass
@@ -213,13 +220,14 @@ def plan_models(manifest: Manifest, export_dir: Path, options: RepoOptions) -> l
             f"--max-batch-size {options.max_batch_size} exceeds the TensorRT engine's profile "
             f"max {profile_max}; re-export with --max-batch {options.max_batch_size}"
         )
-    for artifact_name, model_name in (("fp32", base), ("uint8", f"{base}_uint8")):
+    python_models = (("fp32", "trt_fp16", base), ("uint8", "trt_fp16_uint8", f"{base}_uint8"))
+    for artifact_name, engine_name, model_name in python_models:
         artifact = names.get(artifact_name)
         if artifact is None:
             continue
         files = _onnx_files(export_dir, artifact)
-        if engine is not None and artifact_name == "fp32":
-            files["model.plan"] = _artifact_file(export_dir, engine)
+        if engine_name in names:  # run on GPU instead of the ONNX when TensorRT imports there
+            files["model.plan"] = _artifact_file(export_dir, names[engine_name])
         config = model_config(manifest, artifact, model_name, "python", options, gpu)
         texts = {"model.py": BACKEND_MODEL.read_text(), MANIFEST_NAME: manifest_text}
         plans.append(ModelPlan(model_name, config, files, texts))
@@ -246,19 +254,11 @@ def _artifact_file(export_dir: Path, artifact: Artifact) -> Path:
     path = export_dir / artifact.path
     if not path.is_file():
         raise ServeError(f"{path} named by the manifest is missing; re-run `gendeploy export`")
-    if artifact.sha256 and _sha256(path) != artifact.sha256:
+    if artifact.sha256 and sha256_file(path) != artifact.sha256:
         raise ServeError(f"{path} does not match its sha256 in the manifest; re-run the export")
     if artifact.kind not in (ArtifactKind.onnx, ArtifactKind.tensorrt):
         raise ServeError(f"artifact {artifact.name!r} has unknown kind {artifact.kind!r}")
     return path
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _versions(model_dir: Path) -> list[int]:
@@ -280,20 +280,10 @@ def _same_tree(a: Path, b: Path) -> bool:
     return not mismatch and not errors
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide it from a server running as another user
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_model(plan: ModelPlan, repo_dir: Path, keep_versions: int) -> WrittenModel:
     """Stage the version, rename it to N+1 (unless identical to the latest), then config.pbtxt."""
+    from gendeploy.trainer.checkpoint import atomic_write
+
     model_dir = repo_dir / plan.name
     model_dir.mkdir(parents=True, exist_ok=True)
     versions = _versions(model_dir)
@@ -315,7 +305,8 @@ def write_model(plan: ModelPlan, repo_dir: Path, keep_versions: int) -> WrittenM
         shutil.rmtree(staging, ignore_errors=True)
     config_path, text = model_dir / "config.pbtxt", config_text(plan.config)
     if not (config_path.is_file() and config_path.read_text() == text):
-        _atomic_text(config_path, text)  # untouched when unchanged: watchers see no change
+        # untouched when unchanged: watchers see no change
+        atomic_write(config_path, lambda f: f.write(text.encode()))
     for old in versions[:-keep_versions]:
         shutil.rmtree(model_dir / str(old), ignore_errors=True)
     return WrittenModel(plan.name, version, new, model_dir)

@@ -1,9 +1,6 @@
-"""Find, prepare, start and stop a real ``tritonserver`` bound to loopback.
+"""Start and stop a real ``tritonserver`` bound to loopback (found by ``serve.tritonserver``).
 
-A ``tritonserver`` on ``PATH`` is used as is. Otherwise the one in the ``nvidia-pytriton`` wheel is
-prepared (see ../shared/TRITON_ON_CPU.md): a backend directory in the user cache holds links to the
-wheel's python backend plus a copy of the stub for this Python; the stub finds this environment from
-the first ``python3`` on ``PATH`` and this interpreter's ``libpython`` through ``LD_LIBRARY_PATH``.
+Every address is 127.0.0.1: HTTP, gRPC and metrics.
 
     with TritonServer("triton_repo") as server:
         server.http_url, server.grpc_url, server.metrics_url
@@ -15,27 +12,23 @@ left of the group, so no python-backend stub outlives it.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import importlib.util
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
-import sys
-import sysconfig
 import tempfile
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gendeploy.errors import MissingDependencyError, ServeError
+from gendeploy.errors import ServeError
+from gendeploy.serve.tritonserver import TritonBinary, find_tritonserver
 
-STUB = "triton_python_backend_stub"
+__all__ = ["TritonServer", "find_tritonserver", "free_port", "group_members", "servable_models"]
+
 PLATFORM_BACKENDS = {
     "onnxruntime_onnx": "onnxruntime",
     "tensorrt_plan": "tensorrt",
@@ -43,96 +36,6 @@ PLATFORM_BACKENDS = {
     "tensorflow_savedmodel": "tensorflow",
     "tensorflow_graphdef": "tensorflow",
 }
-
-
-@dataclass(frozen=True)
-class TritonBinary:
-    executable: Path
-    backend_dir: Path
-    env: dict[str, str] = field(default_factory=dict)  # set on top of os.environ
-    origin: str = "PATH"  # "PATH", "nvidia-pytriton" or "explicit"
-
-
-def _cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "gendeploy"
-
-
-def _pytriton_root() -> Path | None:
-    spec = importlib.util.find_spec("pytriton")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    root = Path(next(iter(spec.submodule_search_locations))) / "tritonserver"
-    return root if (root / "bin" / "tritonserver").is_file() else None
-
-
-def _prepare_pytriton_backends(root: Path) -> Path:
-    """A backend dir: the wheel's python backend plus this Python's stub (made once)."""
-    py = f"{sys.version_info.major}.{sys.version_info.minor}"
-    stub = root / "python_backend_stubs" / py / STUB
-    if not stub.is_file():
-        raise MissingDependencyError(f"nvidia-pytriton has no python backend stub for Python {py}")
-    source = root / "backends" / "python"
-    stat = stub.stat()
-    key = hashlib.sha256(f"{root}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
-    target = _cache_dir() / f"tritonserver-py{py}-{key}" / "backends"
-    if (target / "python" / STUB).is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".backends-", dir=target.parent))
-    try:
-        (staging / "python").mkdir()
-        for item in source.iterdir():
-            if item.is_file():
-                (staging / "python" / item.name).symlink_to(item)
-        shutil.copy2(stub, staging / "python" / STUB)
-        with contextlib.suppress(OSError):  # another process won the race: use its copy
-            os.rename(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
-
-
-def _pytriton_env(root: Path) -> dict[str, str]:
-    libs = [root.parent.parent / "nvidia_pytriton.libs"]
-    libdir = sysconfig.get_config_var("LIBDIR")
-    ldlib = sysconfig.get_config_var("LDLIBRARY")
-    if libdir and ldlib and (Path(libdir) / str(ldlib)).exists():
-        libs.insert(0, Path(libdir))  # the stub then links this interpreter's own libpython
-    old_ld = os.environ.get("LD_LIBRARY_PATH", "")
-    bin_dir = Path(sys.prefix) / "bin"
-    return {
-        "PATH": os.pathsep.join([str(bin_dir), os.environ.get("PATH", "")]),
-        "LD_LIBRARY_PATH": os.pathsep.join([str(p) for p in libs] + ([old_ld] if old_ld else [])),
-    }
-
-
-def find_tritonserver(explicit: Path | str | None = None) -> TritonBinary:
-    """The ``tritonserver`` to run: ``explicit``, else on PATH, else the nvidia-pytriton wheel's."""
-    if explicit is not None:
-        exe = Path(explicit)
-        if not exe.is_file():
-            raise ServeError(f"tritonserver not found at {exe}")
-        return TritonBinary(exe, exe.parent.parent / "backends", origin="explicit")
-    on_path = shutil.which("tritonserver")
-    if on_path:
-        exe = Path(on_path).resolve()
-        backends = exe.parent.parent / "backends"
-        if not backends.is_dir():
-            backends = Path("/opt/tritonserver/backends")
-        return TritonBinary(exe, backends, origin="PATH")
-    root = _pytriton_root()
-    if root is None:
-        raise MissingDependencyError(
-            "no tritonserver on PATH and nvidia-pytriton is not installed; "
-            "pip install 'gendeploy[cpu]' or use the NGC container (`gendeploy serve --docker`)"
-        )
-    return TritonBinary(
-        root / "bin" / "tritonserver",
-        _prepare_pytriton_backends(root),
-        _pytriton_env(root),
-        origin="nvidia-pytriton",
-    )
 
 
 def free_port() -> int:
@@ -255,6 +158,7 @@ class TritonServer:
             f"--http-port={self.http_port}",
             f"--grpc-port={self.grpc_port}",
             f"--metrics-port={self.metrics_port}",
+            "--metrics-address=127.0.0.1",
             "--allow-gpu-metrics=false",
             f"--exit-timeout-secs={self.exit_timeout_s}",
             *load,
