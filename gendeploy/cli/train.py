@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
@@ -69,6 +70,8 @@ def train_command(
     )
     run_dir = out or Path("runs") / preset
     result = train(model, config, run_dir, resume=resume, force=force, progress=progress)
+    if os.environ.get("RANK", "0") != "0":
+        return  # under torchrun, rank 0 alone reports
     if "quality" in result:
         _print_quality(result["quality"])
     typer.echo(f"run written to {run_dir}/ (checkpoint.pt, samples/, loss.png, metrics.jsonl)")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import os
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -113,7 +114,14 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
 
     mu_a, mu_b = a.mean(0), b.mean(0)
     cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
+    with warnings.catch_warnings():
+        # Dead ReLU features make the covariances singular; sqrtm still converges (as in
+        # pytorch-fid, a small diagonal offset is added only when it does not).
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        covmean = linalg.sqrtm(cov_a @ cov_b)
+        if not np.isfinite(covmean).all():
+            offset = np.eye(len(cov_a)) * 1e-6
+            covmean = linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
     covmean = np.real(covmean)
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * covmean))
 

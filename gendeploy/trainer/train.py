@@ -7,6 +7,7 @@ Under torchrun every rank trains on its own random batches; only rank 0 writes.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed
 import torch.nn.functional as F
 from torch import nn
 
@@ -93,12 +95,12 @@ PRESETS: dict[str, Preset] = {
     "digits-cdcgan": Preset(
         "conditional DCGAN 32x32 on digits (the default)",
         ModelConfig(arch="dcgan", image_size=32, num_classes=10, width=32),  # type: ignore[arg-type]
-        TrainConfig(steps=1500, batch_size=64, ema_decay=0.999),
+        TrainConfig(steps=2000, batch_size=64, ema_decay=0.999, diversity_weight=1.0),
     ),
     "digits-dcgan": Preset(
         "unconditional DCGAN 32x32 on digits",
         ModelConfig(arch="dcgan", image_size=32, width=32),  # type: ignore[arg-type]
-        TrainConfig(steps=1500, batch_size=64, ema_decay=0.999),
+        TrainConfig(steps=1800, batch_size=64, ema_decay=0.999, diversity_weight=1.0),
     ),
     "seed-mlp": Preset(
         "the classic MLP GAN (latent 100 -> 256 -> 512 -> 1024), fixed, on digits 32x32",
@@ -301,12 +303,8 @@ def train(
         opt_d.step()
 
         # Generator: non-saturating loss -log D(G(z)) (the seed's log(1 - D) saturates).
-        if dist.world > 1:
-            with d_train.no_sync():  # type: ignore[operator]
-                loss_g = _generator_loss(d_train, fake, fake_y, z, train_config)
-                opt_g.zero_grad(set_to_none=True)
-                loss_g.backward()
-        else:
+        # D's gradients from this pass are discarded: no DDP all-reduce for them.
+        with d_train.no_sync() if dist.world > 1 else contextlib.nullcontext():  # type: ignore[operator]
             loss_g = _generator_loss(d_train, fake, fake_y, z, train_config)
             opt_g.zero_grad(set_to_none=True)
             loss_g.backward()
@@ -331,7 +329,10 @@ def train(
             run.checkpoint(step, generator, discriminator, ema, opt_g, opt_d)
     if bar is not None:
         bar.stop()
-    return run.finish()
+    result = run.finish()
+    if dist.world > 1:
+        torch.distributed.destroy_process_group()
+    return result
 
 
 def _generator_loss(
