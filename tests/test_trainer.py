@@ -154,7 +154,12 @@ def test_weights_of_another_architecture_are_refused(tmp_path: Path) -> None:
 
 def test_training_writes_a_complete_run_directory(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    train(TINY, _tiny_train(4, ema_decay=0.9), out, progress=False)
+    train(
+        TINY,
+        _tiny_train(4, ema_decay=0.9, diversity_weight=1.0, translate=0.125),
+        out,
+        progress=False,
+    )
     assert {p.name for p in out.iterdir()} >= {
         "checkpoint.pt",
         "config.json",
@@ -170,6 +175,21 @@ def test_training_writes_a_complete_run_directory(tmp_path: Path) -> None:
     assert ckpt.step == 4 and ckpt.generator_ema is not None
     config = json.loads((out / "config.json").read_text())
     assert config["model"] == TINY.to_dict() and config["train"]["steps"] == 4
+
+
+def test_discriminator_augmentation_shifts_images_and_passes_gradients() -> None:
+    from gendeploy.trainer.train import _augment
+
+    images = torch.full((16, 1, 32, 32), -1.0)
+    images[:, :, 12:20, 12:20] = 1.0  # a centred square on the -1 background
+    images.requires_grad_(True)
+    shifted = _augment(images, 0.125, torch.Generator().manual_seed(0))
+    assert shifted.shape == images.shape
+    assert not torch.equal(shifted, images)
+    assert (shifted == 1).sum(dim=(1, 2, 3)).eq(64).all()  # shifted, never cut: 4px < margin
+    shifted.sum().backward()
+    assert images.grad is not None and images.grad.abs().sum() > 0
+    assert _augment(images, 0.0, torch.Generator()) is images
 
 
 def test_seed_makes_a_run_repeatable(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from gendeploy.bench.timing import StabilityRule
 from gendeploy.errors import UsageError
 from gendeploy.trainer.models import Arch, ModelConfig
+from gendeploy.trainer.train import DEFAULT_PRESET, PRESETS
 
 DEMO_CHECKPOINT = Path("runs/demo/checkpoint.pt")
 
@@ -73,11 +74,8 @@ class Suite:
             raise UsageError(f"unknown runners {sorted(unknown)}; known: {', '.join(ALL_RUNNERS)}")
 
 
-DEMO = BenchModel(
-    "digits_cdcgan32",
-    ModelConfig(arch=Arch.dcgan, image_size=32, image_channels=1, num_classes=10, width=64),
-    checkpoint=DEMO_CHECKPOINT,
-)
+# the trainer's default preset (`make demo` trains it into runs/demo)
+DEMO = BenchModel("digits_cdcgan32", PRESETS[DEFAULT_PRESET].model, checkpoint=DEMO_CHECKPOINT)
 DCGAN64 = BenchModel(
     "dcgan64", ModelConfig(arch=Arch.dcgan, image_size=64, image_channels=3, width=64), goals=True
 )

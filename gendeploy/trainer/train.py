@@ -56,6 +56,9 @@ class TrainConfig:
     # Mode seeking (Mao et al., MSGAN): rewards different images for different z under one label;
     # without it conditional generators here learn one image per class and ignore z.
     diversity_weight: float = 0.0
+    # DiffAugment (Zhao et al.): random translations of every image the discriminator sees, real
+    # and fake alike, so a small dataset does not let it memorise; fraction of the image side.
+    translate: float = 0.0
     seed: int = 0
     sample_every: int = 250
     checkpoint_every: int = 250
@@ -95,12 +98,16 @@ PRESETS: dict[str, Preset] = {
     "digits-cdcgan": Preset(
         "conditional DCGAN 32x32 on digits (the default)",
         ModelConfig(arch="dcgan", image_size=32, num_classes=10, width=32),  # type: ignore[arg-type]
-        TrainConfig(steps=2000, batch_size=64, ema_decay=0.999, diversity_weight=1.0),
+        TrainConfig(
+            steps=2000, batch_size=64, ema_decay=0.999, diversity_weight=1.0, translate=0.125
+        ),
     ),
     "digits-dcgan": Preset(
         "unconditional DCGAN 32x32 on digits",
         ModelConfig(arch="dcgan", image_size=32, width=32),  # type: ignore[arg-type]
-        TrainConfig(steps=1800, batch_size=64, ema_decay=0.999, diversity_weight=1.0),
+        TrainConfig(
+            steps=1800, batch_size=64, ema_decay=0.999, diversity_weight=1.0, translate=0.125
+        ),
     ),
     "seed-mlp": Preset(
         "the classic MLP GAN (latent 100 -> 256 -> 512 -> 1024), fixed, on digits 32x32",
@@ -291,13 +298,13 @@ def train(
 
         # Discriminator: real -> 1, fake -> 0, in logits (softplus form is numerically stable).
         fake = g_train(z, fake_y)
-        logit_real, cls_real = d_train(real, real_y)
+        logit_real, cls_real = d_train(_augment(real, train_config.translate, rng), real_y)
         loss_d_real = F.softplus(-logit_real).mean()
         if cls_real is not None and real_y is not None:
             loss_d_real = loss_d_real + train_config.aux_weight * F.cross_entropy(cls_real, real_y)
         opt_d.zero_grad(set_to_none=True)
         loss_d_real.backward()
-        logit_fake, _ = d_train(fake.detach(), fake_y)
+        logit_fake, _ = d_train(_augment(fake.detach(), train_config.translate, rng), fake_y)
         loss_d_fake = F.softplus(logit_fake).mean()
         loss_d_fake.backward()
         opt_d.step()
@@ -305,7 +312,7 @@ def train(
         # Generator: non-saturating loss -log D(G(z)) (the seed's log(1 - D) saturates).
         # D's gradients from this pass are discarded: no DDP all-reduce for them.
         with d_train.no_sync() if dist.world > 1 else contextlib.nullcontext():  # type: ignore[operator]
-            loss_g = _generator_loss(d_train, fake, fake_y, z, train_config)
+            loss_g = _generator_loss(d_train, fake, fake_y, z, train_config, rng)
             opt_g.zero_grad(set_to_none=True)
             loss_g.backward()
         opt_g.step()
@@ -335,14 +342,30 @@ def train(
     return result
 
 
+def _augment(images: torch.Tensor, translate: float, rng: torch.Generator) -> torch.Tensor:
+    """Shift each image by up to ``translate`` of its side (differentiable; background -1)."""
+    if not translate:
+        return images
+    n, size = len(images), images.shape[-1]
+    limit = max(1, round(size * translate))
+    shifts = torch.randint(-limit, limit + 1, (n, 2), generator=rng).float() * 2 / size
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1
+    theta[:, :, 2] = shifts
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    shifted = F.grid_sample(images + 1, grid, mode="nearest", align_corners=False)
+    return shifted - 1
+
+
 def _generator_loss(
     d_train: nn.Module,
     fake: torch.Tensor,
     fake_y: torch.Tensor | None,
     z: torch.Tensor,
     config: TrainConfig,
+    rng: torch.Generator,
 ) -> torch.Tensor:
-    logit, cls = d_train(fake, fake_y)
+    logit, cls = d_train(_augment(fake, config.translate, rng), fake_y)
     loss = F.softplus(-logit).mean()
     if cls is not None and fake_y is not None:
         loss = loss + config.aux_weight * F.cross_entropy(cls, fake_y)
