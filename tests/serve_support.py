@@ -8,32 +8,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+# The tiny models and the checkpoint writer are conftest's (pytest puts tests/ on sys.path).
+from conftest import TINY_CONDITIONAL_DCGAN as TINY_CONDITIONAL  # noqa: F401
+from conftest import TINY_MLP as TINY_UNCONDITIONAL  # noqa: F401
+from conftest import write_checkpoint as make_checkpoint  # noqa: F401
+
 from gendeploy.export.api import ExportOptions, ModelSpec, OutputKind, export
-from gendeploy.trainer.checkpoint import Checkpoint, load_generator, save_checkpoint
-from gendeploy.trainer.models import Arch, ModelConfig, build_generator, init_weights
-
-TINY_CONDITIONAL = ModelConfig(
-    arch=Arch.dcgan,
-    latent_dim=16,
-    image_channels=1,
-    image_size=32,
-    num_classes=4,
-    width=8,
-    embed_dim=8,
-)
-TINY_UNCONDITIONAL = ModelConfig(
-    arch=Arch.mlp, latent_dim=8, image_channels=1, image_size=8, num_classes=0, width=4
-)
-
-
-def make_checkpoint(config: ModelConfig, path: Path, seed: int = 0) -> Path:
-    torch.manual_seed(seed)
-    generator = build_generator(config)
-    generator.apply(init_weights)
-    versions = {"torch": str(torch.__version__)}  # plain str: loads with weights_only=True
-    ckpt = Checkpoint(config, step=0, generator=generator.state_dict(), versions=versions)
-    save_checkpoint(ckpt, path)
-    return path
+from gendeploy.trainer.checkpoint import load_generator
 
 
 def build_export(checkpoint: Path, out_dir: Path, name: str, max_batch: int = 8) -> Path:
