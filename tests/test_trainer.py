@@ -21,11 +21,15 @@ from gendeploy.trainer.checkpoint import (
     load_generator,
     save_checkpoint,
 )
-from gendeploy.trainer.models import ModelConfig, build_discriminator, build_generator
+from gendeploy.trainer.models import (
+    ModelConfig,
+    build_discriminator,
+    build_generator,
+    recalibrate_batchnorm,
+)
 from gendeploy.trainer.train import (
     PRESETS,
     TrainConfig,
-    recalibrate_batchnorm,
     train,
     with_overrides,
 )

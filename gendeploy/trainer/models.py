@@ -282,3 +282,38 @@ def init_weights(module: nn.Module) -> None:
     elif isinstance(module, nn.BatchNorm2d):
         nn.init.normal_(module.weight, 1.0, 0.02)
         nn.init.zeros_(module.bias)
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(
+    generator: nn.Module,
+    config: ModelConfig,
+    batches: int = 20,
+    batch_size: int = 128,
+    seed: int = 0,
+) -> None:
+    """Re-estimate BatchNorm running statistics of ``generator`` from its own forward passes.
+
+    EMA weights never produced the running statistics they inherit, so an exported (eval-mode) EMA
+    generator needs them re-estimated with a cumulative average over fresh noise.
+    """
+    bns = [m for m in generator.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative moving average
+    generator.train()
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(batches):
+        z = torch.randn(batch_size, config.latent_dim, generator=g)
+        y = (
+            torch.randint(0, config.num_classes, (batch_size,), generator=g)
+            if config.conditional
+            else None
+        )
+        generator(z, y)
+    for bn, m in zip(bns, momenta, strict=True):
+        bn.momentum = m
+    generator.eval()

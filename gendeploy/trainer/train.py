@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -22,15 +20,10 @@ import torch.distributed
 import torch.nn.functional as F
 from torch import nn
 
-from gendeploy import images
 from gendeploy.errors import CheckpointError, UsageError
-from gendeploy.trainer import plots
 from gendeploy.trainer.checkpoint import (
-    Checkpoint,
-    atomic_write,
     load_checkpoint,
     load_state_into,
-    save_checkpoint,
 )
 from gendeploy.trainer.data import DatasetName, load_dataset
 from gendeploy.trainer.models import (
@@ -39,8 +32,7 @@ from gendeploy.trainer.models import (
     build_generator,
     init_weights,
 )
-
-CHECKPOINT_NAME = "checkpoint.pt"
+from gendeploy.trainer.rundir import CHECKPOINT_NAME, RunWriter, prepare_run_dir
 
 
 @dataclass(frozen=True)
@@ -161,66 +153,6 @@ def _ddp(module: nn.Module, dist: _Dist) -> nn.Module:
     return DistributedDataParallel(module, find_unused_parameters=True)
 
 
-def _unwrap(module: nn.Module) -> nn.Module:
-    inner = getattr(module, "module", module)
-    assert isinstance(inner, nn.Module)
-    return inner
-
-
-def prepare_run_dir(out: Path, resume: bool, force: bool) -> None:
-    """Refuse to touch an existing run unless asked to resume it or overwrite it."""
-    if resume and force:
-        raise UsageError("--resume and --force contradict each other: pick one")
-    if resume:
-        if not (out / CHECKPOINT_NAME).is_file():
-            raise CheckpointError(
-                f"--resume: no {CHECKPOINT_NAME} in {out}; start without --resume"
-            )
-        return
-    if out.exists() and any(out.iterdir()):
-        if not force:
-            raise UsageError(
-                f"run directory {out} already exists; pass --resume to continue it or --force "
-                "to start over (its files are replaced)"
-            )
-        shutil.rmtree(out)
-
-
-@torch.no_grad()
-def recalibrate_batchnorm(
-    generator: nn.Module,
-    config: ModelConfig,
-    batches: int = 20,
-    batch_size: int = 128,
-    seed: int = 0,
-) -> None:
-    """Re-estimate BatchNorm running statistics of ``generator`` from its own forward passes.
-
-    EMA weights never produced the running statistics they inherit, so an exported (eval-mode) EMA
-    generator needs them re-estimated with a cumulative average over fresh noise.
-    """
-    bns = [m for m in generator.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not bns:
-        return
-    momenta = [bn.momentum for bn in bns]
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None  # cumulative moving average
-    generator.train()
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(batches):
-        z = torch.randn(batch_size, config.latent_dim, generator=g)
-        y = (
-            torch.randint(0, config.num_classes, (batch_size,), generator=g)
-            if config.conditional
-            else None
-        )
-        generator(z, y)
-    for bn, m in zip(bns, momenta, strict=True):
-        bn.momentum = m
-    generator.eval()
-
-
 def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     with torch.no_grad():
         for p_ema, p in zip(ema.parameters(), model.parameters(), strict=True):
@@ -282,7 +214,7 @@ def train(
             load_state_into(ema, ckpt.generator_ema, source)
     g_train, d_train = _ddp(generator, dist), _ddp(discriminator, dist)
 
-    run = _Run(out, model_config, train_config, dist.main, start_step)
+    run = RunWriter(out, model_config, train_config, dist.main, start_step)
     # Each rank (and each resumed segment) draws its own batches, reproducibly.
     rng = torch.Generator().manual_seed(train_config.seed * 1000 + dist.rank + 7919 * start_step)
     n, bs, k = len(data.images), train_config.batch_size, model_config.num_classes
@@ -375,136 +307,6 @@ def _generator_loss(
         latent_gap = (z[:h] - z[h : 2 * h]).abs().mean()
         loss = loss + config.diversity_weight / (image_gap / latent_gap + 1e-5)
     return loss
-
-
-class _Run:
-    """What rank 0 writes into the run directory; on other ranks every method does nothing."""
-
-    def __init__(
-        self, out: Path, model: ModelConfig, train: TrainConfig, main: bool, start_step: int
-    ) -> None:
-        self.out, self.model, self.train, self.main = out, model, train, main
-        self.history: list[dict[str, float]] = []
-        if not main:
-            return
-        out.mkdir(parents=True, exist_ok=True)
-        config = {"model": model.to_dict(), "train": train.to_dict()}
-        atomic_write(out / "config.json", lambda f: f.write(json.dumps(config, indent=2).encode()))
-        metrics = out / "metrics.jsonl"
-        if metrics.is_file():
-            self.history = _read_metrics(metrics)
-            self._truncate_metrics(start_step)  # steps after the last checkpoint are re-run
-        # Fixed noise (and every label, for conditional models) so sample grids are comparable.
-        g = torch.Generator().manual_seed(12345)
-        k = model.num_classes
-        rows = k if k else 8
-        self.sample_z = torch.randn(rows * 8, model.latent_dim, generator=g)
-        self.sample_y = torch.arange(k).repeat_interleave(8) if k else None
-
-    def progress(self, start: int, total: int, enabled: bool) -> Any:
-        if not (self.main and enabled):
-            return None
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-
-        bar = Progress(
-            TextColumn("[bold]train"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[status]}"),
-            TimeRemainingColumn(),
-        )
-        bar.start()
-        bar.add_task("train", total=total, completed=start, status="")
-        return bar
-
-    def log(self, metrics: dict[str, float], bar: Any) -> None:
-        if not self.main:
-            return
-        self.history.append(metrics)
-        with (self.out / "metrics.jsonl").open("a") as f:
-            f.write(json.dumps(metrics) + "\n")
-        if bar is not None:
-            status = (
-                f"loss_d {metrics['loss_d']:.3f} loss_g {metrics['loss_g']:.3f} "
-                f"{metrics['steps_per_s']:.1f} steps/s"
-            )
-            bar.update(bar.task_ids[0], completed=int(metrics["step"]), status=status)
-
-    def deployable(self, generator: nn.Module, ema: nn.Module | None, step: int) -> nn.Module:
-        """What export will ship: an eval-mode copy; the EMA one with recalibrated BatchNorm."""
-        deployed = copy.deepcopy(_unwrap(ema if ema is not None else generator))
-        if ema is not None:
-            recalibrate_batchnorm(deployed, self.model, seed=step)
-        return deployed.eval()
-
-    def samples(self, generator: nn.Module, step: int) -> None:
-        """``generator`` is the deployable (eval-mode) one."""
-        if not self.main:
-            return
-        with torch.no_grad():
-            samples = generator(self.sample_z, self.sample_y)
-        images.save_grid(samples, self.out / "samples" / f"step_{step:06d}.png", nrow=8)
-
-    def checkpoint(
-        self,
-        step: int,
-        generator: nn.Module,
-        discriminator: nn.Module,
-        ema: nn.Module | None,
-        opt_g: torch.optim.Optimizer,
-        opt_d: torch.optim.Optimizer,
-    ) -> None:
-        if not self.main:
-            return
-        ema_state = self.deployable(generator, ema, step).state_dict() if ema is not None else None
-        ckpt = Checkpoint(
-            model_config=self.model,
-            step=step,
-            generator=_unwrap(generator).state_dict(),
-            train_config=self.train.to_dict(),
-            generator_ema=ema_state,
-            discriminator=_unwrap(discriminator).state_dict(),
-            optimizer_g=opt_g.state_dict(),
-            optimizer_d=opt_d.state_dict(),
-        )
-        save_checkpoint(ckpt, self.out / CHECKPOINT_NAME)
-        # Metrics written after this checkpoint would be replayed on resume: keep them in step.
-        self._truncate_metrics(step)
-
-    def _truncate_metrics(self, step: int) -> None:
-        kept = [m for m in self.history if m["step"] <= step]
-        if len(kept) != len(self.history) or step == 0:
-            self.history = kept
-            lines = "".join(json.dumps(m) + "\n" for m in kept)
-            atomic_write(self.out / "metrics.jsonl", lambda f: f.write(lines.encode()))
-
-    def finish(self) -> dict[str, Any]:
-        result: dict[str, Any] = {"steps": self.history[-1]["step"] if self.history else 0}
-        if not self.main:
-            return result
-        plots.save_loss_curve(self.history, self.out / "loss.png")
-        if self.train.eval_at_end and self.train.dataset is DatasetName.digits:
-            from gendeploy.trainer.quality import evaluate_checkpoint
-
-            result["quality"] = evaluate_checkpoint(self.out / CHECKPOINT_NAME).to_dict()
-        return result
-
-
-def _read_metrics(path: Path) -> list[dict[str, float]]:
-    """Metrics lines; a last line cut short by a killed run is dropped."""
-    history = []
-    for line in path.read_text().splitlines():
-        try:
-            history.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return history
 
 
 def with_overrides(base: Preset, **overrides: Any) -> tuple[ModelConfig, TrainConfig]:
