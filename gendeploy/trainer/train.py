@@ -270,6 +270,8 @@ def train(
         bar.stop()
     result = run.finish()
     if dist.world > 1:
+        # Rank 0 is still writing when the others finish: tearing gloo down under it aborts.
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     return result
 
