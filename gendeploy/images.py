@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gendeploy.trainer.checkpoint import atomic_write
+from gendeploy.fileio import atomic_write
 
 
 def to_uint8_nhwc(images: np.ndarray | torch.Tensor) -> np.ndarray:

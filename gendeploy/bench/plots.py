@@ -7,7 +7,7 @@ import io
 from pathlib import Path
 from typing import Any
 
-from gendeploy.bench.report import atomic_write_bytes
+from gendeploy.fileio import atomic_write_bytes
 
 
 def _save(fig: Any, path: Path) -> Path:

@@ -7,12 +7,11 @@ loaded back), so a report can be rebuilt from a recorded run without measuring a
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from gendeploy.errors import GendeployError
+from gendeploy.fileio import atomic_write_bytes
 
 JSON_NAME, MD_NAME = "bench.json", "bench.md"
 
@@ -118,19 +117,6 @@ def _served_goal(model: dict[str, Any]) -> dict[str, Any]:
         f" Runtime batch 1 {inproc['images_per_s']:.1f} img/s (the served engine)"
     )
     return _goal(goal, 0.9, cell, "ratio", what)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_report(path: Path | str) -> dict[str, Any]:

@@ -103,7 +103,7 @@ def serve_command(
         for model, why in server.skipped.items():
             typer.echo(f"skipped  {model}: {why}")
         if ready_file is not None:
-            from gendeploy.trainer.checkpoint import atomic_write
+            from gendeploy.fileio import atomic_write
 
             text = json.dumps(endpoints, indent=2) + "\n"
             atomic_write(ready_file, lambda f: f.write(text.encode()))

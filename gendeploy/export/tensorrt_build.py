@@ -17,8 +17,8 @@ from typing import Any
 
 from gendeploy.errors import ExportError
 from gendeploy.export.manifest import TensorSpec
+from gendeploy.fileio import atomic_write
 from gendeploy.runtime.tensorrt import import_tensorrt
-from gendeploy.trainer.checkpoint import atomic_write
 
 log = logging.getLogger(__name__)
 

@@ -282,7 +282,7 @@ def _same_tree(a: Path, b: Path) -> bool:
 
 def write_model(plan: ModelPlan, repo_dir: Path, keep_versions: int) -> WrittenModel:
     """Stage the version, rename it to N+1 (unless identical to the latest), then config.pbtxt."""
-    from gendeploy.trainer.checkpoint import atomic_write
+    from gendeploy.fileio import atomic_write
 
     model_dir = repo_dir / plan.name
     model_dir.mkdir(parents=True, exist_ok=True)

@@ -8,10 +8,8 @@ Writes are atomic: a temporary file in the same directory, fsync, then ``os.repl
 
 from __future__ import annotations
 
-import os
 import pickle
 import platform
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +20,7 @@ from torch import nn
 
 from gendeploy import __version__
 from gendeploy.errors import CheckpointError
+from gendeploy.fileio import atomic_write
 from gendeploy.trainer.models import ModelConfig, build_generator
 
 FORMAT = "gendeploy-checkpoint"
@@ -70,24 +69,6 @@ def save_checkpoint(ckpt: Checkpoint, path: Path) -> None:
         "optimizer_d": ckpt.optimizer_d,
     }
     atomic_write(path, lambda f: torch.save(payload, f))
-
-
-def atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(file)`` on a temporary file beside ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual mode
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_checkpoint(path: Path | str) -> Checkpoint:

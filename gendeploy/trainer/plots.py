@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gendeploy.trainer.checkpoint import atomic_write
+from gendeploy.fileio import atomic_write
 
 
 def save_loss_curve(history: list[dict[str, float]], path: Path) -> None:

@@ -101,7 +101,7 @@ def load_classifier() -> tuple[nn.Module, float]:
     x, y = _real_digits("test")
     with torch.inference_mode():
         accuracy = float((trained(x).argmax(1) == y).float().mean())
-    from gendeploy.trainer.checkpoint import atomic_write
+    from gendeploy.fileio import atomic_write
 
     payload = {"state": trained.state_dict(), "held_out_accuracy": accuracy}
     atomic_write(path, lambda f: torch.save(payload, f))
@@ -204,7 +204,8 @@ def evaluate_checkpoint(path: Path, seed: int = 0) -> QualityReport:
     """Score a checkpoint's deployable generator and write ``quality.json`` next to it."""
     import json
 
-    from gendeploy.trainer.checkpoint import atomic_write, load_generator
+    from gendeploy.fileio import atomic_write
+    from gendeploy.trainer.checkpoint import load_generator
 
     generator, ckpt = load_generator(path)
     report = evaluate_generator(

@@ -15,8 +15,9 @@ from torch import nn
 
 from gendeploy import images
 from gendeploy.errors import CheckpointError, UsageError
+from gendeploy.fileio import atomic_write
 from gendeploy.trainer import plots
-from gendeploy.trainer.checkpoint import Checkpoint, atomic_write, save_checkpoint
+from gendeploy.trainer.checkpoint import Checkpoint, save_checkpoint
 from gendeploy.trainer.data import DatasetName
 from gendeploy.trainer.models import ModelConfig, recalibrate_batchnorm
 
