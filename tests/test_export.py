@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -149,6 +151,34 @@ def test_interrupted_export_leaves_nothing_behind_and_keeps_the_earlier_export(
         )
     assert {p.name: sha256_file(p) for p in out.iterdir()} == before
     assert [p.name for p in out.parent.iterdir()] == ["e"]
+
+
+def test_a_sigkilled_export_leaves_a_staging_dir_that_the_next_export_removes(
+    make_checkpoint: MakeCheckpoint, tmp_path: Path
+) -> None:
+    out = tmp_path / "e"
+    # A real process stopped by SIGKILL inside its staging directory: no cleanup code runs.
+    script = (
+        "import sys, time; from pathlib import Path; "
+        "from gendeploy.export.publish import staging_dir\n"
+        "with staging_dir(Path(sys.argv[1])) as d:\n"
+        "    (d / 'fp32.onnx').write_bytes(b'half'); print(d, flush=True); time.sleep(60)"
+    )
+    child = subprocess.Popen([sys.executable, "-c", script, str(out)], stdout=subprocess.PIPE)
+    assert child.stdout is not None
+    orphan = Path(child.stdout.readline().decode().strip())
+    child.kill()
+    child.wait()
+    assert orphan.is_dir()
+    live = tmp_path / f"{STAGING_PREFIX}e-pid{os.getpid()}-abc123"  # a running export's
+    set_aside = tmp_path / f"{STAGING_PREFIX}e-old-xyz"  # an earlier export, never deleted
+    other = tmp_path / f"{STAGING_PREFIX}e-pid{os.getpid()}-x-pid{child.pid}-abc"  # "e-pid..-x"
+    for d in (live, set_aside, other):
+        d.mkdir()
+
+    export(ModelSpec(checkpoint=make_checkpoint(TINY_MLP)), out=out)
+    assert not orphan.exists()
+    assert live.is_dir() and set_aside.is_dir() and other.is_dir()
 
 
 def test_load_eager_rebuilds_the_model_the_export_was_made_from(

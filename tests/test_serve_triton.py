@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -322,6 +323,33 @@ def test_serve_command_serves_until_sigterm_and_leaves_nothing_behind(
     assert not ready.exists()
     assert group_members(endpoints["pid"]) == []
     assert os.path.exists(endpoints["log"])
+
+
+def test_a_sigkilled_serve_command_takes_its_tritonserver_down_with_it(
+    served: Served, tmp_path: Path
+) -> None:
+    ready = tmp_path / "ready.json"
+    cmd = [sys.executable, "-m", "gendeploy", "serve", str(served.repo), "--ready-file", str(ready)]
+    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pid = None
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.is_file() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert ready.is_file(), "gendeploy serve never became ready"
+        pid = json.loads(ready.read_text())["pid"]
+        assert group_members(pid)
+        process.kill()  # no handler runs: only the kernel can tell tritonserver
+        process.wait(timeout=10)
+        deadline = time.monotonic() + 60
+        while group_members(pid) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert group_members(pid) == []
+    finally:
+        process.kill()
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
 
 
 def version_files(version_dir: Path) -> dict[str, bytes]:

@@ -2,11 +2,15 @@
 
 An interrupted or failed export removes its staging directory and never touches an earlier
 export; replacing one (``--force``) swaps directories with two renames on the same filesystem.
+A staging directory left by a killed export (its name holds the exporting process's id) is
+removed by the next export to the same place once that process is gone.
 """
 
 from __future__ import annotations
 
+import glob
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -23,7 +27,9 @@ STAGING_PREFIX = ".gendeploy-staging-"
 def staging_dir(out: Path) -> Iterator[Path]:
     """A fresh directory next to ``out``, removed unless it was published."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{out.name}-", dir=out.parent))
+    remove_stale_staging(out)
+    prefix = f"{STAGING_PREFIX}{out.name}-pid{os.getpid()}-"
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=out.parent))
     umask = os.umask(0)
     os.umask(umask)
     tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; the export must be readable like any dir
@@ -31,6 +37,32 @@ def staging_dir(out: Path) -> Iterator[Path]:
         yield tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # a no-op once published (renamed away)
+
+
+def remove_stale_staging(out: Path) -> list[Path]:
+    """Delete staging directories for ``out`` whose exporting process no longer runs.
+
+    Only unpublished builds are touched; a set-aside earlier export (``-old-``) never is.
+    """
+    prefix = f"{STAGING_PREFIX}{out.name}-pid"
+    removed = []
+    for path in out.parent.glob(f"{glob.escape(prefix)}*"):
+        # mkdtemp's random suffix has no "-": a longer export name cannot match by accident.
+        match = re.fullmatch(r"(\d+)-[^-]+", path.name[len(prefix) :])
+        if match and path.is_dir() and not _alive(int(match.group(1))):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 def check_destination(out: Path) -> None:

@@ -6,21 +6,25 @@ Every address is 127.0.0.1: HTTP, gRPC and metrics.
         server.http_url, server.grpc_url, server.metrics_url
 
 The server runs in its own process group; ``stop()`` sends SIGINT, waits, then kills whatever is
-left of the group, so no python-backend stub outlives it.
+left of the group, so no python-backend stub outlives it. On Linux the server is also sent SIGTERM
+when the process that started it dies, even by SIGKILL, so it is never left running unowned.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -172,6 +176,7 @@ class TritonServer:
                 stdin=subprocess.DEVNULL,
                 env={**os.environ, **binary.env},
                 start_new_session=True,  # its own process group: stop() reaps the stubs too
+                preexec_fn=_terminate_with_parent(os.getpid()) if sys.platform == "linux" else None,
             )
 
     def _log_tail(self, lines: int = 15) -> str:
@@ -277,6 +282,21 @@ def _repo_state(repo_dir: Path) -> dict[str, tuple[int, tuple[str, ...]]]:
         versions = tuple(sorted(p.name for p in config.parent.iterdir() if p.name.isdigit()))
         state[config.parent.name] = (config.stat().st_mtime_ns, versions)
     return state
+
+
+def _terminate_with_parent(parent: int) -> Callable[[], None]:
+    """For the child, before exec: ask Linux for SIGTERM when ``parent`` dies (PR_SET_PDEATHSIG).
+
+    The signal follows the thread that started the server: start it from a long-lived thread.
+    """
+
+    def arm() -> None:
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before the request took effect
+            os._exit(1)
+
+    return arm
 
 
 def _kill_group(pgid: int) -> None:
