@@ -1,6 +1,7 @@
 """Served throughput vs in-process ONNX Runtime, measured in the same run with perf_analyzer.
 
-usage: .venv/bin/python scripts/serve_perf.py EXPORT_DIR [--out results.json] [--model NAME]
+usage: .venv/bin/python scripts/serve_perf.py EXPORT_DIR [--out results.json]
+           [--instances N] [--threads T] [--queue-delay-us US]
 
 Serves EXPORT_DIR's python-backend model (``gendeploy repo`` layout, temp repo) with the
 pip tritonserver, times in-process ONNX Runtime at batch 1 on the same ONNX file, then runs
@@ -70,6 +71,9 @@ def main() -> None:
     parser.add_argument("export_dir", type=Path)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--instances", type=int, default=1, help="model instances")
+    parser.add_argument("--threads", type=int, default=0, help="ORT threads per instance")
+    parser.add_argument("--queue-delay-us", type=int, default=2000)
     args = parser.parse_args()
     manifest = load_manifest(args.export_dir)
     pa = (
@@ -81,7 +85,12 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        written = write_repo(args.export_dir, root / "repo", RepoOptions(queue_delay_us=2000))
+        options = RepoOptions(
+            queue_delay_us=args.queue_delay_us,
+            instances=args.instances,
+            intra_op_threads=args.threads,
+        )
+        written = write_repo(args.export_dir, root / "repo", options)
         model = written[0].name
         rng = np.random.default_rng(0)
         z = rng.standard_normal(manifest.latent_dim).astype(np.float32).tolist()
@@ -108,6 +117,7 @@ def main() -> None:
     }
     summary = {
         "model": model,
+        "options": {k: vars(args)[k] for k in ("instances", "threads", "queue_delay_us")},
         "ort_in_process_batch1": ort,
         "ort_runs_throughput": [before["throughput"], after["throughput"]],
         "served_batch1": served,
