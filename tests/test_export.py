@@ -18,7 +18,7 @@ from gendeploy.errors import ExportError, UsageError
 from gendeploy.export.api import ExportOptions, ModelSpec, export
 from gendeploy.export.gate import render
 from gendeploy.export.manifest import load_manifest, sha256_file
-from gendeploy.export.publish import STAGING_PREFIX, publish
+from gendeploy.export.publish import STAGING_PREFIX, publish, staging_dir
 from gendeploy.export.source import load_eager
 from gendeploy.runtime.base import available
 from gendeploy.runtime.eager import EagerRunner
@@ -170,15 +170,16 @@ def test_a_sigkilled_export_leaves_a_staging_dir_that_the_next_export_removes(
     child.kill()
     child.wait()
     assert orphan.is_dir()
-    live = tmp_path / f"{STAGING_PREFIX}e-pid{os.getpid()}-abc123"  # a running export's
-    set_aside = tmp_path / f"{STAGING_PREFIX}e-old-xyz"  # an earlier export, never deleted
-    other = tmp_path / f"{STAGING_PREFIX}e-pid{os.getpid()}-x-pid{child.pid}-abc"  # "e-pid..-x"
-    for d in (live, set_aside, other):
-        d.mkdir()
+    set_aside = tmp_path / f"{STAGING_PREFIX}e-old-xyz"  # an earlier export being replaced
+    set_aside.mkdir()
 
-    export(ModelSpec(checkpoint=make_checkpoint(TINY_MLP)), out=out)
-    assert not orphan.exists()
-    assert live.is_dir() and set_aside.is_dir() and other.is_dir()
+    with staging_dir(out) as running:  # an export still at work: its lock is held
+        (running / "fp32.onnx").write_bytes(b"in progress")
+        export(ModelSpec(checkpoint=make_checkpoint(TINY_MLP)), out=out, force=True)
+        assert running.is_dir()
+    assert not orphan.exists() and set_aside.is_dir()
+    left = {p.name for p in tmp_path.iterdir() if p.name.startswith(STAGING_PREFIX)}
+    assert left == {set_aside.name}
 
 
 def test_load_eager_rebuilds_the_model_the_export_was_made_from(

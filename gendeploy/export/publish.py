@@ -2,15 +2,17 @@
 
 An interrupted or failed export removes its staging directory and never touches an earlier
 export; replacing one (``--force``) swaps directories with two renames on the same filesystem.
-A staging directory left by a killed export (its name holds the exporting process's id) is
-removed by the next export to the same place once that process is gone.
+Each staging directory has a lock file beside it, held (``flock``) for as long as its export
+runs; the next export to the same place removes any staging directory whose lock is free, that is
+one left by an export that was killed. Locks work across containers sharing a bind mount and on
+NFSv4, where process ids would not.
 """
 
 from __future__ import annotations
 
+import fcntl
 import glob
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -21,48 +23,65 @@ from gendeploy.errors import ExportError, UsageError
 from gendeploy.export.manifest import MANIFEST_NAME
 
 STAGING_PREFIX = ".gendeploy-staging-"
+LOCK_SUFFIX = ".lock"
 
 
 @contextmanager
 def staging_dir(out: Path) -> Iterator[Path]:
-    """A fresh directory next to ``out``, removed unless it was published."""
+    """A fresh directory next to ``out``, locked while in use, removed unless it was published."""
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(out)
-    prefix = f"{STAGING_PREFIX}{out.name}-pid{os.getpid()}-"
-    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; the export must be readable like any dir
+    fd, lock = _locked_file(out.parent, f"{STAGING_PREFIX}{out.name}-")
+    tmp = lock.with_name(lock.name.removesuffix(LOCK_SUFFIX))
     try:
+        tmp.mkdir()
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # the export must be readable like any directory
         yield tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # a no-op once published (renamed away)
+        lock.unlink(missing_ok=True)
+        os.close(fd)
+
+
+def _locked_file(parent: Path, prefix: str) -> tuple[int, Path]:
+    """A new lock file, held; retried if a cleaner took it between creation and locking."""
+    while True:
+        fd, name = tempfile.mkstemp(prefix=prefix, suffix=LOCK_SUFFIX, dir=parent)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if os.stat(name).st_ino == os.fstat(fd).st_ino:
+                return fd, Path(name)
+        except FileNotFoundError:
+            pass
+        os.close(fd)
 
 
 def remove_stale_staging(out: Path) -> list[Path]:
-    """Delete staging directories for ``out`` whose exporting process no longer runs.
+    """Delete the staging directories for ``out`` whose export no longer runs (lock not held).
 
-    Only unpublished builds are touched; a set-aside earlier export (``-old-``) never is.
+    A set-aside earlier export (``-old-``, no lock file) is never touched.
     """
-    prefix = f"{STAGING_PREFIX}{out.name}-pid"
     removed = []
-    for path in out.parent.glob(f"{glob.escape(prefix)}*"):
-        # mkdtemp's random suffix has no "-": a longer export name cannot match by accident.
-        match = re.fullmatch(r"(\d+)-[^-]+", path.name[len(prefix) :])
-        if match and path.is_dir() and not _alive(int(match.group(1))):
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(path)
+    for lock in out.parent.glob(f"{glob.escape(STAGING_PREFIX + out.name)}-*{LOCK_SUFFIX}"):
+        try:
+            fd = os.open(lock, os.O_RDWR)
+        except OSError:
+            continue  # removed meanwhile by its export or another cleaner
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue  # held: that export is running
+        try:  # removed while holding the lock, so no new export can take this name meanwhile
+            staged = lock.with_name(lock.name.removesuffix(LOCK_SUFFIX))
+            shutil.rmtree(staged, ignore_errors=True)
+            lock.unlink(missing_ok=True)
+            removed.append(staged)
+        finally:
+            os.close(fd)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process
-    return True
 
 
 def check_destination(out: Path) -> None:

@@ -6,8 +6,8 @@ Every address is 127.0.0.1: HTTP, gRPC and metrics.
         server.http_url, server.grpc_url, server.metrics_url
 
 The server runs in its own process group; ``stop()`` sends SIGINT, waits, then kills whatever is
-left of the group, so no python-backend stub outlives it. On Linux the server is also sent SIGTERM
-when the process that started it dies, even by SIGKILL, so it is never left running unowned.
+left of the group, so no python-backend stub outlives it. On Linux, started from the main thread,
+the server is also sent SIGTERM when the process that started it dies, even by SIGKILL.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -66,7 +67,11 @@ def servable_models(repo_dir: Path, backend_dir: Path) -> tuple[list[str], dict[
 
 
 class TritonServer:
-    """A tritonserver process serving ``repo_dir`` on 127.0.0.1 (ports 0 = pick free ones)."""
+    """A tritonserver process serving ``repo_dir`` on 127.0.0.1 (ports 0 = pick free ones).
+
+    Started from the main thread on Linux, the server is stopped (SIGTERM) by the kernel if this
+    process dies without calling ``stop()``.
+    """
 
     def __init__(
         self,
@@ -176,7 +181,7 @@ class TritonServer:
                 stdin=subprocess.DEVNULL,
                 env={**os.environ, **binary.env},
                 start_new_session=True,  # its own process group: stop() reaps the stubs too
-                preexec_fn=_terminate_with_parent(os.getpid()) if sys.platform == "linux" else None,
+                preexec_fn=_terminate_with_parent(),
             )
 
     def _log_tail(self, lines: int = 15) -> str:
@@ -284,15 +289,20 @@ def _repo_state(repo_dir: Path) -> dict[str, tuple[int, tuple[str, ...]]]:
     return state
 
 
-def _terminate_with_parent(parent: int) -> Callable[[], None]:
-    """For the child, before exec: ask Linux for SIGTERM when ``parent`` dies (PR_SET_PDEATHSIG).
+def _terminate_with_parent() -> Callable[[], None] | None:
+    """For the child, before exec: ask Linux for SIGTERM when its parent dies (PR_SET_PDEATHSIG).
 
-    The signal follows the thread that started the server: start it from a long-lived thread.
+    Linux ties this to the thread that forked, so it is armed only from the main thread (a worker
+    thread's exit would stop the server). Everything but the system call is prepared here, in
+    the parent: between fork and exec the child must not take locks (``dlopen`` would).
     """
+    if sys.platform != "linux" or threading.current_thread() is not threading.main_thread():
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent, pr_set_pdeathsig, sigterm = os.getpid(), 1, int(signal.SIGTERM)
 
     def arm() -> None:
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+        prctl(pr_set_pdeathsig, sigterm)  # a failure only loses this safety net
         if os.getppid() != parent:  # the parent died before the request took effect
             os._exit(1)
 
