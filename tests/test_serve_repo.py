@@ -275,20 +275,21 @@ def test_docker_command_uses_the_container_whose_tensorrt_matches_the_engine(
         (tmp_path / name / "config.pbtxt").write_text(config_text(config))
     version_dir = tmp_path / "dcgan64" / "1"
     (version_dir / "manifest.json").write_text(manifest.to_json())
-    command, why = docker_command(tmp_path)
-    assert "nvcr.io/nvidia/tritonserver:24.08-py3" in command
+    command, why, tag = docker_command(tmp_path)
+    assert tag == "24.08" and "nvcr.io/nvidia/tritonserver:24.08-py3" in command
     assert f"{tmp_path.resolve()}:/models" in command
     assert "-p127.0.0.1:8000:8000 -p127.0.0.1:8001:8001 -p127.0.0.1:8002:8002" in command
     assert command.endswith(
         "--model-control-mode=explicit --load-model=dcgan64_onnx --load-model=dcgan64_trt"
     )  # not the python model: the NGC image has no onnxruntime for it
-    assert "10.3" in why
+    assert "10.3" in why and "unverified" in why
     with pytest.raises(
         ServeError, match=r"^unknown TensorRT version 99\.1\.0: pick the NGC tag whose TensorRT is"
     ):
         container_tag("99.1.0")
     result = CliRunner().invoke(app, ["serve", str(tmp_path), "--docker"])
     assert result.exit_code == 0 and "docker run" in result.output
+    assert "tritonserver:24.08-py3 bash -c 'dpkg -l | grep -i nvinfer'" in result.output
     assert json.loads((version_dir / "manifest.json").read_text())["name"] == "dcgan64"
 
 
@@ -339,7 +340,7 @@ def test_an_export_with_an_engine_adds_a_tensorrt_model_and_targets_the_gpu(
     assert model_config_pb2.ModelInstanceGroup.Kind.Name(python.instance_group[0].kind) == (
         "KIND_GPU"
     )
-    command, _ = docker_command(repo)
+    command, _, _ = docker_command(repo)
     assert "tritonserver:25.01-py3" in command
     with pytest.raises(ServeError, match="exceeds the TensorRT engine's profile"):
         write_repo(export_dir, tmp_path / "repo2", RepoOptions(max_batch_size=16))

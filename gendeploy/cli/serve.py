@@ -68,11 +68,12 @@ def serve_command(
     if not repo.is_dir():
         raise UsageError(f"model repository {repo} does not exist; run `gendeploy repo EXPORT_DIR`")
     if docker:
-        from gendeploy.serve.docker import docker_command
+        from gendeploy.serve.docker import docker_command, tag_check
 
-        command, why = docker_command(repo, docker_tag)
+        command, why, tag = docker_command(repo, docker_tag)
         typer.echo(command)
-        typer.echo(f"# tag: {why}")
+        typer.echo(f"# tag {tag}: {why}")
+        typer.echo(f"# its TensorRT: {tag_check(tag)}")
         typer.echo("# loads the *_onnx and *_trt models (Triton's own backends); the python")
         typer.echo("# models are not loaded: the NGC image has no onnxruntime Python package")
         return

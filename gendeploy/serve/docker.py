@@ -1,7 +1,8 @@
 """``gendeploy serve --docker``: the NGC Triton container command for GPU hosts.
 
-A TensorRT engine only loads in a Triton whose TensorRT has the engine's major.minor version, so
-the tag is chosen from the TensorRT version recorded in the served export's manifest.
+A TensorRT engine loads only in the TensorRT version it was built with (build number included,
+unless built version-compatible), so the tag is chosen from the version recorded in the served
+export's manifest, and the printed command comes with a check of the image's own TensorRT.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from pathlib import Path
 
 from gendeploy.errors import ServeError
 
-# TensorRT major.minor -> first NGC tritonserver container shipping it (NGC release notes).
+# TensorRT major.minor -> NGC tritonserver container. UNVERIFIED beyond 10.0 -> 24.05: the release
+# notes read while writing this did not show each -py3 image's TensorRT. `tag_check` says how to
+# confirm an image before serving; the table is a starting point, --docker-tag overrides it.
 TRT_TO_CONTAINER = {
     "10.0": "24.05",
     "10.1": "24.06",
@@ -53,7 +56,19 @@ def container_tag(trt_version: str | None) -> tuple[str, str]:
             f"unknown TensorRT version {trt_version}: pick the NGC tag whose TensorRT is "
             f"{major_minor} (NGC's Triton release notes) and pass --docker-tag"
         )
-    return tag, f"its TensorRT {major_minor} matches the engine (built with {trt_version})"
+    return tag, (
+        f"expected to ship TensorRT {major_minor} (unverified); the engine needs exactly "
+        f"{trt_version}: check with the command below, or pass --docker-tag"
+    )
+
+
+def tag_check(tag: str) -> str:
+    """The command that lists the TensorRT libraries inside the NGC image ``tag``."""
+    return f"docker run --rm {image(tag)} bash -c 'dpkg -l | grep -i nvinfer'"
+
+
+def image(tag: str) -> str:
+    return f"nvcr.io/nvidia/tritonserver:{tag}-py3"
 
 
 def container_models(repo_dir: Path) -> list[str]:
@@ -69,8 +84,10 @@ def container_models(repo_dir: Path) -> list[str]:
     ]
 
 
-def docker_command(repo_dir: Path, tag: str | None = None, gpus: bool = True) -> tuple[str, str]:
-    """(command, why the tag) serving ``repo_dir`` on 127.0.0.1 ports 8000/8001/8002."""
+def docker_command(
+    repo_dir: Path, tag: str | None = None, gpus: bool = True
+) -> tuple[str, str, str]:
+    """(command, why the tag, tag) serving ``repo_dir`` on 127.0.0.1 ports 8000/8001/8002."""
     models = container_models(repo_dir)
     if not models:
         raise ServeError(f"{repo_dir} has no onnxruntime_onnx or tensorrt_plan model to serve")
@@ -84,10 +101,10 @@ def docker_command(repo_dir: Path, tag: str | None = None, gpus: bool = True) ->
     args += [
         "-v",
         f"{repo_dir.resolve()}:/models",
-        f"nvcr.io/nvidia/tritonserver:{tag}-py3",
+        image(tag),
         "tritonserver",
         "--model-repository=/models",
         "--model-control-mode=explicit",
         *(f"--load-model={m}" for m in models),
     ]
-    return shlex.join(args), why
+    return shlex.join(args), why, tag
