@@ -1,4 +1,5 @@
-"""Atomic file writes: every artifact gendeploy writes appears whole or not at all."""
+"""Atomic file writes (every artifact gendeploy writes appears whole or not at all) and the one
+user cache directory."""
 
 from __future__ import annotations
 
@@ -7,6 +8,15 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
+
+
+def cache_dir() -> Path:
+    """``$GENDEPLOY_CACHE_DIR``, else ``$XDG_CACHE_HOME/gendeploy``, else ``~/.cache/gendeploy``:
+    the digits classifier, TensorRT timing caches, tritonserver backends, perf_analyzer."""
+    explicit = os.environ.get("GENDEPLOY_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gendeploy"
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:

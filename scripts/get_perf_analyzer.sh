@@ -6,12 +6,13 @@
 # and the binary extracted. Its two missing libraries (libb64, libcudart) come from the
 # nvidia-pytriton wheel already in the venv, linked under their plain names.
 #
-# usage: scripts/get_perf_analyzer.sh [CACHE_DIR]   (default ~/.cache/gendeploy/perf_analyzer)
+# usage: scripts/get_perf_analyzer.sh [CACHE_DIR]
+#   default: $GENDEPLOY_CACHE_DIR/perf_analyzer, else ${XDG_CACHE_HOME:-~/.cache}/gendeploy/perf_analyzer
 # prints the path of a wrapper that runs perf_analyzer with the right LD_LIBRARY_PATH.
 set -euo pipefail
 
 VENV="${VENV:-.venv}"
-CACHE="${1:-${XDG_CACHE_HOME:-$HOME/.cache}/gendeploy/perf_analyzer}"
+CACHE="${1:-${GENDEPLOY_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/gendeploy}/perf_analyzer}"
 WRAPPER="$CACHE/perf_analyzer"
 if [[ -x "$WRAPPER" ]] && "$WRAPPER" --version >/dev/null 2>&1; then
     echo "$WRAPPER"

@@ -41,6 +41,7 @@ def test_require_engine_builds_a_gated_strongly_typed_fp16_engine(
     assert engine.validation["passed"] and engine.validation["psnr_db"] >= 40
     assert engine.extra["profile"] == {"min": 1, "opt": 4, "max": 16}
     assert engine.extra["gpu"] and engine.extra["compute_capability"]
+    assert engine.extra["strongly_typed"]
     assert manifest.versions["tensorrt"] == engine.extra["tensorrt"]
     assert Path(engine.extra["timing_cache"]).is_file()
     assert manifest.artifact("trt_fp16_uint8").output.dtype == "uint8"

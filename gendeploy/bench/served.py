@@ -69,8 +69,9 @@ def find_perf_analyzer() -> Path | None:
     )
     if found:
         return Path(found)
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    wrapper = cache / "gendeploy" / "perf_analyzer" / "perf_analyzer"
+    from gendeploy.fileio import cache_dir
+
+    wrapper = cache_dir() / "perf_analyzer" / "perf_analyzer"
     return wrapper if wrapper.is_file() else None
 
 

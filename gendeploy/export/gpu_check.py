@@ -70,6 +70,7 @@ def run(out: Path) -> dict[str, Any]:
         e, t = _time(eager, feeds), _time(trt, feeds)
         rows.append({"batch": batch, "eager_cuda_fp32": e, "tensorrt_fp16": t,
                      "speedup_p50": round(e["p50_ms"] / t["p50_ms"], 2)})  # fmt: skip
+    results["paths"] = _other_paths(trt, out / "export", manifest, config.latent_dim)
     trt.close()
     results["latency"] = rows
     results["ok"] = True
@@ -77,6 +78,36 @@ def run(out: Path) -> dict[str, Any]:
     (out / "results.md").write_text(_markdown(results))
     print(_markdown(results))
     return results
+
+
+def _other_paths(trt: Runner, export_dir: Path, manifest: Any, latent: int) -> dict[str, Any]:
+    """The GPU paths the timing does not take: the Triton model's own engine wrapper on both
+    plans, and a batch above the profile, which must be refused."""
+    from gendeploy.runtime.tensorrt import TensorRTRunner
+    from gendeploy.serve.backend_model import _TrtEngine
+
+    feeds = {"z": np.random.default_rng(1).standard_normal((5, latent)).astype(np.float32)}
+    checked: dict[str, Any] = {}
+    for name in ("trt_fp16", "trt_fp16_uint8"):
+        path = str(export_dir / manifest.artifact(name).path)
+        served = _TrtEngine(path, 0).run(feeds)
+        with TensorRTRunner(path) as direct:
+            expected = direct.run(feeds)
+        diff = float(np.abs(served.astype(np.float32) - expected.astype(np.float32)).max())
+        if served.dtype != expected.dtype or served.shape != expected.shape or diff > 1:
+            raise GendeployError(
+                f"the Triton model's engine wrapper disagrees with TensorRTRunner on {name}: "
+                f"{served.dtype}{served.shape} vs {expected.dtype}{expected.shape}, diff {diff}"
+            )
+        checked[f"{name}_served_vs_direct_max_diff"] = diff
+    too_big = {"z": np.zeros((manifest.batch.max + 1, latent), np.float32)}
+    try:
+        trt.run(too_big)
+    except GendeployError as e:
+        checked["over_max_batch"] = f"refused: {e}"
+    else:
+        raise GendeployError(f"batch {manifest.batch.max + 1} above the profile ran anyway")
+    return checked
 
 
 def _time(runner: Runner, feeds: Feeds) -> dict[str, float]:
@@ -115,6 +146,7 @@ def _markdown(results: dict[str, Any]) -> str:
             f"| {name} | {v.get('max_abs_diff', '-')} | {v['psnr_db']} | {v['max_level_diff']} "
             f"| {v['batch_invariance_max_diff']} |"
         )
+    lines += ["", *(f"- {k}: {v}" for k, v in results["paths"].items())]
     lines += [
         "",
         "| batch | eager p50 ms | TRT p50 ms | speedup | TRT img/s |",

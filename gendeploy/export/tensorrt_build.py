@@ -11,22 +11,17 @@ documented Python API; run only where TensorRT and a CUDA device exist (tests ma
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 from gendeploy.errors import ExportError
 from gendeploy.export.manifest import TensorSpec
-from gendeploy.fileio import atomic_write
+from gendeploy.fileio import atomic_write, cache_dir
 from gendeploy.runtime.tensorrt import import_tensorrt
 
 log = logging.getLogger(__name__)
 
 WORKSPACE_BYTES = 2 << 30
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("GENDEPLOY_CACHE_DIR", Path.home() / ".cache" / "gendeploy"))
 
 
 def gpu_facts() -> dict[str, str]:
@@ -68,10 +63,18 @@ def build_engine(
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
     profile = builder.create_optimization_profile()
-    for spec in inputs:
-        rest = tuple(spec.shape[1:])
-        profile.set_shape(spec.name, (min_batch, *rest), (opt_batch, *rest), (max_batch, *rest))
-    config.add_optimization_profile(profile)
+    try:
+        for spec in inputs:
+            rest = tuple(spec.shape[1:])
+            shapes = (min_batch, *rest), (opt_batch, *rest), (max_batch, *rest)
+            profile.set_shape(spec.name, *shapes)
+    except RuntimeError as e:  # TensorRT rejects inconsistent min/opt/max shapes
+        raise ExportError(f"TensorRT refused the batch profile for {onnx_path.name}: {e}") from None
+    if config.add_optimization_profile(profile) < 0:
+        raise ExportError(
+            f"TensorRT refused the batch profile {min_batch}/{opt_batch}/{max_batch} for "
+            f"{onnx_path.name}"
+        )
 
     cache_path = cache_dir() / "tensorrt" / _cache_name(facts)
     _use_timing_cache(config, cache_path)
@@ -86,7 +89,8 @@ def build_engine(
     cache = bytes(config.get_timing_cache().serialize())
     atomic_write(cache_path, lambda f: f.write(cache))  # unique temp file: parallel builds are safe
     facts.update(
-        strongly_typed=strongly_typed is not None,
+        # TensorRT 11 networks are always strongly typed (the flag is accepted and ignored)
+        strongly_typed=strongly_typed is not None or int(trt.__version__.split(".")[0]) >= 11,
         profile={"min": min_batch, "opt": opt_batch, "max": max_batch},
         timing_cache=str(cache_path),
         source_onnx=onnx_path.name,

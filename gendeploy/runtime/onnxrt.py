@@ -43,9 +43,14 @@ class OnnxRuntimeRunner(Runner):
         except Exception as e:  # ORT raises its own exception types (Fail, InvalidGraph...)
             first = " ".join(str(e).split())[:200]
             raise ExportError(f"ONNX Runtime cannot load {model_path}: {first}") from None
+        self.providers = self.session.get_providers()
+        if self.providers[0] != wanted[0]:  # ORT falls back (TensorRT -> CUDA -> CPU) quietly
+            raise MissingDependencyError(
+                f"ONNX Runtime could not start {wanted[0]} for {Path(model_path).name}; it would "
+                f"run on {self.providers[0]}"
+            )
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
-        self.providers = self.session.get_providers()
 
     def run(self, feeds: Feeds) -> np.ndarray:
         inputs = {name: feeds[name] for name in self.input_names if name in feeds}

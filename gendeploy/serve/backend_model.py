@@ -98,6 +98,8 @@ class _TrtEngine:
 
         self.torch = torch
         torch.cuda.set_device(device_id)
+        # its own stream: TensorRT synchronises around every call on the legacy default stream
+        self.stream = torch.cuda.Stream()
         # kept as attributes: the runtime must outlive the engine it deserialized
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
@@ -110,39 +112,41 @@ class _TrtEngine:
         mode = trt.TensorIOMode.INPUT
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == mode]
         self.output = next(n for n in names if self.engine.get_tensor_mode(n) != mode)
-        numpy_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(self.output)))
-        self.output_dtype = getattr(torch, numpy_dtype.name)  # float32 / float16 / uint8
+        # float32 / float16 / uint8 / int64 ...: numpy's name is torch's
+        self.dtypes = {
+            n: getattr(torch, np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))).name)
+            for n in names
+        }
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         torch = self.torch
-        stream = torch.cuda.current_stream()  # copies and execution on one stream: ordered
-        keep = []
-        for name in self.inputs:
-            t = torch.from_numpy(np.ascontiguousarray(feeds[name])).cuda()
-            keep.append(t)
-            if not self.context.set_input_shape(name, tuple(t.shape)):
-                raise RuntimeError(
-                    f"TensorRT refused shape {tuple(t.shape)} for {name!r} (outside the profile)"
-                )
-            self.context.set_tensor_address(name, t.data_ptr())
-        shape = tuple(self.context.get_tensor_shape(self.output))
-        out = torch.empty(shape, dtype=self.output_dtype, device="cuda")
-        self.context.set_tensor_address(self.output, out.data_ptr())
-        if not self.context.execute_async_v3(stream.cuda_stream):
-            raise RuntimeError("TensorRT execution failed")
-        images = out.cpu().numpy()  # synchronizes the stream
-        del keep
-        return images
+        keep = []  # device inputs must outlive the asynchronous execution
+        with torch.cuda.stream(self.stream):
+            for name in self.inputs:
+                host = torch.from_numpy(np.ascontiguousarray(feeds[name]))
+                t = host.to("cuda", self.dtypes[name])
+                keep.append(t)
+                if not self.context.set_input_shape(name, tuple(t.shape)):
+                    shape = tuple(t.shape)
+                    raise RuntimeError(f"TensorRT refused {name!r} of shape {shape} (profile)")
+                self.context.set_tensor_address(name, t.data_ptr())
+            shape = tuple(self.context.get_tensor_shape(self.output))
+            out = torch.empty(shape, dtype=self.dtypes[self.output], device="cuda")
+            self.context.set_tensor_address(self.output, out.data_ptr())
+            if not self.context.execute_async_v3(self.stream.cuda_stream):
+                raise RuntimeError("TensorRT execution failed")
+            self.stream.synchronize()
+        return out.cpu().numpy()
 
 
-def _tensorrt_usable() -> bool:
+def _tensorrt_unusable() -> str | None:
+    """Why this instance cannot run the engine (None: it can)."""
     try:
         import tensorrt  # noqa: F401
         import torch
-
-        return bool(torch.cuda.is_available())
-    except Exception:
-        return False
+    except Exception as e:  # ImportError, or OSError from a wheel without its libraries
+        return f"tensorrt does not import: {e}"
+    return None if torch.cuda.is_available() else "torch sees no CUDA device"
 
 
 class TritonPythonModel:
@@ -163,7 +167,9 @@ class TritonPythonModel:
         gpu = args.get("model_instance_kind") == "GPU"
         engine_path = os.path.join(version_dir, params.get("engine_file", "model.plan"))
         self.engine: Any
-        if gpu and os.path.isfile(engine_path) and _tensorrt_usable():
+        has_engine = gpu and os.path.isfile(engine_path)
+        why_not = _tensorrt_unusable() if has_engine else None
+        if has_engine and why_not is None:
             self.engine = _TrtEngine(engine_path, int(args.get("model_instance_device_id", "0")))
             self.backend = "tensorrt"
         else:
@@ -171,6 +177,11 @@ class TritonPythonModel:
             threads = int(params.get("intra_op_threads", "0"))
             self.engine = _OrtEngine(onnx_path, gpu, threads)
             self.backend = "onnxruntime"
+        note = f" instead of its TensorRT engine ({why_not})" if why_not else ""
+        logger = getattr(pb_utils, "Logger", None)  # python backend >= 22.x
+        if logger is not None:
+            log = logger.log_warn if why_not else logger.log_info
+            log(f"gendeploy: {config['name']} runs on {self.backend}{note}")
 
     def _tensor(self, request: Any, name: str) -> np.ndarray | None:
         t = self.pb.get_input_tensor_by_name(request, name)

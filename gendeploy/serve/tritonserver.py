@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gendeploy.errors import MissingDependencyError, ServeError
+from gendeploy.fileio import cache_dir
 
 STUB = "triton_python_backend_stub"
 
@@ -31,11 +32,6 @@ class TritonBinary:
     backend_dir: Path
     env: dict[str, str] = field(default_factory=dict)  # set on top of os.environ
     origin: str = "PATH"  # "PATH", "nvidia-pytriton" or "explicit"
-
-
-def _cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "gendeploy"
 
 
 def _pytriton_root() -> Path | None:
@@ -55,7 +51,7 @@ def _prepare_pytriton_backends(root: Path) -> Path:
     source = root / "backends" / "python"
     stat = stub.stat()
     key = hashlib.sha256(f"{root}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
-    target = _cache_dir() / f"tritonserver-py{py}-{key}" / "backends"
+    target = cache_dir() / f"tritonserver-py{py}-{key}" / "backends"
     if (target / "python" / STUB).is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import os
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -75,7 +74,9 @@ def _reference_digits(split: str, config: ModelConfig) -> tuple[torch.Tensor, to
 
 
 def _cache_path() -> Path:
-    root = Path(os.environ.get("GENDEPLOY_CACHE", Path.home() / ".cache" / "gendeploy"))
+    from gendeploy.fileio import cache_dir
+
+    root = cache_dir()
     # The cache key changes whenever the classifier's code or training recipe changes.
     source = inspect.getsource(DigitsClassifier) + inspect.getsource(train_classifier)
     key = hashlib.sha256(source.encode()).hexdigest()[:12]
