@@ -98,7 +98,7 @@ PRESETS: dict[str, Preset] = {
         "unconditional DCGAN 32x32 on digits",
         ModelConfig(arch="dcgan", image_size=32, width=32),  # type: ignore[arg-type]
         TrainConfig(
-            steps=2000, batch_size=64, ema_decay=0.999, diversity_weight=0.5, translate=0.125
+            steps=3000, batch_size=64, ema_decay=0.999, diversity_weight=0.5, translate=0.125
         ),
     ),
     "seed-mlp": Preset(
