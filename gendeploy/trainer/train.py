@@ -43,7 +43,9 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 2e-4
     betas: tuple[float, float] = (0.5, 0.999)
-    ema_decay: float = 0.0  # 0 disables the generator EMA
+    # 0 disables the generator EMA. The warm-up (1 + step) / (10 + step) caps the decay, so 0.999
+    # only takes effect after step ~9000: short runs average over roughly the last 200-300 steps.
+    ema_decay: float = 0.0
     aux_weight: float = 1.0  # conditional models: weight of the auxiliary class loss (AC-GAN)
     # Mode seeking (Mao et al., MSGAN): rewards different images for different z under one label;
     # without it conditional generators here learn one image per class and ignore z.
