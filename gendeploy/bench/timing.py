@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TypedDict
 
 import numpy as np
 
@@ -77,6 +78,22 @@ class Measurement:
 
     def percentile_ms(self, q: float) -> float:
         return float(np.percentile(self.latencies_s, q) * 1e3)
+
+    def latency_fields(self) -> LatencyFields:
+        """p50/p90/p99/mean in ms, as every report row carries them."""
+        return LatencyFields(
+            p50_ms=round(self.percentile_ms(50), 4),
+            p90_ms=round(self.percentile_ms(90), 4),
+            p99_ms=round(self.percentile_ms(99), 4),
+            mean_ms=round(float(np.mean(self.latencies_s)) * 1e3, 4),
+        )
+
+
+class LatencyFields(TypedDict):
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
 
 
 class Cell:
