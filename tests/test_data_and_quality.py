@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from gendeploy.errors import DataError
+from gendeploy.errors import DataError, UsageError
 from gendeploy.trainer.data import digits_split, load_dataset
 from gendeploy.trainer.models import ModelConfig
 from gendeploy.trainer.quality import COVERAGE_SHARE, evaluate_generator
@@ -57,6 +57,21 @@ def test_malformed_idx_files_get_a_clear_error(tmp_path: Path) -> None:
         load_dataset("mnist", 32, 1, tmp_path / "..")
 
 
+def test_well_formed_files_with_bad_contents_get_a_clear_error(tmp_path: Path) -> None:
+    _write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((0, 28, 28)))
+    _write_idx(tmp_path / "train-labels-idx1-ubyte", np.zeros((0,)))
+    with pytest.raises(DataError, match="holds no images; expected a directory with train-images"):
+        load_dataset("mnist", 32, 1, tmp_path)
+    _write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((4, 28, 28)))
+    _write_idx(tmp_path / "train-labels-idx1-ubyte", np.array([1, 2, 200, 3]))
+    with pytest.raises(DataError, match=r"has label 200, outside 0\.\.9"):
+        load_dataset("mnist", 32, 1, tmp_path)
+    with pytest.raises(DataError, match="is not a directory; expected a directory with one"):
+        load_dataset("folder", 32, 3, tmp_path / "train-images-idx3-ubyte")
+    with pytest.raises(DataError, match="does not exist; expected a directory with CIFAR-10"):
+        load_dataset("cifar10", 32, 3, tmp_path / "missing")
+
+
 def test_cifar10_batches_load_and_foreign_pickles_are_refused(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     for i in range(1, 6):
@@ -67,6 +82,12 @@ def test_cifar10_batches_load_and_foreign_pickles_are_refused(tmp_path: Path) ->
     (tmp_path / "data_batch_3").write_bytes(pickle.dumps({b"data": Path("/etc")}))
     with pytest.raises(DataError, match="not a CIFAR-10 python batch"):
         load_dataset("cifar10", 32, 3, tmp_path)
+    images = rng.integers(0, 256, (4, 3072), dtype=np.uint8)
+    for labels, message in (([0, 1, 2], "has 4 images but 3 labels"), ([0, 1, 57, 3], "label 57")):
+        batch = {b"data": images, b"labels": labels}
+        (tmp_path / "data_batch_3").write_bytes(pickle.dumps(batch))
+        with pytest.raises(DataError, match=message):
+            load_dataset("cifar10", 32, 3, tmp_path)
 
 
 def test_image_folder_uses_subfolders_as_labels(tmp_path: Path) -> None:
@@ -124,6 +145,13 @@ def test_quality_metric_scores_real_digits_high_and_noise_low() -> None:
     one = real.images[real.labels == 3][:1]
     collapsed = evaluate_generator(_Replay(one, real.labels), unconditional)
     assert collapsed.classes_covered == 1 and collapsed.frechet_ratio > 5
+
+
+def test_a_conditional_model_without_ten_classes_is_not_scored_on_digits() -> None:
+    real = load_dataset("digits", 32, 1)
+    config = ModelConfig(latent_dim=8, num_classes=2, image_size=32)
+    with pytest.raises(UsageError, match="has 2 classes; score unconditional or 10-class"):
+        evaluate_generator(_Replay(real.images, real.labels), config)
 
 
 class _TrainSet(nn.Module):

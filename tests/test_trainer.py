@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gendeploy.errors import CheckpointError, UsageError
+from gendeploy.errors import CheckpointError, DataError, UsageError
 from gendeploy.trainer.checkpoint import (
     Checkpoint,
     load_checkpoint,
@@ -134,6 +134,16 @@ def test_a_foreign_pickle_is_refused_without_being_executed(tmp_path: Path) -> N
     assert not (tmp_path / "pwned").exists()
 
 
+@pytest.mark.parametrize(
+    "content", [b"hello", b"\x80\x02}q\x00.", b"PK\x03\x04garbage", bytes(range(256))]
+)
+def test_arbitrary_bytes_are_refused_as_a_checkpoint(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "x.pt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match="not a gendeploy checkpoint"):
+        load_checkpoint(path)
+
+
 def test_torch_files_that_are_not_checkpoints_are_refused(tmp_path: Path) -> None:
     state = tmp_path / "state.pt"
     torch.save(build_generator(TINY).state_dict(), state)
@@ -146,6 +156,11 @@ def test_torch_files_that_are_not_checkpoints_are_refused(tmp_path: Path) -> Non
         load_checkpoint(truncated)
     with pytest.raises(CheckpointError, match="not found"):
         load_checkpoint(tmp_path / "missing.pt")
+    incomplete = tmp_path / "incomplete.pt"
+    torch.save({"format": "gendeploy-checkpoint", "schema_version": 1,
+                "model_config": TINY.to_dict()}, incomplete)  # fmt: skip
+    with pytest.raises(CheckpointError, match="incomplete gendeploy checkpoint"):
+        load_checkpoint(incomplete)
 
 
 def test_weights_of_another_architecture_are_refused(tmp_path: Path) -> None:
@@ -222,9 +237,36 @@ def test_bad_resume_and_existing_runs_are_refused_and_left_untouched(tmp_path: P
     with pytest.raises(UsageError, match="already exists"):
         train(TINY, _tiny_train(2), out, progress=False)
     other = ModelConfig(arch="mlp", image_size=32, num_classes=10, width=8)  # type: ignore[arg-type]
-    with pytest.raises(CheckpointError, match="resume with the same preset"):
+    with pytest.raises(CheckpointError, match="resume with the run's own settings"):
         train(other, _tiny_train(4), out, resume=True, progress=False)
+    with pytest.raises(CheckpointError, match="trained with other lr"):
+        train(TINY, _tiny_train(4, lr=1e-3), out, resume=True, progress=False)
+    with pytest.raises(UsageError, match="already at step 2: pass --steps above it"):
+        train(TINY, _tiny_train(2), out, resume=True, progress=False)
+    # --force replaces a run only once the new one's dataset has loaded
+    with pytest.raises(DataError, match="does not exist"):
+        train(TINY, _tiny_train(2, dataset="mnist", data_path="/nonexistent"), out, force=True)
+    with pytest.raises(UsageError, match="has 10 classes but the model has --num-classes 3"):
+        three = ModelConfig(arch="dcgan", image_size=32, num_classes=3, width=8)  # type: ignore[arg-type]
+        train(three, _tiny_train(2), out, force=True, progress=False)
     assert (out / "checkpoint.pt").read_bytes() == before
+
+
+def test_resume_keeps_the_runs_own_settings(tmp_path: Path) -> None:
+    common = ["train", "--dataset", "fake", "--batch-size", "8", "--width", "8", "--out", "run"]
+    common += ["--no-eval", "--no-progress", "--checkpoint-every", "2"]
+    assert _cli(*common, "--steps", "2", "--lr", "0.001", cwd=tmp_path).returncode == 0
+    again = _cli(*common, "--steps", "4", "--resume", cwd=tmp_path)  # same flags, no --lr
+    assert again.returncode == 0, again.stderr
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert ckpt.step == 4 and ckpt.train_config["lr"] == 0.001
+    assert ckpt.optimizer_g is not None and ckpt.optimizer_g["param_groups"][0]["lr"] == 0.001
+    changed = _cli(
+        *common, "--steps", "6", "--resume", "--width", "16", "--seed", "3", cwd=tmp_path
+    )
+    assert changed.returncode != 0
+    assert "drop --width --seed or start a new run" in changed.stderr
+    assert len(changed.stderr.strip().splitlines()) == 1
 
 
 def test_batchnorm_recalibration_matches_the_generators_own_statistics() -> None:
@@ -278,6 +320,10 @@ def test_cli_smoke_run_on_fake_data(tmp_path: Path) -> None:
         (["--dataset", "mnist"], "pass --data-path"),
         (["--dataset", "mnist", "--data-path", "missing"], "does not exist"),
         (["--resume"], "no checkpoint.pt"),  # plain substring match
+        (
+            ["--device", "cuda:0"] if not torch.cuda.is_available() else ["--device", "tpu"],
+            "--device",
+        ),
     ],
 )
 def test_cli_bad_input_gets_one_line_and_nonzero_exit(
@@ -374,3 +420,14 @@ def test_two_process_ddp_training_with_torchrun(tmp_path: Path) -> None:
         json.loads(x)["step"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     ]
     assert steps == [1, 2, 3, 4]  # rank 0 alone writes
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_training_runs_on_the_gpu_and_its_checkpoint_loads_on_cpu(tmp_path: Path) -> None:
+    config = _tiny_train(6, ema_decay=0.9, diversity_weight=0.5, translate=0.125, sample_every=3)
+    train(TINY, config, tmp_path / "run", progress=False, device="cuda")
+    generator, ckpt = load_generator(tmp_path / "run" / "checkpoint.pt")
+    assert ckpt.step == 6
+    assert all(p.device.type == "cpu" for p in generator.parameters())
+    assert (tmp_path / "run" / "samples" / "step_000006.png").is_file()

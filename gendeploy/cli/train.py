@@ -42,34 +42,48 @@ def train_command(
     resume: Annotated[bool, Opt(help="Continue the run in --out from its checkpoint.")] = False,
     force: Annotated[bool, Opt(help="Replace an existing run directory.")] = False,
     progress: Annotated[bool, Opt(help="Show a progress bar.")] = True,
+    device: Annotated[
+        str, Opt(help="auto (CUDA where present, else CPU), cpu, cuda or cuda:N.")
+    ] = "auto",
 ) -> None:
-    """Train a GAN generator; writes checkpoint, samples, loss curve and quality report."""
+    """Train a GAN generator; writes checkpoint, samples, loss curve and quality report.
+
+    With --resume the run continues with its own settings (flags may repeat them); only --steps,
+    --sample-every, --checkpoint-every and --no-eval may change.
+    """
     from gendeploy.trainer.train import preset as get_preset
-    from gendeploy.trainer.train import train, with_overrides
+    from gendeploy.trainer.train import resumed_configs, train, with_overrides
 
     if channels is not None and channels not in (1, 3):
         raise UsageError(f"--channels must be 1 or 3, got {channels}")
-    model, config = with_overrides(
-        get_preset(preset),
-        arch=arch,
-        image_size=image_size,
-        image_channels=channels,
-        num_classes=num_classes,
-        width=width,
-        latent_dim=latent_dim,
-        dataset=dataset,
-        data_path=str(data_path) if data_path else None,
-        steps=steps,
-        batch_size=batch_size,
-        lr=lr,
-        ema_decay=ema,
-        seed=seed,
-        sample_every=sample_every,
-        checkpoint_every=checkpoint_every,
-        eval_at_end=False if no_eval else None,
-    )
+    settings = {
+        "arch": arch,
+        "image_size": image_size,
+        "image_channels": channels,
+        "num_classes": num_classes,
+        "width": width,
+        "latent_dim": latent_dim,
+        "dataset": dataset,
+        "data_path": str(data_path) if data_path else None,
+        "batch_size": batch_size,
+        "lr": lr,
+        "ema_decay": ema,
+        "seed": seed,
+    }
+    schedule = {
+        "steps": steps,
+        "sample_every": sample_every,
+        "checkpoint_every": checkpoint_every,
+        "eval_at_end": False if no_eval else None,
+    }
     run_dir = out or Path("runs") / preset
-    result = train(model, config, run_dir, resume=resume, force=force, progress=progress)
+    if resume:  # the run's own settings; flags that repeat them are fine
+        model, config = resumed_configs(run_dir, settings, schedule)
+    else:
+        model, config = with_overrides(get_preset(preset), **settings, **schedule)
+    result = train(
+        model, config, run_dir, resume=resume, force=force, progress=progress, device=device
+    )
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun, rank 0 alone reports
     if "quality" in result:

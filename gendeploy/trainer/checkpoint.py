@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pickle
 import platform
-import zipfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,13 +77,15 @@ def load_checkpoint(path: Path | str) -> Checkpoint:
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path} (pass runs/<name>/checkpoint.pt)")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about legacy (non-zip) files first
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise CheckpointError(
             f"{path} is not a gendeploy checkpoint (it holds Python objects, not only tensors, "
             "and was not unpickled); pass a checkpoint written by `gendeploy train`"
         ) from None
-    except (zipfile.BadZipFile, RuntimeError, EOFError, ValueError, OSError) as e:
+    except Exception as e:  # any other bytes: torch's legacy reader raises all sorts
         reason = " ".join(str(e).split())[:120] or type(e).__name__
         raise CheckpointError(
             f"{path} is not a gendeploy checkpoint (corrupt or truncated: {reason}); "
@@ -103,10 +105,16 @@ def load_checkpoint(path: Path | str) -> Checkpoint:
         config = ModelConfig.from_dict(payload["model_config"])
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path} has an invalid model config: {e}") from None
+    step, generator = payload.get("step"), payload.get("generator")
+    if not isinstance(step, int) or not isinstance(generator, dict):
+        raise CheckpointError(
+            f"{path} is an incomplete gendeploy checkpoint (no step or generator weights); "
+            "pass a checkpoint written by `gendeploy train`"
+        )
     return Checkpoint(
         model_config=config,
-        step=int(payload["step"]),
-        generator=payload["generator"],
+        step=step,
+        generator=generator,
         train_config=payload.get("train_config") or {},
         generator_ema=payload.get("generator_ema"),
         discriminator=payload.get("discriminator"),

@@ -67,15 +67,32 @@ def load_dataset(
         names += ["dog", "frog", "horse", "ship", "truck"]
     else:
         raw, labels_np, names = _folder(_require_path(name, path))
+    where = f"dataset {name.value!r} in {path}"
+    if len(raw) == 0:
+        raise DataError(f"{where} holds no images; expected {EXPECTED[name]}")
+    if labels_np.min() < 0 or labels_np.max() >= len(names):
+        bad = labels_np[(labels_np < 0) | (labels_np >= len(names))][0]
+        raise DataError(f"{where} has label {bad}, outside 0..{len(names) - 1}")
     images = _to_model_range(raw, image_size, channels)
     return ImageData(images, torch.from_numpy(labels_np.astype(np.int64)), len(names), names)
+
+
+EXPECTED = {
+    DatasetName.mnist: "a directory with train-images-idx3-ubyte and train-labels-idx1-ubyte "
+    "(optionally .gz, and the t10k- pair)",
+    DatasetName.cifar10: "a directory with CIFAR-10's python batches (data_batch_1..5, "
+    "test_batch), or the cifar-10-batches-py directory above them",
+    DatasetName.folder: "a directory with one subdirectory of images per class",
+}
+EXPECTED[DatasetName.fashion_mnist] = EXPECTED[DatasetName.mnist]
 
 
 def _require_path(name: DatasetName, path: Path | None) -> Path:
     if path is None:
         raise DataError(f"dataset {name.value!r} reads local files: pass --data-path DIR")
-    if not path.exists():
-        raise DataError(f"dataset {name.value!r}: {path} does not exist")
+    if not path.is_dir():
+        state = "is not a directory" if path.exists() else "does not exist"
+        raise DataError(f"dataset {name.value!r}: {path} {state}; expected {EXPECTED[name]}")
     return path
 
 
@@ -184,10 +201,15 @@ def _cifar10(root: Path, train: bool) -> tuple[np.ndarray, np.ndarray]:
         try:
             batch = _ArraysOnly(io.BytesIO(path.read_bytes()), encoding="bytes").load()
             data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-            labels.append(np.asarray(batch[b"labels"], dtype=np.int64))
+            batch_labels = np.asarray(batch[b"labels"], dtype=np.int64).reshape(-1)
         except (pickle.UnpicklingError, KeyError, ValueError, TypeError, EOFError) as e:
             raise DataError(f"cifar10: {path} is not a CIFAR-10 python batch ({e})") from None
+        if len(data) != len(batch_labels):
+            raise DataError(
+                f"cifar10: {path} has {len(data)} images but {len(batch_labels)} labels"
+            )
         images.append(data)
+        labels.append(batch_labels)
     return np.concatenate(images), np.concatenate(labels)
 
 

@@ -305,6 +305,7 @@ def recalibrate_batchnorm(
         bn.reset_running_stats()
         bn.momentum = None  # cumulative moving average
     generator.train()
+    device = next(generator.parameters()).device
     g = torch.Generator().manual_seed(seed)
     for _ in range(batches):
         z = torch.randn(batch_size, config.latent_dim, generator=g)
@@ -313,7 +314,7 @@ def recalibrate_batchnorm(
             if config.conditional
             else None
         )
-        generator(z, y)
+        generator(z.to(device), None if y is None else y.to(device))
     for bn, m in zip(bns, momenta, strict=True):
         bn.momentum = m
     generator.eval()

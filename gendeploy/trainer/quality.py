@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gendeploy.errors import UsageError
 from gendeploy.trainer.data import DatasetName, digits_split, load_dataset
 from gendeploy.trainer.models import ModelConfig
 
@@ -169,6 +170,11 @@ def _features_and_predictions(
 
 def evaluate_generator(generator: nn.Module, config: ModelConfig, seed: int = 0) -> QualityReport:
     """Score an eval-mode ``generator`` against real digits, as many samples as the train split."""
+    if config.conditional and config.num_classes != 10:
+        raise UsageError(
+            f"the digits score asks a conditional model for labels 0..9, and this one has "
+            f"{config.num_classes} classes; score unconditional or 10-class digit models only"
+        )
     classifier = load_classifier()  # may train it: outside inference mode
     with torch.inference_mode():
         return _evaluate(generator, config, seed, classifier)

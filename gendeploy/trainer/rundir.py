@@ -33,7 +33,7 @@ def unwrap(module: nn.Module) -> nn.Module:
     return inner
 
 
-def prepare_run_dir(out: Path, resume: bool, force: bool) -> None:
+def check_run_dir(out: Path, resume: bool, force: bool) -> None:
     """Refuse to touch an existing run unless asked to resume it or overwrite it."""
     if resume and force:
         raise UsageError("--resume and --force contradict each other: pick one")
@@ -43,12 +43,16 @@ def prepare_run_dir(out: Path, resume: bool, force: bool) -> None:
                 f"--resume: no {CHECKPOINT_NAME} in {out}; start without --resume"
             )
         return
-    if out.exists() and any(out.iterdir()):
-        if not force:
-            raise UsageError(
-                f"run directory {out} already exists; pass --resume to continue it or --force "
-                "to start over (its files are replaced)"
-            )
+    if out.exists() and any(out.iterdir()) and not force:
+        raise UsageError(
+            f"run directory {out} already exists; pass --resume to continue it or --force "
+            "to start over (its files are replaced)"
+        )
+
+
+def clear_run_dir(out: Path) -> None:
+    """Remove the run being replaced (``--force``), once everything else has been checked."""
+    if out.exists():
         shutil.rmtree(out)
 
 
@@ -122,8 +126,10 @@ class RunWriter:
         """``generator`` is the deployable (eval-mode) one."""
         if not self.main:
             return
+        device = next(generator.parameters()).device
+        y = None if self.sample_y is None else self.sample_y.to(device)
         with torch.no_grad():
-            samples = generator(self.sample_z, self.sample_y)
+            samples = generator(self.sample_z.to(device), y).cpu()
         images.save_grid(samples, self.out / "samples" / f"step_{step:06d}.png", nrow=8)
 
     def checkpoint(
@@ -164,7 +170,8 @@ class RunWriter:
         if not self.main:
             return result
         plots.save_loss_curve(self.history, self.out / "loss.png")
-        if self.train.eval_at_end and self.train.dataset is DatasetName.digits:
+        scorable = self.model.num_classes in (0, 10)  # the digits score asks for labels 0..9
+        if self.train.eval_at_end and self.train.dataset is DatasetName.digits and scorable:
             from gendeploy.trainer.quality import evaluate_checkpoint
 
             result["quality"] = evaluate_checkpoint(self.out / CHECKPOINT_NAME).to_dict()

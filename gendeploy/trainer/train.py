@@ -21,10 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gendeploy.errors import CheckpointError, UsageError
-from gendeploy.trainer.checkpoint import (
-    load_checkpoint,
-    load_state_into,
-)
+from gendeploy.trainer.checkpoint import Checkpoint, load_checkpoint, load_state_into
 from gendeploy.trainer.data import DatasetName, load_dataset
 from gendeploy.trainer.models import (
     ModelConfig,
@@ -32,7 +29,7 @@ from gendeploy.trainer.models import (
     build_generator,
     init_weights,
 )
-from gendeploy.trainer.rundir import CHECKPOINT_NAME, RunWriter, prepare_run_dir
+from gendeploy.trainer.rundir import CHECKPOINT_NAME, RunWriter, check_run_dir, clear_run_dir
 
 
 @dataclass(frozen=True)
@@ -79,6 +76,17 @@ class TrainConfig:
         d["dataset"] = self.dataset.value
         d["betas"] = list(self.betas)
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise CheckpointError(f"unknown train config fields: {sorted(unknown)}")
+        return cls(**d)
+
+
+# What may differ when a run is resumed: how long it goes on and how often it reports.
+RESUMABLE_CHANGES = ("steps", "sample_every", "checkpoint_every", "eval_at_end")
 
 
 @dataclass(frozen=True)
@@ -133,26 +141,49 @@ class _Dist:
         return self.rank == 0
 
 
-def _init_distributed() -> _Dist:
-    """torchrun sets WORLD_SIZE/RANK: gloo on CPU, nccl on GPU."""
+def training_device(requested: str | None = None) -> torch.device:
+    """``requested`` ("cpu", "cuda", "cuda:N"), else CUDA where present, else the CPU. Under
+    torchrun a bare "cuda" means this process's GPU, ``cuda:$LOCAL_RANK``."""
+    if requested in (None, "auto"):
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(str(requested))
+    except RuntimeError:
+        raise UsageError(f"--device {requested!r}: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cpu":
+        return device
+    if device.type != "cuda":
+        raise UsageError(f"--device {requested!r}: use auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise UsageError(f"--device {requested}: torch sees no CUDA device here; use --device cpu")
+    if device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if device.index >= torch.cuda.device_count():
+        raise UsageError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s)")
+    torch.cuda.set_device(device)
+    return device
+
+
+def _init_distributed(device: torch.device) -> _Dist:
+    """torchrun sets WORLD_SIZE/RANK: gloo on CPU, nccl on GPU (one GPU per process)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return _Dist()
     import torch.distributed as dist
 
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return _Dist(dist.get_rank(), dist.get_world_size())
 
 
-def _ddp(module: nn.Module, dist: _Dist) -> nn.Module:
+def _ddp(module: nn.Module, dist: _Dist, device: torch.device) -> nn.Module:
     if dist.world == 1:
         return module
     from torch.nn.parallel import DistributedDataParallel
 
     # The auxiliary class head gets no gradient from the fake-image pass: allow unused params.
-    return DistributedDataParallel(module, find_unused_parameters=True)
+    device_ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=True)
 
 
 def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
@@ -168,19 +199,19 @@ def train(
     resume: bool = False,
     force: bool = False,
     progress: bool = True,
+    device: str | None = None,
 ) -> dict[str, Any]:
-    """Train a GAN into run directory ``out``; returns the final metrics (and quality report)."""
-    dist = _init_distributed()
-    if dist.main:
-        prepare_run_dir(out, resume, force)
+    """Train a GAN into run directory ``out``; returns the final metrics (and quality report).
+
+    Everything is checked (run directory, checkpoint, dataset) before an existing run is replaced.
+    """
+    dev = training_device(device)
+    dist = _init_distributed(dev)
+    check_run_dir(out, resume, force)
     start_step, ckpt = 0, None
     if resume:
         ckpt = load_checkpoint(out / CHECKPOINT_NAME)
-        if ckpt.model_config != model_config:
-            raise CheckpointError(
-                f"{out / CHECKPOINT_NAME} was trained as {ckpt.model_config.to_dict()}, not "
-                f"{model_config.to_dict()}; resume with the same preset and model flags"
-            )
+        _check_resumable(ckpt, model_config, train_config, out / CHECKPOINT_NAME)
         start_step = ckpt.step
     data = load_dataset(
         train_config.dataset,
@@ -193,12 +224,16 @@ def train(
             f"dataset {train_config.dataset.value} has {data.num_classes} classes but the model "
             f"has --num-classes {model_config.num_classes}"
         )
+    if dist.main and not resume:
+        clear_run_dir(out)
 
     torch.manual_seed(train_config.seed)
     generator = build_generator(model_config)
     discriminator = build_discriminator(model_config)
     generator.apply(init_weights)
     discriminator.apply(init_weights)
+    generator.to(dev)
+    discriminator.to(dev)
     ema = copy.deepcopy(generator).eval() if train_config.ema_decay else None
     opt_g = torch.optim.Adam(generator.parameters(), lr=train_config.lr, betas=train_config.betas)
     opt_d = torch.optim.Adam(
@@ -214,21 +249,24 @@ def train(
         opt_d.load_state_dict(ckpt.optimizer_d)
         if ema is not None and ckpt.generator_ema is not None:
             load_state_into(ema, ckpt.generator_ema, source)
-    g_train, d_train = _ddp(generator, dist), _ddp(discriminator, dist)
+    g_train, d_train = _ddp(generator, dist, dev), _ddp(discriminator, dist, dev)
 
     run = RunWriter(out, model_config, train_config, dist.main, start_step)
     # Each rank (and each resumed segment) draws its own batches, reproducibly.
     rng = torch.Generator().manual_seed(train_config.seed * 1000 + dist.rank + 7919 * start_step)
     n, bs, k = len(data.images), train_config.batch_size, model_config.num_classes
+    # Random numbers come from the CPU generator on every device, so a seed means one thing.
+    images, labels = data.images.to(dev), data.labels.to(dev)
     t0 = time.perf_counter()
     bar = run.progress(start_step, train_config.steps, progress)
     for step in range(start_step + 1, train_config.steps + 1):
-        idx = torch.randint(0, n, (bs,), generator=rng)
-        real, real_y = data.images[idx], data.labels[idx] if k else None
-        z = torch.randn(bs, model_config.latent_dim, generator=rng)
+        idx = torch.randint(0, n, (bs,), generator=rng).to(dev)
+        real, real_y = images[idx], labels[idx] if k else None
+        z = torch.randn(bs, model_config.latent_dim, generator=rng).to(dev)
         fake_y = torch.randint(0, k, (bs,), generator=rng) if k else None
         if fake_y is not None and train_config.diversity_weight:
             fake_y[bs // 2 : 2 * (bs // 2)] = fake_y[: bs // 2]  # pairs of z under one label
+        fake_y = fake_y.to(dev) if fake_y is not None else None
 
         # Discriminator: real -> 1, fake -> 0, in logits (softplus form is numerically stable).
         fake = g_train(z, fake_y)
@@ -278,6 +316,27 @@ def train(
     return result
 
 
+def _check_resumable(
+    ckpt: Checkpoint, model_config: ModelConfig, train_config: TrainConfig, source: Path
+) -> None:
+    if ckpt.model_config != model_config:
+        raise CheckpointError(
+            f"{source} was trained as {ckpt.model_config.to_dict()}, not "
+            f"{model_config.to_dict()}; resume with the run's own settings"
+        )
+    saved, asked = ckpt.train_config, train_config.to_dict()
+    changed = sorted(k for k in asked if k not in RESUMABLE_CHANGES and saved.get(k) != asked[k])
+    if changed:
+        raise CheckpointError(
+            f"{source} was trained with other {', '.join(changed)}; a resumed run keeps its own "
+            f"settings (only {', '.join(RESUMABLE_CHANGES)} may change)"
+        )
+    if train_config.steps <= ckpt.step:
+        raise UsageError(
+            f"{source} is already at step {ckpt.step}: pass --steps above it to train further"
+        )
+
+
 def _augment(images: torch.Tensor, translate: float, rng: torch.Generator) -> torch.Tensor:
     """Shift each image by up to ``translate`` of its side (differentiable; background -1)."""
     if not translate:
@@ -288,6 +347,7 @@ def _augment(images: torch.Tensor, translate: float, rng: torch.Generator) -> to
     theta = torch.zeros(n, 2, 3)
     theta[:, 0, 0] = theta[:, 1, 1] = 1
     theta[:, :, 2] = shifts
+    theta = theta.to(images.device)
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     shifted = F.grid_sample(images + 1, grid, mode="nearest", align_corners=False)
     return shifted - 1
@@ -311,6 +371,34 @@ def _generator_loss(
         latent_gap = (z[:h] - z[h : 2 * h]).abs().mean()
         loss = loss + config.diversity_weight / (image_gap / latent_gap + 1e-5)
     return loss
+
+
+def resumed_configs(
+    out: Path, settings: dict[str, Any], schedule: dict[str, Any]
+) -> tuple[ModelConfig, TrainConfig]:
+    """The configs of the run in ``out``, from its checkpoint. ``settings`` (flags, None = not
+    given) must agree with them; ``schedule`` (``RESUMABLE_CHANGES``) is applied."""
+    source = out / CHECKPOINT_NAME
+    if not source.is_file():
+        raise CheckpointError(f"--resume: no {CHECKPOINT_NAME} in {out}; start without --resume")
+    ckpt = load_checkpoint(source)
+    try:
+        saved = Preset("resumed", ckpt.model_config, TrainConfig.from_dict(ckpt.train_config))
+    except (TypeError, ValueError, UsageError) as e:
+        raise CheckpointError(f"{source} has an invalid train config: {e}") from None
+    model, config = with_overrides(saved, **settings)
+    differ = [
+        f"--{k.replace('_', '-')}"
+        for k in settings
+        if getattr(model, k, None) != getattr(saved.model, k, None)
+        or getattr(config, k, None) != getattr(saved.train, k, None)
+    ]
+    if differ:
+        raise UsageError(
+            f"--resume continues {out} with its own settings: drop {' '.join(differ)} or start a "
+            "new run (only --steps, --sample-every, --checkpoint-every and --no-eval may change)"
+        )
+    return with_overrides(saved, **schedule)
 
 
 def with_overrides(base: Preset, **overrides: Any) -> tuple[ModelConfig, TrainConfig]:
