@@ -30,6 +30,7 @@ from gendeploy.trainer.models import (
 from gendeploy.trainer.train import (
     PRESETS,
     TrainConfig,
+    resumed_configs,
     train,
     with_overrides,
 )
@@ -159,7 +160,7 @@ def test_torch_files_that_are_not_checkpoints_are_refused(tmp_path: Path) -> Non
     incomplete = tmp_path / "incomplete.pt"
     torch.save({"format": "gendeploy-checkpoint", "schema_version": 1,
                 "model_config": TINY.to_dict()}, incomplete)  # fmt: skip
-    with pytest.raises(CheckpointError, match="incomplete gendeploy checkpoint"):
+    with pytest.raises(CheckpointError, match="incomplete or damaged gendeploy checkpoint"):
         load_checkpoint(incomplete)
 
 
@@ -252,6 +253,30 @@ def test_bad_resume_and_existing_runs_are_refused_and_left_untouched(tmp_path: P
     assert (out / "checkpoint.pt").read_bytes() == before
 
 
+def test_force_never_deletes_what_is_not_a_run(tmp_path: Path) -> None:
+    precious = tmp_path / "photos"
+    precious.mkdir()
+    (precious / "a.jpg").write_bytes(b"keep me")
+    with pytest.raises(UsageError, match="is not a gendeploy run directory"):
+        train(TINY, _tiny_train(2), precious, force=True, progress=False)
+    assert (precious / "a.jpg").read_bytes() == b"keep me"
+    with pytest.raises(UsageError, match="is a file"):
+        train(TINY, _tiny_train(2), precious / "a.jpg", progress=False)
+
+
+def test_a_checkpoint_from_before_a_train_setting_existed_still_resumes(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    train(TINY, _tiny_train(2), out, progress=False)
+    path = out / "checkpoint.pt"
+    payload = torch.load(path, weights_only=True)
+    del payload["train_config"]["translate"]  # as written before DiffAugment was added
+    torch.save(payload, path)
+    model, config = resumed_configs(out, {"width": 8}, {"steps": 4})
+    assert config.translate == 0.0 and config.steps == 4 and model == TINY
+    train(model, config, out, resume=True, progress=False)
+    assert load_checkpoint(path).step == 4
+
+
 def test_resume_keeps_the_runs_own_settings(tmp_path: Path) -> None:
     common = ["train", "--dataset", "fake", "--batch-size", "8", "--width", "8", "--out", "run"]
     common += ["--no-eval", "--no-progress", "--checkpoint-every", "2"]
@@ -262,10 +287,10 @@ def test_resume_keeps_the_runs_own_settings(tmp_path: Path) -> None:
     assert ckpt.step == 4 and ckpt.train_config["lr"] == 0.001
     assert ckpt.optimizer_g is not None and ckpt.optimizer_g["param_groups"][0]["lr"] == 0.001
     changed = _cli(
-        *common, "--steps", "6", "--resume", "--width", "16", "--seed", "3", cwd=tmp_path
+        *common, "--steps", "6", "--resume", "--width", "16", "--ema", "0.5", cwd=tmp_path
     )
     assert changed.returncode != 0
-    assert "drop --width --seed or start a new run" in changed.stderr
+    assert "drop --width --ema or start a new run" in changed.stderr
     assert len(changed.stderr.strip().splitlines()) == 1
 
 

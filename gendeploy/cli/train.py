@@ -48,8 +48,8 @@ def train_command(
 ) -> None:
     """Train a GAN generator; writes checkpoint, samples, loss curve and quality report.
 
-    With --resume the run continues with its own settings (flags may repeat them); only --steps,
-    --sample-every, --checkpoint-every and --no-eval may change.
+    With --resume the run in --out (default runs/<preset>) continues with its own settings (flags
+    may repeat them); only --steps, --sample-every, --checkpoint-every and --no-eval may change.
     """
     from gendeploy.trainer.train import preset as get_preset
     from gendeploy.trainer.train import resumed_configs, train, with_overrides
@@ -64,7 +64,7 @@ def train_command(
         "width": width,
         "latent_dim": latent_dim,
         "dataset": dataset,
-        "data_path": str(data_path) if data_path else None,
+        "data_path": str(data_path.resolve()) if data_path else None,  # resumable from anywhere
         "batch_size": batch_size,
         "lr": lr,
         "ema_decay": ema,

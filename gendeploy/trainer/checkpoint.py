@@ -106,10 +106,15 @@ def load_checkpoint(path: Path | str) -> Checkpoint:
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path} has an invalid model config: {e}") from None
     step, generator = payload.get("step"), payload.get("generator")
-    if not isinstance(step, int) or not isinstance(generator, dict):
+    optional = ("generator_ema", "discriminator", "optimizer_g", "optimizer_d", "train_config")
+    if (
+        not isinstance(step, int)
+        or not isinstance(generator, dict)
+        or not all(isinstance(payload.get(k), dict | None) for k in optional)
+    ):
         raise CheckpointError(
-            f"{path} is an incomplete gendeploy checkpoint (no step or generator weights); "
-            "pass a checkpoint written by `gendeploy train`"
+            f"{path} is an incomplete or damaged gendeploy checkpoint (step, weights or "
+            "training state missing or of the wrong type); pass one written by `gendeploy train`"
         )
     return Checkpoint(
         model_config=config,

@@ -33,6 +33,9 @@ def unwrap(module: nn.Module) -> nn.Module:
     return inner
 
 
+RUN_MARKERS = ("config.json", CHECKPOINT_NAME)  # written first, and by every checkpoint
+
+
 def check_run_dir(out: Path, resume: bool, force: bool) -> None:
     """Refuse to touch an existing run unless asked to resume it or overwrite it."""
     if resume and force:
@@ -43,10 +46,19 @@ def check_run_dir(out: Path, resume: bool, force: bool) -> None:
                 f"--resume: no {CHECKPOINT_NAME} in {out}; start without --resume"
             )
         return
-    if out.exists() and any(out.iterdir()) and not force:
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; pass a directory for the run")
+    if not out.exists() or not any(out.iterdir()):
+        return
+    if not force:
         raise UsageError(
             f"run directory {out} already exists; pass --resume to continue it or --force "
             "to start over (its files are replaced)"
+        )
+    if not any((out / name).exists() for name in RUN_MARKERS):
+        raise UsageError(
+            f"--force would delete {out}, which is not a gendeploy run directory (no "
+            f"{' or '.join(RUN_MARKERS)}); choose another --out"
         )
 
 

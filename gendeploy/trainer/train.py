@@ -141,11 +141,13 @@ class _Dist:
         return self.rank == 0
 
 
-def training_device(requested: str | None = None) -> torch.device:
-    """``requested`` ("cpu", "cuda", "cuda:N"), else CUDA where present, else the CPU. Under
-    torchrun a bare "cuda" means this process's GPU, ``cuda:$LOCAL_RANK``."""
+def training_device(requested: str | None = "cpu") -> torch.device:
+    """ "cpu", "cuda", "cuda:N" or "auto": CUDA when every local process gets its own GPU, else
+    the CPU. Under torchrun, "cuda" means this process's GPU, ``cuda:$LOCAL_RANK``."""
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     if requested in (None, "auto"):
-        requested = "cuda" if torch.cuda.is_available() else "cpu"
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        requested = "cuda" if gpus >= local_world else "cpu"
     try:
         device = torch.device(str(requested))
     except RuntimeError:
@@ -156,10 +158,15 @@ def training_device(requested: str | None = None) -> torch.device:
         raise UsageError(f"--device {requested!r}: use auto, cpu, cuda or cuda:N")
     if not torch.cuda.is_available():
         raise UsageError(f"--device {requested}: torch sees no CUDA device here; use --device cpu")
+    if device.index is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UsageError(f"--device {device}: under torchrun pass --device cuda (one GPU per rank)")
     if device.index is None:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     if device.index >= torch.cuda.device_count():
-        raise UsageError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s)")
+        raise UsageError(
+            f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) for "
+            f"{local_world} local process(es)"
+        )
     torch.cuda.set_device(device)
     return device
 
@@ -199,7 +206,7 @@ def train(
     resume: bool = False,
     force: bool = False,
     progress: bool = True,
-    device: str | None = None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Train a GAN into run directory ``out``; returns the final metrics (and quality report).
 
@@ -224,8 +231,6 @@ def train(
             f"dataset {train_config.dataset.value} has {data.num_classes} classes but the model "
             f"has --num-classes {model_config.num_classes}"
         )
-    if dist.main and not resume:
-        clear_run_dir(out)
 
     torch.manual_seed(train_config.seed)
     generator = build_generator(model_config)
@@ -245,12 +250,17 @@ def train(
         if ckpt.discriminator is None or ckpt.optimizer_g is None or ckpt.optimizer_d is None:
             raise CheckpointError(f"{source} holds no training state (was it exported only?)")
         load_state_into(discriminator, ckpt.discriminator, source)
-        opt_g.load_state_dict(ckpt.optimizer_g)
-        opt_d.load_state_dict(ckpt.optimizer_d)
+        try:
+            opt_g.load_state_dict(ckpt.optimizer_g)
+            opt_d.load_state_dict(ckpt.optimizer_d)
+        except (KeyError, ValueError, TypeError) as e:
+            raise CheckpointError(f"{source} has a damaged optimizer state ({e})") from None
         if ema is not None and ckpt.generator_ema is not None:
             load_state_into(ema, ckpt.generator_ema, source)
     g_train, d_train = _ddp(generator, dist, dev), _ddp(discriminator, dist, dev)
 
+    if dist.main and not resume:
+        clear_run_dir(out)  # --force: everything above has been checked
     run = RunWriter(out, model_config, train_config, dist.main, start_step)
     # Each rank (and each resumed segment) draws its own batches, reproducibly.
     rng = torch.Generator().manual_seed(train_config.seed * 1000 + dist.rank + 7919 * start_step)
@@ -316,6 +326,14 @@ def train(
     return result
 
 
+def _saved_train_config(ckpt: Checkpoint, source: Path) -> TrainConfig:
+    """The checkpoint's train config; fields it predates take their defaults."""
+    try:
+        return TrainConfig.from_dict(ckpt.train_config)
+    except (CheckpointError, TypeError, ValueError, UsageError) as e:
+        raise CheckpointError(f"{source} has an invalid train config: {e}") from None
+
+
 def _check_resumable(
     ckpt: Checkpoint, model_config: ModelConfig, train_config: TrainConfig, source: Path
 ) -> None:
@@ -324,7 +342,7 @@ def _check_resumable(
             f"{source} was trained as {ckpt.model_config.to_dict()}, not "
             f"{model_config.to_dict()}; resume with the run's own settings"
         )
-    saved, asked = ckpt.train_config, train_config.to_dict()
+    saved, asked = _saved_train_config(ckpt, source).to_dict(), train_config.to_dict()
     changed = sorted(k for k in asked if k not in RESUMABLE_CHANGES and saved.get(k) != asked[k])
     if changed:
         raise CheckpointError(
@@ -373,6 +391,9 @@ def _generator_loss(
     return loss
 
 
+FLAGS = {"image_channels": "--channels", "ema_decay": "--ema"}  # where a flag is not the field
+
+
 def resumed_configs(
     out: Path, settings: dict[str, Any], schedule: dict[str, Any]
 ) -> tuple[ModelConfig, TrainConfig]:
@@ -382,13 +403,10 @@ def resumed_configs(
     if not source.is_file():
         raise CheckpointError(f"--resume: no {CHECKPOINT_NAME} in {out}; start without --resume")
     ckpt = load_checkpoint(source)
-    try:
-        saved = Preset("resumed", ckpt.model_config, TrainConfig.from_dict(ckpt.train_config))
-    except (TypeError, ValueError, UsageError) as e:
-        raise CheckpointError(f"{source} has an invalid train config: {e}") from None
+    saved = Preset("resumed", ckpt.model_config, _saved_train_config(ckpt, source))
     model, config = with_overrides(saved, **settings)
     differ = [
-        f"--{k.replace('_', '-')}"
+        FLAGS.get(k, f"--{k.replace('_', '-')}")
         for k in settings
         if getattr(model, k, None) != getattr(saved.model, k, None)
         or getattr(config, k, None) != getattr(saved.train, k, None)
