@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 # The tiny models and the checkpoint writer are conftest's (pytest puts tests/ on sys.path).
@@ -13,8 +14,19 @@ from conftest import TINY_CONDITIONAL_DCGAN as TINY_CONDITIONAL  # noqa: F401
 from conftest import TINY_MLP as TINY_UNCONDITIONAL  # noqa: F401
 from conftest import write_checkpoint as make_checkpoint  # noqa: F401
 
+from gendeploy.errors import MissingDependencyError
 from gendeploy.export.api import ExportOptions, ModelSpec, OutputKind, export
 from gendeploy.trainer.checkpoint import load_generator
+
+
+def require_tritonserver() -> None:
+    """Skip the calling test (or fixture) where no tritonserver can be found."""
+    from gendeploy.serve.server import find_tritonserver
+
+    try:
+        find_tritonserver()
+    except MissingDependencyError as e:
+        pytest.skip(f"no tritonserver here: {e}")
 
 
 def build_export(checkpoint: Path, out_dir: Path, name: str, max_batch: int = 8) -> Path:

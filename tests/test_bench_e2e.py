@@ -7,22 +7,19 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from serve_support import require_tritonserver
 from typer.testing import CliRunner
 
 from gendeploy.bench.suites import get_suite
 from gendeploy.cli import app
-from gendeploy.errors import MissingDependencyError, UsageError
+from gendeploy.errors import UsageError
 
 
 @pytest.mark.triton
 def test_tiny_bench_runs_every_path_including_the_served_one(tmp_path: Path) -> None:
     from gendeploy.bench.run import run_bench
-    from gendeploy.serve.server import find_tritonserver
 
-    try:
-        find_tritonserver()
-    except MissingDependencyError as e:
-        pytest.skip(f"no tritonserver here: {e}")
+    require_tritonserver()
     suite = replace(get_suite("tiny"), runners=("eager", "onnxruntime", "tensorrt"))
     report = run_bench(suite, tmp_path / "out", work_dir=tmp_path / "work")
 
@@ -94,12 +91,9 @@ def test_served_load_is_measured_by_perf_analyzer_and_by_the_fallback_loop(tmp_p
     from gendeploy.bench.timing import StabilityRule
     from gendeploy.export.api import ExportOptions, ModelSpec, export
     from gendeploy.serve.repo import write_repo
-    from gendeploy.serve.server import TritonServer, find_tritonserver
+    from gendeploy.serve.server import TritonServer
 
-    try:
-        find_tritonserver()
-    except MissingDependencyError as e:
-        pytest.skip(f"no tritonserver here: {e}")
+    require_tritonserver()
     checkpoint, _ = prepare_checkpoint(TINY, tmp_path)
     manifest = export(
         ModelSpec(checkpoint=checkpoint),

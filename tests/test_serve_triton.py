@@ -29,17 +29,17 @@ from serve_support import (
     build_export,
     eager_images,
     make_checkpoint,
+    require_tritonserver,
 )
 from typer.testing import CliRunner
 
 from gendeploy.cli import app
-from gendeploy.errors import MissingDependencyError
 from gendeploy.images import to_uint8_nhwc
 from gendeploy.runtime.triton import InferenceError, TritonRunner
 from gendeploy.serve.backend_model import draw_latents
 from gendeploy.serve.client import generate, inference_statistics
 from gendeploy.serve.repo import RepoOptions, write_repo
-from gendeploy.serve.server import TritonServer, find_tritonserver, group_members
+from gendeploy.serve.server import TritonServer, group_members
 
 pytestmark = pytest.mark.triton
 
@@ -60,10 +60,7 @@ class Served:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    try:
-        find_tritonserver()
-    except MissingDependencyError as e:
-        pytest.skip(f"no tritonserver here: {e}")
+    require_tritonserver()
     root = tmp_path_factory.mktemp("triton")
     checkpoints = {
         "tinyc": make_checkpoint(TINY_CONDITIONAL, root / "cond.pt"),

@@ -24,6 +24,7 @@ import numpy as np
 
 from gendeploy.bench.timing import StabilityRule
 from gendeploy.errors import ServeError
+from gendeploy.fileio import cache_dir
 from gendeploy.runtime.base import Feeds
 
 PERF_ANALYZER_ENV = "GENDEPLOY_PERF_ANALYZER"
@@ -69,8 +70,6 @@ def find_perf_analyzer() -> Path | None:
     )
     if found:
         return Path(found)
-    from gendeploy.fileio import cache_dir
-
     wrapper = cache_dir() / "perf_analyzer" / "perf_analyzer"
     return wrapper if wrapper.is_file() else None
 

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gendeploy.errors import UsageError
+from gendeploy.fileio import atomic_write, cache_dir
 from gendeploy.trainer.data import DatasetName, digits_split, load_dataset
 from gendeploy.trainer.models import ModelConfig
 
@@ -75,8 +76,6 @@ def _reference_digits(split: str, config: ModelConfig) -> tuple[torch.Tensor, to
 
 
 def _cache_path() -> Path:
-    from gendeploy.fileio import cache_dir
-
     root = cache_dir()
     # The cache key changes whenever the classifier's code or training recipe changes.
     source = inspect.getsource(DigitsClassifier) + inspect.getsource(train_classifier)
@@ -114,8 +113,6 @@ def load_classifier() -> nn.Module:
         model.load_state_dict(payload["state"])
         return model.eval()
     trained = train_classifier()
-    from gendeploy.fileio import atomic_write
-
     payload = {"state": trained.state_dict()}
     atomic_write(path, lambda f: torch.save(payload, f))
     return trained
@@ -168,9 +165,14 @@ def _features_and_predictions(
     return h.numpy().astype(np.float64), classifier.classify(h).argmax(1).numpy()
 
 
+def scorable(config: ModelConfig) -> bool:
+    """The score asks a conditional model for labels 0..9: unconditional or 10-class models."""
+    return config.num_classes in (0, 10)
+
+
 def evaluate_generator(generator: nn.Module, config: ModelConfig, seed: int = 0) -> QualityReport:
     """Score an eval-mode ``generator`` against real digits, as many samples as the train split."""
-    if config.conditional and config.num_classes != 10:
+    if not scorable(config):
         raise UsageError(
             f"the digits score asks a conditional model for labels 0..9, and this one has "
             f"{config.num_classes} classes; score unconditional or 10-class digit models only"
@@ -215,7 +217,6 @@ def evaluate_checkpoint(path: Path, seed: int = 0) -> QualityReport:
     """Score a checkpoint's deployable generator and write ``quality.json`` next to it."""
     import json
 
-    from gendeploy.fileio import atomic_write
     from gendeploy.trainer.checkpoint import load_generator
 
     generator, ckpt = load_generator(path)

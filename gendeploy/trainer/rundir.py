@@ -182,10 +182,13 @@ class RunWriter:
         if not self.main:
             return result
         plots.save_loss_curve(self.history, self.out / "loss.png")
-        scorable = self.model.num_classes in (0, 10)  # the digits score asks for labels 0..9
-        if self.train.eval_at_end and self.train.dataset is DatasetName.digits and scorable:
-            from gendeploy.trainer.quality import evaluate_checkpoint
+        from gendeploy.trainer.quality import evaluate_checkpoint, scorable
 
+        if (
+            self.train.eval_at_end
+            and self.train.dataset is DatasetName.digits
+            and scorable(self.model)
+        ):
             result["quality"] = evaluate_checkpoint(self.out / CHECKPOINT_NAME).to_dict()
         return result
 

@@ -399,9 +399,8 @@ def resumed_configs(
 ) -> tuple[ModelConfig, TrainConfig]:
     """The configs of the run in ``out``, from its checkpoint. ``settings`` (flags, None = not
     given) must agree with them; ``schedule`` (``RESUMABLE_CHANGES``) is applied."""
+    check_run_dir(out, resume=True, force=False)
     source = out / CHECKPOINT_NAME
-    if not source.is_file():
-        raise CheckpointError(f"--resume: no {CHECKPOINT_NAME} in {out}; start without --resume")
     ckpt = load_checkpoint(source)
     saved = Preset("resumed", ckpt.model_config, _saved_train_config(ckpt, source))
     model, config = with_overrides(saved, **settings)
