@@ -18,6 +18,9 @@ from gendeploy.errors import MissingDependencyError
 from gendeploy.export.api import ExportOptions, ModelSpec, OutputKind, export
 from gendeploy.trainer.checkpoint import load_generator
 
+# `gendeploy serve` defaults to Triton's ports 8000-8002; tests take free ones
+FREE_PORTS = ["--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"]
+
 
 def require_tritonserver() -> None:
     """Skip the calling test (or fixture) where no tritonserver can be found."""
