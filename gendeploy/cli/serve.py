@@ -30,11 +30,22 @@ def repo_command(
     gpu: Annotated[
         bool | None, typer.Option("--gpu/--cpu", help="Instance kind (default: GPU if an engine).")
     ] = None,
+    max_queue_size: Annotated[
+        int, typer.Option(help="Requests queued per model beyond this are refused (0: no limit).")
+    ] = 256,
 ) -> None:
     """Write (or add a version to) the Triton models of an export."""
     from gendeploy.serve.repo import RepoOptions, write_repo
 
-    options = RepoOptions(name, max_batch_size, queue_delay_us, instances, keep_versions, gpu)
+    options = RepoOptions(
+        name,
+        max_batch_size,
+        queue_delay_us,
+        instances,
+        keep_versions,
+        gpu,
+        max_queue_size=max_queue_size,
+    )
     for model in write_repo(export_dir, repo, options):
         state = "new version" if model.new else "unchanged"
         typer.echo(f"{model.path}/{model.version}  ({state})")
