@@ -13,6 +13,7 @@ import json
 import os
 import stat
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -31,7 +32,7 @@ from serve_support import (
 )
 
 from gendeploy.errors import ServeError
-from gendeploy.runtime.triton import TritonRunner
+from gendeploy.runtime.triton import InferenceError, TritonRunner
 from gendeploy.serve.admin import (
     ADMIN_HEADER,
     admin_headers,
@@ -41,7 +42,7 @@ from gendeploy.serve.admin import (
 )
 from gendeploy.serve.backend_model import draw_latents
 from gendeploy.serve.docker import tritonserver_args
-from gendeploy.serve.repo import write_repo
+from gendeploy.serve.repo import RepoOptions, write_repo
 from gendeploy.serve.server import TritonServer, free_port
 from gendeploy.serve.tritonserver import find_tritonserver
 
@@ -273,3 +274,35 @@ def test_the_admin_key_file_is_private_and_a_shared_one_is_refused(tmp_path: Pat
     with pytest.raises(ServeError, match=r"readable by other users; chmod 600"):
         read_key_file(path)
     assert admin_headers(key, "grpc") == {f"triton-grpc-protocol-{ADMIN_HEADER}": key}
+
+
+def test_a_flood_beyond_the_queue_limit_is_refused_and_the_server_keeps_serving(
+    locked: Locked, tmp_path: Path
+) -> None:
+    """``max_queue_size`` (Triton's queue policy) bounds what waiting requests can cost: the
+    rest get 503 at once. A long batching delay keeps requests queued while the flood arrives."""
+    export_dir = locked.server.repo_dir.parent / "export"
+    options = RepoOptions(max_queue_size=2, queue_delay_us=300_000)
+    write_repo(export_dir, tmp_path / "repo", options)
+    outcomes: list[str] = []
+    with TritonServer(tmp_path / "repo", log_path=tmp_path / "server.log") as server:
+        barrier = threading.Barrier(16)
+
+        def one(seed: int) -> None:
+            with TritonRunner(server.http_url, "tinyc") as runner:
+                barrier.wait()
+                try:
+                    runner.run({"seed": np.array([seed]), "labels": np.array([0])})
+                    outcomes.append("ok")
+                except InferenceError as e:
+                    outcomes.append(f"{e.status} {e}")
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        refused = [o for o in outcomes if o != "ok"]
+        assert len(outcomes) == 16 and refused and len(refused) < 16
+        assert all(o.startswith("503") and "Exceeds maximum queue size" in o for o in refused)
+        assert server.running()
