@@ -9,34 +9,28 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
 import stat
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 from serve_support import (
-    FREE_PORTS,
     TINY_CONDITIONAL,
+    Serving,
     build_export,
     eager_images,
     make_checkpoint,
     require_tritonserver,
+    serving,
 )
 
 from gendeploy.errors import GendeployError
 from gendeploy.runtime.triton import TritonRunner
 from gendeploy.serve.admin import ADMIN_HEADER, read_key_file
 from gendeploy.serve.backend_model import draw_latents
-from gendeploy.serve.readyfile import ServeState
 from gendeploy.serve.repo import write_repo
 from gendeploy.serve.server import SHM_DIR, group_members
 
@@ -46,17 +40,6 @@ pytestmark = pytest.mark.triton
 CRASH = {"inputs": [{"name": "z", "shape": [1, 1000000000000], "datatype": "FP32", "data": [0]}]}
 
 
-@dataclass
-class Serving:
-    process: subprocess.Popen[str]
-    ready: Path
-    stderr: Path
-    checkpoint: Path
-
-    def state(self) -> ServeState:
-        return ServeState.from_json(self.ready.read_text())
-
-
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     require_tritonserver()
@@ -64,33 +47,6 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     checkpoint = make_checkpoint(TINY_CONDITIONAL, root / "cond.pt")
     write_repo(build_export(checkpoint, root / "export", "tinyc"), root / "repo")
     return root / "repo", checkpoint
-
-
-@contextlib.contextmanager
-def serving(repo: tuple[Path, Path], tmp_path: Path, *flags: str) -> Iterator[Serving]:
-    """`gendeploy serve` in a subprocess; always stopped, server and stubs included."""
-    ready, stderr = tmp_path / "ready.json", tmp_path / "serve.err"
-    cmd = [sys.executable, "-m", "gendeploy", "serve", str(repo[0]), "--ready-file", str(ready)]
-    cmd += [*FREE_PORTS, *flags]
-    with stderr.open("w") as err:
-        process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, text=True)
-    serving = Serving(process, ready, stderr, repo[1])
-    try:
-        deadline = time.monotonic() + 120
-        while not ready.is_file() and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert ready.is_file(), stderr.read_text()
-        yield serving
-    finally:
-        pid = json.loads(ready.read_text()).get("pid") if ready.is_file() else None
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        finally:
-            process.kill()
-            if pid:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(pid, signal.SIGKILL)
 
 
 def crash(url: str) -> None:
@@ -134,7 +90,7 @@ def test_a_crashing_request_is_followed_by_correct_images_within_30_s(
         eager = eager_images(serve.checkpoint, z, np.array([1, 2]))
         assert np.abs(images - eager).max() <= 1e-4
         after = serve.state()
-        assert after.restarts == 1 and after.state == "serving"
+        assert after.restarts == 1 and after.state == "serving", (after, serve.stderr.read_text())
         assert (after.http, after.started) == (before.http, before.started)  # same ports
         assert after.pid != before.pid and after.since >= before.since
         assert after.last_crash is not None and "SIGABRT" in after.last_crash["status"]
