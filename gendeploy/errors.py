@@ -38,3 +38,11 @@ class MissingDependencyError(GendeployError):
 
 class ServeError(GendeployError):
     """The model repository or server could not be prepared, started or queried."""
+
+
+class TuneError(GendeployError):
+    """The configuration search could not run or measured nothing usable."""
+
+
+class DeployError(GendeployError):
+    """Deployment manifests could not be written or do not match their schema."""
