@@ -11,11 +11,11 @@ REPO   ?= triton_repo
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-setup: ## create .venv with the CPU build of torch and the project's CPU + dev extras
+setup: ## create .venv with the CPU build of torch and the project's CPU, dev, tune and deploy extras
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 	$(BIN)/pip install torch==2.13.0
-	$(BIN)/pip install -e '.[cpu,dev]'
+	$(BIN)/pip install -e '.[cpu,dev,tune,deploy]'
 	$(BIN)/pip check
 	VENV=$(VENV) bash scripts/get_perf_analyzer.sh >/dev/null  # Triton's load generator (cached)
 

@@ -42,6 +42,14 @@ class ServeError(GendeployError):
     """The model repository or server could not be prepared, started or queried."""
 
 
+class TuneError(GendeployError):
+    """The configuration search could not run or measured nothing usable."""
+
+
+class DeployError(GendeployError):
+    """Deployment manifests could not be written or do not match their schema."""
+
+
 _OS_HINTS = {
     errno.EROFS: "the file system is read-only: choose a location on a writable one",
     errno.ENOSPC: "the disk is full: free some space or choose another location",

@@ -119,7 +119,9 @@ def test_every_port_the_server_listens_on_is_bound_to_loopback(served: Served) -
     import psutil
 
     assert served.server.process is not None
-    connections = psutil.Process(served.server.process.pid).net_connections(kind="inet")
+    process = psutil.Process(served.server.process.pid)
+    # psutil >= 6 names it net_connections; kserve (the deploy extra) pins psutil < 6
+    connections = getattr(process, "net_connections", process.connections)(kind="inet")
     listening = {(c.laddr.ip, c.laddr.port) for c in connections if c.status == psutil.CONN_LISTEN}
     ports = {served.server.http_port, served.server.grpc_port, served.server.metrics_port}
     assert ports <= {port for _, port in listening}  # HTTP, gRPC and metrics all found

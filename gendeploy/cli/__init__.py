@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from gendeploy.cli import bench, export, serve, soak, train
+from gendeploy.cli import bench, deploy, export, serve, soak, train, tune
 from gendeploy.errors import GendeployError, describe_os_error
 
 app = typer.Typer(
@@ -16,7 +16,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-for _module in (train, export, serve, bench, soak):
+for _module in (train, export, serve, bench, soak, tune, deploy):
     _module.register(app)
 
 
