@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -58,8 +59,12 @@ def default_preset_checkpoint() -> Path:
     key = f"{DEFAULT_PRESET}-{DEFAULT_PRESET_STEPS}-{digest}"
     run = cache_dir() / "test-runs" / key
     if not (run / "checkpoint.pt").is_file():
-        torch.set_num_threads(2)
-        train(model, config, run, force=True, progress=False)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # robust on a shared machine (OpenMP threads stall when busy)
+        try:
+            train(model, config, run, force=True, progress=False)
+        finally:
+            torch.set_num_threads(threads)
     return run / "checkpoint.pt"
 
 
@@ -193,9 +198,24 @@ def test_the_tensorrt_source_is_signed_int8_and_draws_like_the_int8_artifact(
     assert manifest.artifact("int8").extra["float_layers"]  # the same float layers carried over
 
 
-def _cli(args: list[str]) -> tuple[int, str]:
-    result = CliRunner().invoke(app, args)
-    return result.exit_code, result.output
+def _gendeploy(args: list[str], prelude: str = "") -> subprocess.CompletedProcess[str]:
+    """The real console entry point in a fresh interpreter (``prelude`` runs first)."""
+    code = (
+        f"import sys\n{prelude}\nfrom gendeploy.cli import main\nsys.argv[0] = 'gendeploy'\nmain()"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300
+    )
+
+
+HOSTILE = [
+    "--model",
+    f"{MODELS}:HostileGenerator",
+    "--latent-dim",
+    "16",
+    "--image-shape",
+    "1,16,16",
+]
 
 
 def test_int8_without_nncf_is_one_line_and_publishes_nothing(
@@ -205,19 +225,25 @@ def test_int8_without_nncf_is_one_line_and_publishes_nothing(
     with pytest.raises(MissingDependencyError, match="--int8 needs nncf"):
         int8.require_int8_tools()
     out = tmp_path / "e"
-    model = ["--model", f"{MODELS}:HostileGenerator", "--latent-dim", "16"]
-    code, output = _cli(["export", *model, "--image-shape", "1,16,16", "--int8", "--out", str(out)])
-    assert code != 0 and "--int8 needs nncf" in output
-    assert len(output.strip().splitlines()) == 1
+    done = _gendeploy(
+        ["export", *HOSTILE, "--int8", "--out", str(out)], "sys.modules['nncf'] = None"
+    )
+    assert done.returncode == MissingDependencyError.exit_code
+    assert done.stderr.strip().splitlines() == [
+        "error: --int8 needs nncf (post-training quantization with NNCF, run by OpenVINO): "
+        "pip install nncf openvino (both are in gendeploy[cpu])"
+    ]
     assert not out.exists()
 
 
 def test_an_unscorable_generator_is_one_line_and_publishes_nothing(tmp_path: Path) -> None:
     out = tmp_path / "e"
-    code, output = _cli(["export", "--model", f"{MODELS}:IgnoresZ", "--latent-dim", "16",
-                         "--image-shape", "1,16,16", "--int8", "--out", str(out)])  # fmt: skip
-    assert code != 0 and "cannot score this generator" in output
-    assert "does not depend on z" in output
+    model = ["--model", f"{MODELS}:IgnoresZ", "--latent-dim", "16", "--image-shape", "1,16,16"]
+    done = _gendeploy(["export", *model, "--int8", "--out", str(out)])
+    assert done.returncode == QualityError.exit_code
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("error: the quality gate cannot score this generator")
+    assert "does not depend on z" in line
     assert not out.exists() and not list(tmp_path.glob(".gendeploy-staging-*"))
 
 
@@ -233,9 +259,9 @@ def test_bad_int8_flags_are_one_line_before_any_work(
     tmp_path: Path, flags: list[str], message: str
 ) -> None:
     out = tmp_path / "e"
-    code, output = _cli(["export", "--model", f"{MODELS}:HostileGenerator", "--latent-dim",
-                         "16", "--image-shape", "1,16,16", "--out", str(out), *flags])  # fmt: skip
-    assert code == 2 and message in output and len(output.strip().splitlines()) == 1
+    result = CliRunner().invoke(app, ["export", *HOSTILE, "--out", str(out), *flags])
+    assert isinstance(result.exception, UsageError), result.output
+    assert message in str(result.exception) and "\n" not in str(result.exception)
     assert not out.exists()
 
 

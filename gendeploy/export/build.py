@@ -19,7 +19,9 @@ from gendeploy.export.quality_gate import QualityConfig, QualityGate, QualityRes
 from gendeploy.export.source import LoadedModel
 from gendeploy.runtime.base import Runner
 from gendeploy.runtime.eager import EagerRunner
+from gendeploy.runtime.onnxrt import OnnxRuntimeRunner
 from gendeploy.runtime.openvino import OpenVINORunner
+from gendeploy.runtime.tensorrt import TensorRTRunner
 
 
 def build_artifacts(
@@ -31,8 +33,6 @@ def build_artifacts(
     say: Callable[[str], None],
 ) -> tuple[list[Artifact], list[dict[str, str]], dict[str, str]]:
     """Returns (gated artifacts, skipped artifacts with reasons, extra versions)."""
-    from gendeploy.runtime.onnxrt import OnnxRuntimeRunner
-
     clock = _Clock(timings)
     with clock("reference"):
         reference = gate.eager_reference(
@@ -73,20 +73,23 @@ def build_artifacts(
             extra = {**extra, "opset": onnx_graph.opset(onnx.load(str(path)))}
         artifact.extra = extra
         # INT8 is gated on the engine that executes it in INT8 (OpenVINO); the rest on ORT
-        int8_model = artifact.precision is Precision.int8
-        runner: Runner = OpenVINORunner(path) if int8_model else OnnxRuntimeRunner(path)
+        runner: OpenVINORunner | OnnxRuntimeRunner = (
+            OpenVINORunner(path)
+            if artifact.precision is Precision.int8
+            else OnnxRuntimeRunner(path)
+        )
         with clock(f"validate_{name}"), runner:
             artifact.validation = _gate(runner, artifact, reference, options, say, float_outputs)
-            if int8_model:
+            if isinstance(runner, OpenVINORunner):
                 artifact.validation["runner"] = f"openvino CPU ({runner.precision})"
-                artifact.extra["executed"] = getattr(runner, "layer_precisions", {})
+                artifact.extra["executed"] = runner.layer_precisions
                 if "int8" not in runner.precision.split("+"):
                     raise ValidationError(
                         f"gate failed for {name!r}: OpenVINO ran every layer in "
                         f"{runner.precision}, none in INT8; nothing published"
                     )
             else:
-                artifact.validation["runner"] = f"onnxruntime {runner.providers[0]}"  # type: ignore[attr-defined]
+                artifact.validation["runner"] = f"onnxruntime {runner.providers[0]}"
             if uint8 and not name.endswith("uint8"):
                 float_outputs[name] = gate.outputs(runner, reference, options.max_batch)
             if quality is not None and artifact.precision.reduced:
@@ -144,8 +147,6 @@ def build_artifacts(
                 "(int8.signed_for_tensorrt)"
             )
         if quality is not None:
-            from gendeploy.runtime.tensorrt import TensorRTRunner
-
             with TensorRTRunner(staged / artifacts[-1].path) as engine:
                 _judge(quality, engine, artifacts[-1], say)
         versions["tensorrt"] = artifacts[-1].extra["tensorrt"]
@@ -164,7 +165,6 @@ def _build_engine(
     float_outputs: dict[str, list[np.ndarray]],
 ) -> Artifact:
     from gendeploy.export.tensorrt_build import build_engine
-    from gendeploy.runtime.tensorrt import TensorRTRunner
 
     artifact = make_artifact(loaded, name, ArtifactKind.tensorrt, f"{name}.plan")
     with clock(f"build_{name}"):
