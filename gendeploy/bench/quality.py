@@ -18,6 +18,7 @@ from gendeploy.export.manifest import Manifest, Precision
 from gendeploy.export.quality_gate import QualityConfig, QualityGate, model_facts
 from gendeploy.runtime.base import Runner
 from gendeploy.runtime.eager import EagerRunner
+from gendeploy.runtime.registry import REGISTRY
 
 
 def runner_quality(
@@ -39,9 +40,12 @@ def runner_quality(
     for name, runner in runners.items():
         if name == "eager":
             continue
-        precision = runner.precision.split("+")[0]
+        # bounds of the precision its artifact was made in (ORT runs int8.onnx dequantized: its
+        # errors are INT8's); a runner outside the registry by what it executed
+        entry = REGISTRY.get(name)
+        precision = entry.precision if entry else Precision(runner.precision.split("+")[0])
         try:
-            result = gate.judge(runner.run, Precision(precision))
+            result = gate.judge(runner.run, precision)
         except (GendeployError, ValueError) as e:
             results[name] = {"error": str(e)}
             continue

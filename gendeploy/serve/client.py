@@ -15,7 +15,7 @@ from gendeploy.errors import ServeError, UsageError
 from gendeploy.runtime.triton import TritonRunner, as_inference_error, connect
 from gendeploy.serve.backend_model import MAX_SEED, draw_latents
 
-SUFFIXES = ("_uint8", "_onnx", "_trt")
+SUFFIXES = ("_uint8", "_onnx", "_trt", "_int8", "_openvino")
 
 
 @dataclass(frozen=True)
