@@ -22,8 +22,10 @@ import torch
 from gendeploy.bench import machine, peak
 from gendeploy.bench.flops import flops_per_image
 from gendeploy.bench.markdown import contended
+from gendeploy.bench.quality import runner_quality
 from gendeploy.bench.suites import BenchModel, Suite
 from gendeploy.bench.sweep import CellResult, sweep_batch
+from gendeploy.export.int8 import int8_tools_missing
 from gendeploy.runtime.registry import RunnerContext, RunnerUnavailable, build_runner, describe
 
 Log = Callable[[str], None]
@@ -142,9 +144,7 @@ def bench_model(
     peaks: dict[str, float],
     say: Log,
 ) -> dict[str, Any]:
-    from gendeploy.bench.quality import runner_quality
     from gendeploy.export.api import ExportOptions, ModelSpec, export
-    from gendeploy.export.int8 import int8_tools_missing
     from gendeploy.export.source import load_eager
 
     checkpoint, origin = prepare_checkpoint(model, work)

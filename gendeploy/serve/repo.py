@@ -228,7 +228,8 @@ def plan_models(manifest: Manifest, export_dir: Path, options: RepoOptions) -> l
     names = {a.name: a for a in manifest.artifacts}
     base = options.name or re.sub(r"[^A-Za-z0-9_.-]", "_", manifest.name)
     engine = names.get("trt_fp16")
-    gpu = options.gpu if options.gpu is not None else engine is not None
+    has_engine = any(a.kind is ArtifactKind.tensorrt for a in manifest.artifacts)
+    gpu = options.gpu if options.gpu is not None else has_engine
     manifest_text = manifest.to_json()
     plans: list[ModelPlan] = []
     if "fp32" not in names:
