@@ -125,10 +125,11 @@ def quality_plot(model: dict[str, Any], path: Path) -> Path | None:
     if len(points) < 2:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, ips, ratio, passed, precision in points:
+    for i, (name, ips, ratio, passed, precision) in enumerate(sorted(points, key=lambda p: p[1])):
         ax.scatter(ips, ratio, marker="o" if passed else "x", s=50, color="C0" if passed else "C3")
-        ax.annotate(f"{name} ({precision})", (ips, ratio), fontsize=7, xytext=(4, 3),
-                    textcoords="offset points")  # fmt: skip
+        # alternate labels above and below: runners of similar speed and quality sit close
+        ax.annotate(f"{name} ({precision})", (ips, ratio), fontsize=7,
+                    xytext=(4, 6 if i % 2 == 0 else -12), textcoords="offset points")  # fmt: skip
     limit = next(
         (q["max_frechet_ratio"] for q in quality.values() if "max_frechet_ratio" in q), None
     )
