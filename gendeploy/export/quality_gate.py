@@ -54,8 +54,8 @@ class PsnrBounds:
 
 # FP16 keeps 11 significant bits: the tensor gate already asks >= 40 dB on its fixed seeds.
 # bf16 keeps 8 bits: about 8x FP16's error, 18 dB lower. INT8 rounds every activation to one of
-# 256 levels per tensor; on the default preset (a checkpoint at step 500) it measured a median of
-# 51 dB, a 1st percentile of 47 dB and a minimum of 41 dB (docs/export.md). 30 / 25 dB (an RMS
+# 256 levels per tensor; on the trained default preset it measured a median of 51 dB, a 1st
+# percentile of 45 dB and a minimum of 42 dB (docs/export.md). 30 / 25 dB (an RMS
 # error of 8 / 14 levels) leave room for other generators, while a broken quantization (an
 # outlier channel setting the scale, a dead channel) lands at 10-22 dB (tests/int8_models.py).
 PSNR_BOUNDS = {
