@@ -34,6 +34,11 @@ class ValidationError(ExportError):
     """An artifact did not match eager PyTorch: nothing is published."""
 
 
+class QualityError(ValidationError):
+    """A reduced-precision artifact draws differently from FP32 (per-seed PSNR, distribution, digits
+    score), or a generator cannot be scored: nothing is published."""
+
+
 class MissingDependencyError(GendeployError):
     """An optional dependency (TensorRT, CUDA, OpenVINO, tritonserver...) is not installed."""
 

@@ -62,6 +62,11 @@ def test_export_of_a_conditional_checkpoint_publishes_gated_fp32_uint8_fp16(
     assert on_disk.artifact("uint8").validation["max_level_diff"] <= 1
     for head in ("uint8", "fp16_uint8"):  # each head within 1 level of its float graph's images
         assert on_disk.artifact(head).validation["head_level_diff"] <= 1
+    for reduced in ("fp16", "fp16_uint8"):  # FP16 also passed the quality gate on what it draws
+        quality = on_disk.artifact(reduced).validation["quality"]
+        assert quality["passed"] and quality["seeds"] >= 1000
+        assert quality["frechet_ratio"] <= 1.10 and quality["psnr"]["p1_db"] >= 40
+    assert "quality" not in on_disk.artifact("fp32").validation  # FP32 is the reference
     if not available("tensorrt").ok:  # said plainly, not silently dropped
         skipped = {s["name"]: s["reason"] for s in on_disk.skipped}
         assert skipped.keys() == {"trt_fp16", "trt_fp16_uint8"}
