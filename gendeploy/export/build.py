@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 
-from gendeploy.export import gate, onnx_graph
+from gendeploy.errors import ValidationError
+from gendeploy.export import fp16_islands, gate, onnx_graph
 from gendeploy.export.api import ExportOptions, OutputKind, make_artifact
 from gendeploy.export.manifest import Artifact, ArtifactKind
 from gendeploy.export.source import LoadedModel
@@ -31,7 +33,11 @@ def build_artifacts(
     clock = _Clock(timings)
     with clock("reference"):
         reference = gate.eager_reference(
-            loaded.module, loaded.latent_dim, loaded.num_classes, options.max_batch
+            loaded.module,
+            loaded.latent_dim,
+            loaded.num_classes,
+            options.max_batch,
+            interface=loaded.interface,
         )
     artifacts: list[Artifact] = []
     uint8 = options.output is OutputKind.uint8
@@ -53,22 +59,40 @@ def build_artifacts(
         artifacts.append(artifact)
 
     with clock("export_fp32"):
-        exporter = onnx_graph.export_fp32(
+        exported = onnx_graph.export_fp32(
             loaded.module,
             staged / "fp32.onnx",
             loaded.latent_dim,
             loaded.num_classes,
             options.max_batch,
+            inputs=loaded.interface.input_specs(loaded.latent_dim, loaded.num_classes),
         )
-    say(f"exported fp32.onnx ({exporter} exporter)")
-    add_onnx("fp32", None, {"exporter": exporter})
+    for rewrite in exported.rewrites:
+        say(f"rewrote the batch-grouped convolution {rewrite.layer} ({rewrite.form} form)")
+    say(f"exported fp32.onnx ({exported.exporter} exporter)")
+    fp32_extra: dict[str, Any] = {"exporter": exported.exporter}
+    if exported.rewrites:
+        fp32_extra["rewrites"] = [asdict(r) for r in exported.rewrites]
+    if exported.static_batch:
+        fp32_extra["static_batch"] = 1
+    add_onnx("fp32", None, fp32_extra)
     fp32 = onnx.load(str(staged / "fp32.onnx"))
     if uint8:
         add_onnx("uint8", onnx_graph.add_uint8_head(fp32), {"derived_from": "fp32"})
     if options.fp16:
         with clock("convert_fp16"):
-            fp16 = onnx_graph.convert_fp16(fp32)
-        add_onnx("fp16", fp16, {"derived_from": "fp32", "fp32_ops": onnx_graph.FP32_OPS})
+            fp16, islands = fp16_islands.convert(
+                fp32, reference.feeds, _fp16_acceptance(loaded, options, staged, reference)
+            )
+        if islands:
+            shown = ", ".join(sorted({f"{i.layer or 'top level'} {i.op}" for i in islands}))
+            say(f"fp16: {len(islands)} nodes kept in FP32 (values beyond FP16's range): {shown}")
+        fp16_extra = {
+            "derived_from": "fp32",
+            "fp32_ops": onnx_graph.FP32_OPS,
+            "fp32_decided_by": "gate on FP16 storage emulated with ONNX Runtime CPU",
+        }
+        add_onnx("fp16", fp16, {**fp16_extra, "fp32_layers": [asdict(i) for i in islands]})
         if uint8:
             add_onnx("fp16_uint8", onnx_graph.add_uint8_head(fp16), {"derived_from": "fp16"})
 
@@ -88,6 +112,29 @@ def build_artifacts(
         )
         versions["tensorrt"] = artifacts[-1].extra["tensorrt"]
     return artifacts, skipped, versions
+
+
+def _fp16_acceptance(
+    loaded: LoadedModel, options: ExportOptions, staged: Path, reference: gate.Reference
+) -> fp16_islands.Accept:
+    """The checks that decide whether a candidate FP16 model is good enough: the gate's, run with
+    FP16 storage emulated (one more check, such as a distribution gate, is one more call here)."""
+    from gendeploy.runtime.onnxrt import OnnxRuntimeRunner
+
+    def accept(model: onnx.ModelProto) -> str | None:
+        artifact = make_artifact(loaded, "fp16", ArtifactKind.onnx, ".fp16-candidate.onnx")
+        path = staged / artifact.path
+        onnx_graph.save(fp16_islands.emulate_fp16_storage(model), path)
+        try:
+            with OnnxRuntimeRunner(path, optimize=False) as runner:
+                gate.validate(runner, artifact, reference, options.max_batch)
+        except ValidationError as e:
+            return str(e)
+        finally:
+            path.unlink(missing_ok=True)
+        return None
+
+    return accept
 
 
 def _build_engine(
