@@ -152,6 +152,9 @@ def generate_command(
     client_latents: Annotated[
         bool, typer.Option(help="Draw z here (same RNG) instead of on the server.")
     ] = False,
+    truncation: Annotated[
+        float | None, typer.Option(help="Truncation psi (models that take it; default theirs).")
+    ] = None,
 ) -> None:
     """Ask a served model for N images and write them as a PNG grid."""
     from gendeploy.runtime.triton import PROTOCOLS
@@ -166,7 +169,14 @@ def generate_command(
         url = endpoints_from_ready_file(ready_file, protocol, wait_s)
     url = url or ("127.0.0.1:8000" if protocol == "http" else "127.0.0.1:8001")
     images, info = generate(
-        url, model, n, protocol=protocol, label=label, seed=seed, client_latents=client_latents
+        url,
+        model,
+        n,
+        protocol=protocol,
+        label=label,
+        seed=seed,
+        client_latents=client_latents,
+        truncation=truncation,
     )
     save_grid(images, out)
     typer.echo(

@@ -152,7 +152,9 @@ def fold_cast_pairs(model: onnx.ModelProto) -> onnx.ModelProto:
         node.input[:] = [rename.get(i, i) for i in node.input]
         kept.append(node)
     used = {i for n in kept for i in n.input} | outputs
-    kept = [n for n in kept if n.op_type != "Cast" or n.output[0] not in to16 or n.output[0] in used]
+    kept = [
+        n for n in kept if n.op_type != "Cast" or n.output[0] not in to16 or n.output[0] in used
+    ]
     del graph.node[:]
     graph.node.extend(kept)
     return model

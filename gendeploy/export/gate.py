@@ -93,7 +93,9 @@ def gate_inputs(
         if num_classes > 0:
             f["labels"] = (np.arange(n) % num_classes).astype(np.int64)  # every label
         if interface.truncation_arg:
-            psi = [interface.truncation_default, *OTHER_PSI] if k else [interface.truncation_default]
+            psi = (
+                [interface.truncation_default, *OTHER_PSI] if k else [interface.truncation_default]
+            )
             f["truncation"] = np.resize(np.array(psi, np.float32), (n, 1))
         for noise in interface.noise:
             f[noise.name] = rng.standard_normal((n, *noise.shape)).astype(np.float32)
@@ -217,10 +219,11 @@ def validate(
     full = _run_chunked(runner, reference.feeds[0], max_batch)
     if reference.other_z:
         moved = _run_chunked(runner, reference.other_z, max_batch)
-        if not _depends_on_z(full if is_uint8 else render(full), moved if is_uint8 else render(moved)):
+        if not _depends_on_z(
+            full if is_uint8 else render(full), moved if is_uint8 else render(moved)
+        ):
             raise IgnoresLatentError(
-                f"gate failed for {artifact.name!r}: "
-                f"{_ignores_z_message('its output', len(full))}"
+                f"gate failed for {artifact.name!r}: {_ignores_z_message('its output', len(full))}"
             )
     diff = _batch_invariance(runner, reference.feeds[0], full)
     figures["batch_invariance_max_diff"] = diff

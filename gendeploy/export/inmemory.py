@@ -138,8 +138,10 @@ def load_module(
 
 def _label(source: Source | None, cls: type) -> str:
     """How messages name the model: ``--model file.py:Class`` when it came from the CLI."""
-    return f"--model {source.path}" if source is not None and source.kind == "user_model" else (
-        cls.__name__
+    return (
+        f"--model {source.path}"
+        if source is not None and source.kind == "user_model"
+        else (cls.__name__)
     )
 
 

@@ -89,7 +89,7 @@ class Interface:
     Old manifests without it describe a plain ``forward(z[, labels])``.
     """
 
-    class_input: str = "index"  # index: labels; onehot: gendeploy builds c; empty: c is [N, 0]
+    class_input: str = "labels"  # labels as they are; onehot: gendeploy builds c; empty: [N, 0]
     truncation_arg: str = ""  # forward's truncation parameter; "" when not a served input
     truncation_default: float = 1.0  # the model's own default psi
     noise: list[NoiseInput] = field(default_factory=list)

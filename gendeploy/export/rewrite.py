@@ -1,4 +1,4 @@
-"""Batch-grouped convolutions rewritten into export-friendly forms, on the graph torch.export captured.
+"""Batch-grouped convolutions rewritten into export-friendly forms on the captured graph.
 
 StyleGAN2's fused modulated convolution (NVlabs in eval mode, rosinality's port) folds the batch
 into the channels: the input ``[N, C, H, W]`` is viewed as ``[1, N*C, H, W]`` and convolved with
@@ -62,7 +62,7 @@ _VIEWS = {
 }
 _MUL = {aten.mul.Tensor, aten.mul.Scalar}
 _DIV = {aten.div.Tensor, aten.div.Scalar}
-VERIFY_BATCHES = (1, 2, 5)
+VERIFY_BATCHES = (1, 3)
 VERIFY_ATOL = 1e-4  # the gate's FP32 tolerance
 
 

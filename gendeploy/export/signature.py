@@ -38,7 +38,7 @@ _KWARG = re.compile(r"^([A-Za-z_]\w*)=(.*)$")
 
 
 class ClassInput(str, Enum):
-    index = "index"  # forward(z, labels): int64 labels
+    labels = "labels"  # forward(z, labels): int64 labels
     onehot = "onehot"  # forward(z, c): a float one-hot [N, num_classes] built from labels
     empty = "empty"  # unconditional forward(z, c): an empty [N, 0] c
 
@@ -94,7 +94,7 @@ class ServedGenerator(nn.Module):
         z = values["z"]
         args: list[torch.Tensor] = [z]
         kind = ClassInput(self.interface.class_input)
-        if kind is ClassInput.index and self.num_classes > 0:
+        if kind is ClassInput.labels and self.num_classes > 0:
             args.append(values["labels"])
         elif kind is ClassInput.onehot:
             classes = torch.arange(self.num_classes, device=z.device)
@@ -204,9 +204,9 @@ def _class_input(
 ) -> Interface:
     """The first class-input convention the model runs with; the first one's error otherwise."""
     kinds = (
-        [ClassInput.index, ClassInput.onehot]
+        [ClassInput.labels, ClassInput.onehot]
         if num_classes > 0
-        else [ClassInput.index, ClassInput.empty]
+        else [ClassInput.labels, ClassInput.empty]
     )
     first_error: Exception | None = None
     for kind in kinds:

@@ -105,11 +105,17 @@ def _triton_type(spec: TensorSpec) -> str:
         raise ServeError(f"tensor {spec.name!r} has dtype {spec.dtype!r}, not servable") from None
 
 
-def _io(artifact: Artifact, with_seed: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _io(
+    artifact: Artifact, with_seed: bool, noise_seed: bool = False
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Config inputs and outputs. The python model (``with_seed``) also takes ``seed``, leaves
+    ``truncation`` optional, and draws noise inputs itself (``noise_seed`` for z requests)."""
     inputs: list[dict[str, Any]] = []
     for spec in artifact.inputs:
+        if with_seed and spec.name.startswith("noise_"):
+            continue  # drawn by the server from the request's seed
         entry: dict[str, Any] = {"name": spec.name, "data_type": _triton_type(spec)}
-        if spec.name == "z" and with_seed:
+        if spec.name in ("z", "truncation") and with_seed:
             entry["optional"] = True
         if len(spec.shape) == 1:  # labels (N,): Triton needs dims, the model gets rank 1
             entry["dims"] = [1]
@@ -120,17 +126,23 @@ def _io(artifact: Artifact, with_seed: bool) -> tuple[list[dict[str, Any]], list
         inputs.append(entry)
     if with_seed:
         inputs.insert(1, {"name": "seed", "data_type": "TYPE_INT64", "dims": [1], "optional": True})
+        if noise_seed:
+            inputs.append(
+                {"name": "noise_seed", "data_type": "TYPE_INT64", "dims": [1], "optional": True}
+            )
     out = artifact.output
     outputs = [{"name": out.name, "data_type": _triton_type(out), "dims": _dims(out)}]
     return inputs, outputs
 
 
-def _warmup(artifact: Artifact) -> list[dict[str, Any]]:
-    inputs = {}
-    for spec in artifact.inputs:
-        dims = _dims(spec) or [1]
-        inputs[spec.name] = {"data_type": _triton_type(spec), "dims": dims, "zero_data": True}
-    return [{"name": "zeros_batch_1", "batch_size": 1, "inputs": inputs}]
+def _warmup(inputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One batch-1 request of zeros: every input but the alternatives the model fills itself."""
+    zeros = {
+        i["name"]: {"data_type": i["data_type"], "dims": i["dims"], "zero_data": True}
+        for i in inputs
+        if i["name"] not in ("seed", "truncation")
+    }
+    return [{"name": "zeros_batch_1", "batch_size": 1, "inputs": zeros}]
 
 
 def model_config(
@@ -146,7 +158,8 @@ def model_config(
     from tritonclient.grpc import model_config_pb2
 
     max_batch = options.max_batch_size or manifest.batch.max
-    inputs, outputs = _io(artifact, with_seed=kind == "python")
+    noise = bool(manifest.interface.noise)
+    inputs, outputs = _io(artifact, with_seed=kind == "python", noise_seed=noise)
     config: dict[str, Any] = {
         "name": name,
         "max_batch_size": max_batch,
@@ -155,7 +168,7 @@ def model_config(
         "output": outputs,
         "instance_group": [{"kind": "KIND_GPU" if gpu else "KIND_CPU", "count": options.instances}],
         "dynamic_batching": {"max_queue_delay_microseconds": options.queue_delay_us},
-        "model_warmup": _warmup(artifact),
+        "model_warmup": _warmup(inputs),
         "parameters": {
             "gendeploy_export": {"string_value": manifest.name},
             "gendeploy_artifact": {"string_value": artifact.name},
