@@ -156,20 +156,33 @@ class IgnoresLatent(FusedModulated):
         return self.synthesis(self.mapping(torch.zeros_like(z)))
 
 
+class ModulatedUp(nn.Module):
+    """A fused *transposed* modulated convolution (StyleGAN2's upsampling layers)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.affine = nn.Linear(LATENT, 4)
+        self.weight = nn.Parameter(torch.randn(4, 3, 2, 2))
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        w = self.weight.unsqueeze(0) * self.affine(z).reshape(n, -1, 1, 1, 1)
+        x = x.reshape(1, -1, *x.shape[2:])
+        x = F.conv_transpose2d(x, w.reshape(-1, 3, 2, 2), stride=2, groups=n)
+        return x.reshape(n, 3, 8, 8)
+
+
 class TransposedGrouped(nn.Module):
-    """A fused *transposed* modulated convolution (StyleGAN2's upsampling layers): not rewritten."""
+    """Upsamples with ``ModulatedUp``: not rewritten (a static batch exports it)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.const = nn.Parameter(torch.randn(4, 4, 4))
-        self.affine = nn.Linear(LATENT, 4)
-        self.weight = nn.Parameter(torch.randn(4, 3, 2, 2))
+        self.up = ModulatedUp()
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        n = z.shape[0]
-        x = self.const.unsqueeze(0).expand(n, -1, -1, -1).reshape(1, -1, 4, 4)
-        w = (self.weight.unsqueeze(0) * self.affine(z).reshape(n, -1, 1, 1, 1)).reshape(-1, 3, 2, 2)
-        return torch.tanh(F.conv_transpose2d(x, w, stride=2, groups=n).reshape(n, 3, 8, 8))
+        x = self.const.unsqueeze(0).expand(z.shape[0], -1, -1, -1)
+        return torch.tanh(self.up(x, z))
 
 
 class BatchAsInt(FusedModulated):

@@ -281,7 +281,7 @@ def test_forward_kwargs_from_the_cli_are_applied_and_recorded(tmp_path: Path) ->
         ("RandomInForward", "error: the generator draws random numbers in forward: the same input "
          "twice gives images"),
         ("IgnoresLatent", "error: the generator's output does not depend on z: 8 samples"),
-        ("TransposedGrouped", "error: layer '<top level>': a transposed convolution with groups = "
+        ("TransposedGrouped", "error: layer 'up': a transposed convolution with groups = "
          "batch (per-sample weights over a [1, N*C, H, W] view) cannot be exported with a dynamic "
          "batch, and gendeploy rewrites only 2-d convolutions; options: the model's own non-fused "
          "path (--forward-kwargs, e.g. fused_modconv=false), or a static batch (--max-batch 1)"),

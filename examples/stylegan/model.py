@@ -176,3 +176,8 @@ class StyleGAN(nn.Module):
             x, img = block(x, img, w, noise_mode, fused_modconv)
         assert img is not None
         return torch.tanh(img)
+
+
+def tiny() -> StyleGAN:
+    """An 8x8 StyleGAN with 8 channels: the same layers, for tests (latent 16)."""
+    return StyleGAN(latent_dim=16, w_dim=16, resolution=8, channels={4: 8, 8: 8}, mapping_layers=2)
