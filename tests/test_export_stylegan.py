@@ -283,8 +283,9 @@ def test_forward_kwargs_from_the_cli_are_applied_and_recorded(tmp_path: Path) ->
         ("IgnoresLatent", "error: the generator's output does not depend on z: 8 samples"),
         ("TransposedGrouped", "error: layer 'up': a transposed convolution with groups = "
          "batch (per-sample weights over a [1, N*C, H, W] view) cannot be exported with a dynamic "
-         "batch, and gendeploy rewrites only 2-d convolutions; options: the model's own non-fused "
-         "path (--forward-kwargs, e.g. fused_modconv=false), or a static batch (--max-batch 1)"),
+         "batch, and gendeploy rewrites only plain 2-d convolutions; options: the model's own "
+         "non-fused path (--forward-kwargs, e.g. fused_modconv=false), or a static batch "
+         "(--max-batch 1)"),
         ("BatchAsInt", "error: the model turns the batch size into a constant while it is traced"),
         ("FusedModulated --forward-kwargs fused=true", "error: --forward-kwargs fused: "),
     ],

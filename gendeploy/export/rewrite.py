@@ -94,9 +94,12 @@ def rewrite_batch_grouped(gm: fx.GraphModule, prefix: str = "") -> list[Rewrite]
         weight = params["weight"]
         shape = _shape(weight)
         transposed = bool(params.get("transposed", False)) or "transpose" in str(node.target)
-        if node.target not in _CONV2D or transposed or len(shape) != 4:
-            kind = "transposed convolution" if transposed else f"{len(shape) - 2}-d convolution"
-            raise RewriteError(unsupported_message(layer, kind))
+        if transposed:
+            raise RewriteError(unsupported_message(layer, "transposed convolution"))
+        if len(shape) != 4:
+            raise RewriteError(unsupported_message(layer, f"{len(shape) - 2}-d convolution"))
+        if node.target not in _CONV2D:
+            raise RewriteError(unsupported_message(layer, "convolution with padding by name"))
         if not all(isinstance(d, int) for d in shape[1:]) or not _constant_geometry(params):
             raise RewriteError(unsupported_message(layer, "convolution with symbolic kernel"))
         out_per_sample, _, kh, kw = _per_sample_kernel(weight, groups)
@@ -104,9 +107,9 @@ def rewrite_batch_grouped(gm: fx.GraphModule, prefix: str = "") -> list[Rewrite]
         conv_args = (
             params["input"],
             params.get("bias"),
-            list(params.get("stride", [1, 1])),
-            list(params.get("padding", [0, 0])),
-            list(params.get("dilation", [1, 1])),
+            _pair(params.get("stride", 1)),
+            _pair(params.get("padding", 0)),
+            _pair(params.get("dilation", 1)),
             groups,
         )
         with gm.graph.inserting_before(node):
@@ -132,7 +135,7 @@ def rewrite_batch_grouped(gm: fx.GraphModule, prefix: str = "") -> list[Rewrite]
 def unsupported_message(layer: str, kind: str) -> str:
     return (
         f"layer {layer!r}: a {kind} with groups = batch (per-sample weights over a [1, N*C, H, W]"
-        " view) cannot be exported with a dynamic batch, and gendeploy rewrites only 2-d "
+        " view) cannot be exported with a dynamic batch, and gendeploy rewrites only plain 2-d "
         "convolutions; options: the model's own non-fused path (--forward-kwargs, e.g. "
         "fused_modconv=false), or a static batch (--max-batch 1)"
     )
@@ -253,12 +256,14 @@ def _arguments(node: fx.Node) -> dict[str, Any]:
     return found
 
 
+def _pair(value: Any) -> list[Any]:
+    values = list(value) if isinstance(value, list | tuple) else [value]
+    return values * 2 if len(values) == 1 else values
+
+
 def _constant_geometry(params: dict[str, Any]) -> bool:
-    return all(
-        isinstance(v, int)
-        for name in ("stride", "padding", "dilation")
-        for v in (params.get(name) or [])
-    )
+    names = ("stride", "padding", "dilation")
+    return all(isinstance(v, int) for n in names for v in _pair(params.get(n, 1)))
 
 
 def _shape(node: Any) -> list[Any]:

@@ -8,8 +8,12 @@ Models written for an export named ``<name>``:
 - ``<name>_uint8``: the same for the ``uint8`` artifact (UINT8 NHWC images), when exported, with
   the ``trt_fp16_uint8`` engine when it exists.
 - ``<name>_onnx``: ``platform: "onnxruntime_onnx"`` for the NGC container (KIND_GPU with the ONNX
-  Runtime TensorRT accelerator in FP16 for GPU targets); ``z`` only.
-- ``<name>_trt``: ``platform: "tensorrt_plan"`` when a ``trt_fp16`` engine exists; ``z`` only.
+  Runtime TensorRT accelerator in FP16 for GPU targets); the ONNX's own inputs (``z``, labels,
+  truncation and noise tensors where the export has them), no seed.
+- ``<name>_trt``: ``platform: "tensorrt_plan"`` when a ``trt_fp16`` engine exists; the same inputs.
+
+The python models take ``truncation`` as an optional input and draw noise inputs themselves
+(from ``seed``, or ``noise_seed`` with z); see ``backend_model``.
 
 Every ``config.pbtxt`` is built through Triton's protobuf (``model_config_pb2``). Each write stages
 the version directory beside its model, renames it to version N+1, and writes ``config.pbtxt`` last
