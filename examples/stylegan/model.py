@@ -38,8 +38,9 @@ class MappingNetwork(nn.Module):
     def forward(self, z: torch.Tensor, truncation_psi: float | torch.Tensor = 1.0) -> torch.Tensor:
         z = z * (z.square().mean(dim=1, keepdim=True) + 1e-8).rsqrt()  # pixel norm
         w = self.net(z)  # state: N x w_dim
-        # psi may be a float or a per-sample [N, 1] tensor: no Python branch on its value
-        return self.w_avg.lerp(w, truncation_psi)
+        # psi may be a float or a per-sample [N, 1] tensor: no Python branch on its value; written
+        # out rather than lerp, which wants one dtype (w is bf16 under autocast, w_avg FP32)
+        return self.w_avg + (w - self.w_avg) * truncation_psi
 
 
 def modulated_conv2d(

@@ -138,11 +138,9 @@ def load_module(
 
 def _label(source: Source | None, cls: type) -> str:
     """How messages name the model: ``--model file.py:Class`` when it came from the CLI."""
-    return (
-        f"--model {source.path}"
-        if source is not None and source.kind == "user_model"
-        else (cls.__name__)
-    )
+    if source is not None and source.kind == "user_model":
+        return f"--model {source.path}"
+    return cls.__name__
 
 
 def state_digest(module: nn.Module) -> str:
