@@ -14,7 +14,7 @@ REPO=${REPO:-triton_repo}
 
 ready="$RUN/serve.json"
 rm -f "$ready"
-"$BIN/gendeploy" serve "$REPO" --ready-file "$ready" &
+"$BIN/gendeploy" serve "$REPO" --ready-file "$ready" --http-port 0 --grpc-port 0 --metrics-port 0 &
 server=$!
 trap 'kill -TERM "$server" 2>/dev/null; wait "$server" 2>/dev/null || true' EXIT
 "$BIN/gendeploy" generate --ready-file "$ready" --wait-s 180 --model demo -n 40 \

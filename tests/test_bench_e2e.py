@@ -103,7 +103,8 @@ def test_served_load_is_measured_by_perf_analyzer_and_by_the_fallback_loop(tmp_p
     )
     write_repo(tmp_path / "e", tmp_path / "repo")
     feeds = make_feeds(1, manifest.latent_dim, manifest.num_classes)
-    rule = StabilityRule(window_s=0.2, max_windows=4, tolerance=0.5)
+    # perf_analyzer 2.49 needs trials to spare to call 3 windows stable, more so on a busy host
+    rule = StabilityRule(window_s=0.2, max_windows=12, tolerance=0.5)
     with TritonServer(tmp_path / "repo") as server:
         looped = load_loop(server.grpc_url, "tiny", "grpc", 2, feeds, rule)
         assert looped.tool == "tritonclient load loop" and looped.concurrency == 2

@@ -277,11 +277,14 @@ def test_docker_command_uses_the_container_whose_tensorrt_matches_the_engine(
     (version_dir / "manifest.json").write_text(manifest.to_json())
     command, why, tag = docker_command(tmp_path)
     assert tag == "24.08" and "nvcr.io/nvidia/tritonserver:24.08-py3" in command
-    assert f"{tmp_path.resolve()}:/models" in command
+    # only the models the image can run are mounted, read-only: not the python model (the NGC
+    # image has no onnxruntime for it), and nothing can be loaded later (model control "none")
+    for model in ("dcgan64_onnx", "dcgan64_trt"):
+        assert f"-v {tmp_path.resolve() / model}:/models/{model}:ro" in command
+    assert f"{tmp_path.resolve() / 'dcgan64'}:" not in command
     assert "-p127.0.0.1:8000:8000 -p127.0.0.1:8001:8001 -p127.0.0.1:8002:8002" in command
-    assert command.endswith(
-        "--model-control-mode=explicit --load-model=dcgan64_onnx --load-model=dcgan64_trt"
-    )  # not the python model: the NGC image has no onnxruntime for it
+    assert "--model-control-mode=none" in command and "--load-model" not in command
+    assert "--user=triton-server" in command
     assert "10.3" in why and "unverified" in why
     with pytest.raises(
         ServeError, match=r"^unknown TensorRT version 99\.1\.0: pick the NGC tag whose TensorRT is"

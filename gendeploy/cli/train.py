@@ -78,7 +78,8 @@ def train_command(
     }
     run_dir = out or Path("runs") / preset
     if resume:  # the run's own settings; flags that repeat them are fine
-        model, config = resumed_configs(run_dir, settings, schedule)
+        model, config, step = resumed_configs(run_dir, settings, schedule)
+        typer.echo(f"resuming {run_dir} from step {step} (checkpoint.pt) to step {config.steps}")
     else:
         model, config = with_overrides(get_preset(preset), **settings, **schedule)
     result = train(

@@ -37,7 +37,7 @@ from gendeploy.export.manifest import (
     load_manifest,
     sha256_file,
 )
-from gendeploy.export.publish import check_destination, publish, staging_dir
+from gendeploy.export.publish import check_destination, publish, repair_interrupted, staging_dir
 
 if TYPE_CHECKING:
     from torch import nn
@@ -197,6 +197,9 @@ def export_loaded(
     loaded = load(say)
     name = name or _safe_name(loaded.default_name)
     out_dir = Path(out) if out is not None else Path("exports") / name
+    repaired = repair_interrupted(out_dir)
+    if repaired:
+        say(repaired)
     check_destination(out_dir)
     fingerprint = _fingerprint(loaded, options, name)
     if (out_dir / MANIFEST_NAME).is_file() and not force:

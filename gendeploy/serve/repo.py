@@ -65,14 +65,17 @@ class RepoOptions:
     keep_versions: int = 2
     gpu: bool | None = None  # default: True when the export has a TensorRT engine
     intra_op_threads: int = 0  # python model: ONNX Runtime threads per instance, 0 = ORT default
+    # requests waiting beyond this are refused at once (UNAVAILABLE / HTTP 503), so a flood costs
+    # the server a bounded queue instead of unbounded memory; 0 = no limit (Triton's default)
+    max_queue_size: int = 256
 
     def __post_init__(self) -> None:
         if self.name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name):
             raise ServeError(f"model name {self.name!r} must be letters, digits, '_', '-' or '.'")
         if self.max_batch_size is not None and self.max_batch_size < 1:
             raise ServeError(f"--max-batch-size must be >= 1, got {self.max_batch_size}")
-        if self.queue_delay_us < 0 or self.instances < 1:
-            raise ServeError("queue delay must be >= 0 and instances >= 1")
+        if self.queue_delay_us < 0 or self.instances < 1 or self.max_queue_size < 0:
+            raise ServeError("queue delay and max queue size must be >= 0, instances >= 1")
         if self.keep_versions < 2:
             raise ServeError(
                 f"--keep-versions must be >= 2 (the served version stays until the server "
@@ -171,7 +174,10 @@ def model_config(
         "input": inputs,
         "output": outputs,
         "instance_group": [{"kind": "KIND_GPU" if gpu else "KIND_CPU", "count": options.instances}],
-        "dynamic_batching": {"max_queue_delay_microseconds": options.queue_delay_us},
+        "dynamic_batching": {
+            "max_queue_delay_microseconds": options.queue_delay_us,
+            "default_queue_policy": {"max_queue_size": options.max_queue_size},
+        },
         "model_warmup": _warmup(inputs),
         "parameters": {
             "gendeploy_export": {"string_value": manifest.name},

@@ -396,9 +396,9 @@ FLAGS = {"image_channels": "--channels", "ema_decay": "--ema"}  # where a flag i
 
 def resumed_configs(
     out: Path, settings: dict[str, Any], schedule: dict[str, Any]
-) -> tuple[ModelConfig, TrainConfig]:
-    """The configs of the run in ``out``, from its checkpoint. ``settings`` (flags, None = not
-    given) must agree with them; ``schedule`` (``RESUMABLE_CHANGES``) is applied."""
+) -> tuple[ModelConfig, TrainConfig, int]:
+    """The configs of the run in ``out`` and its step, from its checkpoint. ``settings`` (flags,
+    None = not given) must agree with them; ``schedule`` (``RESUMABLE_CHANGES``) is applied."""
     check_run_dir(out, resume=True, force=False)
     source = out / CHECKPOINT_NAME
     ckpt = load_checkpoint(source)
@@ -415,7 +415,7 @@ def resumed_configs(
             f"--resume continues {out} with its own settings: drop {' '.join(differ)} or start a "
             "new run (only --steps, --sample-every, --checkpoint-every and --no-eval may change)"
         )
-    return with_overrides(saved, **schedule)
+    return (*with_overrides(saved, **schedule), ckpt.step)
 
 
 def with_overrides(base: Preset, **overrides: Any) -> tuple[ModelConfig, TrainConfig]:
