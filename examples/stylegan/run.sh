@@ -31,7 +31,7 @@ PY
 
 ready="$OUT/serve.json"
 rm -f "$ready"
-"$BIN/gendeploy" serve "$REPO" --ready-file "$ready" &
+"$BIN/gendeploy" serve "$REPO" --ready-file "$ready" --http-port 0 --grpc-port 0 --metrics-port 0 &
 server=$!
 trap 'kill -TERM "$server" 2>/dev/null; wait "$server" 2>/dev/null || true' EXIT
 "$BIN/gendeploy" generate --ready-file "$ready" --wait-s 180 --model stylegan -n 16 \
