@@ -171,7 +171,7 @@ def test_an_unknown_tensorrt_version_asks_for_this_commands_tag_flag(
     manifest = json.loads(manifest_path.read_text())
     manifest["artifacts"].append({"kind": "tensorrt", "extra": {"tensorrt": "99.1.0"}})
     manifest_path.write_text(json.dumps(manifest))
-    with pytest.raises(DeployError, match="pass --tag$"):
+    with pytest.raises(DeployError, match=r"pass --tag$"):
         manifests(copy_, PVC)
     assert manifests(copy_, K8sOptions(model_store="s3://b", tag="25.01"))[2] == "25.01"
 
