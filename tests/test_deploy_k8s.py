@@ -282,6 +282,18 @@ def test_an_object_store_is_the_model_repository_and_its_secret_the_credentials(
             check_manifest(doc)
 
 
+def test_gcs_credentials_are_a_mounted_file_named_by_the_env(repo: Path) -> None:
+    docs, _, _ = manifests(repo, K8sOptions(model_store="gs://b/r", storage_secret="gcs"))
+    pod = docs["deployment.yaml"]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    mount = container["volumeMounts"][0]
+    assert env["GOOGLE_APPLICATION_CREDENTIALS"] == f"{mount['mountPath']}/key.json"
+    assert mount["readOnly"] and "envFrom" not in container
+    assert pod["volumes"] == [{"name": mount["name"], "secret": {"secretName": "gcs"}}]
+    check_manifest(docs["deployment.yaml"])
+
+
 def test_the_autoscaler_targets_the_adapters_queue_to_compute_ratio(repo: Path) -> None:
     docs, _, _ = manifests(repo, K8sOptions(model_store="gs://b/r", queue_compute_ratio=0.5))
     metric = docs["hpa.yaml"]["spec"]["metrics"][0]["pods"]

@@ -38,6 +38,8 @@ STORE_SCHEMES = ("s3://", "gs://", "az://")
 PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
 TRITON_UID = 1000  # the NGC image's triton-server user
 RATIO_METRIC = "triton_queue_compute_ratio"
+# Triton's GCS client reads a service-account file named by GOOGLE_APPLICATION_CREDENTIALS
+GCS_MOUNT, GCS_KEY = "/var/run/secrets/gendeploy-storage", "key.json"
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,50}[a-z0-9])?")
 
 
@@ -53,7 +55,7 @@ class K8sOptions:
     min_replicas: int = 2
     max_replicas: int = 8
     queue_compute_ratio: float = 1.0  # HPA target: mean queue time per unit of compute time
-    storage_secret: str | None = None  # env for the object store's credentials
+    storage_secret: str | None = None  # the object store's credentials (env; gs://: a file)
 
     def __post_init__(self) -> None:
         for label, value in (("--name", self.name), ("--namespace", self.namespace)):
@@ -145,9 +147,18 @@ def deployment(o: K8sOptions, models: list[str], tag: str) -> dict[str, Any]:
         "resources": _resources(o),
         "securityContext": _security(),
     }
-    if o.storage_secret:
-        container["envFrom"] = [{"secretRef": {"name": o.storage_secret}}]
     pod: dict[str, Any] = {"containers": [container]}
+    if o.storage_secret and o.model_store.startswith("gs://"):  # a file, not env variables
+        path = f"{GCS_MOUNT}/{GCS_KEY}"
+        container["env"].append({"name": "GOOGLE_APPLICATION_CREDENTIALS", "value": path})
+        container["volumeMounts"] = [
+            {"name": "storage-credentials", "mountPath": GCS_MOUNT, "readOnly": True}
+        ]
+        pod["volumes"] = [
+            {"name": "storage-credentials", "secret": {"secretName": o.storage_secret}}
+        ]
+    elif o.storage_secret:  # s3:// and az:// read their credentials from the environment
+        container["envFrom"] = [{"secretRef": {"name": o.storage_secret}}]
     if pvc:
         claim, sub = pvc
         container["volumeMounts"] = [
