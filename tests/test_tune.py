@@ -290,7 +290,8 @@ def test_tune_measures_on_a_locked_server_writes_the_winner_and_a_report(
         search=SearchMode.exhaustive,
         space=space,
         window_ms=500,
-        stability_pct=60,
+        stability_pct=100,  # the machine is shared: windows need only agree within 2x
+        max_trials=10,
         baseline=False,
     )
     report = tune(copy, options, tmp_path / "out", say=lambda _: None)
