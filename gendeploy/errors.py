@@ -69,7 +69,10 @@ _OS_HINTS = {
 
 def describe_os_error(e: OSError) -> str:
     """One line for a file-system error: the path, the cause, and what to do."""
-    path = e.filename if e.filename is not None else "?"
+    if e.filename is None:  # a socket or another error without a path
+        cause = e.strerror or str(e) or type(e).__name__
+        return f"{cause} ({type(e).__name__}); check the address or path it was given"
+    path = e.filename
     if e.filename2 is not None:
         path = f"{path} -> {e.filename2}"
     cause = e.strerror or type(e).__name__

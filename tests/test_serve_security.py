@@ -282,11 +282,11 @@ def test_a_flood_beyond_the_queue_limit_is_refused_and_the_server_keeps_serving(
     """``max_queue_size`` (Triton's queue policy) bounds what waiting requests can cost: the
     rest get 503 at once. A long batching delay keeps requests queued while the flood arrives."""
     export_dir = locked.server.repo_dir.parent / "export"
-    options = RepoOptions(max_queue_size=2, queue_delay_us=300_000)
+    options = RepoOptions(max_queue_size=1, queue_delay_us=500_000)
     write_repo(export_dir, tmp_path / "repo", options)
     outcomes: list[str] = []
     with TritonServer(tmp_path / "repo", log_path=tmp_path / "server.log") as server:
-        barrier = threading.Barrier(16)
+        barrier = threading.Barrier(32)
 
         def one(seed: int) -> None:
             with TritonRunner(server.http_url, "tinyc") as runner:
@@ -297,12 +297,35 @@ def test_a_flood_beyond_the_queue_limit_is_refused_and_the_server_keeps_serving(
                 except InferenceError as e:
                     outcomes.append(f"{e.status} {e}")
 
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(16)]
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(32)]
         for t in threads:
             t.start()
         for t in threads:
             t.join(timeout=120)
         refused = [o for o in outcomes if o != "ok"]
-        assert len(outcomes) == 16 and refused and len(refused) < 16
+        assert len(outcomes) == 32 and refused and len(refused) < 32
         assert all(o.startswith("503") and "Exceeds maximum queue size" in o for o in refused)
         assert server.running()
+
+
+def test_the_runtime_directory_must_be_a_plain_private_directory_of_the_user(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gendeploy.serve.admin import runtime_dir
+
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    made = runtime_dir()
+    assert made == tmp_path / "gendeploy" and stat.S_IMODE(made.stat().st_mode) == 0o700
+    made.rmdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o755)
+    (tmp_path / "gendeploy").symlink_to(elsewhere)  # planted: keys would land in elsewhere
+    with pytest.raises(ServeError, match="is not a plain directory"):
+        runtime_dir()
+    assert stat.S_IMODE(elsewhere.stat().st_mode) == 0o755  # not chmod-ed through the link
+    if os.geteuid() == 0:  # root can make a directory that belongs to someone else
+        (tmp_path / "gendeploy").unlink()
+        (tmp_path / "gendeploy").mkdir()
+        os.chown(tmp_path / "gendeploy", 65534, 65534)
+        with pytest.raises(ServeError, match="belongs to user 65534, not to you"):
+            runtime_dir()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import stat
 import time
 import urllib.error
@@ -31,8 +32,10 @@ from gendeploy.errors import GendeployError
 from gendeploy.runtime.triton import TritonRunner
 from gendeploy.serve.admin import ADMIN_HEADER, read_key_file
 from gendeploy.serve.backend_model import draw_latents
+from gendeploy.serve.readyfile import ServeState
 from gendeploy.serve.repo import write_repo
 from gendeploy.serve.server import SHM_DIR, group_members
+from gendeploy.serve.supervisor import RestartPolicy, Supervisor
 
 pytestmark = pytest.mark.triton
 
@@ -72,6 +75,16 @@ def images_when_back(serving: Serving, deadline_s: float) -> tuple[np.ndarray, f
     raise AssertionError(f"no images within {deadline_s}s: {serving.stderr.read_text()[-2000:]}")
 
 
+def wait_serving(serve: Serving, restarts: int = 1) -> ServeState:
+    """The state once serve has recorded the restart (it does once it sees the server ready)."""
+    deadline = time.monotonic() + 10
+    state = serve.state()
+    while (state.state, state.restarts) != ("serving", restarts) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        state = serve.state()
+    return state
+
+
 def shm_regions(serve_pid: int) -> set[str]:
     return {p.name for p in SHM_DIR.glob(f"gendeploy_{serve_pid}_*")}
 
@@ -89,11 +102,7 @@ def test_a_crashing_request_is_followed_by_correct_images_within_30_s(
         z = draw_latents([3, 4], TINY_CONDITIONAL.latent_dim)
         eager = eager_images(serve.checkpoint, z, np.array([1, 2]))
         assert np.abs(images - eager).max() <= 1e-4
-        after = serve.state()
-        deadline = time.monotonic() + 10  # serve notes the restart once it sees the server ready
-        while after.state != "serving" and time.monotonic() < deadline:
-            time.sleep(0.2)
-            after = serve.state()
+        after = wait_serving(serve)
         assert after.restarts == 1 and after.state == "serving", (after, serve.stderr.read_text())
         assert (after.http, after.started) == (before.http, before.started)  # same ports
         assert after.pid != before.pid and after.since >= before.since
@@ -129,14 +138,56 @@ def test_repeated_crashes_end_in_a_clear_give_up_with_nothing_left_running(
         first = serve.state()
         crash(first.http)
         images_when_back(serve, deadline_s=30)
-        crash(serve.state().http)
+        second = wait_serving(serve)
+        crash(second.http)
         code = serve.process.wait(timeout=60)
-        pids = [first.pid, serve.state().pid] if serve.ready.exists() else [first.pid]
+        pids = [first.pid, second.pid]
         assert code == 1
         err = serve.stderr.read_text().strip().splitlines()
         assert err[-1].startswith("error: tritonserver died 2 times in 300s (last: killed by")
         assert "giving up" in err[-1]
         assert not serve.ready.exists(), "the state file must not claim a server that gave up"
-        for pid in pids:
+        for pid in pids:  # killed stubs are reaped by init: give it a moment
+            deadline = time.monotonic() + 20
+            while pid is not None and group_members(pid) and time.monotonic() < deadline:
+                time.sleep(0.25)
             assert pid is not None and group_members(pid) == []
         assert shm_regions(first.serve_pid) == set()
+
+
+@pytest.mark.parametrize("watch", [False, True])
+def test_a_restart_serves_what_was_served_not_a_version_written_since(
+    repo: tuple[Path, Path], tmp_path: Path, watch: bool
+) -> None:
+    """A broken version 2 appears on disk (with --watch, its load fails and is reported); after
+    a crash the restarted server still serves version 1, instead of failing to start on v2."""
+    copy = tmp_path / "repo"
+    shutil.copytree(repo[0], copy)
+    flags = ("--watch",) if watch else ()
+    with serving((copy, repo[1]), tmp_path, *flags) as serve:
+        broken = copy / "tinyc" / "2"
+        shutil.copytree(copy / "tinyc" / "1", broken)
+        (broken / "model.onnx").write_bytes(b"not an onnx model")
+        if watch:
+            deadline = time.monotonic() + 30
+            while "could not load 'tinyc'" not in serve.stderr.read_text():
+                assert time.monotonic() < deadline, serve.stderr.read_text()
+                time.sleep(0.5)
+        crash(serve.state().http)
+        images, _ = images_when_back(serve, deadline_s=30)
+        eager = eager_images(serve.checkpoint, draw_latents([3, 4], 16), np.array([1, 2]))
+        assert np.abs(images - eager).max() <= 1e-4
+        assert wait_serving(serve).restarts == 1
+
+
+def test_the_backoff_doubles_up_to_its_cap_within_the_window(tmp_path: Path) -> None:
+    from gendeploy.serve.server import TritonServer
+
+    policy = RestartPolicy(max_crashes=9, window_s=60, first_backoff_s=0.5, max_backoff_s=3)
+    supervisor = Supervisor(TritonServer(tmp_path), policy, say=lambda _: None)
+    waits = []
+    for _ in range(5):
+        supervisor.record("killed by SIGABRT", "cause")
+        waits.append(supervisor.backoff_s(time.monotonic()))
+    assert waits == [0.5, 1.0, 2.0, 3.0, 3.0]
+    assert supervisor.backoff_s(time.monotonic() + 61) == 0.5  # old crashes left the window

@@ -34,3 +34,44 @@ def test_a_short_soak_fails_no_request_and_records_memory_and_load(tmp_path: Pat
     assert good and all(s["images_per_s"] > 0 for s in good)
     assert (out / "soak.png").stat().st_size > 1000
     assert "failed of" in (out / "soak.md").read_text()
+
+
+def test_the_failure_count_sees_requests_the_model_refused(tmp_path: Path) -> None:
+    """Triton's statistics count a request gendeploy's model refused (400) as a success; the
+    soak's count must not."""
+    import numpy as np
+
+    from gendeploy.bench.soak import server_counts
+    from gendeploy.runtime.triton import InferenceError, TritonRunner
+    from gendeploy.serve.repo import write_repo
+    from gendeploy.serve.server import TritonServer
+
+    require_tritonserver()
+    export_dir = build_export(
+        make_checkpoint(TINY_CONDITIONAL, tmp_path / "c.pt"), tmp_path / "e", "tinyc"
+    )
+    write_repo(export_dir, tmp_path / "repo")
+    with TritonServer(tmp_path / "repo") as server:
+        before = server_counts(server)
+        with TritonRunner(server.http_url, "tinyc") as runner:
+            for label in (99, -1, 4):  # out of range: refused by the model
+                with pytest.raises(InferenceError):
+                    runner.run({"seed": np.array([1]), "labels": np.array([label])})
+            for label in (0, 1):
+                runner.run({"seed": np.array([1]), "labels": np.array([label])})
+        after = server_counts(server)
+    assert (after[0] - before[0], after[1] - before[1]) == (5, 3)
+
+
+def test_memory_growth_compares_the_ends_after_warm_up() -> None:
+    from gendeploy.bench.soak import MemorySample, SoakOptions, SoakReport
+
+    options = SoakOptions(duration_s=100, warmup_s=20, tail_s=20)
+    report = SoakReport("m", options, {}, "tool")
+    # warm-up from 50 to 100 MiB (not counted), then flat at 100, then 106 in the last 20 s
+    rss = [50 + t for t in range(20)] + [100] * 60 + [106] * 21
+    report.memory = [MemorySample(float(t), r, {}) for t, r in enumerate(rss)]
+    assert report.memory_growth() == pytest.approx(0.06)
+    assert not report.passed()  # 6% > 5%
+    report.memory = [MemorySample(float(t), 100, {1: 10}) for t in range(101)]
+    assert report.memory_growth() == 0 and report.passed()

@@ -19,6 +19,7 @@ import json
 import statistics
 import threading
 import time
+import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from gendeploy.errors import GendeployError, ServeError, UsageError
 from gendeploy.export.manifest import load_manifest
 from gendeploy.fileio import atomic_write_bytes
 from gendeploy.runtime.base import Feeds
+from gendeploy.serve.backend_model import REFUSED_METRIC
 from gendeploy.serve.repo import RepoOptions, write_repo
 from gendeploy.serve.server import TritonServer, group_members
 
@@ -96,8 +98,8 @@ class SoakReport:
     triton_version: str = ""
     load: list[LoadSample] = field(default_factory=list)
     memory: list[MemorySample] = field(default_factory=list)
-    requests: int = 0  # the server's inference count over the soak
-    failed_requests: int = 0  # the server's failure count over the soak
+    requests: int = 0  # requests the server answered over the soak
+    failed_requests: int = 0  # of those, failed or refused (``server_counts``)
     schema_version: int = SCHEMA_VERSION
 
     def memory_growth(self) -> float:
@@ -176,7 +178,7 @@ def soak(export_dir: Path, out: Path, options: SoakOptions, say: Any = print) ->
     with TritonServer(repo, log_path=work / "tritonserver.log") as server:
         report.triton_version = triton_version(server.http_url)
         url = server.http_url if options.protocol == "http" else server.grpc_url
-        before = _server_counts(server)
+        before = server_counts(server)
         start = time.monotonic()
         with _MemoryWatch(server, start) as watch:
             while time.monotonic() - start < options.duration_s:
@@ -187,7 +189,7 @@ def soak(export_dir: Path, out: Path, options: SoakOptions, say: Any = print) ->
                     f"{sample.p99_ms:7.2f} ms  {sample.error}"
                 )
         report.memory = watch.samples
-        after = _server_counts(server)
+        after = server_counts(server)
         report.requests = after[0] - before[0]
         report.failed_requests = after[1] - before[1]
     write_report(report, out)
@@ -225,8 +227,10 @@ def _sample(result: ServedResult, start: float) -> LoadSample:
     )
 
 
-def _server_counts(server: TritonServer) -> tuple[int, int]:
-    """(inferences, failures) over every model, from the server's statistics (an open API)."""
+def server_counts(server: TritonServer) -> tuple[int, int]:
+    """(requests, failed requests) over every model, as the server saw them: Triton's statistics
+    (an open API) count what failed in Triton or the backend, and gendeploy's python model
+    counts, in a metric of its own, the requests it refused (Triton counts those as successes)."""
     client = server.admin_client()
     try:
         stats = client.get_inference_statistics()
@@ -234,11 +238,27 @@ def _server_counts(server: TritonServer) -> tuple[int, int]:
         raise ServeError(f"cannot read the server's statistics: {e}") from None
     finally:
         client.close()
-    inferences = failures = 0
+    requests = failures = 0
     for model in stats.get("model_stats", []):
-        inferences += int(model.get("inference_count", 0))
-        failures += int(model.get("inference_stats", {}).get("fail", {}).get("count", 0))
-    return inferences, failures
+        success = int(model.get("inference_stats", {}).get("success", {}).get("count", 0))
+        failed = int(model.get("inference_stats", {}).get("fail", {}).get("count", 0))
+        requests += success + failed
+        failures += failed
+    return requests, failures + refused_requests(server.metrics_url)
+
+
+def refused_requests(metrics_url: str) -> int:
+    """The sum of ``gendeploy_refused_requests_total`` over models (Prometheus text format)."""
+    try:
+        with urllib.request.urlopen(metrics_url, timeout=10) as response:
+            text = response.read().decode()
+    except OSError as e:
+        raise ServeError(f"cannot read the server's metrics at {metrics_url}: {e}") from None
+    return sum(
+        int(float(line.rsplit(" ", 1)[1]))
+        for line in text.splitlines()
+        if line.startswith(REFUSED_METRIC + "{")
+    )
 
 
 def write_report(report: SoakReport, out: Path) -> None:

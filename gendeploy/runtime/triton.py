@@ -7,6 +7,7 @@ shape the model configs declare. One runner holds one connection: use one runner
 
 from __future__ import annotations
 
+from http.client import HTTPException  # geventhttpclient's "connection closed" is one
 from typing import Any
 
 import numpy as np
@@ -98,7 +99,7 @@ class TritonRunner(Runner):
             result = self.client.infer(self.model, inputs, **kwargs)
         except InferenceServerException as e:
             raise as_inference_error(e, self.model) from None
-        except OSError as e:  # the HTTP client's connection errors
+        except (OSError, HTTPException) as e:  # the HTTP client's connection errors
             raise ServeError(f"cannot reach Triton for {self.model!r}: {e}") from None
         return np.asarray(result.as_numpy(self.output))
 

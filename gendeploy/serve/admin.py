@@ -105,3 +105,18 @@ def read_key_file(path: Path) -> str:
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise ServeError(f"admin key file {path} is readable by other users; chmod 600 {path}")
     return check_key(text)
+
+
+def proc_hides_commands(mounts: Path = Path("/proc/mounts")) -> bool:
+    """Whether /proc is mounted with ``hidepid`` (other users cannot read command lines, where
+    Triton's restriction flags put the key)."""
+    try:
+        lines = mounts.read_text().splitlines()
+    except OSError:
+        return False
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 3 and fields[1] == "/proc" and fields[2] == "proc":
+            options = dict(o.partition("=")[::2] for o in fields[3].split(","))
+            return options.get("hidepid", "0") not in ("0", "off")
+    return False

@@ -240,6 +240,24 @@ def _tensorrt_unusable() -> str | None:
     return None if torch.cuda.is_available() else "torch sees no CUDA device"
 
 
+REFUSED_METRIC = "gendeploy_refused_requests_total"
+
+
+def _refused_counter(pb_utils: Any, model: str, version: str) -> tuple[Any, Any] | None:
+    """(family, counter): a Prometheus counter of the requests this model refused (INVALID_ARG),
+    which Triton's own statistics count as successes. Both are kept: a counter whose family was
+    deleted stops counting. None where the python backend has no custom metrics."""
+    family_type = getattr(pb_utils, "MetricFamily", None)  # python backend >= 23.05
+    if family_type is None:
+        return None
+    family = family_type(
+        name=REFUSED_METRIC,
+        description="Requests refused by gendeploy's checks (each got INVALID_ARG)",
+        kind=family_type.COUNTER,
+    )
+    return family, family.Metric(labels={"model": model, "version": version})
+
+
 class TritonPythonModel:
     """The model Triton's python backend instantiates once per instance."""
 
@@ -283,6 +301,7 @@ class TritonPythonModel:
         if logger is not None:
             log = logger.log_warn if why_not else logger.log_info
             log(f"gendeploy: {config['name']} runs on {self.backend}{note}")
+        self.refused = _refused_counter(pb_utils, config["name"], args["model_version"])
 
     def _tensor(self, request: Any, name: str) -> np.ndarray | None:
         t = self.pb.get_input_tensor_by_name(request, name)
@@ -311,6 +330,8 @@ class TritonPythonModel:
                 parsed.append((z, labels, extras))
             except RequestError as e:
                 parsed.append(str(e))
+                if self.refused is not None:
+                    self.refused[1].increment(1)
         valid = [p for p in parsed if not isinstance(p, str)]
         images = np.zeros((0,))
         if valid:
@@ -334,3 +355,4 @@ class TritonPythonModel:
 
     def finalize(self) -> None:
         self.engine = None
+        self.refused = None  # the counter, then its family (the order the backend wants)

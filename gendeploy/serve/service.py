@@ -20,6 +20,7 @@ from gendeploy.serve.admin import (
     ADMIN_HEADER,
     LOCKED_APIS,
     new_key,
+    proc_hides_commands,
     read_key_file,
     runtime_dir,
     write_key_file,
@@ -143,6 +144,11 @@ def _announce(server: TritonServer, state: ServeState, say: Callable[[str], None
         say(f"{key:8s} {getattr(state, key)}")
     locked = ", ".join(LOCKED_APIS)
     say(f"admin    key in {state.admin_key_file} (header {ADMIN_HEADER}; locks {locked})")
+    if not proc_hides_commands():
+        say(
+            "         note: other local users can read the key in tritonserver's command line "
+            "(/proc has no hidepid); on a shared host see docs/security.md"
+        )
     if not server.watch:
         say("         models are fixed while serving (no --watch): nothing can load or unload")
     for model in server.loaded:
