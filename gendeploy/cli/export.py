@@ -28,7 +28,9 @@ def export_command(
         str, Opt(help="float: float32 NCHW in [-1,1]; uint8: also uint8 NHWC variants.")
     ] = "float",
     max_batch: Annotated[int, Opt(help="Largest batch (Triton's max_batch_size).")] = 64,
-    opt_batch: Annotated[int, Opt(help="Batch TensorRT tunes for (default min(8, max)).")] = 0,
+    opt_batch: Annotated[
+        int, Opt(help="Batch TensorRT tunes for.", show_default="min(8, --max-batch)")
+    ] = 0,
     force: Annotated[bool, Opt("--force", help="Rebuild and replace an existing export.")] = False,
     require_engine: Annotated[
         bool, Opt("--require-engine", help="Fail unless a TensorRT engine is built.")
@@ -37,8 +39,18 @@ def export_command(
         str | None, Opt(help="A user generator: path/file.py:Class or package.module:factory.")
     ] = None,
     weights: Annotated[
-        Path | None, Opt(help="--model's state dict (.safetensors or .pt, weights only).")
+        Path | None,
+        Opt(
+            help="--model's state dict (.safetensors or .pt, weights only); not needed for a "
+            "factory marked `factory.gendeploy_loads_weights = True`."
+        ),
     ] = None,
+    random_weights: Annotated[
+        bool,
+        Opt(
+            "--random-weights", help="--model without weights: export its untrained (seeded) init."
+        ),
+    ] = False,
     latent_dim: Annotated[int | None, Opt(help="--model: latent size.")] = None,
     num_classes: Annotated[int | None, Opt(help="--model: classes (0: unconditional).")] = None,
     image_shape: Annotated[str | None, Opt(help="--model: output image shape C,H,W.")] = None,
@@ -65,6 +77,7 @@ def export_command(
         latent_dim=latent_dim,
         num_classes=num_classes,
         image_shape=_parse_shape(image_shape) if image_shape is not None else None,
+        random_weights=random_weights,
     )
     manifest = export(
         spec,
@@ -75,6 +88,8 @@ def export_command(
         command=shlex.join(["gendeploy", *sys.argv[1:]]),
         log=typer.echo,
     )
+    if manifest.source.random_weights:
+        typer.echo("warning: --random-weights: the export holds untrained weights", err=True)
     for item in manifest.skipped:
         typer.echo(f"NOT built: {item['name']} ({item['reason']})")
     if repo is not None:

@@ -86,13 +86,14 @@ class ModelSpec:
     latent_dim: int | None = None
     num_classes: int | None = None
     image_shape: tuple[int, int, int] | None = None
+    random_weights: bool = False  # --model without weights: export its untrained initialisation
 
     def __post_init__(self) -> None:
         given = [
             n
             for n in ("weights", "latent_dim", "num_classes", "image_shape")
             if getattr(self, n) is not None
-        ]
+        ] + (["random_weights"] if self.random_weights else [])
         if (self.checkpoint is None) == (self.model is None):
             raise UsageError("pass either a CHECKPOINT or --model FILE.py:Class (not both)")
         if self.checkpoint is not None and given:
@@ -105,6 +106,8 @@ class ModelSpec:
                 raise UsageError(
                     "--latent-dim and --image-shape must be positive, --num-classes >= 0"
                 )
+            if self.weights is not None and self.random_weights:
+                raise UsageError("--weights and --random-weights contradict each other: pick one")
 
     def load(self) -> LoadedModel:
         from gendeploy.export.source import load_checkpoint_model, load_user_model
@@ -113,7 +116,12 @@ class ModelSpec:
             return load_checkpoint_model(self.checkpoint)
         assert self.model is not None and self.latent_dim is not None and self.image_shape
         return load_user_model(
-            self.model, self.weights, self.latent_dim, self.num_classes or 0, self.image_shape
+            self.model,
+            self.weights,
+            self.latent_dim,
+            self.num_classes or 0,
+            self.image_shape,
+            random_weights=self.random_weights,
         )
 
 

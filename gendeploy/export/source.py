@@ -28,6 +28,8 @@ from gendeploy.export.manifest import Manifest, Source, sha256_file
 from gendeploy.trainer.checkpoint import FORMAT, load_generator, load_state_into
 
 CHECKPOINT_NAMES = ("checkpoint.pt", "checkpoint_final.pt", "last.pt")
+# A factory that loads its own weights says so: ``make.gendeploy_loads_weights = True``.
+LOADS_WEIGHTS = "gendeploy_loads_weights"
 
 
 @dataclass
@@ -88,17 +90,33 @@ def load_user_model(
     latent_dim: int,
     num_classes: int,
     image_shape: tuple[int, int, int],
+    random_weights: bool = False,
 ) -> LoadedModel:
-    """``file.py:Class`` or ``package.module:factory``, called without arguments, plus weights."""
-    module, spec_path, attr = _build_user_module(spec)
-    digest = hashlib.sha256()
-    if spec_path is not None:
-        digest.update(bytes.fromhex(sha256_file(spec_path)))
+    """``file.py:Class`` or ``package.module:factory``, called without arguments, plus weights.
+
+    The weights come from ``weights``, from the factory itself when it is marked
+    ``<factory>.gendeploy_loads_weights = True``, or, only when ``random_weights`` says so, from
+    the factory's (seeded) random initialisation. The source fingerprint covers the code files that
+    define the model and every parameter and buffer it holds, so a change to either is seen.
+    """
+    if weights is not None and random_weights:
+        raise UsageError("--weights and --random-weights contradict each other: pick one")
+    module, spec_path, attr, factory = _build_user_module(spec)
+    loads_own = getattr(factory, LOADS_WEIGHTS, False) is True
+    if random_weights and loads_own:
+        raise UsageError(
+            f"--random-weights: {spec} loads its own weights ({attr}.{LOADS_WEIGHTS} is True)"
+        )
+    if weights is None and not random_weights and not loads_own:
+        raise UsageError(
+            f"--model {spec}: no weights; pass --weights FILE (.safetensors or .pt), "
+            f"--random-weights to export its untrained initialisation, or mark a factory that "
+            f"loads its own weights with `{attr}.{LOADS_WEIGHTS} = True`"
+        )
     weights_path = ""
     if weights is not None:
         weights_file = Path(weights).resolve()
         load_state_into(module, load_state_dict_file(weights_file), str(weights))
-        digest.update(bytes.fromhex(sha256_file(weights_file)))
         weights_path = str(weights_file)
     module.eval()
     _probe(module, spec, latent_dim, num_classes, image_shape)
@@ -111,16 +129,46 @@ def load_user_model(
         source=Source(
             kind="user_model",
             path=stored_spec,
-            sha256=digest.hexdigest(),
+            sha256=model_digest(module, _code_files(module, factory, spec_path)),
             weights=weights_path,
             model_config={
                 "latent_dim": latent_dim,
                 "num_classes": num_classes,
                 "image_shape": list(image_shape),
             },
+            random_weights=random_weights,
         ),
         default_name=_snake(Path(weights_path).stem if weights_path else attr),
     )
+
+
+def model_digest(module: nn.Module, code_files: list[Path]) -> str:
+    """sha256 of the code files and of every parameter and buffer (name, dtype, shape, bytes)."""
+    digest = hashlib.sha256()
+    for path in sorted(set(code_files)):
+        digest.update(b"file\0" + bytes.fromhex(sha256_file(path)))
+    for kind, named in (("param", module.named_parameters()), ("buffer", module.named_buffers())):
+        for name, tensor in named:
+            flat = tensor.detach().cpu().contiguous().reshape(-1)
+            digest.update(f"{kind}\0{name}\0{flat.dtype}\0{tuple(tensor.shape)}\0".encode())
+            digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _code_files(module: nn.Module, factory: Any, spec_path: Path | None) -> list[Path]:
+    """The files that define the model: the factory's and every submodule class's, torch's own
+    excepted (a torch upgrade is not a new model)."""
+    torch_dir = Path(torch.__file__).resolve().parent
+    found = [spec_path] if spec_path is not None else []
+    for obj in (factory, *(type(m) for m in module.modules())):
+        try:
+            name = inspect.getsourcefile(obj)
+        except TypeError:  # built-in: no file
+            continue
+        path = Path(name).resolve() if name else None
+        if path is not None and path.is_file() and not path.is_relative_to(torch_dir):
+            found.append(path)
+    return found
 
 
 def load_eager(manifest: Manifest) -> nn.Module:
@@ -142,6 +190,7 @@ def load_eager(manifest: Manifest) -> nn.Module:
             manifest.latent_dim,
             manifest.num_classes,
             (shape[0], shape[1], shape[2]),
+            random_weights=src.random_weights,
         )
         if loaded.source.sha256 != src.sha256:
             raise ExportError(
@@ -186,7 +235,7 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     return payload
 
 
-def _build_user_module(spec: str) -> tuple[nn.Module, Path | None, str]:
+def _build_user_module(spec: str) -> tuple[nn.Module, Path | None, str, Any]:
     target, sep, attr = spec.rpartition(":")
     if not sep or not target or not attr.isidentifier():
         raise UsageError(
@@ -216,7 +265,9 @@ def _build_user_module(spec: str) -> tuple[nn.Module, Path | None, str]:
     if not callable(factory):
         raise UsageError(f"--model: {target}:{attr} is not a class or factory function")
     try:
-        module = factory()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # random initialisations are reproducible (load_eager rebuilds)
+            module = factory()
     except Exception as e:
         raise ExportError(
             f"--model: {target}:{attr}() failed ({type(e).__name__}: {e}); it must build the "
@@ -226,7 +277,7 @@ def _build_user_module(spec: str) -> tuple[nn.Module, Path | None, str]:
         raise UsageError(
             f"--model: {target}:{attr}() returned {type(module).__name__}, not nn.Module"
         )
-    return module, spec_path, attr
+    return module, spec_path, attr, factory
 
 
 def _import_file(path: Path) -> Any:
