@@ -5,11 +5,16 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from gendeploy.errors import UsageError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from gendeploy.export.doctor import Report
 
 Opt = typer.Option
 
@@ -103,19 +108,27 @@ def export_command(
 def doctor_command() -> None:
     """List what this machine can do: CUDA, TensorRT, ONNX Runtime, OpenVINO, Triton."""
     from rich.console import Console
-    from rich.table import Table
 
     from gendeploy.export.doctor import diagnose
 
-    report = diagnose()
-    console = Console()
+    print_report(diagnose(), Console())
+
+
+def print_report(report: Report, console: Console) -> None:
+    """The doctor's findings as two tables; their text is printed as is, never as rich markup
+    (``pip install 'gendeploy[openvino]'`` keeps its brackets)."""
+    from rich.markup import escape
+    from rich.table import Table
+
     for title, rows in (("this machine", report.facilities), ("paths", report.paths)):
         table = Table(title=title, title_justify="left")
         table.add_column("")
         table.add_column("what")
         table.add_column("detail", overflow="fold")
         for f in rows:
-            table.add_row("[green]yes[/]" if f.ok else "[red]no[/]", f.what, f.detail)
+            table.add_row(
+                "[green]yes[/]" if f.ok else "[red]no[/]", escape(f.what), escape(f.detail)
+            )
         console.print(table)
 
 
