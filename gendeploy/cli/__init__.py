@@ -7,9 +7,11 @@ import sys
 import typer
 
 from gendeploy.cli import bench, export, serve, train
+from gendeploy.cli.help import Group
 from gendeploy.errors import GendeployError
 
 app = typer.Typer(
+    cls=Group,
     name="gendeploy",
     help="Train a GAN, export verified ONNX/TensorRT engines, serve them with Triton, bench them.",
     no_args_is_help=True,
