@@ -95,8 +95,11 @@ def export_command(
     )
     if manifest.source.random_weights:
         typer.echo("warning: --random-weights: the export holds untrained weights", err=True)
+    reasons: dict[str, list[str]] = {}  # one line per reason: TensorRT missing is said once
     for item in manifest.skipped:
-        typer.echo(f"NOT built: {item['name']} ({item['reason']})")
+        reasons.setdefault(item["reason"], []).append(item["name"])
+    for reason, names in reasons.items():
+        typer.echo(f"NOT built: {', '.join(names)} ({reason})")
     if repo is not None:
         from gendeploy.serve.repo import write_repo
 

@@ -78,8 +78,7 @@ def build_artifacts(
     for source in engines:
         name = f"trt_{source}"
         if engine_status:
-            skipped.append({"name": name, "reason": engine_status})
-            say(f"skipped {name}: {engine_status}")
+            skipped.append({"name": name, "reason": engine_status})  # the CLI says it, once
             continue
         artifacts.append(
             _build_engine(
