@@ -6,17 +6,18 @@ RUN    ?= runs/demo
 EXPORT ?= exports/demo
 REPO   ?= triton_repo
 
-.PHONY: help setup test test-fast lint typecheck demo bench bench-quick gpu-check clean
+.PHONY: help setup test test-fast lint typecheck demo bench bench-quick soak gpu-check clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-setup: ## create .venv with the CPU build of torch and the project's CPU + dev extras
+setup: ## create .venv with the CPU build of torch and the project's CPU, dev, tune and deploy extras
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 	$(BIN)/pip install torch==2.13.0
-	$(BIN)/pip install -e '.[cpu,dev]'
+	$(BIN)/pip install -e '.[cpu,dev,tune,deploy]'
 	$(BIN)/pip check
+	VENV=$(VENV) bash scripts/get_perf_analyzer.sh >/dev/null  # Triton's load generator (cached)
 
 test: ## the whole test suite (lint, types, pytest; GPU tests skip without CUDA + TensorRT)
 	$(BIN)/ruff check gendeploy tests
@@ -42,12 +43,14 @@ clean: ## remove runs/, exports/ and generated triton_repo/ models
 	find $(REPO) -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +
 
 bench: ## the default bench suite (~4-10 min here); report under bench/
-	-bash scripts/get_perf_analyzer.sh >/dev/null  # fetch perf_analyzer into the cache (bench finds it)
 	$(BIN)/gendeploy bench --suite default --out bench
 
 bench-quick: ## a ~1 min bench of the demo model
-	-bash scripts/get_perf_analyzer.sh >/dev/null  # fetch perf_analyzer into the cache (bench finds it)
 	$(BIN)/gendeploy bench --suite quick --out bench/quick
+
+soak: ## serve the demo export at concurrency 8 for 5 min: failed requests, p99, memory (bench/soak)
+	test -f $(EXPORT)/manifest.json || $(MAKE) demo
+	$(BIN)/gendeploy soak $(EXPORT) --duration-s 300 --concurrency 8 --out bench/soak
 
 gpu-check: ## on a GPU host with TensorRT: export, build + validate the FP16 engine, time it (OUT=dir)
 	bash scripts/gpu_check.sh $(or $(OUT),gpu-check-results)

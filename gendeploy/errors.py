@@ -3,6 +3,8 @@ exits non-zero (exit code ``GendeployError.exit_code``)."""
 
 from __future__ import annotations
 
+import errno
+
 
 class GendeployError(Exception):
     """Base class: a user-facing problem with a one-line message."""
@@ -32,9 +34,44 @@ class ValidationError(ExportError):
     """An artifact did not match eager PyTorch: nothing is published."""
 
 
+class QualityError(ValidationError):
+    """A reduced-precision artifact draws differently from FP32 (per-seed PSNR, distribution, digits
+    score), or a generator cannot be scored: nothing is published."""
+
+
 class MissingDependencyError(GendeployError):
     """An optional dependency (TensorRT, CUDA, OpenVINO, tritonserver...) is not installed."""
 
 
 class ServeError(GendeployError):
     """The model repository or server could not be prepared, started or queried."""
+
+
+class TuneError(GendeployError):
+    """The configuration search could not run or measured nothing usable."""
+
+
+class DeployError(GendeployError):
+    """Deployment manifests could not be written or do not match their schema."""
+
+
+_OS_HINTS = {
+    errno.EROFS: "the file system is read-only: choose a location on a writable one",
+    errno.ENOSPC: "the disk is full: free some space or choose another location",
+    errno.EDQUOT: "the disk quota is exhausted: free some space or choose another location",
+    errno.EACCES: "choose a location you can write to, or fix its permissions",
+    errno.EPERM: "choose a location you can write to, or fix its permissions",
+    errno.EEXIST: "a file is in the way of a directory: remove it or choose another location",
+    errno.ENOTDIR: "a file is in the way of a directory: remove it or choose another location",
+    errno.ENOENT: "check the path",
+}
+
+
+def describe_os_error(e: OSError) -> str:
+    """One line for a file-system error: the path, the cause, and what to do."""
+    path = e.filename if e.filename is not None else "?"
+    if e.filename2 is not None:
+        path = f"{path} -> {e.filename2}"
+    cause = e.strerror or type(e).__name__
+    hint = _OS_HINTS.get(e.errno or 0, "check the path and its file system")
+    return f"{path}: {cause}; {hint}"

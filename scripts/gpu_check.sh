@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The prepared GPU check: on a machine with a CUDA GPU and TensorRT (10.x or 11.x), export the
-# DCGAN-64 generator with a TensorRT FP16 engine, gate it against eager PyTorch, time it beside
+# DCGAN-64 generator with TensorRT FP16 and INT8 (explicit, from the QDQ ONNX) engines, gate them
+# against eager PyTorch (tensors + quality gate), time them beside
 # eager CUDA, and run the tests marked `gpu`. Writes everything under OUT_DIR. ~2-5 minutes.
 #   usage: bash scripts/gpu_check.sh OUT_DIR      (make gpu-check OUT=dir)
 #   PYTHON=/path/to/python overrides the interpreter (default .venv/bin/python, else python3).

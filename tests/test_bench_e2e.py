@@ -20,17 +20,25 @@ def test_tiny_bench_runs_every_path_including_the_served_one(tmp_path: Path) -> 
     from gendeploy.bench.run import run_bench
 
     require_tritonserver()
-    suite = replace(get_suite("tiny"), runners=("eager", "onnxruntime", "tensorrt"))
+    runners = ("eager", "onnxruntime", "openvino_int8", "tensorrt")
+    suite = replace(get_suite("tiny"), runners=runners)
     report = run_bench(suite, tmp_path / "out", work_dir=tmp_path / "work")
 
     model = report["models"][0]
     cells = {(c["runner"], c["batch"]): c for c in model["cells"]}
-    assert set(cells) == {(r, b) for r in ("eager", "onnxruntime") for b in (1, 4)}
+    timed = ("eager", "onnxruntime", "openvino_int8")
+    assert set(cells) == {(r, b) for r in timed for b in (1, 4)}
     for c in cells.values():
         assert c["images_per_s"] > 0 and c["p50_ms"] <= c["p99_ms"]
-        assert c["max_abs_diff"] < 1e-4
+        assert c["max_abs_diff"] < (0.5 if c["runner"] == "openvino_int8" else 1e-4)
+    assert cells[("openvino_int8", 1)]["precision"] == "int8"  # what OpenVINO executed
     assert cells[("eager", 1)]["speedup"] == 1.0
     assert any(s["runner"] == "tensorrt" and s["reason"] for s in model["skipped"])
+    # quality beside speed: every timed runner but the reference, judged like the export's gate
+    assert set(model["quality"]) == {"onnxruntime", "openvino_int8"}
+    assert model["quality"]["openvino_int8"]["passed"]
+    assert model["quality"]["onnxruntime"]["frechet_ratio"] == pytest.approx(1.0, abs=0.02)
+    assert "int8" in model["export"]["artifacts"]
 
     served = model["served"]
     assert "skipped" not in served, served.get("skipped")
@@ -103,7 +111,8 @@ def test_served_load_is_measured_by_perf_analyzer_and_by_the_fallback_loop(tmp_p
     )
     write_repo(tmp_path / "e", tmp_path / "repo")
     feeds = make_feeds(1, manifest.latent_dim, manifest.num_classes)
-    rule = StabilityRule(window_s=0.2, max_windows=4, tolerance=0.5)
+    # perf_analyzer 2.49 needs trials to spare to call 3 windows stable, more so on a busy host
+    rule = StabilityRule(window_s=0.2, max_windows=12, tolerance=0.5)
     with TritonServer(tmp_path / "repo") as server:
         looped = load_loop(server.grpc_url, "tiny", "grpc", 2, feeds, rule)
         assert looped.tool == "tritonclient load loop" and looped.concurrency == 2

@@ -130,8 +130,69 @@ def test_goals_are_judged_from_the_recorded_ratios() -> None:
 
 
 def test_a_slow_server_misses_its_goal() -> None:
-    goals = evaluate_goals(recorded(served_ips=100.0))
-    assert goals[-1]["met"] is False and goals[-1]["measured"] == pytest.approx(0.25)
+    goals = {g["goal"]: g for g in evaluate_goals(recorded(served_ips=100.0))}
+    served = goals["served at concurrency 4 >= 0.9x in-process batch-1 throughput"]
+    assert served["met"] is False and served["measured"] == pytest.approx(0.25)
+
+
+def quality(ratio: float, passed: bool, digits: tuple[float, float] | None = None) -> dict:
+    q: dict[str, Any] = {
+        "precision": "int8",
+        "seeds": 1000,
+        "feature_space": "digits classifier (64-d feature layer)",
+        "psnr": {"min_db": 40.0, "p1_db": 45.0, "median_db": 50.0, "mean_db": 50.0},
+        "frechet_ratio": ratio,
+        "max_frechet_ratio": 1.1,
+        "passed": passed,
+        "failures": [] if passed else ["distribution: Frechet ratio 3.0 > 1.1"],
+    }
+    if digits is not None:
+        q["digits"] = {"label_accuracy": digits[0], "frechet_ratio": digits[1]}
+        q["digits_fp32"] = {"label_accuracy": 0.99, "frechet_ratio": 1.70}
+    return q
+
+
+def with_quality() -> dict[str, Any]:
+    report = recorded()
+    dcgan = report["models"][0]
+    # bf16 is the fastest engine but failed the quality gate: not a "gated engine"
+    dcgan["quality"] = {"onnxruntime": quality(1.0, True), "eager_bf16": quality(3.0, False)}
+    digits = json.loads(json.dumps(dcgan))
+    digits.update(name="digits_cdcgan32", goals_model=False, quality_goals_model=True)
+    digits["quality"] = {"openvino_int8": quality(1.02, True, digits=(0.987, 1.76))}
+    int8_cell = {**cell("onnxruntime", 64, 400.0), "runner": "openvino_int8", "precision": "int8"}
+    digits["cells"].append(int8_cell)
+    digits["export"] = {"timings_s": {"quality_reference": 8.0, "int8_quantize": 4.0,
+                                      "validate_int8": 2.0, "export_fp32": 3.0}}  # fmt: skip
+    report["models"].append(digits)
+    return report
+
+
+def test_quality_goals_judge_gated_engines_and_the_default_presets_int8() -> None:
+    goals = {g["goal"]: g for g in evaluate_goals(with_quality())}
+    gated = goals["best gated engine >= 6x eager at batch 64"]
+    assert gated["by"] == "onnxruntime" and gated["measured"] == 2.0 and gated["met"] is False
+    labels = goals["digits_cdcgan32 INT8 label accuracy within 0.5 points of FP32"]
+    assert labels["measured"] == pytest.approx(0.3) and labels["met"] is True
+    frechet = goals["digits_cdcgan32 INT8 Frechet ratio to real digits within 5% of FP32's"]
+    assert frechet["measured"] == pytest.approx(1.76 / 1.70 - 1, abs=1e-4) and frechet["met"]
+    assert goals["digits_cdcgan32 INT8 distribution gate <= 1.10"]["measured"] == 1.02
+    timing = goals["digits_cdcgan32: --int8 adds <= 30 s to the export"]
+    assert timing["measured"] == 14.0 and timing["met"] is True  # export_fp32 is not INT8's
+
+
+def test_the_report_shows_quality_beside_speed_a_quality_plot_and_the_matrix_units(
+    tmp_path: Path,
+) -> None:
+    write_report(with_quality(), tmp_path)
+    md = (tmp_path / "bench.md").read_text()
+    assert "- Matrix extensions: AMX (int8, bf16 tiles): no; AVX-512 VNNI" in md
+    assert "AVX-512 bf16: yes" in md
+    assert "| 1.000 |" in md and "3.000 **failed**" in md
+    assert "1.020 (98.70% labels)" in md
+    with Image.open(tmp_path / "dcgan64_quality.png") as image:
+        assert image.format == "PNG"
+    assert "](dcgan64_quality.png)" in md
 
 
 def test_report_markdown_and_plots_are_rebuilt_from_a_recorded_json(tmp_path: Path) -> None:

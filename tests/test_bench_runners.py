@@ -13,17 +13,24 @@ from torch import nn
 from gendeploy.bench.flops import count_flops, flops_per_image
 from gendeploy.bench.machine import BusyMeter, cpu_info, machine_info
 from gendeploy.bench.peak import matmul_peak
-from gendeploy.bench.runners import DESCRIPTIONS, Skip, build_runner
 from gendeploy.bench.suites import ALL_RUNNERS, TINY
 from gendeploy.bench.sweep import make_feeds, peak_rss_mib, sweep_batch
 from gendeploy.bench.timing import StabilityRule
 from gendeploy.export.manifest import Manifest
 from gendeploy.runtime.base import Feeds, Runner
 from gendeploy.runtime.eager import EagerRunner
+from gendeploy.runtime.registry import (
+    REGISTRY,
+    RunnerContext,
+    RunnerUnavailable,
+    build_runner,
+    get_entry,
+)
 from gendeploy.trainer.models import Arch, ModelConfig, build_generator
 
-# bf16 keeps 8 bits of mantissa: outputs in [-1, 1] land within a few 1e-2 of FP32.
-TOLERANCE = {"fp32": 1e-4, "bf16": 0.1, "fp16": 0.02}
+# bf16 keeps 8 bits of mantissa: outputs in [-1, 1] land within a few 1e-2 of FP32; INT8 rounds
+# activations to 256 levels per tensor: the export's INT8 tensor bound.
+TOLERANCE = {"fp32": 1e-4, "bf16": 0.1, "fp16": 0.02, "int8": 0.5}
 
 
 @pytest.fixture(scope="module")
@@ -35,25 +42,77 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Manifest, Path, 
     work = tmp_path_factory.mktemp("bench")
     checkpoint, _ = prepare_checkpoint(TINY, work)
     out = work / "export"
-    manifest = export(ModelSpec(checkpoint=checkpoint), ExportOptions(max_batch=8), out=out)
+    options = ExportOptions(max_batch=8, int8=True, calibration_samples=32)
+    manifest = export(ModelSpec(checkpoint=checkpoint), options, out=out)
     return manifest, out, load_eager(manifest)
 
 
+def _context(exported: tuple[Manifest, Path, nn.Module]) -> RunnerContext:
+    manifest, export_dir, module = exported
+    return RunnerContext(manifest, export_dir, module, threads=1)
+
+
 @pytest.mark.parametrize("name", ALL_RUNNERS)
-def test_every_runner_agrees_with_eager_or_is_skipped_with_its_reason(
+def test_every_runner_agrees_with_eager_or_says_why_it_cannot_run_here(
     exported: tuple[Manifest, Path, nn.Module], name: str
 ) -> None:
-    manifest, export_dir, module = exported
-    built = build_runner(name, manifest, export_dir, module, threads=1)
-    if isinstance(built, Skip):
-        assert built.runner == name and len(built.reason) > 5
+    manifest, _, module = exported
+    entry = get_entry(name)
+    reason = entry.unavailable(_context(exported))
+    try:
+        built = build_runner(name, _context(exported))
+    except RunnerUnavailable as e:
+        # the only reasons to skip: the machine lacks it, or the engine did not run the precision
+        assert reason is not None or "executed" in str(e) or "skipped" in str(e), str(e)
+        if reason is not None:
+            assert str(e) == reason
         return
+    assert reason is None
     feeds = make_feeds(4, manifest.latent_dim, manifest.num_classes)
     with built:
         out = built.run(feeds)
     reference = EagerRunner(module, threads=1).run(feeds)
+    assert built.name == name
     assert out.dtype == np.float32 and out.shape == reference.shape
-    assert np.abs(out - reference).max() <= TOLERANCE[DESCRIPTIONS[name][0]]
+    assert np.abs(out - reference).max() <= TOLERANCE[entry.precision.value]
+    if entry.strict_precision:  # it executed what it is named for
+        assert entry.precision.value in built.precision.split("+")
+
+
+def test_every_runner_is_one_registered_class_with_its_precision_and_artifact() -> None:
+    assert tuple(REGISTRY) == ALL_RUNNERS
+    for name, entry in REGISTRY.items():
+        assert entry.name == name and entry.description
+        assert entry.artifact is None or isinstance(entry.artifact, str)
+    assert {"openvino_int8", "onnxruntime_int8", "tensorrt_int8"} <= set(REGISTRY)
+
+
+def test_openvino_int8_executes_int8_and_ort_says_what_it_made_of_the_qdq_model(
+    exported: tuple[Manifest, Path, nn.Module],
+) -> None:
+    openvino = build_runner("openvino_int8", _context(exported))
+    assert openvino.precision == "int8", openvino.precision
+    openvino.close()
+    ort = build_runner("onnxruntime_int8", _context(exported))
+    # ConvTranspose has no INT8 kernel in ORT's CPU provider: dequantized, FP32 arithmetic
+    assert ort.precision == "fp32", ort.precision
+
+
+def test_the_bf16_hint_is_no_bf16_row_unless_openvino_runs_bf16(
+    exported: tuple[Manifest, Path, nn.Module],
+) -> None:
+    from gendeploy.runtime.openvino import OpenVINORunner
+
+    manifest, export_dir, module = exported
+    hinted = OpenVINORunner(export_dir / "fp32.onnx", "bf16", threads=1)
+    feeds = make_feeds(4, manifest.latent_dim, manifest.num_classes)
+    diff = float(np.abs(hinted.run(feeds) - EagerRunner(module, threads=1).run(feeds)).max())
+    if hinted.precision == "fp32":  # this CPU: the runtime graph ran f32 despite the hint
+        assert diff < 1e-5  # and the output says the same: it is FP32
+        with pytest.raises(RunnerUnavailable, match="executed fp32"):
+            build_runner("openvino_bf16", _context(exported))
+    else:
+        assert "bf16" in hinted.precision and diff > 1e-6
 
 
 def test_tensorrt_is_skipped_here_with_the_reason(
@@ -61,10 +120,9 @@ def test_tensorrt_is_skipped_here_with_the_reason(
 ) -> None:
     if torch.cuda.is_available():
         pytest.skip("a CUDA machine may run TensorRT")
-    manifest, export_dir, module = exported
-    built = build_runner("tensorrt", manifest, export_dir, module, threads=1)
-    assert isinstance(built, Skip)
-    assert "tensorrt" in built.reason.lower() or "cuda" in built.reason.lower()
+    for name in ("tensorrt", "tensorrt_int8"):
+        with pytest.raises(RunnerUnavailable, match=r"(?i)tensorrt|cuda"):
+            build_runner(name, _context(exported))
 
 
 def test_flops_of_a_transposed_convolution_match_the_formula() -> None:
@@ -131,3 +189,30 @@ def test_a_runner_that_fails_at_its_first_call_is_dropped_with_its_reason() -> N
     assert [c.runner for c in cells] == ["eager"]
     assert set(runners) == {"eager"}
     assert failed == {"broken": "failed at batch 2: RuntimeError: no C++ compiler for this graph"}
+
+
+class _FakeBF16(Runner):
+    """Labelled bf16, computes FP32: the eager module itself."""
+
+    name = "fake_bf16"
+    precision = "bf16"
+
+    def __init__(self, module: nn.Module) -> None:
+        self.inner = EagerRunner(module, threads=1)
+
+    def run(self, feeds: Feeds) -> np.ndarray:
+        return self.inner.run(feeds)
+
+
+def test_a_bf16_runner_whose_output_equals_fp32_is_dropped_not_reported_as_bf16() -> None:
+    config = ModelConfig(arch=Arch.dcgan, latent_dim=8, image_size=32, width=4)
+    module = build_generator(config).eval()
+    runners: dict[str, Runner] = {
+        "eager": EagerRunner(module, threads=1),
+        "fake_bf16": _FakeBF16(module),
+    }
+    failed: dict[str, str] = {}
+    rule = StabilityRule(window_s=0.01, max_windows=3, warmup_calls=0)
+    cells = sweep_batch(runners, 2, 8, 0, 1000, {"fp32": 1.0}, rule, failed=failed)
+    assert [c.runner for c in cells] == ["eager"]
+    assert "equals eager FP32 within 1e-06" in failed["fake_bf16"]

@@ -8,8 +8,8 @@ import re
 import pytest
 from test_export_user_model import cli
 
-from gendeploy.bench.suites import ALL_RUNNERS
 from gendeploy.cli.train import DEFAULT_PRESET, PRESET_DEFAULTS
+from gendeploy.runtime.registry import runner_names
 from gendeploy.trainer import train
 
 
@@ -54,4 +54,4 @@ def test_opt_batch_shows_its_real_default() -> None:
 
 def test_bench_runners_help_lists_every_runner() -> None:
     text = " ".join(_help("bench").replace("│", " ").split())  # the list may wrap
-    assert "Known: " + ", ".join(ALL_RUNNERS) + "." in text
+    assert "Known: " + ", ".join(runner_names()) + "." in text

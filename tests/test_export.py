@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +20,7 @@ from gendeploy.errors import ExportError, UsageError
 from gendeploy.export.api import ExportOptions, ModelSpec, export
 from gendeploy.export.gate import render
 from gendeploy.export.manifest import load_manifest, sha256_file
-from gendeploy.export.publish import STAGING_PREFIX, publish, staging_dir
+from gendeploy.export.publish import STAGING_PREFIX, publish, set_aside, staging_dir
 from gendeploy.export.source import load_eager
 from gendeploy.runtime.base import available
 from gendeploy.runtime.eager import EagerRunner
@@ -60,6 +62,11 @@ def test_export_of_a_conditional_checkpoint_publishes_gated_fp32_uint8_fp16(
     assert on_disk.artifact("uint8").validation["max_level_diff"] <= 1
     for head in ("uint8", "fp16_uint8"):  # each head within 1 level of its float graph's images
         assert on_disk.artifact(head).validation["head_level_diff"] <= 1
+    for reduced in ("fp16", "fp16_uint8"):  # FP16 also passed the quality gate on what it draws
+        quality = on_disk.artifact(reduced).validation["quality"]
+        assert quality["passed"] and quality["seeds"] >= 1000
+        assert quality["frechet_ratio"] <= 1.10 and quality["psnr"]["p1_db"] >= 40
+    assert "quality" not in on_disk.artifact("fp32").validation  # FP32 is the reference
     if not available("tensorrt").ok:  # said plainly, not silently dropped
         skipped = {s["name"]: s["reason"] for s in on_disk.skipped}
         assert skipped.keys() == {"trt_fp16", "trt_fp16_uint8"}
@@ -170,16 +177,62 @@ def test_a_sigkilled_export_leaves_a_staging_dir_that_the_next_export_removes(
     child.kill()
     child.wait()
     assert orphan.is_dir()
-    set_aside = tmp_path / f"{STAGING_PREFIX}e-old-xyz"  # an earlier export being replaced
-    set_aside.mkdir()
 
     with staging_dir(out) as running:  # an export still at work: its lock is held
         (running / "fp32.onnx").write_bytes(b"in progress")
         export(ModelSpec(checkpoint=make_checkpoint(TINY_MLP)), out=out, force=True)
         assert running.is_dir()
-    assert not orphan.exists() and set_aside.is_dir()
-    left = {p.name for p in tmp_path.iterdir() if p.name.startswith(STAGING_PREFIX)}
-    assert left == {set_aside.name}
+        left = {p.name for p in tmp_path.iterdir() if p.name.startswith(STAGING_PREFIX)}
+        assert left == {running.name, running.name + ".lock"}
+    assert not orphan.exists()
+
+
+@pytest.mark.parametrize("killed_after", ["set aside", "new one in place"])
+def test_an_export_killed_between_its_renames_is_repaired_by_the_next_one(
+    make_checkpoint: MakeCheckpoint, tmp_path: Path, killed_after: str
+) -> None:
+    """A --force export SIGKILLed after setting the earlier export aside leaves no export at
+    --out; the next export puts it back (or, when the new one got in, drops the old copy)."""
+    checkpoint, out = make_checkpoint(TINY_MLP), tmp_path / "e"
+    first = export(ModelSpec(checkpoint=checkpoint), out=out)
+    aside = set_aside(out)  # the state the kill leaves: the first of publish()'s two renames
+    if killed_after == "new one in place":
+        shutil.copytree(aside / "previous", out)
+    assert (aside / "previous" / "manifest.json").is_file()
+    said: list[str] = []
+    again = export(ModelSpec(checkpoint=checkpoint), out=out, log=said.append)
+    assert again.fingerprint == first.fingerprint and (out / "manifest.json").is_file()
+    assert said[0].startswith("restored" if killed_after == "set aside" else "removed")
+    assert any(line.startswith("up to date") for line in said)
+    assert not aside.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_concurrent_publishes_to_one_place_take_turns_and_leave_nothing_behind(
+    tmp_path: Path,
+) -> None:
+    """--force exports racing to one --out: each publish waits for the other (a lock)."""
+    out = tmp_path / "m"
+    errors: list[BaseException] = []
+
+    def one(i: int) -> None:
+        staged = tmp_path / f"staged-{i}"
+        staged.mkdir()
+        (staged / "manifest.json").write_text(str(i))
+        try:
+            publish(staged, out)
+        except BaseException as e:
+            errors.append(e)
+
+    for _round in range(10):
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert int((out / "manifest.json").read_text()) in range(8)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
 
 
 def test_load_eager_rebuilds_the_model_the_export_was_made_from(

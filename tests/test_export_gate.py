@@ -14,7 +14,7 @@ from torch import nn
 from gendeploy.errors import ValidationError
 from gendeploy.export import gate, onnx_graph
 from gendeploy.export.api import ExportOptions, ModelSpec, export, make_artifact
-from gendeploy.export.manifest import ArtifactKind
+from gendeploy.export.manifest import ArtifactKind, Precision
 from gendeploy.export.source import LoadedModel
 from gendeploy.runtime.onnxrt import OnnxRuntimeRunner
 
@@ -166,9 +166,12 @@ def test_gate_inputs_cover_every_label_with_fixed_seeds() -> None:
 
 
 def test_fp16_tolerance_is_looser_than_fp32_but_bounded() -> None:
-    fp32, fp16 = gate.TOLERANCES.values()
+    fp32, fp16 = gate.TOLERANCES[Precision.fp32], gate.TOLERANCES[Precision.fp16]
     assert fp32.max_abs <= 1e-4 and fp16.min_psnr_db >= 40
     assert fp16.max_abs > fp32.max_abs and fp32.max_levels == 1
+    # fewer bits, looser bounds; INT8 and bf16 are judged mostly by the quality gate
+    bf16, int8 = gate.TOLERANCES[Precision.bf16], gate.TOLERANCES[Precision.int8]
+    assert fp16.max_abs < bf16.max_abs <= int8.max_abs < 1.0
 
 
 def test_export_options_are_checked_before_heavy_work() -> None:

@@ -1,4 +1,5 @@
-"""The GPU path: TensorRT FP16 engines built from the FP16 ONNX and gated against eager.
+"""The GPU path: TensorRT FP16 engines built from the FP16 ONNX, INT8 engines from the QDQ ONNX,
+gated against eager.
 
 Runs only where TensorRT and a CUDA device exist (``make gpu-check`` runs the same on the
 default DCGAN-64); elsewhere each test is skipped with the reason.
@@ -57,3 +58,27 @@ def test_require_engine_builds_a_gated_strongly_typed_fp16_engine(
             images = runner.run(part)
             assert images.shape == (batch, 1, 32, 32)
             assert np.abs(images - expected[:batch]).max() <= TOLERANCES[Precision.fp16].max_abs
+
+
+def test_int8_builds_a_gated_explicit_int8_engine_from_the_qdq_onnx(
+    make_checkpoint: MakeCheckpoint, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GENDEPLOY_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "e"
+    options = ExportOptions(int8=True, output="uint8", max_batch=16, opt_batch=4,
+                            require_engine=True)  # fmt: skip
+    export(ModelSpec(checkpoint=make_checkpoint()), options, out=out)
+    manifest = load_manifest(out)
+    engine = manifest.artifact("trt_int8")
+    assert engine.kind is ArtifactKind.tensorrt and engine.precision is Precision.int8
+    assert engine.validation["passed"] and engine.validation["quality"]["passed"]
+    assert "signed INT8" in engine.extra["source_onnx"]
+    assert manifest.artifact("trt_int8_uint8").output.dtype == "uint8"
+    feeds = {
+        "z": np.random.default_rng(2).standard_normal((8, 16)).astype(np.float32),
+        "labels": (np.arange(8) % TINY_CONDITIONAL_DCGAN.num_classes).astype(np.int64),
+    }
+    expected = EagerRunner(load_eager(manifest)).run(feeds)
+    with TensorRTRunner(out / engine.path) as runner:
+        images = runner.run(feeds)
+    assert np.abs(images - expected).max() <= TOLERANCES[Precision.int8].max_abs

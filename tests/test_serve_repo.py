@@ -42,6 +42,7 @@ def dcgan64_manifest() -> Manifest:
     ]
     images = TensorSpec("images", "float32", [-1, 3, 64, 64], "NCHW")
     engine_extra = {"tensorrt": "10.3.0", "profile": {"min": 1, "opt": 8, "max": 32}}
+    int8_extra = {"float_layers": [], "calibration": {"samples": 256}}
     return Manifest(
         name="dcgan64",
         source=Source("checkpoint", "runs/dcgan64/checkpoint.pt", "0" * 64),
@@ -60,6 +61,15 @@ def dcgan64_manifest() -> Manifest:
                 inputs,
                 images,
                 extra=engine_extra,
+            ),
+            Artifact(
+                "int8",
+                ArtifactKind.onnx,
+                "int8.onnx",
+                Precision.int8,
+                inputs,
+                images,
+                extra=int8_extra,
             ),
         ],
     )
@@ -80,6 +90,8 @@ def check_golden(name: str, text: str) -> None:
         ("onnx", True, "fp32", "dcgan64_onnx_gpu.pbtxt"),
         ("trt", True, "trt_fp16", "dcgan64_trt.pbtxt"),
         ("python", False, "fp32", "dcgan64_python.pbtxt"),
+        ("python", False, "int8", "dcgan64_python_int8.pbtxt"),
+        ("openvino", False, "int8", "dcgan64_openvino.pbtxt"),
     ],
 )
 def test_configs_round_trip_through_triton_protobuf_and_match_golden_files(
@@ -92,6 +104,35 @@ def test_configs_round_trip_through_triton_protobuf_and_match_golden_files(
     text = config_text(config)
     assert parse_config(text) == config
     check_golden(golden, text)
+
+
+def test_an_int8_export_adds_an_openvino_python_model_and_an_openvino_backend_model(
+    tmp_path: Path,
+) -> None:
+    from gendeploy.export.api import ExportOptions, ModelSpec, export
+
+    checkpoint = make_checkpoint(TINY_CONDITIONAL, tmp_path / "c.pt")
+    out = tmp_path / "export"
+    export(ModelSpec(checkpoint=checkpoint), ExportOptions(int8=True, max_batch=8), "tinyq", out)
+    manifest = load_manifest(out)
+    written = {m.name for m in write_repo(out, tmp_path / "repo")}
+    assert {"tinyq", "tinyq_int8", "tinyq_onnx", "tinyq_openvino"} <= written
+    python = parse_config((tmp_path / "repo" / "tinyq_int8" / "config.pbtxt").read_text())
+    assert python.backend == "python"
+    assert python.parameters["runtime"].string_value == "openvino"
+    assert python.parameters["gendeploy_artifact"].string_value == "int8"
+    files = sorted(p.name for p in (tmp_path / "repo" / "tinyq_int8" / "1").iterdir())
+    has_ir = "int8_ir" in {a.name for a in manifest.artifacts}
+    expected = ["manifest.json", "model.onnx", "model.py"]
+    assert files == sorted(expected + (["model.bin", "model.xml"] if has_ir else []))
+    assert (tmp_path / "repo" / "tinyq_int8" / "1" / "model.onnx").read_bytes() == (
+        out / "int8.onnx"
+    ).read_bytes()
+    backend = parse_config((tmp_path / "repo" / "tinyq_openvino" / "config.pbtxt").read_text())
+    assert backend.backend == "openvino" and "seed" not in [i.name for i in backend.input]
+    served = sorted(p.name for p in (tmp_path / "repo" / "tinyq_openvino" / "1").iterdir())
+    assert served == (["model.bin", "model.xml"] if has_ir else ["model.onnx"])
+    assert backend.default_model_filename == ("" if has_ir else "model.onnx")
 
 
 def test_trt_config_takes_max_batch_from_the_engine_profile() -> None:
@@ -277,11 +318,14 @@ def test_docker_command_uses_the_container_whose_tensorrt_matches_the_engine(
     (version_dir / "manifest.json").write_text(manifest.to_json())
     command, why, tag = docker_command(tmp_path)
     assert tag == "24.08" and "nvcr.io/nvidia/tritonserver:24.08-py3" in command
-    assert f"{tmp_path.resolve()}:/models" in command
+    # only the models the image can run are mounted, read-only: not the python model (the NGC
+    # image has no onnxruntime for it), and nothing can be loaded later (model control "none")
+    for model in ("dcgan64_onnx", "dcgan64_trt"):
+        assert f"-v {tmp_path.resolve() / model}:/models/{model}:ro" in command
+    assert f"{tmp_path.resolve() / 'dcgan64'}:" not in command
     assert "-p127.0.0.1:8000:8000 -p127.0.0.1:8001:8001 -p127.0.0.1:8002:8002" in command
-    assert command.endswith(
-        "--model-control-mode=explicit --load-model=dcgan64_onnx --load-model=dcgan64_trt"
-    )  # not the python model: the NGC image has no onnxruntime for it
+    assert "--model-control-mode=none" in command and "--load-model" not in command
+    assert "--user=triton-server" in command
     assert "10.3" in why and "unverified" in why
     with pytest.raises(
         ServeError, match=r"^unknown TensorRT version 99\.1\.0: pick the NGC tag whose TensorRT is"

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from serve_support import (
+    FREE_PORTS,
     TINY_CONDITIONAL,
     TINY_UNCONDITIONAL,
     build_export,
@@ -73,7 +74,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     repo = root / "repo"
     for export_dir in exports.values():
         write_repo(export_dir, repo, RepoOptions(queue_delay_us=10_000))
-    server = TritonServer(repo, log_path=root / "tritonserver.log")
+    server = TritonServer(repo, log_path=root / "tritonserver.log", watch=True)
     server.start()
     pgid = server.process.pid if server.process else 0
     try:
@@ -118,7 +119,9 @@ def test_every_port_the_server_listens_on_is_bound_to_loopback(served: Served) -
     import psutil
 
     assert served.server.process is not None
-    connections = psutil.Process(served.server.process.pid).net_connections(kind="inet")
+    process = psutil.Process(served.server.process.pid)
+    # psutil >= 6 names it net_connections; kserve (the deploy extra) pins psutil < 6
+    connections = getattr(process, "net_connections", process.connections)(kind="inet")
     listening = {(c.laddr.ip, c.laddr.port) for c in connections if c.status == psutil.CONN_LISTEN}
     ports = {served.server.http_port, served.server.grpc_port, served.server.metrics_port}
     assert ports <= {port for _, port in listening}  # HTTP, gRPC and metrics all found
@@ -292,6 +295,7 @@ def test_serve_command_serves_until_sigterm_and_leaves_nothing_behind(
 ) -> None:
     ready = tmp_path / "ready.json"
     cmd = [sys.executable, "-m", "gendeploy", "serve", str(served.repo), "--ready-file", str(ready)]
+    cmd += FREE_PORTS
     process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     endpoints: dict = {}
     try:
@@ -327,6 +331,7 @@ def test_a_sigkilled_serve_command_takes_its_tritonserver_down_with_it(
 ) -> None:
     ready = tmp_path / "ready.json"
     cmd = [sys.executable, "-m", "gendeploy", "serve", str(served.repo), "--ready-file", str(ready)]
+    cmd += FREE_PORTS
     process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     pid = None
     try:

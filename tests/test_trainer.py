@@ -264,9 +264,9 @@ def test_resume_refuses_a_preset_the_run_is_not(tmp_path: Path) -> None:
         resumed_configs(out, flags, {"steps": 4}, "digits-cdcgan")
     with pytest.raises(UsageError, match=r"differs in .*width \(8 here\)"):
         resumed_configs(out, {}, {"steps": 4}, "digits-dcgan")  # the run overrode --width
-    model, config = resumed_configs(out, flags, {"steps": 4}, "digits-dcgan")  # its own preset
+    model, config, step = resumed_configs(out, flags, {"steps": 4}, "digits-dcgan")  # its own
     assert model.num_classes == 0 and config.steps == 4
-    assert resumed_configs(out, {}, {"steps": 4}) == (model, config)  # no preset named
+    assert step == 2 and resumed_configs(out, {}, {"steps": 4}) == (model, config, step)
 
 
 def test_force_never_deletes_what_is_not_a_run(tmp_path: Path) -> None:
@@ -280,6 +280,20 @@ def test_force_never_deletes_what_is_not_a_run(tmp_path: Path) -> None:
         train(TINY, _tiny_train(2), precious / "a.jpg", progress=False)
 
 
+def test_a_run_killed_before_its_first_checkpoint_gets_one_piece_of_advice(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "run"
+    train(TINY, _tiny_train(2), out, progress=False)
+    (out / "checkpoint.pt").unlink()  # what a kill before the first checkpoint leaves
+    with pytest.raises(CheckpointError, match=r"stopped before its first checkpoint.*--force"):
+        train(TINY, _tiny_train(2), out, resume=True, progress=False)
+    with pytest.raises(UsageError, match=r"stopped before its first checkpoint.*--force"):
+        train(TINY, _tiny_train(2), out, progress=False)
+    train(TINY, _tiny_train(2), out, force=True, progress=False)  # the advice works
+    assert load_checkpoint(out / "checkpoint.pt").step == 2
+
+
 def test_a_checkpoint_from_before_a_train_setting_existed_still_resumes(tmp_path: Path) -> None:
     out = tmp_path / "run"
     train(TINY, _tiny_train(2), out, progress=False)
@@ -287,7 +301,8 @@ def test_a_checkpoint_from_before_a_train_setting_existed_still_resumes(tmp_path
     payload = torch.load(path, weights_only=True)
     del payload["train_config"]["translate"]  # as written before DiffAugment was added
     torch.save(payload, path)
-    model, config = resumed_configs(out, {"width": 8}, {"steps": 4})
+    model, config, step = resumed_configs(out, {"width": 8}, {"steps": 4})
+    assert step == 2
     assert config.translate == 0.0 and config.steps == 4 and model == TINY
     train(model, config, out, resume=True, progress=False)
     assert load_checkpoint(path).step == 4
@@ -299,6 +314,7 @@ def test_resume_keeps_the_runs_own_settings(tmp_path: Path) -> None:
     assert _cli(*common, "--steps", "2", "--lr", "0.001", cwd=tmp_path).returncode == 0
     again = _cli(*common, "--steps", "4", "--resume", cwd=tmp_path)  # same flags, no --lr
     assert again.returncode == 0, again.stderr
+    assert "resuming run from step 2 (checkpoint.pt) to step 4" in again.stdout
     ckpt = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
     assert ckpt.step == 4 and ckpt.train_config["lr"] == 0.001
     assert ckpt.optimizer_g is not None and ckpt.optimizer_g["param_groups"][0]["lr"] == 0.001

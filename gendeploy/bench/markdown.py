@@ -33,8 +33,24 @@ def _met(value: bool | None) -> str:
     return {True: "**met**", False: "**missed**", None: "not judged"}[value]
 
 
+def quality_text(model: dict[str, Any], runner: str) -> str:
+    """The quality column: the gate's Frechet ratio (label accuracy for digits models)."""
+    if runner == "eager":
+        return "reference"
+    q = (model.get("quality") or {}).get(runner)
+    if not q:
+        return ""
+    if "error" in q:
+        return "not judged"
+    text = f"{q['frechet_ratio']:.3f}" + ("" if q["passed"] else " **failed**")
+    digits = q.get("digits")
+    if digits and digits.get("label_accuracy") is not None:
+        text += f" ({digits['label_accuracy']:.2%} labels)"
+    return text
+
+
 def summary_table(model: dict[str, Any]) -> list[str]:
-    """Runner x batch: images/s and the speed-up over eager in the same run."""
+    """Runner x batch: images/s and the speed-up over eager in the same run, quality beside."""
     batches = sorted({c["batch"] for c in model["cells"]})
     runners = list(dict.fromkeys(c["runner"] for c in model["cells"]))
     by = {(c["runner"], c["batch"]): c for c in model["cells"]}
@@ -44,8 +60,76 @@ def summary_table(model: dict[str, Any]) -> list[str]:
         for b in batches:
             c = by.get((r, b))
             row.append(f"{_fmt(c['images_per_s'])} (x{c['speedup']:.2f})" if c else "")
+        row.append(quality_text(model, r))
         rows.append(row)
-    return _table(["runner", "precision", *[f"batch {b}: img/s (x eager)" for b in batches]], rows)
+    header = ["runner", "precision (executed)", *[f"batch {b}: img/s (x eager)" for b in batches]]
+    return _table([*header, "quality: Frechet ratio (max 1.10)"], rows)
+
+
+def quality_section(model: dict[str, Any]) -> list[str]:
+    """Every runner's quality figures: per-seed PSNR, the distribution gate, the digits score."""
+    quality = model.get("quality") or {}
+    if not quality:
+        return []
+    rows = []
+    for runner, q in quality.items():
+        if "error" in q:
+            rows.append([f"`{runner}`", "", "", "", "", "", q["error"]])
+            continue
+        digits, fp32 = q.get("digits"), q.get("digits_fp32")
+        score = ""
+        if digits and fp32:
+            acc = digits.get("label_accuracy")
+            acc32 = fp32.get("label_accuracy")
+            score = (f"{acc:.2%} vs {acc32:.2%}, " if acc is not None else "") + (
+                f"{digits['frechet_ratio']:.3f} vs {fp32['frechet_ratio']:.3f}"
+            )
+        psnr = q["psnr"]
+        rows.append(
+            [
+                f"`{runner}`",
+                q["precision"],
+                f"{psnr['min_db']} / {psnr['p1_db']} / {psnr['median_db']}",
+                f"{q['frechet_ratio']:.3f}",
+                score,
+                "yes" if q["passed"] else "**NO**",
+                "; ".join(q.get("failures") or []),
+            ]
+        )
+    any_q = next(q for q in quality.values() if "error" not in q) if rows else None
+    seeds = f"{any_q['seeds']} seeds, {any_q['feature_space']} features" if any_q else ""
+    out = [
+        "### Quality: what each runner draws, against eager FP32 (the export's quality gate)",
+        "",
+        f"Per-seed PSNR of the uint8 renderings, and the Frechet ratio (runner vs FP32 on disjoint"
+        f" seed sets, over FP32's own distance between them; 1.0 = FP32's noise). {seeds}.",
+        "",
+    ]
+    header = ["runner", "gated as", "PSNR min / p1 / median dB", "Frechet ratio"]
+    header += ["digits: labels, ratio to real (runner vs FP32)", "passed", "why not"]
+    out += _table(header, rows)
+    floats = (model.get("export") or {}).get("float_layers") or {}
+    out += [f"- `{a}` kept in floating point by the INT8 fallback: {layers}" for a, layers in
+            floats.items()]  # fmt: skip
+    return [*out, ""] if floats else out
+
+
+MATRIX_FLAGS = {
+    "AMX (int8, bf16 tiles)": ("amx_tile", "amx_int8", "amx_bf16"),
+    "AVX-512 VNNI (int8 dot products)": ("avx512_vnni",),
+    "AVX-VNNI": ("avx_vnni",),
+    "AVX-512 bf16": ("avx512_bf16",),
+}
+
+
+def matrix_line(flags: list[str]) -> str:
+    """Which matrix / dot-product extensions the CPU has: what INT8 and bf16 can run on."""
+    have = set(flags)
+    parts = [
+        f"{name}: {'yes' if all(f in have for f in need) else 'no'}"
+        for name, need in MATRIX_FLAGS.items()
+    ]
+    return "- Matrix extensions: " + "; ".join(parts)
 
 
 def machine_lines(report: dict[str, Any]) -> list[str]:
@@ -57,6 +141,7 @@ def machine_lines(report: dict[str, Any]) -> list[str]:
     lines = [
         f"- CPU: {cpu['model']}, {m['physical_cores']} physical / {m['logical_cores']} logical"
         f" cores, {m['memory_gib']} GiB; flags: {' '.join(cpu['flags'])}",
+        matrix_line(cpu["flags"]),
         f"- GPU: {gpus}",
         f"- Threads: {report['threads']} (torch intra-op, ONNX Runtime intra-op, OpenVINO,"
         " Triton's ONNX Runtime), pinned for the whole run",
@@ -106,7 +191,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
     ]
     if report.get("goals"):
-        out += ["## Goals (DCGAN-64, ratios from this run)", ""]
+        out += ["## Goals (ratios from this run)", ""]
         share = report.get("busy", {}).get("other_processes_cpu_share") or 0.0
         if _disturbed(report):
             out += [
@@ -144,7 +229,8 @@ def model_section(model: dict[str, Any], runners: dict[str, Any]) -> list[str]:
         f" {model['flops_per_image'] / 1e6:.1f} MFLOP per image (2 per multiply-add).",
         "",
         *summary_table(model),
-        f"![throughput]({name}_throughput.png) ![latency]({name}_latency.png)",
+        f"![throughput]({name}_throughput.png) ![latency]({name}_latency.png)"
+        f" ![speed vs quality]({name}_quality.png)",
         "",
         "<details><summary>Every cell</summary>",
         "",
@@ -186,6 +272,7 @@ def model_section(model: dict[str, Any], runners: dict[str, Any]) -> list[str]:
         out += _table(
             ["runner", "reason"], [[f"`{s['runner']}`", s["reason"]] for s in model["skipped"]]
         )
+    out += quality_section(model)
     out += served_section(model)
     out += profile_section(model)
     return out

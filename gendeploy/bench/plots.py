@@ -109,6 +109,44 @@ def served_plot(model: dict[str, Any], path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def quality_plot(model: dict[str, Any], path: Path) -> Path | None:
+    """Speed against quality: images/s at the largest batch vs the gate's Frechet ratio."""
+    import matplotlib.pyplot as plt
+
+    quality = model.get("quality") or {}
+    batch = max(c["batch"] for c in model["cells"])
+    cells = {c["runner"]: c for c in model["cells"] if c["batch"] == batch}
+    points = [
+        (name, cells[name]["images_per_s"], 1.0 if name == "eager" else q["frechet_ratio"],
+         name == "eager" or q.get("passed", False), cells[name]["precision"])
+        for name, q in [("eager", {}), *quality.items()]
+        if name in cells and (name == "eager" or "frechet_ratio" in q)
+    ]  # fmt: skip
+    if len(points) < 2:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, (name, ips, ratio, passed, precision) in enumerate(sorted(points, key=lambda p: p[1])):
+        ax.scatter(ips, ratio, marker="o" if passed else "x", s=50, color="C0" if passed else "C3")
+        # alternate labels above and below: runners of similar speed and quality sit close
+        ax.annotate(f"{name} ({precision})", (ips, ratio), fontsize=7,
+                    xytext=(4, 6 if i % 2 == 0 else -12), textcoords="offset points")  # fmt: skip
+    limit = next(
+        (q["max_frechet_ratio"] for q in quality.values() if "max_frechet_ratio" in q), None
+    )
+    if limit is not None:
+        ax.axhline(limit, ls=":", color="C3", lw=1, label=f"quality gate: Frechet ratio <= {limit}")
+    ax.axhline(1.0, ls="--", color="k", lw=0.8, label="FP32's own noise floor (1.0)")
+    ax.set(
+        xscale="log",
+        xlabel=f"images / s at batch {batch} (faster ->)",
+        ylabel="Frechet ratio vs FP32 (lower is better)",
+        title=f"{model['name']}: speed vs quality (x: failed the gate)",
+    )
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
 def write_plots(report: dict[str, Any], out: Path) -> list[Path]:
     import matplotlib
 
@@ -120,7 +158,10 @@ def write_plots(report: dict[str, Any], out: Path) -> list[Path]:
         name = model["name"]
         written.append(throughput_plot(model, out / f"{name}_throughput.png"))
         written.append(latency_plot(model, out / f"{name}_latency.png"))
-        served = served_plot(model, out / f"{name}_served.png")
-        if served is not None:
-            written.append(served)
+        for extra in (
+            served_plot(model, out / f"{name}_served.png"),
+            quality_plot(model, out / f"{name}_quality.png"),
+        ):
+            if extra is not None:
+                written.append(extra)
     return written

@@ -50,7 +50,22 @@ def _goal(
 
 
 def evaluate_goals(report: dict[str, Any]) -> list[dict[str, Any]]:
-    """The issue's goals, judged on the suite's goals model (DCGAN-64) from this run's cells."""
+    """Speed goals on the suite's goals model (DCGAN-64), INT8 quality on the default preset."""
+    goals = _speed_goals(report)
+    quality_model = next(
+        (m for m in report.get("models", []) if m.get("quality_goals_model")), None
+    )
+    if quality_model is not None:
+        goals += _int8_goals(quality_model)
+    return goals
+
+
+def _gated(model: dict[str, Any], runner: str) -> bool:
+    """The runner passed the quality gate in this run (what it draws matches FP32)."""
+    return bool((model.get("quality") or {}).get(runner, {}).get("passed"))
+
+
+def _speed_goals(report: dict[str, Any]) -> list[dict[str, Any]]:
     model = next((m for m in report.get("models", []) if m.get("goals_model")), None)
     if model is None:
         return []
@@ -85,7 +100,71 @@ def evaluate_goals(report: dict[str, Any]) -> list[dict[str, Any]]:
         )
     )
     goals.append(_served_goal(model))
+    gated = [c for c in engines if _gated(model, c["runner"])]
+    for batch in (64, 1):
+        best = _best([c for c in gated if c["batch"] == batch], "speedup")
+        what = (
+            f"best engine that passed the quality gate (Frechet ratio <= 1.10, per-seed PSNR) "
+            f"over eager fp32 at batch {batch}"
+        )
+        goals.append(
+            _goal(f"best gated engine >= 6x eager at batch {batch}", 6.0, best, "speedup", what)
+        )
     return goals
+
+
+INT8_RUNNER = "openvino_int8"
+
+
+def _int8_goals(model: dict[str, Any]) -> list[dict[str, Any]]:
+    """The default preset's INT8 against FP32: digits score, the distribution gate, export time."""
+    name = model["name"]
+    q = (model.get("quality") or {}).get(INT8_RUNNER)
+    goals = []
+    digits, fp32 = (q or {}).get("digits"), (q or {}).get("digits_fp32")
+    label = f"{name} INT8 label accuracy within 0.5 points of FP32"
+    frechet = f"{name} INT8 Frechet ratio to real digits within 5% of FP32's"
+    if not digits or not fp32:
+        why = (q or {}).get("error") or (
+            f"no {INT8_RUNNER} quality in this run" if q is None else "not a trained digits model"
+        )
+        goals += [_goal(label, 0.5, None, "", why), _goal(frechet, 0.05, None, "", why)]
+    else:
+        drop = 100 * (fp32["label_accuracy"] - digits["label_accuracy"])
+        goals.append(_within(label, 0.5, drop, f"FP32 {fp32['label_accuracy']:.2%}, INT8 "
+                             f"{digits['label_accuracy']:.2%}: drop in points"))  # fmt: skip
+        rel = digits["frechet_ratio"] / fp32["frechet_ratio"] - 1
+        goals.append(_within(frechet, 0.05, rel, f"FP32 {fp32['frechet_ratio']:.3f}, INT8 "
+                             f"{digits['frechet_ratio']:.3f}: relative increase"))  # fmt: skip
+    gate = f"{name} INT8 distribution gate <= 1.10"
+    if q is None or "frechet_ratio" not in q:
+        goals.append(_goal(gate, 1.10, None, "", (q or {}).get("error", "not measured")))
+    else:
+        what = f"Frechet ratio on {q['seeds']} seeds, {q['feature_space']} features"
+        goals.append(_within(gate, 1.10, q["frechet_ratio"], what))
+    timings = (model.get("export") or {}).get("timings_s") or {}
+    steps = {k: v for k, v in timings.items() if "int8" in k or k == "quality_reference"}
+    spent = sum(steps.values())
+    detail = "export steps: " + ", ".join(f"{k} {v:.1f}s" for k, v in steps.items())
+    goal = f"{name}: --int8 adds <= 30 s to the export"
+    goals.append(
+        _within(goal, 30.0, spent, detail)
+        if steps
+        else _goal(goal, 30.0, None, "", "no INT8 export")
+    )
+    return goals
+
+
+def _within(goal: str, limit: float, value: float, what: str) -> dict[str, Any]:
+    """A goal met when ``value`` is at most ``limit`` (lower is better)."""
+    return {
+        "goal": goal,
+        "target": limit,
+        "measured": round(value, 4),
+        "met": value <= limit,
+        "by": INT8_RUNNER if "INT8" in goal else "export",
+        "detail": what,
+    }
 
 
 def _ceiling(report: dict[str, Any], model: dict[str, Any], batch: int) -> str:

@@ -22,9 +22,11 @@ import torch
 from gendeploy.bench import machine, peak
 from gendeploy.bench.flops import flops_per_image
 from gendeploy.bench.markdown import contended
-from gendeploy.bench.runners import DESCRIPTIONS, Skip, build_runner
+from gendeploy.bench.quality import runner_quality
 from gendeploy.bench.suites import BenchModel, Suite
 from gendeploy.bench.sweep import CellResult, sweep_batch
+from gendeploy.export.int8 import int8_tools_missing
+from gendeploy.runtime.registry import RunnerContext, RunnerUnavailable, build_runner, describe
 
 Log = Callable[[str], None]
 SCHEMA_VERSION = 1
@@ -55,7 +57,7 @@ def run_bench(
             "served_window_ms": suite.served_window_ms,
             "served_max_windows": suite.served_max_windows,
         },
-        "runners": {k: {"precision": p, "what": w} for k, (p, w) in DESCRIPTIONS.items()},
+        "runners": describe(),
     }
     before = _other_share_now()
     report["busy_before"] = before
@@ -148,24 +150,31 @@ def bench_model(
     checkpoint, origin = prepare_checkpoint(model, work)
     export_dir = work / "exports" / model.name
     say(f"[{model.name}] exporting {origin}")
+    int8_missing = int8_tools_missing()
+    if int8_missing:
+        say(f"[{model.name}] no INT8 export: {int8_missing}")
     manifest = export(
         ModelSpec(checkpoint=checkpoint),
-        ExportOptions(fp16=torch.cuda.is_available(), max_batch=max(suite.batches)),
+        ExportOptions(
+            fp16=torch.cuda.is_available(), int8=not int8_missing, max_batch=max(suite.batches)
+        ),
         name=model.name,
         out=export_dir,
         force=True,
         command="gendeploy bench (export step)",
+        log=lambda msg: say(f"[{model.name}] {msg}"),
     )
     module = load_eager(manifest)
     flops = flops_per_image(module, manifest.latent_dim, manifest.num_classes)
     runners, skipped = {}, []
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    context = RunnerContext(manifest, export_dir, module, threads, device)
     for name in suite.runners:
-        built = build_runner(name, manifest, export_dir, module, threads)
-        if isinstance(built, Skip):
-            skipped.append({"runner": built.runner, "reason": built.reason})
-            say(f"[{model.name}] skipped {built.runner}: {built.reason}")
-        else:
-            runners[name] = built
+        try:
+            runners[name] = build_runner(name, context)
+        except RunnerUnavailable as e:
+            skipped.append({"runner": name, "reason": str(e)})
+            say(f"[{model.name}] skipped {name}: {e}")
     if "eager" not in runners:
         from gendeploy.runtime.eager import EagerRunner
 
@@ -185,6 +194,8 @@ def bench_model(
                 log=say,
                 failed=failed,
             )
+        say(f"[{model.name}] quality: what each runner draws vs eager FP32 (the export's gate)")
+        quality = runner_quality(runners, manifest, module, say)
     finally:
         for r in runners.values():
             r.close()
@@ -196,13 +207,20 @@ def bench_model(
         "config": manifest.source.model_config or model.config.to_dict(),
         "source": origin,
         "goals_model": model.goals,
+        "quality_goals_model": model.quality_goals,
         "flops_per_image": flops,
         "export": {
             "artifacts": [a.name for a in manifest.artifacts],
             "skipped": manifest.skipped,
             "timings_s": getattr(manifest, "timings", {}),
+            "float_layers": {
+                a.name: a.extra["float_layers"]
+                for a in manifest.artifacts
+                if a.extra.get("float_layers")
+            },
         },
         "cells": [c.to_dict() for c in cells],
+        "quality": quality,
         "skipped": skipped,
     }
     if suite.served:

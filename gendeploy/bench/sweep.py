@@ -11,11 +11,13 @@ from typing import Any
 
 import numpy as np
 
-from gendeploy.bench.runners import DESCRIPTIONS
 from gendeploy.bench.timing import Clock, Measurement, StabilityRule, measure_alternating
+from gendeploy.errors import GendeployError
 from gendeploy.runtime.base import Feeds, Runner
 
 Log = Callable[[str], None]
+# A reduced-precision runner whose output equals FP32 this closely did not compute in it.
+SAME_AS_FP32 = 1e-6
 
 
 @dataclass
@@ -96,13 +98,27 @@ def sweep_batch(
             runners.pop(name).close()
             continue
         diffs[name] = float(np.max(np.abs(out.astype(np.float64) - reference)))
+        if name != "eager" and runner.precision != "fp32" and diffs[name] <= SAME_AS_FP32:
+            reason = (
+                f"labelled {runner.precision} but its output equals eager FP32 within "
+                f"{SAME_AS_FP32:g} at batch {batch} (max |diff| {diffs[name]:.2g}): it did not "
+                f"compute in {runner.precision}"
+            )
+            if failed is None:
+                raise GendeployError(f"{name}: {reason}")
+            failed[name] = reason
+            runners.pop(name).close()
+            continue
         memory[name] = peak_rss_mib(lambda r=runner: r.run(feeds))  # type: ignore[misc]
     fns = {name: (lambda r=runner: r.run(feeds)) for name, runner in runners.items()}
     results = measure_alternating(fns, rule, clock)
     eager_ips = batch * results["eager"].calls_per_s
     cells = []
     for name, m in results.items():
-        cells.append(_cell(name, batch, m, flops_per_image, peaks, eager_ips, diffs, memory))
+        precision = runners[name].precision
+        cells.append(
+            _cell(name, precision, batch, m, flops_per_image, peaks, eager_ips, diffs, memory)
+        )
         if log:
             c = cells[-1]
             log(
@@ -114,6 +130,7 @@ def sweep_batch(
 
 def _cell(
     name: str,
+    precision: str,
     batch: int,
     m: Measurement,
     flops_per_image: int,
@@ -122,7 +139,6 @@ def _cell(
     diffs: dict[str, float],
     memory: dict[str, float],
 ) -> CellResult:
-    precision = DESCRIPTIONS.get(name, ("fp32", ""))[0]
     ips = batch * m.calls_per_s
     gflops = ips * flops_per_image / 1e9
     peak = peaks.get("fp32", 0.0)

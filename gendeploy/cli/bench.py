@@ -29,12 +29,12 @@ RUNNERS_HELP = "Only these runners, comma-separated (eager is always timed)."
 
 
 class BenchHelp(LateHelp):
-    """``--runners`` help lists the runner names, which live beside torch."""
+    """``--runners`` help lists the registry's runner names, which live beside torch."""
 
     def fill(self, params: Params) -> None:
-        from gendeploy.bench.suites import ALL_RUNNERS
+        from gendeploy.runtime.registry import runner_names
 
-        params["runners"].help = f"{RUNNERS_HELP} Known: {', '.join(ALL_RUNNERS)}."
+        params["runners"].help = f"{RUNNERS_HELP} Known: {', '.join(runner_names())}."
 
 
 def bench_command(

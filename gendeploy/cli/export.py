@@ -62,8 +62,24 @@ def export_command(
     repo: Annotated[
         Path | None, Opt(help="Also write (or add a version to) the Triton models in this repo.")
     ] = None,
+    int8: Annotated[
+        bool,
+        Opt(
+            "--int8",
+            help="Also INT8 (NNCF post-training quantization, QDQ ONNX run by OpenVINO), "
+            "published only if it passes the quality gate.",
+        ),
+    ] = False,
+    calibration_samples: Annotated[
+        int | None,
+        Opt(help="--int8: inputs to calibrate on, z ~ N(0,I) + uniform labels (default 256)."),
+    ] = None,
+    max_frechet_ratio: Annotated[
+        float,
+        Opt(help="Quality gate: largest Frechet ratio (artifact vs FP32 / FP32's noise floor)."),
+    ] = 1.10,
 ) -> None:
-    """Export a generator to gated ONNX (FP32, uint8, FP16) and TensorRT, with a manifest."""
+    """Export a generator to gated ONNX (FP32, uint8, FP16, INT8) and TensorRT, with a manifest."""
     from gendeploy.export.api import ExportOptions, ModelSpec, OutputKind, export
 
     if output not in {k.value for k in OutputKind}:
@@ -74,6 +90,9 @@ def export_command(
         max_batch=max_batch,
         opt_batch=opt_batch,
         require_engine=require_engine,
+        int8=int8,
+        calibration_samples=calibration_samples,
+        max_frechet_ratio=max_frechet_ratio,
     )
     spec = ModelSpec(
         checkpoint=checkpoint,

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
-from gendeploy.errors import ServeError, UsageError
-
-if TYPE_CHECKING:
-    from gendeploy.serve.server import TritonServer
+from gendeploy.errors import UsageError
+from gendeploy.serve.admin import KEY_ENV
+from gendeploy.serve.readyfile import DEFAULT_PORTS
 
 DEFAULT_REPO = Path("triton_repo")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -32,11 +30,22 @@ def repo_command(
     gpu: Annotated[
         bool | None, typer.Option("--gpu/--cpu", help="Instance kind (default: GPU if an engine).")
     ] = None,
+    max_queue_size: Annotated[
+        int, typer.Option(help="Requests queued per model beyond this are refused (0: no limit).")
+    ] = 256,
 ) -> None:
     """Write (or add a version to) the Triton models of an export."""
     from gendeploy.serve.repo import RepoOptions, write_repo
 
-    options = RepoOptions(name, max_batch_size, queue_delay_us, instances, keep_versions, gpu)
+    options = RepoOptions(
+        name,
+        max_batch_size,
+        queue_delay_us,
+        instances,
+        keep_versions,
+        gpu,
+        max_queue_size=max_queue_size,
+    )
     for model in write_repo(export_dir, repo, options):
         state = "new version" if model.new else "unchanged"
         typer.echo(f"{model.path}/{model.version}  ({state})")
@@ -44,100 +53,101 @@ def repo_command(
 
 def serve_command(
     repo: Annotated[Path, typer.Argument(help="Model repository to serve.")] = DEFAULT_REPO,
-    http_port: Annotated[int, typer.Option(help="HTTP port (0: a free one).")] = 0,
-    grpc_port: Annotated[int, typer.Option(help="gRPC port (0: a free one).")] = 0,
-    metrics_port: Annotated[int, typer.Option(help="Metrics port (0: a free one).")] = 0,
+    http_port: Annotated[int, typer.Option(help="HTTP port (0: a free one).")] = DEFAULT_PORTS[0],
+    grpc_port: Annotated[int, typer.Option(help="gRPC port (0: a free one).")] = DEFAULT_PORTS[1],
+    metrics_port: Annotated[
+        int, typer.Option(help="Metrics port (0: a free one).")
+    ] = DEFAULT_PORTS[2],
     tritonserver: Annotated[
         Path | None, typer.Option(help="tritonserver binary (default: PATH, then nvidia-pytriton).")
     ] = None,
     ready_file: Annotated[
-        Path | None, typer.Option(help="Write the endpoints as JSON here once ready.")
+        Path | None,
+        typer.Option(help="Also write the server's state (JSON) here; kept true while serving."),
     ] = None,
     log_file: Annotated[
         Path | None, typer.Option(help="Server log (default: a temp file).")
     ] = None,
+    admin_key_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="The key that unlocks model control, shared memory, trace and logging: read "
+            "from this file (0600), or generated into it if missing (default: a new key per "
+            "server in the runtime dir, removed at stop)."
+        ),
+    ] = None,
     watch: Annotated[
         bool, typer.Option("--watch", help="Load new versions and models as they are written.")
     ] = False,
+    max_crashes: Annotated[
+        int, typer.Option(help="Give up after this many tritonserver crashes in --crash-window-s.")
+    ] = 5,
+    crash_window_s: Annotated[float, typer.Option(help="Window for --max-crashes.")] = 300.0,
     docker: Annotated[
         bool, typer.Option("--docker", help="Print the NGC container command instead.")
     ] = False,
     docker_tag: Annotated[str | None, typer.Option(help="NGC tag for --docker.")] = None,
 ) -> None:
-    """Serve a model repository with a real tritonserver on 127.0.0.1 until Ctrl-C or SIGTERM."""
-    if not repo.is_dir():
-        raise UsageError(f"model repository {repo} does not exist; run `gendeploy repo EXPORT_DIR`")
+    """Serve a model repository with a real tritonserver on 127.0.0.1 until Ctrl-C or SIGTERM;
+    restart it if it dies."""
     if docker:
-        from gendeploy.serve.docker import docker_command, tag_check
-
-        command, why, tag = docker_command(repo, docker_tag)
-        typer.echo(command)
-        typer.echo(f"# tag {tag}: {why}")
-        typer.echo(f"# its TensorRT: {tag_check(tag)}")
-        typer.echo("# loads the *_onnx and *_trt models (Triton's own backends); the python")
-        typer.echo("# models are not loaded: the NGC image has no onnxruntime Python package")
+        _print_docker_command(repo, docker_tag)
         return
-    from gendeploy.serve.server import TritonServer
+    from gendeploy.serve.service import ServeOptions, serve
+    from gendeploy.serve.supervisor import RestartPolicy
 
-    stop = threading.Event()
-    # handled explicitly: a shell's background job starts with SIGINT ignored
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in STOP_SIGNALS}
-    server = TritonServer(
-        repo,
+    options = ServeOptions(
         http_port=http_port,
         grpc_port=grpc_port,
         metrics_port=metrics_port,
         tritonserver=tritonserver,
-        log_path=log_file,
+        log_file=log_file,
+        ready_file=ready_file,
+        admin_key_file=admin_key_file,
+        watch=watch,
+        policy=RestartPolicy(max_crashes=max_crashes, window_s=crash_window_s),
     )
-    if ready_file is not None:
-        ready_file.unlink(missing_ok=True)  # a stale file from a killed server is not "ready"
+    stop = threading.Event()
+    # handled explicitly: a shell's background job starts with SIGINT ignored
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in STOP_SIGNALS}
     try:
-        server.start()
-        endpoints = server.endpoints()
-        endpoints["models"] = server.loaded
-        endpoints["not_loaded"] = server.skipped
-        for key in ("http", "grpc", "metrics", "log"):
-            typer.echo(f"{key:8s} {endpoints[key]}")
-        for model in server.loaded:
-            typer.echo(f"model    {model}")
-        for model, why in server.skipped.items():
-            typer.echo(f"skipped  {model}: {why}")
-        if ready_file is not None:
-            from gendeploy.fileio import atomic_write
-
-            text = json.dumps(endpoints, indent=2) + "\n"
-            atomic_write(ready_file, lambda f: f.write(text.encode()))
-        typer.echo("serving; Ctrl-C to stop")
-        while not stop.wait(2.0 if watch else 0.5):
-            if not server.running():
-                raise ServeError(f"tritonserver exited unexpectedly (log: {server.log_path})")
-            if watch:
-                _refresh(server)
+        serve(repo, options, stop, say=typer.echo, warn=lambda m: typer.echo(m, err=True))
     finally:
-        server.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        if ready_file is not None:
-            ready_file.unlink(missing_ok=True)
         typer.echo("stopped")
 
 
-def _refresh(server: TritonServer) -> None:
-    try:
-        for model in server.refresh():
-            typer.echo(f"loaded   {model} (new version or config)")
-    except ServeError as e:  # a bad new version: keep serving what is loaded
-        typer.echo(f"error: {e}", err=True)
+def _print_docker_command(repo: Path, docker_tag: str | None) -> None:
+    from gendeploy.serve.docker import docker_command, tag_check
+
+    if not repo.is_dir():
+        raise UsageError(f"model repository {repo} does not exist; run `gendeploy repo EXPORT_DIR`")
+    command, why, tag = docker_command(repo, docker_tag)
+    typer.echo("# the admin key locks model control, shared memory, trace and logging; keep it:")
+    typer.echo(
+        f"export {KEY_ENV}=\"$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')\""
+    )
+    typer.echo(command)
+    typer.echo(f"# tag {tag}: {why}")
+    typer.echo(f"# its TensorRT: {tag_check(tag)}")
+    typer.echo("# loads the *_onnx and *_trt models (Triton's own backends); the python")
+    typer.echo("# models are not loaded: the NGC image has no onnxruntime Python package")
 
 
 def generate_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="PNG grid to write.")] = Path(
         "generated.png"
     ),
-    n: Annotated[int, typer.Option("-n", help="Number of images.")] = 16,
+    n: Annotated[int, typer.Option("--num-images", "-n", help="Number of images.")] = 16,
     model: Annotated[str | None, typer.Option(help="Served model (default: the only one).")] = None,
-    url: Annotated[str | None, typer.Option(help="Server host:port for --protocol.")] = None,
+    url: Annotated[
+        str | None,
+        typer.Option(
+            help="Server host:port for --protocol (default: the running `gendeploy serve`, "
+            "else 127.0.0.1:8000 / 8001)."
+        ),
+    ] = None,
     ready_file: Annotated[
         Path | None, typer.Option(help="Read the URL from `gendeploy serve --ready-file`.")
     ] = None,
@@ -160,13 +170,18 @@ def generate_command(
         raise UsageError(f"--protocol must be one of {PROTOCOLS}, got {protocol!r}")
     if url is not None and ready_file is not None:
         raise UsageError("pass --url or --ready-file, not both")
-    from gendeploy.serve.client import endpoints_from_ready_file, generate, save_grid
+    from gendeploy.serve.client import find_server, generate, save_grid
 
-    if ready_file is not None:
-        url = endpoints_from_ready_file(ready_file, protocol, wait_s)
-    url = url or ("127.0.0.1:8000" if protocol == "http" else "127.0.0.1:8001")
+    url, models = find_server(url, ready_file, protocol, wait_s)
     images, info = generate(
-        url, model, n, protocol=protocol, label=label, seed=seed, client_latents=client_latents
+        url,
+        model,
+        n,
+        protocol=protocol,
+        label=label,
+        seed=seed,
+        client_latents=client_latents,
+        served_models=models,
     )
     save_grid(images, out)
     typer.echo(

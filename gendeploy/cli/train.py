@@ -117,7 +117,8 @@ def train_command(
     }
     run_dir = out or Path("runs") / (preset or DEFAULT_PRESET)
     if resume:  # the run's own settings; flags (and a named preset) that repeat them are fine
-        model, config = resumed_configs(run_dir, settings, schedule, preset)
+        model, config, step = resumed_configs(run_dir, settings, schedule, preset)
+        typer.echo(f"resuming {run_dir} from step {step} (checkpoint.pt) to step {config.steps}")
     else:
         model, config = with_overrides(get_preset(preset or DEFAULT_PRESET), **settings, **schedule)
     result = train(

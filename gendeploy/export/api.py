@@ -25,6 +25,11 @@ from typing import TYPE_CHECKING, Any
 
 from gendeploy import __version__
 from gendeploy.errors import MissingDependencyError, UsageError
+from gendeploy.export.int8 import (
+    DEFAULT_CALIBRATION_SAMPLES,
+    check_calibration_samples,
+    require_int8_tools,
+)
 from gendeploy.export.manifest import (
     MANIFEST_NAME,
     Artifact,
@@ -36,7 +41,8 @@ from gendeploy.export.manifest import (
     load_manifest,
     sha256_file,
 )
-from gendeploy.export.publish import check_destination, publish, staging_dir
+from gendeploy.export.publish import check_destination, publish, repair_interrupted, staging_dir
+from gendeploy.export.quality_gate import QualityConfig
 
 if TYPE_CHECKING:
     from torch import nn
@@ -61,9 +67,22 @@ class ExportOptions:
     max_batch: int = 64
     opt_batch: int = 0  # 0: min(8, max_batch)
     require_engine: bool = False
+    int8: bool = False  # NNCF post-training quantization, gated on what it draws (export/int8.py)
+    calibration_samples: int | None = None  # --int8: inputs NNCF calibrates on (None: default)
+    max_frechet_ratio: float = 1.10  # the quality gate's distribution bound (quality_gate.py)
+    quality_seeds: int = 1000  # seeds per set of the quality gate (FP16 and INT8 artifacts)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "output", OutputKind(self.output))
+        if self.calibration_samples is not None and not self.int8:
+            raise UsageError("--calibration-samples needs --int8")
+        if self.int8:
+            check_calibration_samples(
+                DEFAULT_CALIBRATION_SAMPLES
+                if self.calibration_samples is None
+                else self.calibration_samples
+            )
+        QualityConfig(seeds=self.quality_seeds, max_frechet_ratio=self.max_frechet_ratio)
         if not 1 <= self.max_batch <= 4096:
             raise UsageError(f"--max-batch must be in 1..4096, got {self.max_batch}")
         if self.opt_batch == 0:
@@ -72,8 +91,16 @@ class ExportOptions:
             raise UsageError(
                 f"--opt-batch must be in 1..--max-batch ({self.max_batch}), got {self.opt_batch}"
             )
-        if self.require_engine and not self.fp16:
-            raise UsageError("--require-engine needs --fp16 (engines are built from the FP16 ONNX)")
+        if self.require_engine and not (self.fp16 or self.int8):
+            raise UsageError(
+                "--require-engine needs --fp16 or --int8 (engines are built from the FP16 or the "
+                "INT8 ONNX)"
+            )
+
+    @property
+    def calibration(self) -> int:
+        """The calibration sample count in force."""
+        return self.calibration_samples or DEFAULT_CALIBRATION_SAMPLES
 
 
 @dataclass(frozen=True)
@@ -139,12 +166,17 @@ def export(
     say = log or (lambda _msg: None)
     if name is not None and not _NAME.match(name):
         raise UsageError(f"--name {name!r}: use letters, digits, '_', '.', '-'")
+    if options.int8:
+        require_int8_tools()
     engine_status = _engine_status(options)
 
     started = time.perf_counter()
     loaded = spec.load()
     name = name or _safe_name(loaded.default_name)
     out_dir = Path(out) if out is not None else Path("exports") / name
+    repaired = repair_interrupted(out_dir)
+    if repaired:
+        say(repaired)
     check_destination(out_dir)
     fingerprint = _fingerprint(loaded, options, name)
     if (out_dir / MANIFEST_NAME).is_file() and not force:
@@ -182,6 +214,8 @@ def export(
         )
         for artifact in manifest.artifacts:
             artifact.sha256 = sha256_file(staged / artifact.path)
+            if artifact.kind is ArtifactKind.openvino:  # the IR's weights file
+                artifact.extra["bin_sha256"] = sha256_file(staged / artifact.files()[1])
         manifest.timings["total"] = round(time.perf_counter() - started, 3)
         (staged / MANIFEST_NAME).write_text(manifest.to_json())
         publish(staged, out_dir)
@@ -211,7 +245,8 @@ def output_spec(image_shape: tuple[int, int, int], uint8: bool) -> TensorSpec:
 
 
 def make_artifact(loaded: LoadedModel, name: str, kind: ArtifactKind, path: str) -> Artifact:
-    precision = Precision.fp16 if "fp16" in name else Precision.fp32
+    tokens = name.split("_")  # "int8_uint8" is INT8, "uint8" (the FP32 graph's head) is not
+    precision = next((p for p in Precision if p.reduced and p.value in tokens), Precision.fp32)
     return Artifact(
         name=name,
         kind=kind,
@@ -224,8 +259,8 @@ def make_artifact(loaded: LoadedModel, name: str, kind: ArtifactKind, path: str)
 
 def _engine_status(options: ExportOptions) -> str:
     """'' when a TensorRT engine can be built, else why not; fails now under --require-engine."""
-    if not options.fp16:
-        return "not requested (needs --fp16)"
+    if not (options.fp16 or options.int8):
+        return "not requested (needs --fp16 or --int8)"
     from gendeploy.runtime.tensorrt import tensorrt_availability
 
     status = tensorrt_availability()
@@ -259,7 +294,7 @@ def _safe_name(raw: str) -> str:
 
 def _versions() -> dict[str, str]:
     found = {"gendeploy": __version__, "python": platform.python_version()}
-    for dist in ("torch", "onnx", "onnxruntime", "onnxconverter-common"):
+    for dist in ("torch", "onnx", "onnxruntime", "onnxconverter-common", "nncf", "openvino"):
         with contextlib.suppress(PackageNotFoundError):
             found[dist] = version(dist)
     return found

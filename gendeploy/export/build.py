@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 
-from gendeploy.export import gate, onnx_graph
+from gendeploy.errors import ValidationError
+from gendeploy.export import gate, int8, onnx_graph
 from gendeploy.export.api import ExportOptions, OutputKind, make_artifact
-from gendeploy.export.manifest import Artifact, ArtifactKind
+from gendeploy.export.manifest import Artifact, ArtifactKind, Precision
+from gendeploy.export.quality_gate import QualityConfig, QualityGate, QualityResult, model_facts
 from gendeploy.export.source import LoadedModel
 from gendeploy.runtime.base import Runner
+from gendeploy.runtime.eager import EagerRunner
+from gendeploy.runtime.onnxrt import OnnxRuntimeRunner
+from gendeploy.runtime.openvino import OpenVINORunner
+from gendeploy.runtime.tensorrt import TensorRTRunner
 
 
 def build_artifacts(
@@ -26,8 +33,6 @@ def build_artifacts(
     say: Callable[[str], None],
 ) -> tuple[list[Artifact], list[dict[str, str]], dict[str, str]]:
     """Returns (gated artifacts, skipped artifacts with reasons, extra versions)."""
-    from gendeploy.runtime.onnxrt import OnnxRuntimeRunner
-
     clock = _Clock(timings)
     with clock("reference"):
         reference = gate.eager_reference(
@@ -37,20 +42,60 @@ def build_artifacts(
     uint8 = options.output is OutputKind.uint8
     # a float artifact's outputs, kept for the gate of the uint8 head added to it
     float_outputs: dict[str, list[np.ndarray]] = {}
+    quality: QualityGate | None = None
+    if options.fp16 or options.int8:  # FP32's samples, drawn once for every reduced precision
+        with clock("quality_reference"):
+            quality = QualityGate(
+                EagerRunner(loaded.module).run,
+                model_facts(
+                    loaded.source, loaded.latent_dim, loaded.num_classes, loaded.image_shape
+                ),
+                QualityConfig(
+                    seeds=options.quality_seeds,
+                    max_frechet_ratio=options.max_frechet_ratio,
+                    batch=min(64, options.max_batch),
+                ),
+                reference_module=loaded.module,
+            )
 
-    def add_onnx(name: str, model: onnx.ModelProto | None, extra: dict[str, Any]) -> None:
-        artifact = make_artifact(loaded, name, ArtifactKind.onnx, f"{name}.onnx")
+    def add_onnx(
+        name: str,
+        model: onnx.ModelProto | None,
+        extra: dict[str, Any],
+        kind: ArtifactKind = ArtifactKind.onnx,
+    ) -> Artifact:
+        suffix = ".xml" if kind is ArtifactKind.openvino else ".onnx"
+        artifact = make_artifact(loaded, name, kind, f"{name}{suffix}")
         path = staged / artifact.path
         if model is not None:
             onnx_graph.save(model, path)
-        artifact.extra = {**extra, "opset": onnx_graph.opset(onnx.load(str(path)))}
-        runner = OnnxRuntimeRunner(path)
+        if kind is ArtifactKind.onnx:
+            extra = {**extra, "opset": onnx_graph.opset(onnx.load(str(path)))}
+        artifact.extra = extra
+        # INT8 is gated on the engine that executes it in INT8 (OpenVINO); the rest on ORT
+        runner: OpenVINORunner | OnnxRuntimeRunner = (
+            OpenVINORunner(path)
+            if artifact.precision is Precision.int8
+            else OnnxRuntimeRunner(path)
+        )
         with clock(f"validate_{name}"), runner:
             artifact.validation = _gate(runner, artifact, reference, options, say, float_outputs)
-            artifact.validation["runner"] = f"onnxruntime {runner.providers[0]}"
+            if isinstance(runner, OpenVINORunner):
+                artifact.validation["runner"] = f"openvino CPU ({runner.precision})"
+                artifact.extra["executed"] = runner.layer_precisions
+                if "int8" not in runner.precision.split("+"):
+                    raise ValidationError(
+                        f"gate failed for {name!r}: OpenVINO ran every layer in "
+                        f"{runner.precision}, none in INT8; nothing published"
+                    )
+            else:
+                artifact.validation["runner"] = f"onnxruntime {runner.providers[0]}"
             if uint8 and not name.endswith("uint8"):
                 float_outputs[name] = gate.outputs(runner, reference, options.max_batch)
+            if quality is not None and artifact.precision.reduced:
+                _judge(quality, runner, artifact, say)
         artifacts.append(artifact)
+        return artifact
 
     with clock("export_fp32"):
         exporter = onnx_graph.export_fp32(
@@ -71,20 +116,38 @@ def build_artifacts(
         add_onnx("fp16", fp16, {"derived_from": "fp32", "fp32_ops": onnx_graph.FP32_OPS})
         if uint8:
             add_onnx("fp16_uint8", onnx_graph.add_uint8_head(fp16), {"derived_from": "fp16"})
+    if options.int8:
+        assert quality is not None
+        _add_int8(loaded, options, staged, fp32, quality, reference, add_onnx, clock, say)
 
     skipped: list[dict[str, str]] = []
     versions: dict[str, str] = {}
-    engines = [a.name for a in artifacts if a.name.startswith("fp16")] if options.fp16 else []
+    sources = ("fp16", "fp16_uint8", "int8", "int8_uint8")
+    engines = [a.name for a in artifacts if a.name in sources]
     for source in engines:
         name = f"trt_{source}"
         if engine_status:
             skipped.append({"name": name, "reason": engine_status})  # the CLI says it, once
             continue
+        onnx_file = staged / f"{source}.onnx"
+        if source.startswith("int8"):  # TensorRT's Q/DQ are signed INT8 only
+            onnx_file = staged / f".{source}_tensorrt.onnx"
+            signed = int8.signed_for_tensorrt(onnx.load(str(staged / f"{source}.onnx")))
+            onnx_graph.save(signed, onnx_file)
         artifacts.append(
             _build_engine(
-                loaded, options, staged, source, name, reference, clock, say, float_outputs
+                loaded, options, staged, onnx_file, name, reference, clock, say, float_outputs
             )
         )
+        if onnx_file.name.startswith("."):
+            onnx_file.unlink()
+            artifacts[-1].extra["source_onnx"] = (
+                f"{source}.onnx, activation quantizers re-expressed as signed INT8 "
+                "(int8.signed_for_tensorrt)"
+            )
+        if quality is not None:
+            with TensorRTRunner(staged / artifacts[-1].path) as engine:
+                _judge(quality, engine, artifacts[-1], say)
         versions["tensorrt"] = artifacts[-1].extra["tensorrt"]
     return artifacts, skipped, versions
 
@@ -93,7 +156,7 @@ def _build_engine(
     loaded: LoadedModel,
     options: ExportOptions,
     staged: Path,
-    source: str,
+    onnx_file: Path,
     name: str,
     reference: gate.Reference,
     clock: _Clock,
@@ -101,12 +164,11 @@ def _build_engine(
     float_outputs: dict[str, list[np.ndarray]],
 ) -> Artifact:
     from gendeploy.export.tensorrt_build import build_engine
-    from gendeploy.runtime.tensorrt import TensorRTRunner
 
     artifact = make_artifact(loaded, name, ArtifactKind.tensorrt, f"{name}.plan")
     with clock(f"build_{name}"):
         artifact.extra = build_engine(
-            staged / f"{source}.onnx",
+            onnx_file,
             staged / artifact.path,
             artifact.inputs,
             1,
@@ -120,6 +182,97 @@ def _build_engine(
         if options.output is OutputKind.uint8 and not name.endswith("uint8"):
             float_outputs[name] = gate.outputs(runner, reference, options.max_batch)
     return artifact
+
+
+def _add_int8(
+    loaded: LoadedModel,
+    options: ExportOptions,
+    staged: Path,
+    fp32: onnx.ModelProto,
+    quality: QualityGate,
+    reference: gate.Reference,
+    add_onnx: Callable[..., Artifact],
+    clock: _Clock,
+    say: Callable[[str], None],
+) -> None:
+    """int8.onnx (QDQ, gated, with the layer-by-layer fallback), its uint8 head, and the IR when
+    OpenVINO runs the IR measurably faster than the QDQ ONNX."""
+    items = int8.calibration_feeds(loaded.latent_dim, loaded.num_classes, options.calibration)
+    candidate = staged / ".candidate_int8.onnx"
+
+    probe = make_artifact(loaded, "int8", ArtifactKind.onnx, candidate.name)
+
+    def judge(model: onnx.ModelProto) -> QualityResult:
+        """The quality gate and the tensor gate together: the fallback stops when both pass."""
+        onnx.save_model(model, str(candidate), save_as_external_data=False)
+        with OpenVINORunner(candidate) as runner:
+            result = quality.judge(runner.run, Precision.int8)
+            try:
+                gate.validate(runner, probe, reference, options.max_batch)
+            except ValidationError as e:
+                failure = "tensor gate: " + str(e).split(": ", 1)[-1].split("; figures")[0]
+                result = replace(result, failures=(*result.failures, failure))
+        return result
+
+    with clock("int8_quantize"):
+        result = int8.quantize_gated(fp32, items, judge, say)
+    candidate.unlink(missing_ok=True)
+    say(f"quantized int8 ({options.calibration} calibration samples): {result.quality.summary()}")
+    extra = {
+        "derived_from": "fp32",
+        "calibration": {
+            "samples": options.calibration,
+            "batch": int8.CALIBRATION_BATCH,
+            "seed": int8.CALIBRATION_SEED,
+            "inputs": "z ~ N(0, I), labels uniform",
+            "preset": "performance (symmetric)",
+        },
+        "float_layers": int8.describe_layers(fp32, result.float_layers),
+        "fallback": result.attempts if len(result.attempts) > 1 else [],
+    }
+    artifact = add_onnx("int8", result.model, extra)
+    if options.output is OutputKind.uint8:
+        add_onnx("int8_uint8", onnx_graph.add_uint8_head(result.model), {"derived_from": "int8"})
+    with clock("int8_ir"):
+        artifact.extra["openvino_ir"] = _ir_if_faster(loaded, options, staged, add_onnx)
+
+
+def _ir_if_faster(
+    loaded: LoadedModel,
+    options: ExportOptions,
+    staged: Path,
+    add_onnx: Callable[..., Artifact],
+) -> dict[str, Any]:
+    """Convert int8.onnx to IR; keep it (gated, as ``int8_ir``) only when it runs >= 5% faster."""
+    ir = staged / "int8_ir.xml"
+    int8.save_ir(staged / "int8.onnx", ir)
+    feeds = gate.gate_inputs(loaded.latent_dim, loaded.num_classes, (0,))[0]
+    feeds = {k: v[: options.opt_batch] for k, v in feeds.items()}
+    onnx_s = int8.time_openvino(staged / "int8.onnx", feeds)
+    ir_s = int8.time_openvino(ir, feeds)
+    kept = ir_s < 0.95 * onnx_s
+    decision = {
+        "batch": len(feeds["z"]),
+        "qdq_onnx_ms": round(onnx_s * 1e3, 3),
+        "ir_ms": round(ir_s * 1e3, 3),
+        "kept": kept,
+    }
+    if kept:
+        add_onnx("int8_ir", None, {"derived_from": "int8"}, ArtifactKind.openvino)
+    else:
+        ir.unlink()
+        ir.with_suffix(".bin").unlink(missing_ok=True)
+    return decision
+
+
+def _judge(
+    quality: QualityGate, runner: Runner, artifact: Artifact, say: Callable[[str], None]
+) -> None:
+    """The quality gate on what the artifact draws; raises ``QualityError`` (nothing published)."""
+    result = quality.judge(runner.run, artifact.precision)
+    artifact.validation["quality"] = result.to_dict()
+    result.check(artifact.name)
+    say(f"quality gate passed {artifact.name}: {result.summary()}")
 
 
 def _gate(

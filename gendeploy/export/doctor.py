@@ -9,6 +9,8 @@ import importlib.util
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 
+from gendeploy.export.int8 import int8_tools_missing
+
 
 @dataclass(frozen=True)
 class Finding:
@@ -45,6 +47,12 @@ def diagnose() -> Report:
         Finding("export: FP32 / uint8 / FP16 ONNX, gated with ONNX Runtime", ort.ok, ort.detail)
     )
     p.append(Finding("export: TensorRT FP16 engine (--fp16)", engine, why_engine or "available"))
+    int8_missing = int8_tools_missing()
+    p.append(Finding("export: INT8 (--int8, NNCF + OpenVINO)", not int8_missing, int8_missing))
+    p.append(
+        Finding("export: TensorRT INT8 engine (--int8)", engine and not int8_missing,
+                why_engine or int8_missing or "available")
+    )  # fmt: skip
     p.append(
         Finding(
             "serve: Triton python backend (ONNX Runtime inside)",
@@ -52,7 +60,7 @@ def diagnose() -> Report:
             triton.detail,
         )
     )
-    for backend in ("onnxruntime", "tensorrt"):
+    for backend in ("onnxruntime", "tensorrt", "openvino"):
         have = backend in backends
         p.append(
             Finding(

@@ -41,6 +41,13 @@ TOLERANCES = {
     # pixel; the mean error is bounded by PSNR >= 40 dB (RMS below 2.6 levels), which is below
     # what a viewer notices in a generated image.
     Precision.fp16: Tolerance(max_abs=3e-2, min_psnr_db=40.0, max_levels=4),
+    # bf16 keeps 8 significant bits: ~8x FP16's rounding, so 8x its bounds on values and levels.
+    Precision.bf16: Tolerance(max_abs=0.25, min_psnr_db=30.0, max_levels=32),
+    # INT8 rounds every activation and weight to one of 256 levels per tensor (or channel); a
+    # pixel in a saturated region can move far more than the mean. These bounds only catch a
+    # broken quantization; whether INT8 still draws what FP32 draws is the quality gate's
+    # question (per-seed PSNR over >= 1,000 seeds, Frechet ratio: quality_gate.py).
+    Precision.int8: Tolerance(max_abs=0.5, min_psnr_db=25.0, max_levels=64),
 }
 # A uint8 head only rounds and clips its float graph's output: against that output's rendering it
 # may differ by 1 level (a value on a .5 boundary rounded the other way), never more.

@@ -1,6 +1,8 @@
-"""The prepared GPU check (``make gpu-check OUT=dir``): export DCGAN-64 with a TensorRT FP16
-engine, gate it against eager PyTorch, and time it beside eager CUDA, writing ``results.json`` and
-``results.md`` into the given directory. Needs TensorRT and a CUDA device; says why otherwise.
+"""The prepared GPU check (``make gpu-check OUT=dir``): export DCGAN-64 with TensorRT FP16 and
+INT8 engines (the INT8 one built from the QDQ ONNX with explicit quantization), gate them against
+eager PyTorch (tensors, and the quality gate on what they draw), and time them beside eager CUDA,
+writing ``results.json`` and ``results.md`` into the given directory. Needs TensorRT and a CUDA
+device (and NNCF + OpenVINO for the INT8 export); says why otherwise.
 
     python -m gendeploy.export.gpu_check OUT_DIR
 """
@@ -50,7 +52,9 @@ def run(out: Path) -> dict[str, Any]:
     ckpt = out / "runs" / "dcgan64" / "checkpoint.pt"
     save_checkpoint(Checkpoint(config, 0, generator.state_dict()), ckpt)
     started = time.perf_counter()
-    options = ExportOptions(fp16=True, output=OutputKind.uint8, max_batch=64, require_engine=True)
+    options = ExportOptions(
+        fp16=True, int8=True, output=OutputKind.uint8, max_batch=64, require_engine=True
+    )
     manifest = export(
         ModelSpec(checkpoint=ckpt), options, out=out / "export", force=True, log=print
     )
@@ -65,11 +69,15 @@ def run(out: Path) -> dict[str, Any]:
     rows = []
     eager = EagerRunner(generator.eval(), device="cuda")
     trt = TensorRTRunner(out / "export" / engine.path)
+    trt_int8 = TensorRTRunner(out / "export" / manifest.artifact("trt_int8").path)
+    results["int8_quality"] = manifest.artifact("trt_int8").validation.get("quality")
     for batch in BATCHES:
         feeds: Feeds = {"z": rng.standard_normal((batch, config.latent_dim)).astype(np.float32)}
-        e, t = _time(eager, feeds), _time(trt, feeds)
+        e, t, i = _time(eager, feeds), _time(trt, feeds), _time(trt_int8, feeds)
         rows.append({"batch": batch, "eager_cuda_fp32": e, "tensorrt_fp16": t,
-                     "speedup_p50": round(e["p50_ms"] / t["p50_ms"], 2)})  # fmt: skip
+                     "tensorrt_int8": i, "speedup_p50": round(e["p50_ms"] / t["p50_ms"], 2),
+                     "int8_speedup_p50": round(e["p50_ms"] / i["p50_ms"], 2)})  # fmt: skip
+    trt_int8.close()
     results["paths"] = _other_paths(trt, out / "export", manifest, config.latent_dim)
     trt.close()
     results["latency"] = rows
@@ -165,15 +173,16 @@ def _markdown(results: dict[str, Any]) -> str:
         )
     lines += ["", *(f"- {k}: {v}" for k, v in results["paths"].items())]
     lines += [f"- train on CUDA (default preset, 200 steps): {results['train_cuda']}"]
+    lines += [f"- TensorRT INT8 quality gate: {results.get('int8_quality')}"]
     lines += [
         "",
-        "| batch | eager p50 ms | TRT p50 ms | speedup | TRT img/s |",
-        "|---|---|---|---|---|",
+        "| batch | eager p50 ms | TRT FP16 p50 ms | speedup | TRT INT8 p50 ms | speedup |",
+        "|---|---|---|---|---|---|",
     ]
     for r in results["latency"]:
         lines.append(
             f"| {r['batch']} | {r['eager_cuda_fp32']['p50_ms']} | {r['tensorrt_fp16']['p50_ms']} "
-            f"| {r['speedup_p50']}x | {r['tensorrt_fp16']['images_per_s']} |"
+            f"| {r['speedup_p50']}x | {r['tensorrt_int8']['p50_ms']} | {r['int8_speedup_p50']}x |"
         )
     return "\n".join(lines) + "\n"
 

@@ -20,13 +20,23 @@ MANIFEST_NAME = "manifest.json"
 
 
 class Precision(str, Enum):
+    """What an artifact or runner computes in (what ran, not what was asked for)."""
+
     fp32 = "fp32"
     fp16 = "fp16"
+    bf16 = "bf16"
+    int8 = "int8"
+
+    @property
+    def reduced(self) -> bool:
+        """Below FP32: the distribution gate judges what it draws (``quality_gate``)."""
+        return self is not Precision.fp32
 
 
 class ArtifactKind(str, Enum):
     onnx = "onnx"
     tensorrt = "tensorrt"
+    openvino = "openvino"  # OpenVINO IR: ``<name>.xml`` (+ ``<name>.bin`` beside it)
 
 
 @dataclass(frozen=True)
@@ -51,15 +61,23 @@ class BatchProfile:
 class Artifact:
     """One exported file: an ONNX model or a TensorRT engine, with its gate figures."""
 
-    name: str  # "fp32", "fp16", "uint8", "fp16_uint8", "trt_fp16", ...
+    name: str  # "fp32", "fp16", "uint8", "fp16_uint8", "int8", "int8_uint8", "trt_fp16", ...
     kind: ArtifactKind
     path: str  # relative to the export directory
     precision: Precision
     inputs: list[TensorSpec]
     output: TensorSpec
     sha256: str = ""
-    validation: dict[str, Any] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)  # trt: gpu, compute capability, version
+    validation: dict[str, Any] = field(default_factory=dict)  # gate figures; "quality": see
+    # ``quality_gate.QualityResult.to_dict`` (reduced precisions)
+    extra: dict[str, Any] = field(default_factory=dict)  # trt: gpu, compute capability, version;
+    # int8: calibration, "float_layers" (layers the fallback kept in floating point)
+
+    def files(self) -> list[str]:
+        """Every file of the artifact, relative to the export directory (an IR has two)."""
+        if self.kind is ArtifactKind.openvino:
+            return [self.path, str(Path(self.path).with_suffix(".bin"))]
+        return [self.path]
 
 
 @dataclass
@@ -71,6 +89,7 @@ class Source:
     sha256: str  # checkpoint: of the file; user_model: of its code files, parameters and buffers
     weights: str = ""  # user_model: the weights file ("": the factory's own or random weights)
     model_config: dict[str, Any] = field(default_factory=dict)
+    dataset: str = ""  # checkpoint: the dataset it was trained on ("digits" picks the digits score)
     random_weights: bool = False  # user_model: untrained (seeded) initialisation, --random-weights
 
 

@@ -67,6 +67,15 @@ def _quiet_exporter() -> Iterator[None]:
             lg.setLevel(level)
 
 
+def _disk_error(e: BaseException | None) -> OSError | None:
+    """The file-system error behind ``e`` (the exporter may wrap it), if any."""
+    while e is not None:
+        if isinstance(e, OSError) and e.errno is not None:
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
 def export_fp32(
     module: nn.Module,
     path: Path,
@@ -98,6 +107,9 @@ def export_fp32(
             )
             exporter = "dynamo"
         except Exception as e:  # the dynamo exporter rejects some Python control flow
+            disk = _disk_error(e)
+            if disk is not None:  # no other exporter can write to a full or read-only disk
+                raise OSError(disk.errno, disk.strerror, str(path)) from None
             errors.append(f"dynamo: {_first_line(e)}")
             try:
                 torch.onnx.export(

@@ -1,11 +1,14 @@
 """Safe publishing: build in a hidden temporary directory beside the destination, rename into place.
 
 An interrupted or failed export removes its staging directory and never touches an earlier
-export; replacing one (``--force``) swaps directories with two renames on the same filesystem.
-Each staging directory has a lock file beside it, held (``flock``) for as long as its export
-runs; the next export to the same place removes any staging directory whose lock is free, that is
-one left by an export that was killed. Locks work across containers sharing a bind mount and on
-NFSv4, where process ids would not.
+export; replacing one (``--force``) sets the earlier export aside, renames the new one into place,
+then deletes the earlier one. Each staging directory has a lock file beside it, held (``flock``)
+for as long as its export runs; the next export to the same place removes any staging directory
+whose lock is free, that is one left by an export that was killed. Publishing to one place holds
+that place's lock (``destination_lock``): concurrent exports publish one after the other, and an
+export killed between its two renames is repaired by the next one (its earlier export restored,
+or the set-aside copy removed). Locks work across containers sharing a bind mount and on NFSv4,
+where process ids would not.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import fcntl
 import glob
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -24,6 +28,7 @@ from gendeploy.export.manifest import MANIFEST_NAME
 
 STAGING_PREFIX = ".gendeploy-staging-"
 LOCK_SUFFIX = ".lock"
+ASIDE_PREFIX = ".gendeploy-previous."  # + 8 random characters + "." + the export's name
 
 
 @contextmanager
@@ -61,7 +66,7 @@ def _locked_file(parent: Path, prefix: str) -> tuple[int, Path]:
 def remove_stale_staging(out: Path) -> list[Path]:
     """Delete the staging directories for ``out`` whose export no longer runs (lock not held).
 
-    A set-aside earlier export (``-old-``, no lock file) is never touched.
+    A set-aside earlier export (``ASIDE_PREFIX``) is never touched: ``repair_interrupted`` is.
     """
     removed = []
     for lock in out.parent.glob(f"{glob.escape(STAGING_PREFIX + out.name)}-*{LOCK_SUFFIX}"):
@@ -91,6 +96,65 @@ def check_destination(out: Path) -> None:
             raise UsageError(f"{out} exists and is not a gendeploy export; choose another --out")
 
 
+@contextmanager
+def destination_lock(out: Path) -> Iterator[None]:
+    """Held while ``out`` is replaced or repaired, so exports to one place publish in turn. The
+    lock file beside ``out`` is removed by its holder; a waiter that then gets the lock of a
+    removed file tries again (as ``_locked_file`` does)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    path = out.parent / f".gendeploy-publish-{out.name}{LOCK_SUFFIX}"
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # before the lock is let go: see above
+        os.close(fd)
+
+
+def set_aside(out: Path) -> Path:
+    """Move the export at ``out`` into a new hidden directory beside it; returns that directory
+    (the export is its ``previous``). The first of ``publish``'s two renames."""
+    aside = Path(tempfile.mkdtemp(prefix=ASIDE_PREFIX, suffix=f".{out.name}", dir=out.parent))
+    os.replace(out, aside / "previous")
+    return aside
+
+
+def _set_aside_dirs(out: Path) -> list[Path]:
+    pattern = re.compile(rf"{re.escape(ASIDE_PREFIX)}[^.]+\.{re.escape(out.name)}")
+    candidates = out.parent.glob(glob.escape(ASIDE_PREFIX) + "*") if out.parent.is_dir() else []
+    return sorted(p for p in candidates if pattern.fullmatch(p.name))
+
+
+def repair_interrupted(out: Path) -> str | None:
+    """Finish what an export killed between its two renames left: put the earlier export back
+    when nothing took its place, else delete the set-aside copy. Returns what was done."""
+    if not _set_aside_dirs(out):
+        return None
+    with destination_lock(out):
+        return _repair(out)
+
+
+def _repair(out: Path) -> str | None:
+    done = None
+    for aside in _set_aside_dirs(out):
+        previous = aside / "previous"
+        if previous.is_dir() and not out.exists():
+            os.replace(previous, out)
+            done = f"restored {out}, which an interrupted --force export had set aside"
+        elif done is None:
+            done = f"removed the earlier export an interrupted --force export left ({aside})"
+        shutil.rmtree(aside, ignore_errors=True)
+    return done
+
+
 def publish(staged: Path, out: Path) -> None:
     """Move ``staged`` to ``out``, replacing an earlier export there.
 
@@ -98,24 +162,25 @@ def publish(staged: Path, out: Path) -> None:
     cannot be moved in and the earlier one cannot be put back, it is kept and its path named.
     """
     _fsync_tree(staged)
-    if not out.exists():
-        os.replace(staged, out)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{out.name}-old-", dir=out.parent))
-    os.replace(out, old / "previous")
-    try:
-        os.replace(staged, out)
-    except BaseException as error:
+    with destination_lock(out):
+        _repair(out)
+        if not out.exists():
+            os.replace(staged, out)
+            return
+        aside = set_aside(out)
         try:
-            os.replace(old / "previous", out)  # put the earlier export back
-        except OSError as e:
-            raise ExportError(
-                f"could not publish {out} ({error}) nor restore the earlier export ({e}); "
-                f"it is kept at {old / 'previous'}"
-            ) from None
-        old.rmdir()
-        raise
-    shutil.rmtree(old, ignore_errors=True)  # the new export is in place: drop the earlier one
+            os.replace(staged, out)
+        except BaseException as error:
+            try:
+                os.replace(aside / "previous", out)  # put the earlier export back
+            except OSError as e:
+                raise ExportError(
+                    f"could not publish {out} ({error}) nor restore the earlier export ({e}); "
+                    f"it is kept at {aside / 'previous'}"
+                ) from None
+            aside.rmdir()
+            raise
+        shutil.rmtree(aside, ignore_errors=True)  # the new export is in place: drop the old one
 
 
 def _fsync_tree(root: Path) -> None:

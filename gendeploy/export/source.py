@@ -79,6 +79,7 @@ def load_checkpoint_model(path: Path | str) -> LoadedModel:
             path=str(ckpt_path),
             sha256=sha256_file(ckpt_path),
             model_config=cfg.to_dict(),
+            dataset=str(ckpt.train_config.get("dataset", "")),
         ),
         default_name=run_dir or ckpt_path.stem,
     )

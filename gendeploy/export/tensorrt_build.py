@@ -3,6 +3,9 @@
 TensorRT 10.12 deprecated the weakly typed precision flags and 11.x removed ``BuilderFlag.FP16``:
 the precision lives in the ONNX graph (see ``onnx_graph.convert_fp16``) and the network is created
 STRONGLY_TYPED (required on 10.x, accepted and ignored on 11.x where strong typing is always on).
+The INT8 engine comes from the QDQ ONNX the same way: TensorRT sees the Q/DQ pairs and builds with
+explicit quantization, which its documentation pairs with strong typing and no precision flags
+(the quantized layers run INT8 where the Q/DQ say so, the rest in the graph's float types).
 One optimization profile covers batch 1..max (max = Triton's ``max_batch_size``). The timing
 cache is persisted per GPU and TensorRT version so rebuilds skip kernel timing. Written from the
 documented Python API; run only where TensorRT and a CUDA device exist (tests marked ``gpu``).

@@ -58,7 +58,8 @@ class AutocastRunner(EagerRunner):
         super().__init__(module, device, threads)
         self.module = _autocast_module(self.module, self.device.type, dtype)
         self.dtype = dtype
-        self.name = f"eager_{'bf16' if dtype == 'bfloat16' else 'fp16'}"
+        self.precision = "bf16" if dtype == "bfloat16" else "fp16"
+        self.name = f"eager_{self.precision}"
 
 
 def _autocast_module(module: nn.Module, device_type: str, dtype: str) -> nn.Module:

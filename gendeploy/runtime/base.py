@@ -17,9 +17,15 @@ Feeds = dict[str, np.ndarray]
 
 
 class Runner(ABC):
-    """Runs one artifact. Subclasses set ``name`` and implement ``run``."""
+    """Runs one artifact. Subclasses set ``name`` and implement ``run``.
+
+    ``precision`` is what the backend really computes in ("fp32", "bf16", "int8", or a mix such as
+    "int8+fp32"), read back from the engine where it can say (OpenVINO's runtime graph, ONNX
+    Runtime's optimized graph), never just what was asked for.
+    """
 
     name: str = "runner"
+    precision: str = "fp32"
 
     @abstractmethod
     def run(self, feeds: Feeds) -> np.ndarray:

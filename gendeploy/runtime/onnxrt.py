@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,17 @@ from gendeploy.errors import ExportError, MissingDependencyError
 from gendeploy.runtime.base import Availability, Feeds, Runner, register_check
 
 CPU = "CPUExecutionProvider"
+# weighted ops, as float kernels and as the integer kernels ORT fuses QDQ groups into
+FLOAT_KERNELS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "FusedConv", "FusedGemm", "FusedMatMul")
+INT8_KERNELS = (
+    "QLinearConv",
+    "QLinearConvTranspose",
+    "ConvInteger",
+    "QLinearMatMul",
+    "MatMulInteger",
+    "QGemm",
+    "DynamicQuantizeMatMul",
+)
 
 
 class OnnxRuntimeRunner(Runner):
@@ -51,11 +63,40 @@ class OnnxRuntimeRunner(Runner):
             )
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
+        if _has_qdq(model_path):
+            self.precision = executed_precision(model_path, wanted, ort)
 
     def run(self, feeds: Feeds) -> np.ndarray:
         inputs = {name: feeds[name] for name in self.input_names if name in feeds}
         out: np.ndarray = self.session.run(self.output_names[:1], inputs)[0]
         return out
+
+
+def _has_qdq(path: Path | str) -> bool:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return any(n.op_type == "QuantizeLinear" for n in model.graph.node)
+
+
+def executed_precision(path: Path | str, providers: list[str], ort: Any) -> str:
+    """What a QDQ model's weighted ops run in after ORT's graph optimizations: "int8" when every
+    one was fused into an integer kernel, "fp32" when none was (ORT then dequantizes and runs the
+    float kernel: rounded values, FP32 arithmetic), "int8+fp32" for a mix."""
+    import onnx
+
+    with tempfile.TemporaryDirectory(prefix="gendeploy-ort-") as tmp:
+        optimized = Path(tmp) / "optimized.onnx"
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.optimized_model_filepath = str(optimized)
+        ort.InferenceSession(str(path), options, providers=providers)
+        ops = [n.op_type for n in onnx.load(str(optimized)).graph.node]
+    has_int = any(op in INT8_KERNELS for op in ops)
+    has_float = any(op in FLOAT_KERNELS for op in ops)
+    if has_int and has_float:
+        return "int8+fp32"
+    return "int8" if has_int else "fp32"
 
 
 def _import_ort() -> Any:

@@ -3,7 +3,10 @@
 It is self-contained (numpy + onnxruntime, TensorRT when importable) so it serves in any Triton with
 the python backend, including the NGC container where gendeploy is not installed. It reads the
 exported ONNX (``model.onnx``), optionally a TensorRT engine (``model.plan``) and the export's
-``manifest.json`` from its own version directory.
+``manifest.json`` from its own version directory. An INT8 model (``runtime: openvino``) runs its
+QDQ ONNX (or ``model.xml`` IR) with OpenVINO when ``openvino`` imports in the stub's environment,
+which executes it in INT8; otherwise with ONNX Runtime, which runs the same file correctly but
+dequantizes the layers it has no INT8 kernel for (the log says which ran).
 
 Every request of a dynamic batch is validated on its own (a bad request gets its own
 INVALID_ARGUMENT error; the others still run), then all valid requests run as ONE batch.
@@ -89,6 +92,32 @@ class _OrtEngine:
         return np.asarray(self.session.run([self.output_name], feeds)[0])
 
 
+class _OpenVinoEngine:
+    """OpenVINO on CPU: the engine that runs a QDQ model's quantized layers in INT8."""
+
+    def __init__(self, path: str, threads: int) -> None:
+        import openvino as ov
+
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+        if threads > 0:
+            config["INFERENCE_NUM_THREADS"] = threads
+        self.compiled = ov.Core().compile_model(path, "CPU", config)
+        self.input_names = {p.get_any_name() for p in self.compiled.inputs}
+        self.request = self.compiled.create_infer_request()
+
+    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        self.request.infer({k: v for k, v in feeds.items() if k in self.input_names})
+        return np.array(self.request.get_output_tensor(0).data, copy=True)
+
+
+def _openvino_unusable() -> str | None:
+    try:
+        import openvino  # noqa: F401
+    except Exception as e:  # ImportError, or a broken install
+        return f"openvino does not import: {e}"
+    return None
+
+
 class _TrtEngine:
     """A TensorRT engine run with TensorRT 10/11's tensor-name API; buffers are torch tensors."""
 
@@ -169,15 +198,24 @@ class TritonPythonModel:
         self.engine: Any
         has_engine = gpu and os.path.isfile(engine_path)
         why_not = _tensorrt_unusable() if has_engine else None
+        threads = int(params.get("intra_op_threads", "0"))
+        ir_path = os.path.join(version_dir, params.get("openvino_file", "model.xml"))
+        onnx_path = os.path.join(version_dir, params.get("onnx_file", "model.onnx"))
+        wants_openvino = params.get("runtime") == "openvino" and not has_engine
+        if wants_openvino:
+            why_not = _openvino_unusable()
         if has_engine and why_not is None:
             self.engine = _TrtEngine(engine_path, int(args.get("model_instance_device_id", "0")))
             self.backend = "tensorrt"
+        elif wants_openvino and why_not is None:
+            path = ir_path if os.path.isfile(ir_path) else onnx_path
+            self.engine = _OpenVinoEngine(path, threads)
+            self.backend = "openvino"
         else:
-            onnx_path = os.path.join(version_dir, params.get("onnx_file", "model.onnx"))
-            threads = int(params.get("intra_op_threads", "0"))
             self.engine = _OrtEngine(onnx_path, gpu, threads)
             self.backend = "onnxruntime"
-        note = f" instead of its TensorRT engine ({why_not})" if why_not else ""
+        instead = "OpenVINO" if wants_openvino else "its TensorRT engine"
+        note = f" instead of {instead} ({why_not})" if why_not else ""
         logger = getattr(pb_utils, "Logger", None)  # python backend >= 22.x
         if logger is not None:
             log = logger.log_warn if why_not else logger.log_info

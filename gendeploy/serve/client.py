@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,8 +12,9 @@ import numpy as np
 from gendeploy.errors import ServeError, UsageError
 from gendeploy.runtime.triton import TritonRunner, as_inference_error, connect
 from gendeploy.serve.backend_model import MAX_SEED, draw_latents
+from gendeploy.serve.readyfile import DEFAULT_PORTS, read_state, running_servers
 
-SUFFIXES = ("_uint8", "_onnx", "_trt")
+SUFFIXES = ("_uint8", "_onnx", "_trt", "_int8", "_openvino")
 
 
 @dataclass(frozen=True)
@@ -28,23 +27,40 @@ class ModelInfo:
     max_batch_size: int
 
 
-def endpoints_from_ready_file(path: Path, protocol: str, wait_s: float = 0.0) -> str:
-    """The URL for ``protocol`` from the JSON that ``gendeploy serve --ready-file`` wrote,
-    waiting up to ``wait_s`` seconds for the server to write it."""
-    deadline = time.monotonic() + wait_s
-    while not Path(path).exists() and time.monotonic() < deadline:
-        time.sleep(0.25)
-    if not Path(path).exists():
-        raise ServeError(f"no ready file {path} after {wait_s:.0f}s: is `gendeploy serve` running?")
+def find_server(
+    url: str | None, ready_file: Path | None, protocol: str, wait_s: float = 0.0
+) -> tuple[str, list[str] | None]:
+    """(URL, its models where known): ``--ready-file``, else ``--url``, else the one running
+    `gendeploy serve` of this user (its state file), else Triton's default port."""
+    if url is not None and ready_file is not None:
+        raise UsageError("pass --url or --ready-file, not both")
+    if ready_file is not None:
+        state = read_state(ready_file, wait_s)
+        return state.url(protocol), state.models
+    running = running_servers()
+    if url is not None:
+        same = [s for s in running if url.removeprefix("http://") == s.url(protocol)]
+        return url, same[0].models if same else None
+    if len(running) > 1:
+        ports = ", ".join(s.url(protocol) for s in running)
+        raise UsageError(f"{len(running)} `gendeploy serve` are running ({ports}): pass --url")
+    if running:
+        return running[0].url(protocol), running[0].models
+    default = DEFAULT_PORTS[0] if protocol == "http" else DEFAULT_PORTS[1]
+    return f"127.0.0.1:{default}", None
+
+
+def _ready_models(client: Any, protocol: str, url: str) -> list[str]:
+    from tritonclient.utils import InferenceServerException
+
     try:
-        data = json.loads(Path(path).read_text())
-        return str(data[protocol])
-    except (OSError, ValueError, KeyError) as e:
-        raise UsageError(f"{path} is not a `gendeploy serve --ready-file` file ({e})") from None
-
-
-def _ready_models(client: Any, protocol: str) -> list[str]:
-    index = client.get_model_repository_index()
+        index = client.get_model_repository_index()
+    except InferenceServerException as e:
+        if "restricted" not in str(e.message()):
+            raise
+        raise UsageError(
+            f"pass --model: the server at {url} lists its models only with its admin key"
+        ) from None
     if protocol == "grpc":
         entries = [{"name": m.name, "state": m.state} for m in index.models]
     else:
@@ -60,16 +76,25 @@ def pick_model(models: list[str]) -> str:
     raise UsageError(f"pass --model: the server has {models or 'no ready models'}")
 
 
-def model_info(url: str, model: str | None, protocol: str = "http") -> ModelInfo:
-    """Read a served model's config (written by ``gendeploy repo``): latent size, classes, IO."""
+def model_info(
+    url: str, model: str | None, protocol: str = "http", served_models: list[str] | None = None
+) -> ModelInfo:
+    """Read a served model's config (written by ``gendeploy repo``): latent size, classes, IO.
+    ``served_models`` (from the server's state file) spares asking the locked repository index
+    and names the choices when ``model`` is wrong."""
     from tritonclient.utils import InferenceServerException
 
     client = connect(url, protocol)
+    name = model or "repository"
     try:
-        name = model or pick_model(_ready_models(client, protocol))
+        if model is None:
+            models = served_models or _ready_models(client, protocol, url)
+            name = pick_model(models)
+        elif served_models is not None and model not in served_models:
+            raise UsageError(f"model {model!r} is not served at {url}; it has {served_models}")
         config = client.get_model_config(name)
     except InferenceServerException as e:
-        raise as_inference_error(e, model or "repository") from None
+        raise as_inference_error(e, name) from None
     except OSError as e:
         raise ServeError(
             f"cannot reach Triton at {url} ({e}); is `gendeploy serve` running?"
@@ -103,6 +128,7 @@ def generate(
     label: int | None = None,
     seed: int = 0,
     client_latents: bool = False,
+    served_models: list[str] | None = None,
 ) -> tuple[np.ndarray, ModelInfo]:
     """N images for seeds ``seed .. seed+n-1``; labels cycle through the classes unless ``label``.
     Requests are at most the model's ``max_batch_size`` each.
@@ -114,7 +140,7 @@ def generate(
         raise UsageError(f"-n must be >= 1, got {n}")
     if not 0 <= seed <= MAX_SEED - n:
         raise UsageError(f"--seed must be in [0, {MAX_SEED - n}], got {seed}")
-    info = model_info(url, model, protocol)
+    info = model_info(url, model, protocol, served_models)
     seeds = np.arange(seed, seed + n, dtype=np.int64)
     feeds: dict[str, np.ndarray] = {}
     if info.accepts_seed and not client_latents:

@@ -12,6 +12,7 @@ import shlex
 from pathlib import Path
 
 from gendeploy.errors import ServeError
+from gendeploy.serve.admin import ADMIN_HEADER, KEY_ENV, LOCKED_APIS
 
 # TensorRT major.minor -> NGC tritonserver container. UNVERIFIED beyond 10.0 -> 24.05: the release
 # notes read while writing this did not show each -py3 image's TensorRT. `tag_check` says how to
@@ -84,27 +85,49 @@ def container_models(repo_dir: Path) -> list[str]:
     ]
 
 
+SHELL_KEY = f"${{{KEY_ENV}:?export it first}}"  # expanded by the user's shell; stops if unset
+
+
+def tritonserver_args(key_ref: str, model_dir: str = "/models") -> list[str]:
+    """The container's tritonserver command: the models mounted under ``model_dir`` fixed at
+    start (model control "none": no client can load or unload), and every other management API
+    locked behind the admin key; ``key_ref`` is how the key is spelt where the command runs
+    (``SHELL_KEY`` for a shell, ``$(GENDEPLOY_ADMIN_KEY)`` in a Kubernetes container)."""
+    apis = ",".join(LOCKED_APIS)
+    return [
+        "tritonserver",
+        f"--model-repository={model_dir}",
+        "--model-control-mode=none",
+        "--disable-auto-complete-config",
+        "--allow-sagemaker=false",
+        "--allow-vertex-ai=false",
+        f"--http-restricted-api={apis}:{ADMIN_HEADER}={key_ref}",
+        f"--grpc-restricted-protocol={apis}:{ADMIN_HEADER}={key_ref}",
+    ]
+
+
 def docker_command(
     repo_dir: Path, tag: str | None = None, gpus: bool = True
 ) -> tuple[str, str, str]:
-    """(command, why the tag, tag) serving ``repo_dir`` on 127.0.0.1 ports 8000/8001/8002."""
+    """(command, why the tag, tag) serving ``repo_dir`` on 127.0.0.1 ports 8000/8001/8002.
+
+    Only the models the container can run are mounted (read-only), as the non-root user the NGC
+    image ships; the shell expands ``$GENDEPLOY_ADMIN_KEY`` (the command refuses to run without
+    it)."""
     models = container_models(repo_dir)
     if not models:
         raise ServeError(f"{repo_dir} has no onnxruntime_onnx or tensorrt_plan model to serve")
     why = "chosen with --docker-tag"
     if tag is None:
         tag, why = container_tag(engine_tensorrt_version(repo_dir))
-    args = ["docker", "run", "--rm"]
+    args = ["docker", "run", "--rm", "--user=triton-server"]
     if gpus:
         args += ["--gpus=all"]
     args += [f"-p127.0.0.1:{port}:{port}" for port in (8000, 8001, 8002)]  # loopback only
-    args += [
-        "-v",
-        f"{repo_dir.resolve()}:/models",
-        image(tag),
-        "tritonserver",
-        "--model-repository=/models",
-        "--model-control-mode=explicit",
-        *(f"--load-model={m}" for m in models),
-    ]
-    return shlex.join(args), why, tag
+    for model in models:
+        args += ["-v", f"{(repo_dir / model).resolve()}:/models/{model}:ro"]
+    args.append(image(tag))
+    # double quotes, not shlex's single ones, for the flags that carry the key: the shell
+    # expands it
+    server = [f'"{a}"' if KEY_ENV in a else shlex.quote(a) for a in tritonserver_args(SHELL_KEY)]
+    return " ".join([shlex.join(args), *server]), why, tag

@@ -10,6 +10,10 @@ Models written for an export named ``<name>``:
 - ``<name>_onnx``: ``platform: "onnxruntime_onnx"`` for the NGC container (KIND_GPU with the ONNX
   Runtime TensorRT accelerator in FP16 for GPU targets); ``z`` only.
 - ``<name>_trt``: ``platform: "tensorrt_plan"`` when a ``trt_fp16`` engine exists; ``z`` only.
+- ``<name>_int8`` (and ``<name>_int8_uint8``): python backend serving the ``int8`` artifact with
+  OpenVINO where it imports (INT8 kernels), else ONNX Runtime; the ``trt_int8`` engine on GPU.
+- ``<name>_openvino``: ``backend: "openvino"`` (Triton's OpenVINO backend in the NGC container) on
+  the ``int8`` artifact (the IR when the export kept one, else the QDQ ONNX); ``z`` only.
 
 Every ``config.pbtxt`` is built through Triton's protobuf (``model_config_pb2``). Each write stages
 the version directory beside its model, renames it to version N+1, and writes ``config.pbtxt`` last
@@ -38,6 +42,7 @@ from gendeploy.export.manifest import (
     Artifact,
     ArtifactKind,
     Manifest,
+    Precision,
     TensorSpec,
     load_manifest,
     sha256_file,
@@ -64,14 +69,17 @@ class RepoOptions:
     keep_versions: int = 2
     gpu: bool | None = None  # default: True when the export has a TensorRT engine
     intra_op_threads: int = 0  # python model: ONNX Runtime threads per instance, 0 = ORT default
+    # requests waiting beyond this are refused at once (UNAVAILABLE / HTTP 503), so a flood costs
+    # the server a bounded queue instead of unbounded memory; 0 = no limit (Triton's default)
+    max_queue_size: int = 256
 
     def __post_init__(self) -> None:
         if self.name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name):
             raise ServeError(f"model name {self.name!r} must be letters, digits, '_', '-' or '.'")
         if self.max_batch_size is not None and self.max_batch_size < 1:
             raise ServeError(f"--max-batch-size must be >= 1, got {self.max_batch_size}")
-        if self.queue_delay_us < 0 or self.instances < 1:
-            raise ServeError("queue delay must be >= 0 and instances >= 1")
+        if self.queue_delay_us < 0 or self.instances < 1 or self.max_queue_size < 0:
+            raise ServeError("queue delay and max queue size must be >= 0, instances >= 1")
         if self.keep_versions < 2:
             raise ServeError(
                 f"--keep-versions must be >= 2 (the served version stays until the server "
@@ -144,7 +152,7 @@ def model_config(
     options: RepoOptions,
     gpu: bool,
 ) -> Any:
-    """The ``ModelConfig`` protobuf for ``kind`` in ("python", "onnx", "trt")."""
+    """The ``ModelConfig`` protobuf for ``kind`` in ("python", "onnx", "trt", "openvino")."""
     from google.protobuf import json_format
     from tritonclient.grpc import model_config_pb2
 
@@ -157,7 +165,10 @@ def model_config(
         "input": inputs,
         "output": outputs,
         "instance_group": [{"kind": "KIND_GPU" if gpu else "KIND_CPU", "count": options.instances}],
-        "dynamic_batching": {"max_queue_delay_microseconds": options.queue_delay_us},
+        "dynamic_batching": {
+            "max_queue_delay_microseconds": options.queue_delay_us,
+            "default_queue_policy": {"max_queue_size": options.max_queue_size},
+        },
         "model_warmup": _warmup(artifact),
         "parameters": {
             "gendeploy_export": {"string_value": manifest.name},
@@ -171,6 +182,20 @@ def model_config(
         config["parameters"]["onnx_file"] = {"string_value": "model.onnx"}
         config["parameters"]["engine_file"] = {"string_value": "model.plan"}
         config["parameters"]["intra_op_threads"] = {"string_value": str(options.intra_op_threads)}
+        if artifact.precision is Precision.int8:  # OpenVINO runs the QDQ layers in INT8
+            config["parameters"]["runtime"] = {"string_value": "openvino"}
+            config["parameters"]["openvino_file"] = {"string_value": "model.xml"}
+    elif kind == "openvino":
+        # Triton's OpenVINO backend (NGC container): CPU only; reads model.xml/.bin, or the
+        # file default_model_filename names (model.onnx)
+        config["backend"] = "openvino"
+        config["instance_group"] = [{"kind": "KIND_CPU", "count": options.instances}]
+        if artifact.kind is ArtifactKind.onnx:
+            config["default_model_filename"] = "model.onnx"
+        config["parameters"]["PERFORMANCE_HINT"] = {"string_value": "LATENCY"}
+        if options.intra_op_threads:
+            threads = str(options.intra_op_threads)
+            config["parameters"]["INFERENCE_NUM_THREADS"] = {"string_value": threads}
     elif kind == "onnx":
         config["platform"] = "onnxruntime_onnx"
         if gpu:
@@ -212,7 +237,8 @@ def plan_models(manifest: Manifest, export_dir: Path, options: RepoOptions) -> l
     names = {a.name: a for a in manifest.artifacts}
     base = options.name or re.sub(r"[^A-Za-z0-9_.-]", "_", manifest.name)
     engine = names.get("trt_fp16")
-    gpu = options.gpu if options.gpu is not None else engine is not None
+    has_engine = any(a.kind is ArtifactKind.tensorrt for a in manifest.artifacts)
+    gpu = options.gpu if options.gpu is not None else has_engine
     manifest_text = manifest.to_json()
     plans: list[ModelPlan] = []
     if "fp32" not in names:
@@ -223,12 +249,19 @@ def plan_models(manifest: Manifest, export_dir: Path, options: RepoOptions) -> l
             f"--max-batch-size {options.max_batch_size} exceeds the TensorRT engine's profile "
             f"max {profile_max}; re-export with --max-batch {options.max_batch_size}"
         )
-    python_models = (("fp32", "trt_fp16", base), ("uint8", "trt_fp16_uint8", f"{base}_uint8"))
+    python_models = (
+        ("fp32", "trt_fp16", base),
+        ("uint8", "trt_fp16_uint8", f"{base}_uint8"),
+        ("int8", "trt_int8", f"{base}_int8"),
+        ("int8_uint8", "trt_int8_uint8", f"{base}_int8_uint8"),
+    )
     for artifact_name, engine_name, model_name in python_models:
         artifact = names.get(artifact_name)
         if artifact is None:
             continue
         files = _onnx_files(export_dir, artifact)
+        if artifact_name == "int8" and "int8_ir" in names:  # OpenVINO reads the IR first
+            files.update(_ir_files(export_dir, names["int8_ir"]))
         if engine_name in names:  # run on GPU instead of the ONNX when TensorRT imports there
             files["model.plan"] = _artifact_file(export_dir, names[engine_name])
         config = model_config(manifest, artifact, model_name, "python", options, gpu)
@@ -237,6 +270,15 @@ def plan_models(manifest: Manifest, export_dir: Path, options: RepoOptions) -> l
     fp32 = names["fp32"]
     config = model_config(manifest, fp32, f"{base}_onnx", "onnx", options, gpu)
     plans.append(ModelPlan(f"{base}_onnx", config, _onnx_files(export_dir, fp32)))
+    if "int8" in names:
+        served = names.get("int8_ir") or names["int8"]
+        files = (
+            _ir_files(export_dir, served)
+            if served.kind is ArtifactKind.openvino
+            else {"model.onnx": _artifact_file(export_dir, served)}
+        )
+        config = model_config(manifest, served, f"{base}_openvino", "openvino", options, False)
+        plans.append(ModelPlan(f"{base}_openvino", config, files))
     if engine is not None:
         config = model_config(manifest, engine, f"{base}_trt", "trt", options, True)
         plans.append(
@@ -253,13 +295,23 @@ def _onnx_files(export_dir: Path, artifact: Artifact) -> dict[str, Path]:
     return files
 
 
+def _ir_files(export_dir: Path, artifact: Artifact) -> dict[str, Path]:
+    """An OpenVINO IR's two files, under the names OpenVINO and Triton's backend look for."""
+    xml = _artifact_file(export_dir, artifact)
+    weights = xml.with_suffix(".bin")
+    digest = artifact.extra.get("bin_sha256")
+    if not weights.is_file() or (digest and sha256_file(weights) != digest):
+        raise ServeError(f"{weights} is missing or changed since export; re-run `gendeploy export`")
+    return {"model.xml": xml, "model.bin": weights}
+
+
 def _artifact_file(export_dir: Path, artifact: Artifact) -> Path:
     path = export_dir / artifact.path
     if not path.is_file():
         raise ServeError(f"{path} named by the manifest is missing; re-run `gendeploy export`")
     if artifact.sha256 and sha256_file(path) != artifact.sha256:
         raise ServeError(f"{path} does not match its sha256 in the manifest; re-run the export")
-    if artifact.kind not in (ArtifactKind.onnx, ArtifactKind.tensorrt):
+    if artifact.kind not in (ArtifactKind.onnx, ArtifactKind.tensorrt, ArtifactKind.openvino):
         raise ServeError(f"artifact {artifact.name!r} has unknown kind {artifact.kind!r}")
     return path
 

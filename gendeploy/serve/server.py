@@ -3,19 +3,25 @@
 Every address is 127.0.0.1: HTTP, gRPC and metrics.
 
     with TritonServer("triton_repo") as server:
-        server.http_url, server.grpc_url, server.metrics_url
+        server.http_url, server.grpc_url, server.metrics_url, server.admin_key
 
-The server runs in its own process group; ``stop()`` sends SIGINT, waits, then kills whatever is
-left of the group, so no python-backend stub outlives it. On Linux, started from the main thread,
-the server is also sent SIGTERM when the process that started it dies, even by SIGKILL.
+The management APIs (model load/unload/index, shared memory, trace, logging) are locked behind
+``server.admin_key`` (see ``serve.admin``); health, metadata, configs, inference and statistics are
+open. The server runs in its own process group; ``stop()`` sends SIGINT, waits, then kills
+whatever is left of the group, so no python-backend stub outlives it, and removes the stubs'
+shared-memory regions (named with a per-server prefix) from ``/dev/shm``. On Linux, started from
+the main thread, the server is also sent SIGTERM when the process that started it dies, even by
+SIGKILL. ``start()`` after a crash restarts it on the same ports (``serve.supervisor``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import json
 import os
+import re
+import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,13 +29,15 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gendeploy.errors import ServeError
+from gendeploy.errors import ServeError, UsageError
+from gendeploy.export.manifest import MANIFEST_NAME
+from gendeploy.runtime.triton import connect
+from gendeploy.serve.admin import admin_headers, check_key, new_key, restricted_args
+from gendeploy.serve.repo import parse_config
 from gendeploy.serve.tritonserver import TritonBinary, find_tritonserver
 
 __all__ = ["TritonServer", "find_tritonserver", "free_port", "group_members", "servable_models"]
@@ -43,16 +51,43 @@ PLATFORM_BACKENDS = {
 }
 
 
+SHM_DIR = Path("/dev/shm")
+STACK_FRAME = re.compile(r"^\s*\d+# ")  # the backtrace tritonserver prints when it aborts
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
+def port_taken(port: int) -> bool:
+    """Whether something listens on 127.0.0.1:``port`` (TIME_WAIT leftovers do not count)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def check_repository(repo_dir: Path) -> None:
+    """Refuse what is not a model repository, with the command that makes one."""
+    if (repo_dir / MANIFEST_NAME).is_file():
+        raise UsageError(
+            f"{repo_dir} is an export, not a model repository: run `gendeploy repo {repo_dir} "
+            f"--repo triton_repo`, then `gendeploy serve triton_repo`"
+        )
+    if not any(repo_dir.glob("*/config.pbtxt")):
+        raise UsageError(
+            f"{repo_dir} holds no model (no <model>/config.pbtxt): write one with "
+            f"`gendeploy repo EXPORT_DIR --repo {repo_dir}`"
+        )
+
+
 def servable_models(repo_dir: Path, backend_dir: Path) -> tuple[list[str], dict[str, str]]:
     """Models this server can load, and the others with the reason (a backend it lacks)."""
-    from gendeploy.serve.repo import parse_config
-
     load: list[str] = []
     skipped: dict[str, str] = {}
     for config_path in sorted(repo_dir.glob("*/config.pbtxt")):
@@ -60,14 +95,28 @@ def servable_models(repo_dir: Path, backend_dir: Path) -> tuple[list[str], dict[
         config = parse_config(config_path.read_text())
         backend = config.backend or PLATFORM_BACKENDS.get(config.platform, config.platform)
         if backend_dir.is_dir() and not (backend_dir / backend).is_dir():
-            skipped[name] = f"this tritonserver has no '{backend}' backend (the NGC container has)"
+            skipped[name] = (
+                f"needs Triton's '{backend}' backend, which this tritonserver lacks; "
+                f"the NGC container has it (`gendeploy serve --docker`)"
+            )
         else:
             load.append(name)
     return load, skipped
 
 
+def served_artifact(repo_dir: Path, model: str) -> str:
+    """What ``model`` runs, from its config: the export artifact and the engine kind."""
+    config = parse_config((repo_dir / model / "config.pbtxt").read_text())
+    params = {k: v.string_value for k, v in config.parameters.items()}
+    artifact = params.get("gendeploy_artifact", "?")
+    if config.backend == "python":
+        return f"artifact {artifact} (ONNX Runtime; its TensorRT engine on a GPU with TensorRT)"
+    return f"artifact {artifact} ({config.platform or config.backend})"
+
+
 class TritonServer:
-    """A tritonserver process serving ``repo_dir`` on 127.0.0.1 (ports 0 = pick free ones).
+    """A tritonserver process serving ``repo_dir`` on 127.0.0.1 (ports 0 = pick free ones, once:
+    a restart keeps them). Management APIs need ``admin_key`` (generated unless given).
 
     Started from the main thread on Linux, the server is stopped (SIGTERM) by the kernel if this
     process dies without calling ``stop()``.
@@ -84,6 +133,8 @@ class TritonServer:
         log_path: Path | str | None = None,
         exit_timeout_s: int = 5,
         startup_timeout_s: float = 180.0,
+        admin_key: str | None = None,
+        watch: bool = False,
         extra_args: tuple[str, ...] = (),
     ) -> None:
         self.repo_dir = Path(repo_dir).resolve()
@@ -97,11 +148,19 @@ class TritonServer:
         self.exit_timeout_s = exit_timeout_s
         self.startup_timeout_s = startup_timeout_s
         self.extra_args = extra_args
+        self.watch = watch
+        self.admin_key = check_key(admin_key) if admin_key else new_key()
+        # python-backend stubs name their /dev/shm regions with this: a restart removes the
+        # regions a crashed predecessor left, and only those
+        self.shm_prefix = f"gendeploy_{os.getpid()}_{secrets.token_hex(4)}_"
         self.process: subprocess.Popen[bytes] | None = None
         self.http_port = self.grpc_port = self.metrics_port = 0
+        self.starts = 0  # successful starts: 1 + restarts
         self.loaded: list[str] = []
         self.skipped: dict[str, str] = {}  # model -> why this server cannot load it
         self._seen: dict[str, tuple[int, tuple[str, ...]]] = {}
+        self._log_offset = 0  # where this run's part of the log starts
+        self._view: Path | None = None  # the servable models, linked (model control "none")
 
     @property
     def http_url(self) -> str:
@@ -126,41 +185,63 @@ class TritonServer:
         }
 
     def start(self) -> TritonServer:
+        """Start the server and wait until it is ready; after a crash or ``stop()``, start it
+        again on the same ports."""
+        if self.running():
+            return self
+        self.stop()  # a dead predecessor: reap its stubs and shared memory first
         binary = find_tritonserver(self.tritonserver)
         if self.log_path is None:
             fd, name = tempfile.mkstemp(prefix="gendeploy-tritonserver-", suffix=".log")
             os.close(fd)
             self.log_path = Path(name)
-        auto = not any(self.requested)
+        auto = not any(self.requested) and not self.http_port
         for attempt in range(3 if auto else 1):
-            self.http_port, self.grpc_port, self.metrics_port = (
-                p or free_port() for p in self.requested
-            )
+            if not self.http_port:  # chosen once: a restarted server keeps its ports
+                self.http_port, self.grpc_port, self.metrics_port = (
+                    p or free_port() for p in self.requested
+                )
             try:
+                self._check_ports()
                 self._spawn(binary)
                 self._wait_ready()
+                self.starts += 1
                 return self
             except ServeError:
                 self.stop()
                 in_use = "address already in use" in self._log_tail().lower()
                 if not (auto and in_use and attempt < 2):
                     raise
+                self.http_port = 0  # another process took a free port meanwhile: pick again
             except BaseException:  # Ctrl-C while starting: leave nothing running
                 self.stop()
                 raise
         raise AssertionError("unreachable")
+
+    def _check_ports(self) -> None:
+        ports = {
+            "--http-port": self.http_port,
+            "--grpc-port": self.grpc_port,
+            "--metrics-port": self.metrics_port,
+        }
+        for flag, port in ports.items():
+            if port_taken(port):
+                raise ServeError(
+                    f"port {port} on 127.0.0.1 is in use (another `gendeploy serve`?): stop "
+                    f"that server, or pass {flag} with a free port (0 picks one)"
+                )
 
     def _spawn(self, binary: TritonBinary) -> None:
         assert self.log_path is not None
         self.loaded, self.skipped = servable_models(self.repo_dir, binary.backend_dir)
         self._seen = _repo_state(self.repo_dir)
         if not self.loaded:
-            raise ServeError(f"no model in {self.repo_dir} can be served by this tritonserver")
-        # explicit mode: load only what this server's backends can run, not the NGC-only models
-        load = ["--model-control-mode=explicit", *(f"--load-model={m}" for m in self.loaded)]
+            why = "; ".join(f"{m}: {r}" for m, r in self.skipped.items())
+            raise ServeError(f"no model in {self.repo_dir} can be served here ({why})")
+        remove_shm_regions(self.shm_prefix)
         cmd = [
             str(binary.executable),
-            f"--model-repository={self.repo_dir}",
+            *self._model_control_args(),
             f"--backend-directory={binary.backend_dir}",
             "--http-address=127.0.0.1",
             "--grpc-address=127.0.0.1",
@@ -169,11 +250,18 @@ class TritonServer:
             f"--metrics-port={self.metrics_port}",
             "--metrics-address=127.0.0.1",
             "--allow-gpu-metrics=false",
+            "--allow-sagemaker=false",
+            "--allow-vertex-ai=false",
+            "--disable-auto-complete-config",  # configs are complete: nothing may rewrite them
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
             f"--exit-timeout-secs={self.exit_timeout_s}",
-            *load,
+            *restricted_args(self.admin_key),
             *self.extra_args,
         ]
-        with self.log_path.open("wb") as log:
+        with self.log_path.open("ab") as log:
+            log.write(f"=== gendeploy: tritonserver start {self.starts + 1} ===\n".encode())
+            log.flush()
+            self._log_offset = log.tell()
             self.process = subprocess.Popen(
                 cmd,
                 stdout=log,
@@ -184,11 +272,48 @@ class TritonServer:
                 preexec_fn=_terminate_with_parent(),
             )
 
+    def _model_control_args(self) -> list[str]:
+        """Load only what this server's backends can run (not the NGC-only models).
+
+        Without ``watch`` nothing may change what is served: model control "none" over a
+        directory of links to the servable models, so no client can load or unload anything,
+        admin key or not. With ``watch``, "explicit" mode: loading is allowed, behind the key.
+        """
+        if self.watch:
+            loads = (f"--load-model={m}" for m in self.loaded)
+            return [f"--model-repository={self.repo_dir}", "--model-control-mode=explicit", *loads]
+        self._view = Path(tempfile.mkdtemp(prefix="gendeploy-served-models-"))
+        for model in self.loaded:
+            (self._view / model).symlink_to(self.repo_dir / model, target_is_directory=True)
+        return [f"--model-repository={self._view}", "--model-control-mode=none"]
+
     def _log_tail(self, lines: int = 15) -> str:
+        """The last lines this run of the server wrote to the log."""
         if self.log_path is None or not self.log_path.exists():
             return ""
-        text = self.log_path.read_text(errors="replace").splitlines()
+        with self.log_path.open("rb") as f:
+            f.seek(self._log_offset)
+            text = f.read().decode(errors="replace").splitlines()
         return "\n".join(text[-lines:])
+
+    def exit_status(self) -> str:
+        """How the server process ended: "killed by SIGABRT", "exit code 1", or "running"."""
+        code = self.process.poll() if self.process else None
+        if code is None:
+            return "running"
+        if code < 0:
+            with contextlib.suppress(ValueError):
+                return f"killed by {signal.Signals(-code).name}"
+        return f"exit code {code}"
+
+    def crash_cause(self, lines: int = 3) -> str:
+        """The last lines the server logged before it ended, without its backtrace."""
+        text = [
+            " ".join(line.split())
+            for line in self._log_tail(200).splitlines()
+            if line.strip() and not STACK_FRAME.match(line)
+        ]
+        return " | ".join(text[-lines:]) or "nothing in its log"
 
     def _wait_ready(self) -> None:
         assert self.process is not None
@@ -199,11 +324,7 @@ class TritonServer:
                 errors = [line for line in lines if "failed to load" in line] or [
                     line for line in lines if line.startswith("error") or "address" in line
                 ]
-                detail = (
-                    errors[0].split("] ", 1)[-1].strip('"')
-                    if errors
-                    else f"exit code {self.process.returncode}"
-                )
+                detail = errors[0].split("] ", 1)[-1].strip('"') if errors else self.exit_status()
                 raise ServeError(
                     f"tritonserver exited during startup: {detail} (log: {self.log_path})"
                 )
@@ -214,32 +335,56 @@ class TritonServer:
             f"tritonserver not ready after {self.startup_timeout_s:.0f}s (log: {self.log_path})"
         )
 
+    def admin_client(self) -> Any:
+        """An HTTP tritonclient; pass ``headers=self.admin_headers()`` for locked APIs."""
+        return connect(self.http_url, "http", timeout_s=300.0)
+
+    def admin_headers(self, protocol: str = "http") -> dict[str, str]:
+        return admin_headers(self.admin_key, protocol)
+
     def is_ready(self) -> bool:
         try:
-            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=2) as r:
-                return bool(r.status == 200)
-        except (urllib.error.URLError, OSError):
+            client = connect(self.http_url, "http", timeout_s=2.0)
+        except OSError:
             return False
+        try:
+            return bool(client.is_server_ready())
+        except Exception:  # connection refused or reset: not ready (yet)
+            return False
+        finally:
+            client.close()
 
     def models(self) -> list[dict[str, Any]]:
-        """The repository index: name, version, state of every model."""
-        req = urllib.request.Request(f"http://{self.http_url}/v2/repository/index", data=b"{}")
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return list(json.loads(r.read()))
+        """The repository index: name, version, state of every model (a locked API)."""
+        from tritonclient.utils import InferenceServerException
+
+        client = self.admin_client()
+        try:
+            return list(client.get_model_repository_index(headers=self.admin_headers()))
+        except InferenceServerException as e:
+            raise ServeError(f"tritonserver refused the repository index: {e.message()}") from None
+        finally:
+            client.close()
 
     def load(self, model: str) -> None:
         """(Re)load ``model``: the version policy's versions on disk now, new config included.
         Triton swaps versions only once the new ones are ready, so requests keep being served."""
-        url = f"http://{self.http_url}/v2/repository/models/{model}/load"
+        from tritonclient.utils import InferenceServerException
+
+        client = self.admin_client()
         try:
-            with urllib.request.urlopen(urllib.request.Request(url, data=b"{}"), timeout=300):
-                pass
-        except urllib.error.HTTPError as e:
-            detail = e.read().decode(errors="replace").strip()
+            client.load_model(model, headers=self.admin_headers())
+        except InferenceServerException as e:
+            detail = " ".join(str(e.message()).split())
             raise ServeError(f"tritonserver could not load {model!r}: {detail}") from None
+        finally:
+            client.close()
 
     def refresh(self) -> list[str]:
-        """Load models added to the repo, or given a new version or config, since the last look."""
+        """Load models added to the repo, or given a new version or config, since the last look
+        (a server started with ``watch``)."""
+        if not self.watch:
+            raise ServeError("this server was started without watch: it cannot load models")
         state = _repo_state(self.repo_dir)
         changed = [m for m in self.loadable() if state.get(m) != self._seen.get(m)]
         for model in changed:
@@ -258,20 +403,24 @@ class TritonServer:
         return self.process is not None and self.process.poll() is None
 
     def stop(self) -> None:
-        """Graceful SIGINT, then SIGKILL to the whole process group (stubs included)."""
+        """Graceful SIGINT, then SIGKILL to the whole process group (stubs included); then the
+        stubs' shared-memory regions go. Also cleans up after a server that died."""
         process, self.process = self.process, None
-        if process is None:
-            return
-        if process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=self.exit_timeout_s + 10)
-            except subprocess.TimeoutExpired:
+        if process is not None:
+            if process.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
-        _kill_group(process.pid)
+                    process.send_signal(signal.SIGINT)
+                try:
+                    process.wait(timeout=self.exit_timeout_s + 10)
+                except subprocess.TimeoutExpired:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(process.pid, signal.SIGKILL)
+                    process.wait(timeout=10)
+            _kill_group(process.pid)
+        remove_shm_regions(self.shm_prefix)
+        view, self._view = self._view, None
+        if view is not None:
+            shutil.rmtree(view, ignore_errors=True)
 
     def __enter__(self) -> TritonServer:
         return self.start()
@@ -307,6 +456,16 @@ def _terminate_with_parent() -> Callable[[], None] | None:
             os._exit(1)
 
     return arm
+
+
+def remove_shm_regions(prefix: str) -> list[Path]:
+    """Delete the python-backend shared-memory regions named with ``prefix`` (a dead server's)."""
+    removed = []
+    for region in SHM_DIR.glob(f"{prefix}*") if SHM_DIR.is_dir() else []:
+        with contextlib.suppress(FileNotFoundError):
+            region.unlink()
+            removed.append(region)
+    return removed
 
 
 def _kill_group(pgid: int) -> None:

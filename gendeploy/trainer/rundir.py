@@ -40,17 +40,27 @@ def check_run_dir(out: Path, resume: bool, force: bool) -> None:
     """Refuse to touch an existing run unless asked to resume it or overwrite it."""
     if resume and force:
         raise UsageError("--resume and --force contradict each other: pick one")
+    started = out.is_dir() and any(out.iterdir())
+    has_checkpoint = (out / CHECKPOINT_NAME).is_file()
     if resume:
-        if not (out / CHECKPOINT_NAME).is_file():
+        if has_checkpoint:
+            return
+        if started:  # killed before its first checkpoint: nothing to resume from
             raise CheckpointError(
-                f"--resume: no {CHECKPOINT_NAME} in {out}; start without --resume"
+                f"--resume: {out} has no {CHECKPOINT_NAME} yet (the run stopped before its "
+                "first checkpoint); start it over with --force instead of --resume"
             )
-        return
+        raise CheckpointError(f"--resume: no {CHECKPOINT_NAME} in {out}; start without --resume")
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file; pass a directory for the run")
-    if not out.exists() or not any(out.iterdir()):
+    if not started:
         return
     if not force:
+        if not has_checkpoint:
+            raise UsageError(
+                f"run directory {out} already exists but has no {CHECKPOINT_NAME} (it stopped "
+                "before its first checkpoint): pass --force to start it over"
+            )
         raise UsageError(
             f"run directory {out} already exists; pass --resume to continue it or --force "
             "to start over (its files are replaced)"

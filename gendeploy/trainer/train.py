@@ -399,10 +399,10 @@ def resumed_configs(
     settings: dict[str, Any],
     schedule: dict[str, Any],
     preset_name: str | None = None,
-) -> tuple[ModelConfig, TrainConfig]:
-    """The configs of the run in ``out``, from its checkpoint. ``settings`` (flags, None = not
-    given) must agree with them, and so must the preset named with them, if any; ``schedule``
-    (``RESUMABLE_CHANGES``) is applied."""
+) -> tuple[ModelConfig, TrainConfig, int]:
+    """The configs of the run in ``out`` and its step, from its checkpoint. ``settings`` (flags,
+    None = not given) must agree with them, and so must the preset named with them, if any;
+    ``schedule`` (``RESUMABLE_CHANGES``) is applied."""
     check_run_dir(out, resume=True, force=False)
     source = out / CHECKPOINT_NAME
     ckpt = load_checkpoint(source)
@@ -421,7 +421,7 @@ def resumed_configs(
         )
     if preset_name is not None:
         _check_preset(out, saved, preset_name, settings)
-    return with_overrides(saved, **schedule)
+    return (*with_overrides(saved, **schedule), ckpt.step)
 
 
 def _check_preset(out: Path, saved: Preset, name: str, settings: dict[str, Any]) -> None:

@@ -1,0 +1,338 @@
+"""``gendeploy deploy k8s``: Kubernetes manifests for a model repository.
+
+The container runs exactly the command ``gendeploy serve --docker`` prints (``serve.docker``'s
+``tritonserver_args``, the NGC image and tag it chooses): models fixed at start, every management
+API behind the admin key, which comes from a Kubernetes Secret through ``$(GENDEPLOY_ADMIN_KEY)``.
+Only the NGC-runnable models are served: from a PersistentVolumeClaim each is mounted read-only
+at ``/models/<model>`` (as ``--docker`` mounts them); an object store (s3://, gs://, az://) must
+hold only those models under the URI. Written: a Deployment, a Service, a PodDisruptionBudget, an
+HPA on Triton's queue-to-compute time ratio with the Prometheus adapter's rule that computes it,
+and a KServe ServingRuntime + InferenceService. Each is checked against the official models
+(``deploy.validate``) before anything is written.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gendeploy.errors import DeployError, UsageError
+from gendeploy.fileio import atomic_write_bytes
+from gendeploy.serve.admin import KEY_ENV
+from gendeploy.serve.docker import (
+    container_models,
+    container_tag,
+    engine_tensorrt_version,
+    image,
+    tritonserver_args,
+)
+
+KEY_REF = f"$({KEY_ENV})"  # Kubernetes expands it from the container's env
+KEY_SECRET_KEY = "key"
+STORE_SCHEMES = ("s3://", "gs://", "az://")
+PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
+TRITON_UID = 1000  # the NGC image's triton-server user
+RATIO_METRIC = "triton_queue_compute_ratio"
+_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,50}[a-z0-9])?")
+
+
+@dataclass(frozen=True)
+class K8sOptions:
+    model_store: str  # pvc:CLAIM[/path] or s3://..., gs://..., az://...
+    name: str = "gendeploy"
+    namespace: str = "default"
+    tag: str | None = None  # default: as `serve --docker` chooses
+    gpus: int = 1
+    cpu: str = "2"
+    memory: str = "4Gi"
+    min_replicas: int = 2
+    max_replicas: int = 8
+    queue_compute_ratio: float = 1.0  # HPA target: mean queue time per unit of compute time
+    storage_secret: str | None = None  # env for the object store's credentials
+
+    def __post_init__(self) -> None:
+        for label, value in (("--name", self.name), ("--namespace", self.namespace)):
+            if not _NAME.fullmatch(value):
+                raise UsageError(f"{label} {value!r} must be a DNS label (a-z, 0-9, '-')")
+        if not (self.model_store.startswith("pvc:") or self.model_store.startswith(STORE_SCHEMES)):
+            raise UsageError(
+                f"--model-store {self.model_store!r}: give pvc:CLAIM[/path] or an s3://, gs:// "
+                "or az:// URI"
+            )
+        if self.gpus < 0 or not 1 <= self.min_replicas <= self.max_replicas:
+            raise UsageError("need --gpus >= 0 and 1 <= --min-replicas <= --max-replicas")
+        if self.queue_compute_ratio <= 0:
+            raise UsageError("--queue-compute-ratio must be > 0")
+
+    @property
+    def pvc(self) -> tuple[str, str] | None:
+        """(claim, path inside it) for a pvc: store."""
+        if not self.model_store.startswith("pvc:"):
+            return None
+        claim, _, sub = self.model_store[4:].partition("/")
+        return claim, sub.strip("/")
+
+    @property
+    def secret(self) -> str:
+        return f"{self.name}-admin-key"
+
+
+def _labels(o: K8sOptions) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "tritonserver",
+        "app.kubernetes.io/instance": o.name,
+        "app.kubernetes.io/managed-by": "gendeploy",
+    }
+
+
+def _meta(o: K8sOptions, name: str) -> dict[str, Any]:
+    return {"name": name, "namespace": o.namespace, "labels": _labels(o)}
+
+
+def _env(o: K8sOptions) -> list[dict[str, Any]]:
+    ref = {"name": o.secret, "key": KEY_SECRET_KEY}
+    return [{"name": KEY_ENV, "valueFrom": {"secretKeyRef": ref}}]
+
+
+def _resources(o: K8sOptions) -> dict[str, Any]:
+    limits = {"memory": o.memory}
+    if o.gpus:
+        limits["nvidia.com/gpu"] = str(o.gpus)
+    return {"requests": {"cpu": o.cpu, "memory": o.memory}, "limits": limits}
+
+
+def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": "http"},
+        "periodSeconds": period,
+        "failureThreshold": failures,
+    }
+
+
+def _security() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": TRITON_UID,
+        "runAsGroup": TRITON_UID,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def deployment(o: K8sOptions, models: list[str], tag: str) -> dict[str, Any]:
+    pvc = o.pvc
+    container: dict[str, Any] = {
+        "name": "tritonserver",
+        "image": image(tag),
+        "args": tritonserver_args(KEY_REF, "/models" if pvc else o.model_store),
+        "env": _env(o),
+        "ports": [{"name": n, "containerPort": p, "protocol": "TCP"} for n, p in PORTS.items()],
+        # loading engines can take minutes: liveness waits for the startup probe
+        "startupProbe": _probe("/v2/health/live", 10, 60),
+        "livenessProbe": _probe("/v2/health/live", 10, 3),
+        "readinessProbe": _probe("/v2/health/ready", 5, 3),
+        "resources": _resources(o),
+        "securityContext": _security(),
+    }
+    if o.storage_secret:
+        container["envFrom"] = [{"secretRef": {"name": o.storage_secret}}]
+    pod: dict[str, Any] = {"containers": [container]}
+    if pvc:
+        claim, sub = pvc
+        container["volumeMounts"] = [
+            {
+                "name": "models",
+                "mountPath": f"/models/{m}",
+                "subPath": f"{sub}/{m}" if sub else m,
+                "readOnly": True,
+            }
+            for m in models
+        ]
+        pod["volumes"] = [
+            {"name": "models", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+        ]
+    metrics = {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(PORTS["metrics"]),
+        "prometheus.io/path": "/metrics",
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _meta(o, o.name),
+        "spec": {
+            "replicas": o.min_replicas,
+            "selector": {"matchLabels": _labels(o)},
+            "template": {"metadata": {"labels": _labels(o), "annotations": metrics}, "spec": pod},
+        },
+    }
+
+
+def service(o: K8sOptions) -> dict[str, Any]:
+    ports = [{"name": n, "port": p, "targetPort": n, "protocol": "TCP"} for n, p in PORTS.items()]
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(o, o.name),
+        "spec": {"type": "ClusterIP", "selector": _labels(o), "ports": ports},
+    }
+
+
+def disruption_budget(o: K8sOptions) -> dict[str, Any]:
+    # one replica: allow its eviction (a budget of 1 available would block every node drain)
+    budget = {"minAvailable": 1} if o.min_replicas >= 2 else {"maxUnavailable": 1}
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _meta(o, o.name),
+        "spec": {"selector": {"matchLabels": _labels(o)}, **budget},
+    }
+
+
+def _quantity(x: float) -> str:
+    milli = round(x * 1000)
+    return str(milli // 1000) if milli % 1000 == 0 else f"{milli}m"
+
+
+def autoscaler(o: K8sOptions) -> dict[str, Any]:
+    target = {"type": "AverageValue", "averageValue": _quantity(o.queue_compute_ratio)}
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": _meta(o, o.name),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": o.name},
+            "minReplicas": o.min_replicas,
+            "maxReplicas": o.max_replicas,
+            "metrics": [
+                {"type": "Pods", "pods": {"metric": {"name": RATIO_METRIC}, "target": target}}
+            ],
+            "behavior": {"scaleDown": {"stabilizationWindowSeconds": 300}},
+        },
+    }
+
+
+def adapter_rules() -> dict[str, Any]:
+    """prometheus-adapter Helm values: the per-pod ratio of Triton's cumulative queue time to its
+    compute time over the last minute (0 when idle)."""
+    over = "[1m])) by (<<.GroupBy>>)"
+    query = (
+        f"sum(rate(nv_inference_queue_duration_us{{<<.LabelMatchers>>}}{over} / "
+        f"clamp_min(sum(rate(nv_inference_compute_infer_duration_us{{<<.LabelMatchers>>}}{over}, 1)"
+    )
+    return {
+        "rules": {
+            "custom": [
+                {
+                    "seriesQuery": 'nv_inference_queue_duration_us{namespace!="",pod!=""}',
+                    "resources": {
+                        "overrides": {
+                            "namespace": {"resource": "namespace"},
+                            "pod": {"resource": "pod"},
+                        }
+                    },
+                    "name": {"matches": "^nv_inference_queue_duration_us$", "as": RATIO_METRIC},
+                    "metricsQuery": query,
+                }
+            ]
+        }
+    }
+
+
+def serving_runtime(o: K8sOptions, tag: str) -> dict[str, Any]:
+    container = {
+        "name": "kserve-container",
+        "image": image(tag),
+        "args": tritonserver_args(KEY_REF, "/mnt/models"),  # KServe puts storageUri there
+        "env": _env(o),
+        "ports": [{"name": "http1", "containerPort": PORTS["http"], "protocol": "TCP"}],
+        # by number: Knative names the one port http1
+        "readinessProbe": {
+            **_probe("/v2/health/ready", 5, 3),
+            "httpGet": {"path": "/v2/health/ready", "port": PORTS["http"]},
+        },
+        "resources": _resources(o),
+        "securityContext": _security(),
+    }
+    return {
+        "apiVersion": "serving.kserve.io/v1alpha1",
+        "kind": "ServingRuntime",
+        "metadata": _meta(o, f"{o.name}-tritonserver"),
+        "spec": {
+            "supportedModelFormats": [{"name": "triton", "version": "2", "autoSelect": False}],
+            "protocolVersions": ["v2", "grpc-v2"],
+            "containers": [container],
+        },
+    }
+
+
+def inference_service(o: K8sOptions) -> dict[str, Any]:
+    pvc = o.pvc
+    uri = f"pvc://{pvc[0]}/{pvc[1]}".rstrip("/") if pvc else o.model_store
+    return {
+        "apiVersion": "serving.kserve.io/v1beta1",
+        "kind": "InferenceService",
+        "metadata": _meta(o, o.name),
+        "spec": {
+            "predictor": {
+                "minReplicas": o.min_replicas,
+                "maxReplicas": o.max_replicas,
+                "model": {
+                    "name": "kserve-container",
+                    "modelFormat": {"name": "triton"},
+                    "runtime": f"{o.name}-tritonserver",
+                    "storageUri": uri,
+                },
+            }
+        },
+    }
+
+
+def manifests(repo: Path, o: K8sOptions) -> tuple[dict[str, Any], list[str], str]:
+    """(relative path -> manifest, the models served, the image tag)."""
+    models = container_models(repo)
+    if not models:
+        raise DeployError(
+            f"{repo} has no onnxruntime_onnx or tensorrt_plan model: the NGC container runs only "
+            "those (write them with `gendeploy repo EXPORT_DIR`)"
+        )
+    tag = o.tag or container_tag(engine_tensorrt_version(repo))[0]
+    out = {
+        "deployment.yaml": deployment(o, models, tag),
+        "service.yaml": service(o),
+        "pdb.yaml": disruption_budget(o),
+        "hpa.yaml": autoscaler(o),
+        "prometheus-adapter/values.yaml": adapter_rules(),
+        "kserve/servingruntime.yaml": serving_runtime(o, tag),
+        "kserve/inferenceservice.yaml": inference_service(o),
+    }
+    return out, models, tag
+
+
+def render(manifest: dict[str, Any]) -> str:
+    import yaml
+
+    return str(yaml.safe_dump(manifest, sort_keys=False, width=100))
+
+
+def write_manifests(repo: Path, o: K8sOptions, out: Path, force: bool = False) -> list[Path]:
+    """Check every manifest, then write them all under ``out`` (never over files unless
+    ``force``)."""
+    from gendeploy.deploy.validate import check_manifest
+
+    if not repo.is_dir():
+        raise UsageError(f"model repository {repo} does not exist; run `gendeploy repo EXPORT_DIR`")
+    docs, _, _ = manifests(repo, o)
+    for doc in docs.values():
+        if "apiVersion" in doc:
+            check_manifest(doc)
+    existing = [out / p for p in docs if (out / p).exists()]
+    if existing and not force:
+        raise UsageError(f"{existing[0]} exists; pass --force to replace the manifests in {out}")
+    written = []
+    for path, doc in docs.items():
+        atomic_write_bytes(out / path, render(doc).encode())
+        written.append(out / path)
+    return written

@@ -1,0 +1,229 @@
+"""The tuning report: ``tune.json`` (everything), ``tune.md`` (every configuration tried, the
+winner, where its time goes, the command that reproduces it) and ``tune.png`` (throughput against
+p99, the budget and the winner marked)."""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gendeploy.fileio import atomic_write_bytes
+from gendeploy.tune.analyzer import Measurement
+from gendeploy.tune.space import Candidate
+
+SCHEMA_VERSION = 1
+TARGET_RATIO = 0.9  # served throughput against in-process batch 1 of the same engine
+
+
+@dataclass
+class Baseline:
+    """In-process batch-1 ONNX Runtime on the served ONNX file, in this process."""
+
+    images_per_s: float
+    p50_ms: float
+    stable: bool
+    threads: str = "ONNX Runtime default"
+
+
+@dataclass
+class TuneReport:
+    model: str
+    repo: str
+    search: str
+    objective: str
+    p99_budget_ms: float | None
+    min_throughput: float | None
+    concurrencies: list[int]
+    start: dict[str, Any]  # the repository's own configuration
+    measurements: list[dict[str, Any]] = field(default_factory=list)
+    failed: list[dict[str, Any]] = field(default_factory=list)  # candidate + why
+    winner: dict[str, Any] | None = None  # a measurement
+    start_best: dict[str, Any] | None = None  # the repository config's best measurement
+    baseline: dict[str, Any] | None = None
+    written: str | None = None  # the new version's directory
+    command: str = ""
+    elapsed_s: float = 0.0
+    machine: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    contended: bool = False
+    schema_version: int = SCHEMA_VERSION
+
+    def ratio(self) -> float | None:
+        if not (self.winner and self.baseline and self.baseline["images_per_s"]):
+            return None
+        return float(self.winner["throughput"]) / float(self.baseline["images_per_s"])
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+
+def where_time_goes(m: dict[str, Any]) -> str:
+    """perf_analyzer's split of the mean latency of one measurement."""
+    rest = m["avg_ms"] - m["queue_ms"] - m["compute_infer_ms"] - m["compute_io_ms"]
+    parts = [
+        f"queue {m['queue_ms']:.2f} ms",
+        f"compute {m['compute_infer_ms']:.2f} ms",
+        f"server input/output {m['compute_io_ms']:.2f} ms",
+        f"the rest (client, network, Triton's frontend) {max(rest, 0):.2f} ms",
+    ]
+    return f"mean latency {m['avg_ms']:.2f} ms = " + " + ".join(parts)
+
+
+def markdown(report: TuneReport) -> str:
+    r = report
+    budget = f"p99 <= {r.p99_budget_ms} ms" if r.p99_budget_ms is not None else ""
+    floor = f"throughput >= {r.min_throughput} img/s" if r.min_throughput is not None else ""
+    constraints = " and ".join(x for x in (budget, floor) if x) or "none"
+    goal = "most images/s" if r.objective == "throughput" else "least p99 latency"
+    lines = [
+        f"# gendeploy tune: {r.model}",
+        "",
+        f"Repository `{r.repo}`; {r.search} search; objective: {goal}; constraints: "
+        f"{constraints}; concurrency {', '.join(map(str, r.concurrencies))}; batch 1 per "
+        f"request. {len(r.measurements)} measurements of "
+        f"{len({json.dumps(m['candidate'], sort_keys=True) for m in r.measurements})} "
+        f"configurations, {len(r.failed)} failed, in {r.elapsed_s:.0f} s. Measured by Model "
+        f"Analyzer {r.versions.get('model_analyzer', '?')} with perf_analyzer "
+        f"({r.versions.get('perf_analyzer', '?')}) on tritonserver "
+        f"{r.versions.get('tritonserver', '?')}.",
+        "",
+    ]
+    if r.contended:
+        lines += [
+            f"**Contended machine**: other processes took {r.machine.get('other_share', 0):.0%} "
+            f"of the CPU during the run (load average {r.machine.get('load_average')}); these "
+            "numbers rank configurations on this run only. Rerun on a quiet machine.",
+            "",
+        ]
+    lines += ["## Result", ""]
+    if r.winner:
+        w = r.winner
+        lines.append(
+            f"Winner: **{Candidate.from_dict(w['candidate']).label()}** at concurrency "
+            f"{w['concurrency']}: {w['throughput']:.1f} img/s, p99 {w['p99_ms']:.2f} ms."
+        )
+    else:
+        lines.append("No configuration met the constraints; nothing was written.")
+    if r.start_best:
+        s = r.start_best
+        lines.append(
+            f"The repository's own configuration ({Candidate.from_dict(r.start).label()}): "
+            f"{s['throughput']:.1f} img/s, p99 {s['p99_ms']:.2f} ms."
+        )
+    if r.baseline:
+        b = r.baseline
+        lines.append(
+            f"In-process batch 1 of the same engine (ONNX Runtime, {b['threads']}): "
+            f"{b['images_per_s']:.1f} img/s{'' if b['stable'] else ' (not stable)'}."
+        )
+    ratio = r.ratio()
+    if ratio is not None:
+        met = "met" if ratio >= TARGET_RATIO else "missed"
+        lines.append(
+            f"Served / in-process: **{ratio:.2f}x** (target >= {TARGET_RATIO}x: **{met}**)."
+        )
+    if r.winner:
+        lines.append(f"Where the winner's time goes: {where_time_goes(r.winner)}.")
+    lines.append(
+        f"Written: `{r.written}` (a new version; the served one is untouched)."
+        if r.written
+        else "Written: nothing."
+    )
+    lines += ["", "![throughput against p99](tune.png)", "", "## Every configuration tried", ""]
+    lines += [
+        "| # | instances | threads | max batch | delay us | preferred | protocol | concurrency "
+        "| img/s | p99 ms | p90 ms | mean ms | queue ms | compute ms | meets | note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for i, m in enumerate(r.measurements, 1):
+        c = m["candidate"]
+        note = []
+        if r.winner and m == r.winner:
+            note.append("**winner**")
+        if c == r.start:
+            note.append("repository config")
+        lines.append(
+            f"| {i} | {c['instances']} | {c['threads'] or 'ort'} | {c['max_batch_size']} | "
+            f"{c['queue_delay_us']} | {c['preferred_batch'] or '-'} | {c['protocol']} | "
+            f"{m['concurrency']} | {m['throughput']:.1f} | {m['p99_ms']:.2f} | "
+            f"{m['p90_ms']:.2f} | {m['avg_ms']:.2f} | {m['queue_ms']:.2f} | "
+            f"{m['compute_infer_ms']:.2f} | {'yes' if m.get('meets') else 'no'} | "
+            f"{', '.join(note)} |"
+        )
+    for f in r.failed:
+        c = f["candidate"]
+        lines.append(
+            f"| - | {c['instances']} | {c['threads'] or 'ort'} | {c['max_batch_size']} | "
+            f"{c['queue_delay_us']} | {c['preferred_batch'] or '-'} | {c['protocol']} | | | | "
+            f"| | | | | failed: {f['why'][:120]} |"
+        )
+    lines += ["", "## Reproduce", "", "```", r.command, "```", ""]
+    return "\n".join(lines)
+
+
+def plot(report: TuneReport, path: Path) -> Path:
+    """Throughput against p99, one point per measurement; the budget, floor, baseline, the
+    repository's configuration and the winner marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for protocol, marker in (("http", "o"), ("grpc", "^")):
+        ms = [m for m in report.measurements if m["candidate"]["protocol"] == protocol]
+        if ms:
+            ax.scatter(
+                [m["p99_ms"] for m in ms],
+                [m["throughput"] for m in ms],
+                marker=marker,
+                alpha=0.7,
+                label=f"{protocol} ({len(ms)})",
+            )
+    if report.start_best:
+        s = report.start_best
+        ax.scatter(
+            [s["p99_ms"]], [s["throughput"]], s=140, facecolors="none", edgecolors="k",
+            marker="s", label="repository config",
+        )  # fmt: skip
+    if report.winner:
+        w = report.winner
+        ax.scatter(
+            [w["p99_ms"]], [w["throughput"]], s=260, marker="*", color="crimson", zorder=5,
+            label=f"winner: {Candidate.from_dict(w['candidate']).label()}",
+        )  # fmt: skip
+    if report.p99_budget_ms is not None:
+        ax.axvline(report.p99_budget_ms, color="crimson", ls="--", lw=1, label="p99 budget")
+    if report.min_throughput is not None:
+        ax.axhline(report.min_throughput, color="purple", ls="--", lw=1, label="throughput floor")
+    if report.baseline:
+        b = report.baseline["images_per_s"]
+        ax.axhline(b, color="gray", ls=":", lw=1, label="in-process batch 1")
+        ax.axhline(0.9 * b, color="gray", ls="-.", lw=0.8, label="0.9x in-process")
+    title = f"{report.model}: every configuration tried ({report.search} search)"
+    ax.set(xlabel="p99 latency (ms)", ylabel="images / s", title=title)
+    if report.contended:
+        ax.text(0.01, 0.01, "contended machine", transform=ax.transAxes, fontsize=8, color="gray")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def write_report(report: TuneReport, out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "tune.json", out / "tune.md", out / "tune.png"]
+    atomic_write_bytes(paths[0], report.to_json().encode())
+    atomic_write_bytes(paths[1], markdown(report).encode())
+    plot(report, paths[2])
+    return paths
+
+
+def measurement_row(m: Measurement, meets: bool) -> dict[str, Any]:
+    return {**m.to_dict(), "meets": meets}

@@ -1,0 +1,138 @@
+"""`gendeploy serve` keeps a real tritonserver up: a request that crashes tritonserver 2.51 (an
+input shape of 10^12 elements: ``std::bad_alloc`` in its HTTP frontend, before any model code) is
+followed by correct images within 30 s without anyone's help; the crash is logged with its cause;
+the crashed server's shared memory is removed; repeated crashes end in a clear give-up error with
+no process left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import stat
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from serve_support import (
+    TINY_CONDITIONAL,
+    Serving,
+    build_export,
+    eager_images,
+    make_checkpoint,
+    require_tritonserver,
+    serving,
+)
+
+from gendeploy.errors import GendeployError
+from gendeploy.runtime.triton import TritonRunner
+from gendeploy.serve.admin import ADMIN_HEADER, read_key_file
+from gendeploy.serve.backend_model import draw_latents
+from gendeploy.serve.repo import write_repo
+from gendeploy.serve.server import SHM_DIR, group_members
+
+pytestmark = pytest.mark.triton
+
+# 317 bytes that abort tritonserver 2.51 (std::bad_alloc, SIGABRT)
+CRASH = {"inputs": [{"name": "z", "shape": [1, 1000000000000], "datatype": "FP32", "data": [0]}]}
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    require_tritonserver()
+    root = tmp_path_factory.mktemp("supervised")
+    checkpoint = make_checkpoint(TINY_CONDITIONAL, root / "cond.pt")
+    write_repo(build_export(checkpoint, root / "export", "tinyc"), root / "repo")
+    return root / "repo", checkpoint
+
+
+def crash(url: str) -> None:
+    request = urllib.request.Request(
+        f"http://{url}/v2/models/tinyc/infer", json.dumps(CRASH).encode()
+    )
+    with pytest.raises((urllib.error.URLError, ConnectionError)):  # the server dies mid-request
+        urllib.request.urlopen(request, timeout=30)
+
+
+def images_when_back(serving: Serving, deadline_s: float) -> tuple[np.ndarray, float]:
+    """What a client retrying once a second gets, and after how many seconds."""
+    start = time.monotonic()
+    z = draw_latents([3, 4], TINY_CONDITIONAL.latent_dim)
+    feeds = {"z": z, "labels": np.array([1, 2], np.int64)}
+    while time.monotonic() - start < deadline_s:
+        with (
+            contextlib.suppress(GendeployError, OSError, ValueError),
+            TritonRunner(serving.state().http, "tinyc", timeout_s=5) as runner,
+        ):
+            return runner.run(feeds), time.monotonic() - start
+        time.sleep(1.0)
+    raise AssertionError(f"no images within {deadline_s}s: {serving.stderr.read_text()[-2000:]}")
+
+
+def shm_regions(serve_pid: int) -> set[str]:
+    return {p.name for p in SHM_DIR.glob(f"gendeploy_{serve_pid}_*")}
+
+
+def test_a_crashing_request_is_followed_by_correct_images_within_30_s(
+    repo: tuple[Path, Path], tmp_path: Path
+) -> None:
+    with serving(repo, tmp_path) as serve:
+        before = serve.state()
+        assert before.state == "serving" and before.restarts == 0
+        regions = shm_regions(before.serve_pid)
+        assert regions, "the python backend's shared memory is named with the server's prefix"
+        crash(before.http)
+        images, seconds = images_when_back(serve, deadline_s=30)
+        z = draw_latents([3, 4], TINY_CONDITIONAL.latent_dim)
+        eager = eager_images(serve.checkpoint, z, np.array([1, 2]))
+        assert np.abs(images - eager).max() <= 1e-4
+        after = serve.state()
+        assert after.restarts == 1 and after.state == "serving", (after, serve.stderr.read_text())
+        assert (after.http, after.started) == (before.http, before.started)  # same ports
+        assert after.pid != before.pid and after.since >= before.since
+        assert after.last_crash is not None and "SIGABRT" in after.last_crash["status"]
+        assert "bad_alloc" in after.last_crash["cause"]
+        log = serve.stderr.read_text()
+        assert "tritonserver died (killed by SIGABRT)" in log and "std::bad_alloc" in log
+        assert not regions & shm_regions(before.serve_pid), "the crashed server's shm is left"
+        print(f"images again {seconds:.1f}s after the crash")
+
+
+def test_without_watch_not_even_the_key_can_load_or_unload(
+    repo: tuple[Path, Path], tmp_path: Path
+) -> None:
+    with serving(repo, tmp_path) as serve:
+        state = serve.state()
+        key_file = Path(state.admin_key_file)
+        assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+        key = read_key_file(key_file)
+        request = urllib.request.Request(
+            f"http://{state.http}/v2/repository/models/tinyc/unload", b"{}", {ADMIN_HEADER: key}
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=30)
+        assert "not allowed" in refused.value.read().decode()
+    assert not key_file.exists(), "a generated key outlived its server"
+
+
+def test_repeated_crashes_end_in_a_clear_give_up_with_nothing_left_running(
+    repo: tuple[Path, Path], tmp_path: Path
+) -> None:
+    with serving(repo, tmp_path, "--max-crashes", "2", "--crash-window-s", "300") as serve:
+        first = serve.state()
+        crash(first.http)
+        images_when_back(serve, deadline_s=30)
+        crash(serve.state().http)
+        code = serve.process.wait(timeout=60)
+        pids = [first.pid, serve.state().pid] if serve.ready.exists() else [first.pid]
+        assert code == 1
+        err = serve.stderr.read_text().strip().splitlines()
+        assert err[-1].startswith("error: tritonserver died 2 times in 300s (last: killed by")
+        assert "giving up" in err[-1]
+        assert not serve.ready.exists(), "the state file must not claim a server that gave up"
+        for pid in pids:
+            assert pid is not None and group_members(pid) == []
+        assert shm_regions(first.serve_pid) == set()
