@@ -3,20 +3,36 @@ golden files, and the container command of `serve --docker`."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import json
 import os
 import shlex
+import shutil
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
-from serve_support import TINY_CONDITIONAL, build_export, make_checkpoint
+from serve_support import TINY_CONDITIONAL, build_export, make_checkpoint, require_tritonserver
 from typer.testing import CliRunner
 
 from gendeploy.cli import app
 from gendeploy.deploy.k8s import KEY_REF, K8sOptions, manifests, render, write_manifests
 from gendeploy.deploy.validate import check_manifest
 from gendeploy.errors import DeployError, UsageError
-from gendeploy.serve.docker import SHELL_KEY, docker_command, image
+from gendeploy.serve.admin import ADMIN_HEADER, new_key
+from gendeploy.serve.docker import (
+    SHELL_KEY,
+    container_models,
+    docker_command,
+    image,
+    tritonserver_args,
+)
 from gendeploy.serve.repo import write_repo
 
 GOLDEN = Path(__file__).parent / "golden" / "k8s"
@@ -95,10 +111,143 @@ def test_the_container_runs_what_serve_docker_prints(repo: Path) -> None:
     container = docs["deployment.yaml"]["spec"]["template"]["spec"]["containers"][0]
     args = [a.replace(KEY_REF, SHELL_KEY) for a in container["args"]]
     assert args == printed
+    assert container["image"] == image(tag) and image(tag) in words
+    # the same models: docker's -v targets are the pod's mount paths
+    volumes = [words[i + 1] for i, w in enumerate(words) if w == "-v"]
+    docker_targets = sorted(v.split(":")[1] for v in volumes)
+    assert docker_targets == sorted(m["mountPath"] for m in container["volumeMounts"])
+    assert docker_targets == [f"/models/{m}" for m in container_models(repo)]
     assert any("--http-restricted-api=" in a and KEY_REF in a for a in container["args"])
     assert container["env"][0]["valueFrom"]["secretKeyRef"]["name"] == "gen-admin-key"
-    runtime = docs["kserve/servingruntime.yaml"]["spec"]["containers"][0]["args"]
-    assert [a.replace("/mnt/models", "/models") for a in runtime] == container["args"]
+
+
+def _loaded(args: list[str]) -> tuple[str, list[str]]:
+    """(model control mode, the models loaded at start) of a tritonserver command."""
+    mode = next(a.split("=", 1)[1] for a in args if a.startswith("--model-control-mode="))
+    return mode, [a.split("=", 1)[1] for a in args if a.startswith("--load-model=")]
+
+
+def test_where_the_whole_repository_is_handed_over_only_the_container_models_load(
+    repo: Path,
+) -> None:
+    """An object store and KServe's storageUri hold the python models too: loading everything
+    (model control "none") would crash-loop the pod, so exactly container_models load."""
+    served = container_models(repo)
+    assert served and all(not m.endswith(("_uint8",)) and m != "tinyc" for m in served)
+    store = manifests(repo, K8sOptions(model_store="s3://bucket/models"))[0]
+    container = store["deployment.yaml"]["spec"]["template"]["spec"]["containers"][0]
+    assert _loaded(container["args"]) == ("explicit", served)
+    for options in (PVC, K8sOptions(model_store="gs://b/r")):
+        docs = manifests(repo, options)[0]
+        runtime = docs["kserve/servingruntime.yaml"]["spec"]["containers"][0]["args"]
+        assert _loaded(runtime) == ("explicit", served)
+        assert "--model-repository=/mnt/models" in runtime
+    pvc = manifests(repo, PVC)[0]["deployment.yaml"]["spec"]["template"]["spec"]
+    assert _loaded(pvc["containers"][0]["args"]) == ("none", [])  # only the models are mounted
+
+
+def test_kserve_declares_the_v2_protocol_it_exposes(repo: Path) -> None:
+    docs = manifests(repo, PVC)[0]
+    runtime = docs["kserve/servingruntime.yaml"]["spec"]
+    ports = runtime["containers"][0]["ports"]
+    assert [p["name"] for p in ports] == ["http1"]  # Knative routes one port: HTTP
+    assert runtime["protocolVersions"] == ["v2"]
+    model = docs["kserve/inferenceservice.yaml"]["spec"]["predictor"]["model"]
+    assert model["protocolVersion"] == "v2"
+
+
+def test_the_deployment_leaves_its_replicas_to_the_autoscaler(repo: Path) -> None:
+    docs = manifests(repo, PVC)[0]
+    assert "replicas" not in docs["deployment.yaml"]["spec"]
+    assert docs["hpa.yaml"]["spec"]["minReplicas"] == PVC.min_replicas
+
+
+def test_an_unknown_tensorrt_version_asks_for_this_commands_tag_flag(
+    repo: Path, tmp_path: Path
+) -> None:
+    copy_ = tmp_path / "repo"
+    shutil.copytree(repo, copy_)
+    manifest_path = copy_ / "tinyc" / "1" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["artifacts"].append({"kind": "tensorrt", "extra": {"tensorrt": "99.1.0"}})
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(DeployError, match=r"pass --tag$"):
+        manifests(copy_, PVC)
+    assert manifests(copy_, K8sOptions(model_store="s3://b", tag="25.01"))[2] == "25.01"
+
+
+def _http(url: str, path: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    request = urllib.request.Request(
+        f"http://{url}{path}", data=b"{}" if "repository" in path else None, headers=headers or {}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as r:
+            return r.status, json.loads(r.read() or b"null")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(errors="replace")
+
+
+@contextlib.contextmanager
+def _tritonserver(args: list[str], log: Path) -> Any:
+    """The pip tritonserver with a container command's flags (less the word "tritonserver")."""
+    from gendeploy.serve.server import free_port, remove_shm_regions
+    from gendeploy.serve.tritonserver import find_tritonserver
+
+    binary = find_tritonserver()
+    port, prefix = free_port(), f"gendeploy_k8stest_{os.getpid()}_"
+    cmd = [str(binary.executable), *args[1:], f"--backend-directory={binary.backend_dir}"]
+    cmd += ["--http-address=127.0.0.1", "--grpc-address=127.0.0.1", f"--http-port={port}"]
+    cmd += [f"--grpc-port={free_port()}", "--allow-metrics=false", "--exit-timeout-secs=5"]
+    cmd += [f"--backend-config=python,shm-region-prefix-name={prefix}"]
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **binary.env},
+            start_new_session=True,
+        )  # fmt: skip
+    try:
+        yield process, f"127.0.0.1:{port}"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+        remove_shm_regions(prefix)
+
+
+@pytest.mark.triton
+def test_explicit_flags_load_exactly_the_listed_models_where_none_would_exit(
+    repo: Path, tmp_path: Path
+) -> None:
+    """The KServe / object-store flags on the pip tritonserver, over a repository with python
+    models and the NGC-only tinyc_onnx (which the pip server cannot load, as the NGC image
+    cannot load the python ones): the listed model loads, nothing else is tried, and the
+    server runs; model control "none" over the same directory exits."""
+    require_tritonserver()
+    key = new_key()
+    explicit = tritonserver_args(key, str(repo), ["tinyc_uint8"])
+    with _tritonserver(explicit, tmp_path / "explicit.log") as (process, url):
+        deadline = time.monotonic() + 120
+        while _http_ready(url) is False and time.monotonic() < deadline:
+            assert process.poll() is None, (tmp_path / "explicit.log").read_text()[-2000:]
+            time.sleep(0.25)
+        assert _http(url, "/v2/models/tinyc_uint8/ready")[0] == 200
+        assert _http(url, "/v2/models/tinyc/ready")[0] != 200
+        assert _http(url, "/v2/models/tinyc_onnx/ready")[0] != 200
+        status, index = _http(url, "/v2/repository/index", {ADMIN_HEADER: key})
+        assert status == 200
+        states = {m["name"]: m.get("state") for m in index}
+        assert states == {"tinyc": None, "tinyc_onnx": None, "tinyc_uint8": "READY"}
+        assert _http(url, "/v2/repository/models/tinyc/load")[0] == 403  # no key: locked
+        assert process.poll() is None
+    with _tritonserver(tritonserver_args(key, str(repo)), tmp_path / "none.log") as (process, _):
+        assert process.wait(timeout=120) != 0
+    assert "tinyc_onnx" in (tmp_path / "none.log").read_text()
+
+
+def _http_ready(url: str) -> bool:
+    try:
+        return _http(url, "/v2/health/ready")[0] == 200
+    except OSError:
+        return False
 
 
 def test_each_served_model_is_mounted_read_only_from_the_claim(repo: Path) -> None:
@@ -131,6 +280,18 @@ def test_an_object_store_is_the_model_repository_and_its_secret_the_credentials(
     for doc in docs.values():
         if "apiVersion" in doc:
             check_manifest(doc)
+
+
+def test_gcs_credentials_are_a_mounted_file_named_by_the_env(repo: Path) -> None:
+    docs, _, _ = manifests(repo, K8sOptions(model_store="gs://b/r", storage_secret="gcs"))
+    pod = docs["deployment.yaml"]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    mount = container["volumeMounts"][0]
+    assert env["GOOGLE_APPLICATION_CREDENTIALS"] == f"{mount['mountPath']}/key.json"
+    assert mount["readOnly"] and "envFrom" not in container
+    assert pod["volumes"] == [{"name": mount["name"], "secret": {"secretName": "gcs"}}]
+    check_manifest(docs["deployment.yaml"])
 
 
 def test_the_autoscaler_targets_the_adapters_queue_to_compute_ratio(repo: Path) -> None:

@@ -16,8 +16,18 @@ def count_flops(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> int:
     """FLOPs of one forward pass on ``inputs``."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        module(*inputs)
+    # Parameters stop requiring grad while counting: a view of one (a learned constant expanded
+    # over the batch) keeps requires_grad without a grad_fn even under inference_mode, and the
+    # counter's module tracker fails on it.
+    frozen = [p for p in module.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+            module(*inputs)
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
     return int(counter.get_total_flops())
 
 

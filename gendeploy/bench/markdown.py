@@ -218,15 +218,23 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
+def _architecture(cfg: dict[str, Any]) -> str:
+    """A trainer config's architecture and width, or a user model's image shape and latent."""
+    if "arch" in cfg:
+        size = cfg["image_size"]
+        return f"{cfg['arch']} {cfg['image_channels']}x{size}x{size}, width {cfg['width']}"
+    c, h, w = cfg["image_shape"]
+    return f"{c}x{h}x{w}, latent {cfg['latent_dim']}"
+
+
 def model_section(model: dict[str, Any], runners: dict[str, Any]) -> list[str]:
     name = model["name"]
-    cfg = model["config"]
     out = [
         f"## `{name}`",
         "",
-        f"{cfg['arch']} {cfg['image_channels']}x{cfg['image_size']}x{cfg['image_size']}, width"
-        f" {cfg['width']}, {cfg['num_classes']} classes; weights: {model['source']};"
-        f" {model['flops_per_image'] / 1e6:.1f} MFLOP per image (2 per multiply-add).",
+        f"{_architecture(model['config'])}, {model['config']['num_classes']} classes; weights:"
+        f" {model['source']}; {model['flops_per_image'] / 1e6:.1f} MFLOP per image (2 per"
+        " multiply-add).",
         "",
         *summary_table(model),
         f"![throughput]({name}_throughput.png) ![latency]({name}_latency.png)"

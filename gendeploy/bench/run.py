@@ -26,6 +26,7 @@ from gendeploy.bench.quality import runner_quality
 from gendeploy.bench.suites import BenchModel, Suite
 from gendeploy.bench.sweep import CellResult, sweep_batch
 from gendeploy.export.int8 import int8_tools_missing
+from gendeploy.runtime.base import Runner
 from gendeploy.runtime.registry import RunnerContext, RunnerUnavailable, build_runner, describe
 
 Log = Callable[[str], None]
@@ -136,6 +137,40 @@ def prepare_checkpoint(model: BenchModel, work: Path) -> tuple[Path, str]:
     return path, "random weights (seed 0): speed does not depend on training"
 
 
+def prepare_spec(model: BenchModel, work: Path) -> tuple[Any, str]:
+    """The ``ModelSpec`` to export and where its weights came from."""
+    from gendeploy.export.api import ModelSpec
+
+    user = model.user_model
+    if user is None:
+        checkpoint, origin = prepare_checkpoint(model, work)
+        return ModelSpec(checkpoint=checkpoint), origin
+    from safetensors.torch import save_file
+
+    from gendeploy.errors import UsageError
+    from gendeploy.export.source import build_user_model
+
+    if not user.path().is_file():
+        raise UsageError(f"{model.name}: {user.path()} not found (bench it from a checkout)")
+    spec = f"{user.path()}:{user.spec.rpartition(':')[2]}"
+    torch.manual_seed(0)
+    module, _, _ = build_user_model(spec, None, user.latent_dim, user.num_classes, user.image_shape)
+    weights = work / model.name / "weights.safetensors"
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    save_file(module.state_dict(), str(weights))
+    return (
+        ModelSpec(
+            model=spec,
+            weights=weights,
+            latent_dim=user.latent_dim,
+            num_classes=user.num_classes,
+            image_shape=user.image_shape,
+            forward_kwargs=dict(user.forward_kwargs) or None,
+        ),
+        f"{user.spec}, random weights (seed 0): speed does not depend on training",
+    )
+
+
 def bench_model(
     model: BenchModel,
     suite: Suite,
@@ -144,17 +179,18 @@ def bench_model(
     peaks: dict[str, float],
     say: Log,
 ) -> dict[str, Any]:
-    from gendeploy.export.api import ExportOptions, ModelSpec, export
+    from gendeploy.export.api import ExportOptions, export
     from gendeploy.export.source import load_eager
+    from gendeploy.runtime.inputs import WithDefaults
 
-    checkpoint, origin = prepare_checkpoint(model, work)
+    spec, origin = prepare_spec(model, work)
     export_dir = work / "exports" / model.name
     say(f"[{model.name}] exporting {origin}")
     int8_missing = int8_tools_missing()
     if int8_missing:
         say(f"[{model.name}] no INT8 export: {int8_missing}")
     manifest = export(
-        ModelSpec(checkpoint=checkpoint),
+        spec,
         ExportOptions(
             fp16=torch.cuda.is_available(), int8=not int8_missing, max_batch=max(suite.batches)
         ),
@@ -166,15 +202,19 @@ def bench_model(
     )
     module = load_eager(manifest)
     flops = flops_per_image(module, manifest.latent_dim, manifest.num_classes)
-    runners, skipped = {}, []
+    runners: dict[str, Runner] = {}
+    skipped = []
     device = "cuda" if torch.cuda.is_available() else "cpu"
     context = RunnerContext(manifest, export_dir, module, threads, device)
     for name in suite.runners:
         try:
-            runners[name] = build_runner(name, context)
+            built = build_runner(name, context)
         except RunnerUnavailable as e:
             skipped.append({"runner": name, "reason": str(e)})
             say(f"[{model.name}] skipped {name}: {e}")
+            continue
+        # truncation and noise inputs, if any, as a request leaving them out gets them
+        runners[name] = WithDefaults(built, manifest.interface)
     if "eager" not in runners:
         from gendeploy.runtime.eager import EagerRunner
 

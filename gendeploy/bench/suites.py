@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from gendeploy.bench.timing import StabilityRule
 from gendeploy.errors import UsageError
@@ -12,6 +13,7 @@ from gendeploy.trainer.models import Arch, ModelConfig
 from gendeploy.trainer.train import DEFAULT_PRESET, PRESETS
 
 DEMO_CHECKPOINT = Path("runs/demo/checkpoint.pt")
+REPO_ROOT = Path(__file__).resolve().parents[2]  # examples/ lives there in a checkout
 
 # Every in-process runner the bench knows (the registry), in report order; each is timed or listed
 # as skipped with its reason.
@@ -19,14 +21,30 @@ ALL_RUNNERS = runner_names()
 
 
 @dataclass(frozen=True)
+class UserModel:
+    """A generator from a Python file (exported like ``--model``), with seeded random weights."""
+
+    spec: str  # path/to/file.py:Class, relative to the repository root
+    latent_dim: int
+    image_shape: tuple[int, int, int]
+    num_classes: int = 0
+    forward_kwargs: tuple[tuple[str, Any], ...] = ()  # (name, value) pairs
+
+    def path(self) -> Path:
+        return REPO_ROOT / self.spec.rpartition(":")[0]
+
+
+@dataclass(frozen=True)
 class BenchModel:
-    """A generator to bench: a trainer checkpoint, or a config with random weights."""
+    """A generator to bench: a trainer checkpoint, a config with random weights, or a user model
+    from a file (``user_model``; ``config`` is then only a placeholder)."""
 
     name: str
     config: ModelConfig
     checkpoint: Path | None = None  # used when it exists; else random init (speed is the same)
     goals: bool = False  # the speed goals are judged on this model
     quality_goals: bool = False  # the INT8 quality goals (digits score, gate, export time)
+    user_model: UserModel | None = None
 
 
 @dataclass(frozen=True)
@@ -79,9 +97,20 @@ TINY = BenchModel(
     "tiny_dcgan32",
     ModelConfig(arch=Arch.dcgan, latent_dim=16, image_size=32, num_classes=4, width=8, embed_dim=8),
 )
+# examples/stylegan: mapping network, truncation, modulated convolutions fused over the batch
+STYLEGAN32 = BenchModel(
+    "stylegan32",
+    ModelConfig(arch=Arch.dcgan, latent_dim=64, image_size=32, image_channels=3),  # unused
+    user_model=UserModel(
+        "examples/stylegan/model.py:StyleGAN",
+        latent_dim=64,
+        image_shape=(3, 32, 32),
+        forward_kwargs=(("noise_mode", "const"),),
+    ),
+)
 
 SUITES: dict[str, Suite] = {
-    "default": Suite("default", (DEMO, DCGAN64)),
+    "default": Suite("default", (DEMO, DCGAN64, STYLEGAN32)),
     "quick": Suite(
         "quick",
         (DEMO,),

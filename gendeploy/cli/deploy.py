@@ -32,7 +32,11 @@ def k8s_command(
         float, typer.Option(help="Scale out above this queue-to-compute time ratio.")
     ] = 1.0,
     storage_secret: Annotated[
-        str | None, typer.Option(help="Secret with the object store's credentials (as env).")
+        str | None,
+        typer.Option(
+            help="Secret with the object store's credentials: env for s3:// and az://; for "
+            "gs://, a service-account file under the key key.json."
+        ),
     ] = None,
     force: Annotated[bool, typer.Option(help="Replace manifests already in --out.")] = False,
 ) -> None:

@@ -78,12 +78,23 @@ def export_command(
         float,
         Opt(help="Quality gate: largest Frechet ratio (artifact vs FP32 / FP32's noise floor)."),
     ] = 1.10,
+    forward_kwargs: Annotated[
+        str | None,
+        Opt(help="--model: keyword arguments for every forward call, name=value,... (manifest)."),
+    ] = None,
+    noise: Annotated[
+        str,
+        Opt(help="--model: const (noise buffers as they are) or seeded (drawn per request)."),
+    ] = "const",
 ) -> None:
     """Export a generator to gated ONNX (FP32, uint8, FP16, INT8) and TensorRT, with a manifest."""
     from gendeploy.export.api import ExportOptions, ModelSpec, OutputKind, export
+    from gendeploy.export.signature import NoiseMode, parse_forward_kwargs
 
     if output not in {k.value for k in OutputKind}:
         raise UsageError(f"--output must be float or uint8, got {output!r}")
+    if noise not in {m.value for m in NoiseMode}:
+        raise UsageError(f"--noise must be const or seeded, got {noise!r}")
     options = ExportOptions(
         fp16=fp16,
         output=OutputKind(output),
@@ -101,6 +112,8 @@ def export_command(
         latent_dim=latent_dim,
         num_classes=num_classes,
         image_shape=_parse_shape(image_shape) if image_shape is not None else None,
+        forward_kwargs=parse_forward_kwargs(forward_kwargs) if forward_kwargs else None,
+        noise=noise,
         random_weights=random_weights,
     )
     manifest = export(

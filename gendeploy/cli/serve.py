@@ -162,6 +162,9 @@ def generate_command(
     client_latents: Annotated[
         bool, typer.Option(help="Draw z here (same RNG) instead of on the server.")
     ] = False,
+    truncation: Annotated[
+        float | None, typer.Option(help="Truncation psi (models that take it; default theirs).")
+    ] = None,
 ) -> None:
     """Ask a served model for N images and write them as a PNG grid."""
     from gendeploy.runtime.triton import PROTOCOLS
@@ -182,6 +185,7 @@ def generate_command(
         seed=seed,
         client_latents=client_latents,
         served_models=models,
+        truncation=truncation,
     )
     save_grid(images, out)
     typer.echo(

@@ -11,6 +11,7 @@ from gendeploy.errors import UsageError
 from gendeploy.tune.space import Objective, Protocol, SearchMode, SearchSpace
 
 _DEFAULT = SearchSpace()
+NO_WINNER = 3  # exit code: measured, but nothing met the constraints
 
 
 def _ints(text: str, flag: str) -> tuple[int, ...]:
@@ -65,6 +66,9 @@ def tune_command(
     out: Annotated[
         Path | None, typer.Option(help="Report directory (default: tune/<model>).")
     ] = None,
+    force: Annotated[
+        bool, typer.Option(help="Replace the earlier run's report and work folder in --out.")
+    ] = False,
     write: Annotated[
         bool, typer.Option("--write/--dry-run", help="Write the winner as a new version.")
     ] = True,
@@ -108,20 +112,25 @@ def tune_command(
         baseline=baseline,
         tritonserver=tritonserver,
     )
-    report = tune(repo, options, out or Path("tune") / model, say=typer.echo)
     where = out or Path("tune") / model
+    report = tune(repo, options, where, say=typer.echo, force=force)
     typer.echo(f"report: {where}/tune.md, {where}/tune.png, {where}/tune.json")
     if report.winner is None:
-        typer.echo("no configuration met the constraints; nothing written", err=True)
-        raise typer.Exit(3)
+        typer.echo(
+            "error: no configuration met the constraints; nothing written (see the report)",
+            err=True,
+        )
+        raise typer.Exit(NO_WINNER)
     ratio = report.ratio()
     w = report.winner
     typer.echo(
         f"winner: {w['throughput']:.1f} img/s, p99 {w['p99_ms']:.2f} ms at concurrency "
         f"{w['concurrency']}" + (f" ({ratio:.2f}x in-process batch 1)" if ratio else "")
     )
+    for note in report.notes:
+        typer.echo(f"note: {note}")
     if report.written:
-        typer.echo(f"written: {report.written} (serve --watch loads it)")
+        typer.echo(f"written: {', '.join(report.written)} (serve --watch loads them)")
 
 
 def register(app: typer.Typer) -> None:

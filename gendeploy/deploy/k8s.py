@@ -1,14 +1,17 @@
 """``gendeploy deploy k8s``: Kubernetes manifests for a model repository.
 
-The container runs exactly the command ``gendeploy serve --docker`` prints (``serve.docker``'s
-``tritonserver_args``, the NGC image and tag it chooses): models fixed at start, every management
-API behind the admin key, which comes from a Kubernetes Secret through ``$(GENDEPLOY_ADMIN_KEY)``.
-Only the NGC-runnable models are served: from a PersistentVolumeClaim each is mounted read-only
-at ``/models/<model>`` (as ``--docker`` mounts them); an object store (s3://, gs://, az://) must
-hold only those models under the URI. Written: a Deployment, a Service, a PodDisruptionBudget, an
-HPA on Triton's queue-to-compute time ratio with the Prometheus adapter's rule that computes it,
-and a KServe ServingRuntime + InferenceService. Each is checked against the official models
-(``deploy.validate``) before anything is written.
+The container runs the command ``gendeploy serve --docker`` prints (``serve.docker``'s
+``tritonserver_args``, the NGC image and tag it chooses): every management API behind the admin
+key, which comes from a Kubernetes Secret through ``$(GENDEPLOY_ADMIN_KEY)``. Only the NGC-runnable
+models are served (``container_models``; the python-backend ones need packages the image lacks).
+From a PersistentVolumeClaim each is mounted read-only at ``/models/<model>`` (as ``--docker``
+mounts them), so model control "none" serves exactly them. An object store (s3://, gs://, az://)
+and KServe's ``storageUri`` hand Triton the whole directory, python models included: there model
+control "explicit" loads exactly the container models at start (``--load-model``), since "none"
+would try every model and a python one that fails to load makes Triton exit. Written: a
+Deployment, a Service, a PodDisruptionBudget, an HPA on Triton's queue-to-compute time ratio with
+the Prometheus adapter's rule that computes it, and a KServe ServingRuntime + InferenceService.
+Each is checked against the official models (``deploy.validate``) before anything is written.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gendeploy.errors import DeployError, UsageError
+from gendeploy.errors import DeployError, ServeError, UsageError
 from gendeploy.fileio import atomic_write_bytes
 from gendeploy.serve.admin import KEY_ENV
 from gendeploy.serve.docker import (
@@ -35,6 +38,8 @@ STORE_SCHEMES = ("s3://", "gs://", "az://")
 PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
 TRITON_UID = 1000  # the NGC image's triton-server user
 RATIO_METRIC = "triton_queue_compute_ratio"
+# Triton's GCS client reads a service-account file named by GOOGLE_APPLICATION_CREDENTIALS
+GCS_MOUNT, GCS_KEY = "/var/run/secrets/gendeploy-storage", "key.json"
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,50}[a-z0-9])?")
 
 
@@ -50,7 +55,7 @@ class K8sOptions:
     min_replicas: int = 2
     max_replicas: int = 8
     queue_compute_ratio: float = 1.0  # HPA target: mean queue time per unit of compute time
-    storage_secret: str | None = None  # env for the object store's credentials
+    storage_secret: str | None = None  # the object store's credentials (env; gs://: a file)
 
     def __post_init__(self) -> None:
         for label, value in (("--name", self.name), ("--namespace", self.namespace)):
@@ -123,10 +128,16 @@ def _security() -> dict[str, Any]:
 
 def deployment(o: K8sOptions, models: list[str], tag: str) -> dict[str, Any]:
     pvc = o.pvc
+    # a claim mounts only the served models; an object store holds the whole repository
+    args = (
+        tritonserver_args(KEY_REF, "/models")
+        if pvc
+        else tritonserver_args(KEY_REF, o.model_store, models)
+    )
     container: dict[str, Any] = {
         "name": "tritonserver",
         "image": image(tag),
-        "args": tritonserver_args(KEY_REF, "/models" if pvc else o.model_store),
+        "args": args,
         "env": _env(o),
         "ports": [{"name": n, "containerPort": p, "protocol": "TCP"} for n, p in PORTS.items()],
         # loading engines can take minutes: liveness waits for the startup probe
@@ -136,9 +147,18 @@ def deployment(o: K8sOptions, models: list[str], tag: str) -> dict[str, Any]:
         "resources": _resources(o),
         "securityContext": _security(),
     }
-    if o.storage_secret:
-        container["envFrom"] = [{"secretRef": {"name": o.storage_secret}}]
     pod: dict[str, Any] = {"containers": [container]}
+    if o.storage_secret and o.model_store.startswith("gs://"):  # a file, not env variables
+        path = f"{GCS_MOUNT}/{GCS_KEY}"
+        container["env"].append({"name": "GOOGLE_APPLICATION_CREDENTIALS", "value": path})
+        container["volumeMounts"] = [
+            {"name": "storage-credentials", "mountPath": GCS_MOUNT, "readOnly": True}
+        ]
+        pod["volumes"] = [
+            {"name": "storage-credentials", "secret": {"secretName": o.storage_secret}}
+        ]
+    elif o.storage_secret:  # s3:// and az:// read their credentials from the environment
+        container["envFrom"] = [{"secretRef": {"name": o.storage_secret}}]
     if pvc:
         claim, sub = pvc
         container["volumeMounts"] = [
@@ -162,8 +182,8 @@ def deployment(o: K8sOptions, models: list[str], tag: str) -> dict[str, Any]:
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": _meta(o, o.name),
+        # no replicas: the HPA owns them (a value here would reset them on every apply)
         "spec": {
-            "replicas": o.min_replicas,
             "selector": {"matchLabels": _labels(o)},
             "template": {"metadata": {"labels": _labels(o), "annotations": metrics}, "spec": pod},
         },
@@ -241,11 +261,12 @@ def adapter_rules() -> dict[str, Any]:
     }
 
 
-def serving_runtime(o: K8sOptions, tag: str) -> dict[str, Any]:
+def serving_runtime(o: K8sOptions, models: list[str], tag: str) -> dict[str, Any]:
     container = {
         "name": "kserve-container",
         "image": image(tag),
-        "args": tritonserver_args(KEY_REF, "/mnt/models"),  # KServe puts storageUri there
+        # KServe puts the whole storageUri at /mnt/models: load only the container's models
+        "args": tritonserver_args(KEY_REF, "/mnt/models", models),
         "env": _env(o),
         "ports": [{"name": "http1", "containerPort": PORTS["http"], "protocol": "TCP"}],
         # by number: Knative names the one port http1
@@ -262,7 +283,8 @@ def serving_runtime(o: K8sOptions, tag: str) -> dict[str, Any]:
         "metadata": _meta(o, f"{o.name}-tritonserver"),
         "spec": {
             "supportedModelFormats": [{"name": "triton", "version": "2", "autoSelect": False}],
-            "protocolVersions": ["v2", "grpc-v2"],
+            # the one port Knative routes is HTTP: declare only the protocol served there
+            "protocolVersions": ["v2"],
             "containers": [container],
         },
     }
@@ -283,6 +305,7 @@ def inference_service(o: K8sOptions) -> dict[str, Any]:
                     "name": "kserve-container",
                     "modelFormat": {"name": "triton"},
                     "runtime": f"{o.name}-tritonserver",
+                    "protocolVersion": "v2",
                     "storageUri": uri,
                 },
             }
@@ -298,14 +321,17 @@ def manifests(repo: Path, o: K8sOptions) -> tuple[dict[str, Any], list[str], str
             f"{repo} has no onnxruntime_onnx or tensorrt_plan model: the NGC container runs only "
             "those (write them with `gendeploy repo EXPORT_DIR`)"
         )
-    tag = o.tag or container_tag(engine_tensorrt_version(repo))[0]
+    try:
+        tag = o.tag or container_tag(engine_tensorrt_version(repo))[0]
+    except ServeError as e:  # its advice names serve's flag; here the flag is --tag
+        raise DeployError(str(e).replace("--docker-tag", "--tag")) from None
     out = {
         "deployment.yaml": deployment(o, models, tag),
         "service.yaml": service(o),
         "pdb.yaml": disruption_budget(o),
         "hpa.yaml": autoscaler(o),
         "prometheus-adapter/values.yaml": adapter_rules(),
-        "kserve/servingruntime.yaml": serving_runtime(o, tag),
+        "kserve/servingruntime.yaml": serving_runtime(o, models, tag),
         "kserve/inferenceservice.yaml": inference_service(o),
     }
     return out, models, tag

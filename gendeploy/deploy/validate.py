@@ -3,7 +3,10 @@ apps objects, the ``kserve`` package's for KServe's.
 
 A manifest is loaded field by field into the model class its apiVersion and kind name (a field the
 class does not know, a value of the wrong type, or a missing required field fails with its path),
-then serialised back (unset fields left out); the result must equal the manifest.
+then serialised back (unset fields left out); the result must equal the manifest. The type check is
+real for typed fields only: fields the models declare as ``object`` (IntOrString ports,
+quantities, free-form maps) take any value. The round trip is equal by construction (the object is
+built from the manifest's own fields): it catches only a field the model drops or renames.
 
 KServe's model classes are imported without running ``kserve/__init__.py``: that file starts
 KServe's model server code, whose copy of the inference gRPC protocol (``inference.*``) collides

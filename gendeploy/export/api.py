@@ -35,6 +35,7 @@ from gendeploy.export.manifest import (
     Artifact,
     ArtifactKind,
     BatchProfile,
+    Interface,
     Manifest,
     Precision,
     TensorSpec,
@@ -113,14 +114,20 @@ class ModelSpec:
     latent_dim: int | None = None
     num_classes: int | None = None
     image_shape: tuple[int, int, int] | None = None
+    forward_kwargs: dict[str, Any] | None = None  # passed to every forward call
+    noise: str = "const"  # "seeded": noise buffers become per-request inputs
     random_weights: bool = False  # --model without weights: export its untrained initialisation
 
     def __post_init__(self) -> None:
         given = [
             n
-            for n in ("weights", "latent_dim", "num_classes", "image_shape")
+            for n in ("weights", "latent_dim", "num_classes", "image_shape", "forward_kwargs")
             if getattr(self, n) is not None
-        ] + (["random_weights"] if self.random_weights else [])
+        ]
+        if self.noise != "const":
+            given.append("noise")
+        if self.random_weights:
+            given.append("random_weights")
         if (self.checkpoint is None) == (self.model is None):
             raise UsageError("pass either a CHECKPOINT or --model FILE.py:Class (not both)")
         if self.checkpoint is not None and given:
@@ -136,7 +143,7 @@ class ModelSpec:
             if self.weights is not None and self.random_weights:
                 raise UsageError("--weights and --random-weights contradict each other: pick one")
 
-    def load(self) -> LoadedModel:
+    def load(self, log: Log | None = None) -> LoadedModel:
         from gendeploy.export.source import load_checkpoint_model, load_user_model
 
         if self.checkpoint is not None:
@@ -148,6 +155,9 @@ class ModelSpec:
             self.latent_dim,
             self.num_classes or 0,
             self.image_shape,
+            forward_kwargs=self.forward_kwargs,
+            noise=self.noise,
+            log=log,
             random_weights=self.random_weights,
         )
 
@@ -161,8 +171,52 @@ def export(
     command: str | None = None,
     log: Log | None = None,
 ) -> Manifest:
-    """Export, gate and publish; returns the manifest (the existing one if already up to date)."""
+    """Export, gate and publish; returns the manifest (the existing one if already up to date).
+
+    A ``--model`` generator is built from its file and weights, then exported by
+    ``export_generator`` like a module held in memory.
+    """
     options = options or ExportOptions()
+    if spec.model is None:
+        return export_loaded(
+            lambda _say: spec.load(), options, name, out, force=force, command=command, log=log
+        )
+    from gendeploy.export.inmemory import export_module
+    from gendeploy.export.source import build_user_model
+
+    assert spec.latent_dim is not None and spec.image_shape is not None
+    if name is not None and not _NAME.match(name):
+        raise UsageError(f"--name {name!r}: use letters, digits, '_', '.', '-'")
+    module, source, default_name = build_user_model(
+        spec.model, spec.weights, spec.latent_dim, spec.num_classes or 0, spec.image_shape
+    )
+    return export_module(
+        module,
+        options,
+        latent_dim=spec.latent_dim,
+        image_shape=spec.image_shape,
+        num_classes=spec.num_classes or 0,
+        out=out,
+        name=name or _safe_name(default_name),
+        forward_kwargs=spec.forward_kwargs,
+        noise=spec.noise,
+        force=force,
+        log=log,
+        source=source,
+        command=command,
+    )
+
+
+def export_loaded(
+    load: Callable[[Log], LoadedModel],
+    options: ExportOptions,
+    name: str | None = None,
+    out: Path | str | None = None,
+    force: bool = False,
+    command: str | None = None,
+    log: Log | None = None,
+) -> Manifest:
+    """Flags checked, then ``load(log)``, export, gate and publish (``export``'s body)."""
     say = log or (lambda _msg: None)
     if name is not None and not _NAME.match(name):
         raise UsageError(f"--name {name!r}: use letters, digits, '_', '.', '-'")
@@ -171,7 +225,7 @@ def export(
     engine_status = _engine_status(options)
 
     started = time.perf_counter()
-    loaded = spec.load()
+    loaded = load(say)
     name = name or _safe_name(loaded.default_name)
     out_dir = Path(out) if out is not None else Path("exports") / name
     repaired = repair_interrupted(out_dir)
@@ -211,6 +265,7 @@ def export(
             options=_options_dict(options),
             fingerprint=fingerprint,
             timings={k: round(v, 3) for k, v in timings.items()},
+            interface=loaded.interface,
         )
         for artifact in manifest.artifacts:
             artifact.sha256 = sha256_file(staged / artifact.path)
@@ -231,10 +286,8 @@ def load_eager(manifest: Manifest) -> nn.Module:
 
 
 def input_specs(latent_dim: int, num_classes: int) -> list[TensorSpec]:
-    specs = [TensorSpec("z", "float32", [-1, latent_dim])]
-    if num_classes > 0:
-        specs.append(TensorSpec("labels", "int64", [-1], value_range=[0, num_classes - 1]))
-    return specs
+    """A plain ``forward(z[, labels])``'s inputs."""
+    return Interface().input_specs(latent_dim, num_classes)
 
 
 def output_spec(image_shape: tuple[int, int, int], uint8: bool) -> TensorSpec:
@@ -252,7 +305,7 @@ def make_artifact(loaded: LoadedModel, name: str, kind: ArtifactKind, path: str)
         kind=kind,
         path=path,
         precision=precision,
-        inputs=input_specs(loaded.latent_dim, loaded.num_classes),
+        inputs=loaded.interface.input_specs(loaded.latent_dim, loaded.num_classes),
         output=output_spec(loaded.image_shape, uint8=name.endswith("uint8")),
     )
 
@@ -278,6 +331,8 @@ def _fingerprint(loaded: LoadedModel, options: ExportOptions, name: str) -> str:
         "name": name,
         "gendeploy": __version__,
     }
+    if loaded.interface != Interface():  # absent for plain models: their fingerprints stay
+        key["interface"] = asdict(loaded.interface)
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
 
 

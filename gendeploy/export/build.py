@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -12,13 +12,14 @@ import numpy as np
 import onnx
 
 from gendeploy.errors import ValidationError
-from gendeploy.export import gate, int8, onnx_graph
+from gendeploy.export import fp16_islands, gate, int8, onnx_graph
 from gendeploy.export.api import ExportOptions, OutputKind, make_artifact
 from gendeploy.export.manifest import Artifact, ArtifactKind, Precision
 from gendeploy.export.quality_gate import QualityConfig, QualityGate, QualityResult, model_facts
 from gendeploy.export.source import LoadedModel
 from gendeploy.runtime.base import Runner
 from gendeploy.runtime.eager import EagerRunner
+from gendeploy.runtime.inputs import WithDefaults, complete_feeds
 from gendeploy.runtime.onnxrt import OnnxRuntimeRunner
 from gendeploy.runtime.openvino import OpenVINORunner
 from gendeploy.runtime.tensorrt import TensorRTRunner
@@ -36,7 +37,11 @@ def build_artifacts(
     clock = _Clock(timings)
     with clock("reference"):
         reference = gate.eager_reference(
-            loaded.module, loaded.latent_dim, loaded.num_classes, options.max_batch
+            loaded.module,
+            loaded.latent_dim,
+            loaded.num_classes,
+            options.max_batch,
+            interface=loaded.interface,
         )
     artifacts: list[Artifact] = []
     uint8 = options.output is OutputKind.uint8
@@ -46,7 +51,7 @@ def build_artifacts(
     if options.fp16 or options.int8:  # FP32's samples, drawn once for every reduced precision
         with clock("quality_reference"):
             quality = QualityGate(
-                EagerRunner(loaded.module).run,
+                WithDefaults(EagerRunner(loaded.module), loaded.interface).run,
                 model_facts(
                     loaded.source, loaded.latent_dim, loaded.num_classes, loaded.image_shape
                 ),
@@ -93,27 +98,47 @@ def build_artifacts(
             if uint8 and not name.endswith("uint8"):
                 float_outputs[name] = gate.outputs(runner, reference, options.max_batch)
             if quality is not None and artifact.precision.reduced:
-                _judge(quality, runner, artifact, say)
+                _judge(quality, WithDefaults(runner, loaded.interface), artifact, say)
         artifacts.append(artifact)
         return artifact
 
     with clock("export_fp32"):
-        exporter = onnx_graph.export_fp32(
+        exported = onnx_graph.export_fp32(
             loaded.module,
             staged / "fp32.onnx",
             loaded.latent_dim,
             loaded.num_classes,
             options.max_batch,
+            inputs=loaded.interface.input_specs(loaded.latent_dim, loaded.num_classes),
         )
-    say(f"exported fp32.onnx ({exporter} exporter)")
-    add_onnx("fp32", None, {"exporter": exporter})
+    for rewrite in exported.rewrites:
+        say(f"rewrote the batch-grouped convolution {rewrite.layer} ({rewrite.form} form)")
+    say(f"exported fp32.onnx ({exported.exporter} exporter)")
+    fp32_extra: dict[str, Any] = {"exporter": exported.exporter}
+    if exported.rewrites:
+        fp32_extra["rewrites"] = [asdict(r) for r in exported.rewrites]
+    if exported.static_batch:
+        fp32_extra["static_batch"] = 1
+    add_onnx("fp32", None, fp32_extra)
     fp32 = onnx.load(str(staged / "fp32.onnx"))
     if uint8:
         add_onnx("uint8", onnx_graph.add_uint8_head(fp32), {"derived_from": "fp32"})
     if options.fp16:
         with clock("convert_fp16"):
-            fp16 = onnx_graph.convert_fp16(fp32)
-        add_onnx("fp16", fp16, {"derived_from": "fp32", "fp32_ops": onnx_graph.FP32_OPS})
+            fp16, islands = fp16_islands.convert(
+                fp32,
+                reference.feeds,
+                _fp16_acceptance(loaded, options, staged, reference, quality),
+            )
+        if islands:
+            shown = ", ".join(sorted({f"{i.layer or 'top level'} {i.op}" for i in islands}))
+            say(f"fp16: {len(islands)} nodes kept in FP32 (values beyond FP16's range): {shown}")
+        fp16_extra = {
+            "derived_from": "fp32",
+            "fp32_ops": onnx_graph.FP32_OPS,
+            "fp32_decided_by": "gate on FP16 storage emulated with ONNX Runtime CPU",
+        }
+        add_onnx("fp16", fp16, {**fp16_extra, "fp32_layers": [asdict(i) for i in islands]})
         if uint8:
             add_onnx("fp16_uint8", onnx_graph.add_uint8_head(fp16), {"derived_from": "fp16"})
     if options.int8:
@@ -147,9 +172,41 @@ def build_artifacts(
             )
         if quality is not None:
             with TensorRTRunner(staged / artifacts[-1].path) as engine:
-                _judge(quality, engine, artifacts[-1], say)
+                _judge(quality, WithDefaults(engine, loaded.interface), artifacts[-1], say)
         versions["tensorrt"] = artifacts[-1].extra["tensorrt"]
     return artifacts, skipped, versions
+
+
+def _fp16_acceptance(
+    loaded: LoadedModel,
+    options: ExportOptions,
+    staged: Path,
+    reference: gate.Reference,
+    quality: QualityGate | None,
+) -> fp16_islands.Accept:
+    """The checks that decide whether a candidate FP16 model is good enough, run with FP16
+    storage emulated: the tensor gate (values, NaN/Inf, PSNR, batch invariance), then the quality
+    gate on what it draws (per-seed PSNR over 1,000 seeds, the distribution check)."""
+    from gendeploy.runtime.onnxrt import OnnxRuntimeRunner
+
+    def accept(model: onnx.ModelProto) -> str | None:
+        artifact = make_artifact(loaded, "fp16", ArtifactKind.onnx, ".fp16-candidate.onnx")
+        path = staged / artifact.path
+        onnx_graph.save(fp16_islands.emulate_fp16_storage(model), path)
+        try:
+            with OnnxRuntimeRunner(path, optimize=False) as runner:
+                gate.validate(runner, artifact, reference, options.max_batch)
+                candidate = WithDefaults(runner, loaded.interface)
+                judged = quality.judge(candidate.run, Precision.fp16) if quality else None
+        except ValidationError as e:
+            return str(e)
+        finally:
+            path.unlink(missing_ok=True)
+        if judged is not None and not judged.passed:
+            return f"quality gate: {'; '.join(judged.failures)}"
+        return None
+
+    return accept
 
 
 def _build_engine(
@@ -197,7 +254,12 @@ def _add_int8(
 ) -> None:
     """int8.onnx (QDQ, gated, with the layer-by-layer fallback), its uint8 head, and the IR when
     OpenVINO runs the IR measurably faster than the QDQ ONNX."""
-    items = int8.calibration_feeds(loaded.latent_dim, loaded.num_classes, options.calibration)
+    items = [  # truncation and noise inputs, where the generator has them, as served by default
+        complete_feeds(item, loaded.interface)
+        for item in int8.calibration_feeds(
+            loaded.latent_dim, loaded.num_classes, options.calibration
+        )
+    ]
     candidate = staged / ".candidate_int8.onnx"
 
     probe = make_artifact(loaded, "int8", ArtifactKind.onnx, candidate.name)
@@ -206,7 +268,7 @@ def _add_int8(
         """The quality gate and the tensor gate together: the fallback stops when both pass."""
         onnx.save_model(model, str(candidate), save_as_external_data=False)
         with OpenVINORunner(candidate) as runner:
-            result = quality.judge(runner.run, Precision.int8)
+            result = quality.judge(WithDefaults(runner, loaded.interface).run, Precision.int8)
             try:
                 gate.validate(runner, probe, reference, options.max_batch)
             except ValidationError as e:
@@ -246,7 +308,7 @@ def _ir_if_faster(
     """Convert int8.onnx to IR; keep it (gated, as ``int8_ir``) only when it runs >= 5% faster."""
     ir = staged / "int8_ir.xml"
     int8.save_ir(staged / "int8.onnx", ir)
-    feeds = gate.gate_inputs(loaded.latent_dim, loaded.num_classes, (0,))[0]
+    feeds = gate.gate_inputs(loaded.latent_dim, loaded.num_classes, (0,), loaded.interface)[0]
     feeds = {k: v[: options.opt_batch] for k, v in feeds.items()}
     onnx_s = int8.time_openvino(staged / "int8.onnx", feeds)
     ir_s = int8.time_openvino(ir, feeds)

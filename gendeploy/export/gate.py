@@ -1,18 +1,22 @@
 """The gate: every artifact is compared with eager PyTorch before anything is published.
 
-Order of checks (first failure raises ``ValidationError`` with the figures): input/output names,
+The eager model is checked first: finite, deterministic (the same input twice gives the same image:
+a generator drawing random numbers in ``forward`` is refused before export), dependent on z, and
+batch invariant. Then, per artifact, in order (first failure raises ``ValidationError`` with the
+figures): input/output names,
 output shape and dtype, NaN/Inf, values (max abs difference against the tolerance of the artifact's
 precision), rendered images (PSNR of uint8 renderings; at most N levels per pixel; a uint8 head
 at most ``HEAD_MAX_LEVELS`` from the rendering of its own float graph's output), and batch
 invariance (the same z alone and inside a batch of k gives the same image: Triton's dynamic
-batching merges requests, so a model that mixes samples would serve wrong images).
+batching merges requests, so a model that mixes samples would serve wrong images), and dependence
+on z (a traced-away latent serves one image for every z).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -20,7 +24,8 @@ import torch
 from torch import nn
 
 from gendeploy.errors import ValidationError
-from gendeploy.export.manifest import Artifact, Precision
+from gendeploy.export.manifest import Artifact, Interface, Precision
+from gendeploy.export.signature import WRAPPED
 from gendeploy.runtime.base import Feeds, Runner
 from gendeploy.runtime.eager import EagerRunner
 
@@ -56,6 +61,16 @@ PSNR_IDENTICAL = 100.0  # reported when the renderings are identical (JSON has n
 SEEDS = (0, 1)
 BATCH = 8  # samples per seed; conditional models use at least one sample per label
 INVARIANCE_SAMPLES = 3
+DETERMINISM_ATOL = 1e-6  # the same input twice: eager CPU kernels repeat bit for bit
+OTHER_PSI = (0.5, 0.75)  # truncation values the second seed mixes with the model's default
+
+
+class NondeterministicModelError(ValidationError):
+    """The eager generator gives another image for the same input (random numbers in forward)."""
+
+
+class IgnoresLatentError(ValidationError):
+    """The output does not depend on z: every z gives the same image."""
 
 
 @dataclass
@@ -64,16 +79,33 @@ class Reference:
 
     feeds: list[Feeds]  # one per seed
     outputs: list[np.ndarray]  # float NCHW
+    # the first seed's inputs with the second seed's z: every image must change
+    other_z: Feeds = field(default_factory=dict)
 
 
-def gate_inputs(latent_dim: int, num_classes: int, seeds: tuple[int, ...] = SEEDS) -> list[Feeds]:
+def gate_inputs(
+    latent_dim: int,
+    num_classes: int,
+    seeds: tuple[int, ...] = SEEDS,
+    interface: Interface | None = None,
+) -> list[Feeds]:
+    """Fixed inputs per seed. Truncation: the model's default for the first seed, mixed with
+    ``OTHER_PSI`` for the others; noise inputs: drawn from the seed like z."""
+    interface = interface or Interface()
     n = max(BATCH, num_classes)
     feeds = []
-    for seed in seeds:
+    for k, seed in enumerate(seeds):
         rng = np.random.default_rng(seed)
         f: Feeds = {"z": rng.standard_normal((n, latent_dim)).astype(np.float32)}
         if num_classes > 0:
             f["labels"] = (np.arange(n) % num_classes).astype(np.int64)  # every label
+        if interface.truncation_arg:
+            psi = (
+                [interface.truncation_default, *OTHER_PSI] if k else [interface.truncation_default]
+            )
+            f["truncation"] = np.resize(np.array(psi, np.float32), (n, 1))
+        for noise in interface.noise:
+            f[noise.name] = rng.standard_normal((n, *noise.shape)).astype(np.float32)
         feeds.append(f)
     return feeds
 
@@ -89,11 +121,16 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def eager_reference(
-    module: nn.Module, latent_dim: int, num_classes: int, max_batch: int
+    module: nn.Module,
+    latent_dim: int,
+    num_classes: int,
+    max_batch: int,
+    interface: Interface | None = None,
 ) -> Reference:
-    """Run eager on the fixed inputs and check the model itself: finite and batch invariant."""
+    """Run eager on the fixed inputs and check the model itself: finite, deterministic, dependent
+    on z and batch invariant."""
     runner = EagerRunner(module, eval_mode=False)  # the model as given, not fixed up
-    feeds = gate_inputs(latent_dim, num_classes)
+    feeds = gate_inputs(latent_dim, num_classes, interface=interface)
     outputs = [_run_chunked(runner, f, max_batch) for f in feeds]
     for f, out in zip(feeds, outputs, strict=True):
         if not np.isfinite(out).all():
@@ -102,10 +139,23 @@ def eager_reference(
                 f"eager PyTorch output has NaN/Inf ({_count_nonfinite(out)}), first made by "
                 f"layer {where}: the model itself is broken, nothing exported"
             )
+    again = _run_chunked(runner, feeds[0], max_batch)
+    moved = float(np.nan_to_num(np.abs(again - outputs[0]), nan=np.inf).max())
+    if moved > DETERMINISM_ATOL:
+        where = _first_differing_layer(module, {k: v[:max_batch] for k, v in feeds[0].items()})
+        raise NondeterministicModelError(
+            f"the generator draws random numbers in forward: the same input twice gives images "
+            f"{moved:.3g} apart (first at layer {where}); make its noise a buffer or an input "
+            "(e.g. --forward-kwargs noise_mode=const) so served images are reproducible; nothing "
+            "exported"
+        )
+    other_z = {**feeds[0], "z": feeds[1]["z"]}
+    if not _depends_on_z(outputs[0], _run_chunked(runner, other_z, max_batch)):
+        raise IgnoresLatentError(_ignores_z_message("the generator's output", len(outputs[0])))
     diff = _batch_invariance(runner, feeds[0], outputs[0])
     if diff > TOLERANCES[Precision.fp32].max_abs:
         raise ValidationError(_not_invariant_message(module, diff, len(outputs[0])))
-    return Reference(feeds=feeds, outputs=outputs)
+    return Reference(feeds=feeds, outputs=outputs, other_z=other_z)
 
 
 def outputs(runner: Runner, reference: Reference, max_batch: int) -> list[np.ndarray]:
@@ -174,6 +224,14 @@ def validate(
             f"float graph's output (> {HEAD_MAX_LEVELS})"
         )
     full = _run_chunked(runner, reference.feeds[0], max_batch)
+    if reference.other_z:
+        moved = _run_chunked(runner, reference.other_z, max_batch)
+        if not _depends_on_z(
+            full if is_uint8 else render(full), moved if is_uint8 else render(moved)
+        ):
+            raise IgnoresLatentError(
+                f"gate failed for {artifact.name!r}: {_ignores_z_message('its output', len(full))}"
+            )
     diff = _batch_invariance(runner, reference.feeds[0], full)
     figures["batch_invariance_max_diff"] = diff
     limit = tol.max_levels if is_uint8 else tol.max_abs
@@ -213,6 +271,46 @@ def _batch_invariance(runner: Runner, feeds: Feeds, batched: np.ndarray) -> floa
         diff = np.abs(single.astype(np.float64) - batched[i : i + 1].astype(np.float64))
         worst = max(worst, float(np.nan_to_num(diff, nan=np.inf).max()))
     return worst
+
+
+def _depends_on_z(images: np.ndarray, other: np.ndarray) -> bool:
+    """Some image changes when z does (compared as rendered uint8, so a change below one level in
+    every pixel counts as none)."""
+    if images.dtype != np.uint8:
+        images, other = render(images), render(other)
+    return not np.array_equal(images, other)
+
+
+def _ignores_z_message(what: str, n: int) -> str:
+    return (
+        f"{what} does not depend on z: {n} samples with other latents give the same images "
+        "(a traced-away latent, a constant image); nothing published"
+    )
+
+
+def _first_differing_layer(module: nn.Module, feeds: Feeds) -> str:
+    """The first module (in call order) whose output differs between two runs on ``feeds``."""
+    runs: list[list[tuple[str, torch.Tensor]]] = []
+
+    def hook(name: str) -> Callable[[nn.Module, object, object], None]:
+        def fn(_m: nn.Module, _i: object, out: object) -> None:
+            if isinstance(out, torch.Tensor):
+                runs[-1].append((name, out.detach().clone()))
+
+        return fn
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in module.named_modules() if n]
+    try:
+        for _ in range(2):
+            runs.append([])
+            EagerRunner(module, eval_mode=False).run(feeds)
+    finally:
+        for h in handles:
+            h.remove()
+    for (name, a), (_, b) in zip(runs[0], runs[1], strict=False):
+        if a.shape != b.shape or not torch.equal(a, b):
+            return repr(name.removeprefix(f"{WRAPPED}."))
+    return "(unknown)"
 
 
 def _not_invariant_message(module: nn.Module, diff: float, k: int) -> str:

@@ -123,6 +123,18 @@ def float_layers(quantized: onnx.ModelProto) -> list[str]:
     ]
 
 
+def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The graph with constant subgraphs computed, so every layer's weight is an initializer:
+    NNCF finds a weight only there (a rewritten StyleGAN's Conv takes ``Reshape(weight)``).
+    The limits are raised from onnxscript's defaults so that whole weight tensors fold."""
+    from onnxscript import optimizer
+
+    folded: onnx.ModelProto = optimizer.optimize(
+        model, input_size_limit=1 << 26, output_size_limit=1 << 26
+    )
+    return folded
+
+
 def quantize(
     model: onnx.ModelProto, items: list[Feeds], keep_float: list[str] | None = None
 ) -> onnx.ModelProto:
@@ -130,14 +142,21 @@ def quantize(
     import nncf
 
     ignored = nncf.IgnoredScope(names=list(keep_float)) if keep_float else None
-    with _quiet_nncf():
-        quantized: onnx.ModelProto = nncf.quantize(
-            model,
-            nncf.Dataset(items),
-            preset=nncf.QuantizationPreset.PERFORMANCE,  # symmetric: what TensorRT's Q/DQ needs
-            subset_size=len(items),
-            ignored_scope=ignored,
-        )
+    try:
+        with _quiet_nncf():
+            quantized: onnx.ModelProto = nncf.quantize(
+                model,
+                nncf.Dataset(items),
+                preset=nncf.QuantizationPreset.PERFORMANCE,  # symmetric: TensorRT's Q/DQ need it
+                subset_size=len(items),
+                ignored_scope=ignored,
+            )
+    except Exception as e:  # NNCF's own errors, or a graph it cannot read
+        first = " ".join(str(e).split())[:200]
+        raise ExportError(
+            f"NNCF could not quantize this graph ({type(e).__name__}: {first}); export without "
+            "--int8, or report the model"
+        ) from None
     return quantized
 
 
@@ -159,6 +178,7 @@ def quantize_gated(
 ) -> Int8Result:
     """Quantize, judge with the quality gate, fall back layer by layer until it passes."""
     started = time.perf_counter()
+    fp32 = fold_constants(fp32)
     quantized = quantize(fp32, items)
     first = judge(quantized)
     attempts = [_attempt([], first)]
@@ -175,26 +195,39 @@ def quantize_gated(
         attempts.append(_attempt([layer], alone[layer][1]))
         say(f"  {layer} alone in float: {_attempt_text(alone[layer][1])}")
     ranked = sorted(alone, key=lambda name: _badness(alone[name][1]))
-    keep: list[str] = []
-    result = first
-    for layer in ranked[: len(layers) - 1]:
-        keep.append(layer)
-        if len(keep) == 1:
-            model, result = alone[layer]
+
+    def with_float(count: int) -> tuple[onnx.ModelProto, QualityResult]:
+        """The ``count`` most helpful layers kept in float, judged."""
+        if count == 1:
+            return alone[ranked[0]]
+        model = quantize(fp32, items, ranked[:count])
+        result = judge(model)
+        attempts.append(_attempt(ranked[:count], result))
+        say(f"  {count} layers in float {ranked[:count]}: {_attempt_text(result)}")
+        return model, result
+
+    # the most float that still leaves one layer in INT8 first: if that fails, nothing will
+    most = len(layers) - 1
+    best = with_float(most)
+    if not best[1].passed:
+        raise QualityError(
+            f"quality gate failed for 'int8' even with {most} of {len(layers)} weighted layers "
+            f"kept in floating point ({'; '.join(best[1].failures)}; with every layer INT8: "
+            f"{'; '.join(first.failures)}); this generator does not quantize: export it without "
+            "--int8; nothing published"
+        )
+    # then the fewest that pass, by bisection over the ranking (the quality gate decides)
+    low, high = 0, most  # low fails (0 = every layer INT8), high passes
+    while high - low > 1:
+        middle = (low + high) // 2
+        judged = with_float(middle)
+        if judged[1].passed:
+            high, best = middle, judged
         else:
-            model = quantize(fp32, items, keep)
-            result = judge(model)
-            attempts.append(_attempt(keep, result))
-            say(f"  {keep} in float: {_attempt_text(result)}")
-        if result.passed:
-            say(f"int8 passes with {len(keep)} of {len(layers)} layers kept in float: {keep}")
-            return Int8Result(model, result, list(keep), attempts, time.perf_counter() - started)
-    raise QualityError(
-        f"quality gate failed for 'int8' even with {len(keep)} of {len(layers)} weighted layers "
-        f"kept in floating point {keep} ({'; '.join(result.failures)}; with every layer INT8: "
-        f"{'; '.join(first.failures)}); this generator does not quantize: export it without "
-        "--int8; nothing published"
-    )
+            low = middle
+    keep = ranked[:high]
+    say(f"int8 passes with {high} of {len(layers)} layers kept in float: {keep}")
+    return Int8Result(best[0], best[1], keep, attempts, time.perf_counter() - started)
 
 
 def _badness(result: QualityResult) -> float:

@@ -93,6 +93,45 @@ class Source:
     random_weights: bool = False  # user_model: untrained (seeded) initialisation, --random-weights
 
 
+@dataclass(frozen=True)
+class NoiseInput:
+    """A noise buffer of the generator served as a per-sample input (``--noise seeded``)."""
+
+    name: str  # the input's name: noise_0, noise_1, ...
+    buffer: str  # the buffer it replaces, e.g. "synthesis.b8.conv0.noise_const"
+    shape: list[int]  # per-sample shape (no batch axis), e.g. [1, 8, 8]
+
+
+@dataclass
+class Interface:
+    """How the served inputs map onto the generator's ``forward`` (``signature.py`` finds it).
+
+    Old manifests without it describe a plain ``forward(z[, labels])``.
+    """
+
+    class_input: str = "labels"  # labels as they are; onehot: gendeploy builds c; empty: [N, 0]
+    truncation_arg: str = ""  # forward's truncation parameter; "" when not a served input
+    truncation_default: float = 1.0  # the model's own default psi
+    noise: list[NoiseInput] = field(default_factory=list)
+    forward_kwargs: dict[str, Any] = field(default_factory=dict)  # --forward-kwargs, as parsed
+
+    def input_specs(self, latent_dim: int, num_classes: int) -> list[TensorSpec]:
+        """The served inputs, in the order ``signature.ServedGenerator`` takes them."""
+        specs = [TensorSpec("z", "float32", [-1, latent_dim])]
+        if num_classes > 0:
+            specs.append(TensorSpec("labels", "int64", [-1], value_range=[0, num_classes - 1]))
+        if self.truncation_arg:
+            specs.append(TensorSpec("truncation", "float32", [-1, 1]))
+        specs += [TensorSpec(n.name, "float32", [-1, *n.shape]) for n in self.noise]
+        return specs
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Interface:
+        d = dict(d)
+        d["noise"] = [NoiseInput(**n) for n in d.get("noise", [])]
+        return cls(**d)
+
+
 @dataclass
 class Manifest:
     name: str
@@ -110,6 +149,7 @@ class Manifest:
     options: dict[str, Any] = field(default_factory=dict)  # export options: output, fp16...
     fingerprint: str = ""  # sha256 of source + options: an identical re-export is a no-op
     timings: dict[str, float] = field(default_factory=dict)  # seconds per export step
+    interface: Interface = field(default_factory=Interface)
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -138,6 +178,7 @@ class Manifest:
         d["source"] = Source(**d["source"])
         d["batch"] = BatchProfile(**d["batch"])
         d["artifacts"] = [_artifact_from_dict(a) for a in d["artifacts"]]
+        d["interface"] = Interface.from_dict(d.get("interface") or {})
         return cls(**d)
 
 

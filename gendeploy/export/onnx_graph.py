@@ -7,11 +7,14 @@ passes ``onnx.checker`` with ``full_check=True``. The batch axis is dynamic.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import logging
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -20,6 +23,9 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from gendeploy.errors import ExportError
+from gendeploy.export.manifest import Interface, TensorSpec
+from gendeploy.export.rewrite import Rewrite, rewrite_batch_grouped, verify
+from gendeploy.export.signature import WRAPPED, ServedGenerator
 
 OUTPUT = "images"
 _FLOAT_OUTPUT = "images_float"
@@ -67,6 +73,30 @@ def _quiet_exporter() -> Iterator[None]:
             lg.setLevel(level)
 
 
+@dataclass(frozen=True)
+class Exported:
+    """How ``fp32.onnx`` was made."""
+
+    exporter: str  # "dynamo" or "torchscript"
+    rewrites: list[Rewrite] = field(default_factory=list)  # batch-grouped convolutions replaced
+    static_batch: bool = False  # exported at batch 1 only (--max-batch 1)
+
+
+def sample_inputs(specs: list[TensorSpec], batch: int) -> tuple[torch.Tensor, ...]:
+    """Deterministic example inputs for ``specs`` at ``batch`` (values only steer tracing)."""
+    gen = torch.Generator().manual_seed(0)
+    out: list[torch.Tensor] = []
+    for spec in specs:
+        if spec.dtype == "int64":
+            top = (spec.value_range or [0, 0])[1] + 1
+            out.append(torch.arange(batch, dtype=torch.int64) % max(top, 1))
+        elif spec.name == "truncation":
+            out.append(torch.full((batch, *spec.shape[1:]), 0.7))
+        else:
+            out.append(torch.randn(batch, *spec.shape[1:], generator=gen))
+    return tuple(out)
+
+
 def _disk_error(e: BaseException | None) -> OSError | None:
     """The file-system error behind ``e`` (the exporter may wrap it), if any."""
     while e is not None:
@@ -82,26 +112,47 @@ def export_fp32(
     latent_dim: int,
     num_classes: int,
     max_batch: int,
-) -> str:
-    """Export ``module`` to ``path``; returns the exporter used ("dynamo" or "torchscript")."""
-    sample_batch = 2 if max_batch >= 2 else 1
-    args: tuple[torch.Tensor, ...] = (torch.randn(sample_batch, latent_dim),)
-    names = ["z"]
-    if num_classes > 0:
-        args += (torch.arange(sample_batch, dtype=torch.int64) % num_classes,)
-        names.append("labels")
+    inputs: list[TensorSpec] | None = None,
+) -> Exported:
+    """Export ``module`` to ``path`` with a dynamic batch (a static batch 1 when ``max_batch`` is
+    1); batch-grouped convolutions are rewritten first (``rewrite.py``).
+
+    ``inputs``: the served inputs in ``forward``'s order (default: ``z`` and, if conditional,
+    ``labels``).
+    """
+    specs = inputs or Interface().input_specs(latent_dim, num_classes)
+    static = max_batch == 1
+    args = sample_inputs(specs, 1 if static else 2)
+    names = [s.name for s in specs]
     module = module.eval()
     batch = torch.export.Dim("batch", min=1, max=max(max_batch, 2))
+    dynamic = None if static else _dynamic_shapes(module, len(args), batch)
     errors = []
+    rewrites: list[Rewrite] = []
     with _quiet_exporter():
+        target: Any = module
+        try:
+            captured = torch.export.export(module, args, dynamic_shapes=dynamic, strict=False)
+        except Exception as e:  # fall back to torch.onnx's own strategies below
+            if "specialized it to be a constant" in str(e):
+                raise ExportError(_specialized_message()) from None
+            errors.append(f"torch.export: {_first_line(e)}")
+        else:
+            target = captured
+            graph = captured.module()
+            prefix = f"{WRAPPED}." if isinstance(module, ServedGenerator) else ""
+            rewrites = rewrite_batch_grouped(graph, prefix)
+            if rewrites:
+                verify(module, graph, lambda n: sample_inputs(specs, n), rewrites)
+                target = graph
         try:
             torch.onnx.export(
-                module,
+                target,
                 args,
                 str(path),
                 input_names=names,
                 output_names=[OUTPUT],
-                dynamic_shapes=tuple({0: batch} for _ in args),
+                dynamic_shapes=_target_shapes(target, dynamic, len(args), batch),
                 external_data=False,
                 dynamo=True,
             )
@@ -111,6 +162,8 @@ def export_fp32(
             if disk is not None:  # no other exporter can write to a full or read-only disk
                 raise OSError(disk.errno, disk.strerror, str(path)) from None
             errors.append(f"dynamo: {_first_line(e)}")
+            if rewrites:
+                raise ExportError(f"torch.onnx.export failed: {'; '.join(errors)}") from None
             try:
                 torch.onnx.export(
                     module,
@@ -118,7 +171,7 @@ def export_fp32(
                     str(path),
                     input_names=names,
                     output_names=[OUTPUT],
-                    dynamic_axes={n: {0: "batch"} for n in [*names, OUTPUT]},
+                    dynamic_axes=None if static else {n: {0: "batch"} for n in [*names, OUTPUT]},
                     dynamo=False,
                 )
                 exporter = "torchscript"
@@ -129,7 +182,33 @@ def export_fp32(
     if sidecar.exists():
         raise ExportError(f"the exporter wrote external data {sidecar.name}; expected one file")
     check(path)
-    return exporter
+    return Exported(exporter, rewrites, static)
+
+
+def _target_shapes(target: Any, dynamic: Any, n: int, batch: Any) -> Any:
+    """What torch.onnx.export needs: nothing for a captured program (its shapes are in it); the
+    rewritten graph's own signature (flat inputs) for a rewritten one."""
+    if isinstance(target, torch.export.ExportedProgram) or dynamic is None:
+        return None
+    return _dynamic_shapes(target, n, batch)
+
+
+def _dynamic_shapes(module: nn.Module, n: int, batch: Any) -> tuple[Any, ...]:
+    """Axis 0 of every input is the batch; a ``forward(*inputs)`` takes them as one tuple."""
+    each = tuple({0: batch} for _ in range(n))
+    params = list(inspect.signature(module.forward).parameters.values())
+    if len(params) == 1 and params[0].kind is inspect.Parameter.VAR_POSITIONAL:
+        return (each,)
+    return each
+
+
+def _specialized_message() -> str:
+    return (
+        "the model turns the batch size into a constant while it is traced (int(x.shape[0]), a "
+        "Python branch or assert on it), so it cannot be exported with a dynamic batch; keep the "
+        "batch symbolic (x.shape[0]), use the model's own non-fused path (--forward-kwargs), or "
+        "export a static batch (--max-batch 1)"
+    )
 
 
 def add_uint8_head(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -176,8 +255,9 @@ def add_uint8_head(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def convert_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
-    """FP16 weights and arithmetic, FP32 inputs and outputs, ``FP32_OPS`` kept in FP32."""
+def convert_fp16(model: onnx.ModelProto, fp32_nodes: list[str] | None = None) -> onnx.ModelProto:
+    """FP16 weights and arithmetic, FP32 inputs and outputs, ``FP32_OPS`` and the nodes named in
+    ``fp32_nodes`` kept in FP32 (``fp16_islands`` chooses those)."""
     from onnxconverter_common import float16
 
     with warnings.catch_warnings():
@@ -186,6 +266,7 @@ def convert_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
             model,
             keep_io_types=True,
             op_block_list=[*float16.DEFAULT_OP_BLOCK_LIST, *FP32_OPS],
+            node_block_list=fp32_nodes or [],
         )
     return converted
 

@@ -16,7 +16,8 @@ import re
 import sys
 import warnings
 import zipfile
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ import torch
 from torch import nn
 
 from gendeploy.errors import CheckpointError, ExportError, UsageError
-from gendeploy.export.manifest import Manifest, Source, sha256_file
+from gendeploy.export.manifest import Interface, Manifest, Source, sha256_file
 from gendeploy.trainer.checkpoint import FORMAT, load_generator, load_state_into
 
 CHECKPOINT_NAMES = ("checkpoint.pt", "checkpoint_final.pt", "last.pt")
@@ -40,6 +41,7 @@ class LoadedModel:
     image_shape: tuple[int, int, int]
     source: Source
     default_name: str
+    interface: Interface = field(default_factory=Interface)  # served inputs beyond z, labels
 
     @property
     def conditional(self) -> bool:
@@ -91,9 +93,41 @@ def load_user_model(
     latent_dim: int,
     num_classes: int,
     image_shape: tuple[int, int, int],
+    forward_kwargs: dict[str, Any] | None = None,
+    noise: str = "const",
+    log: Callable[[str], None] | None = None,
     random_weights: bool = False,
 ) -> LoadedModel:
-    """``file.py:Class`` or ``package.module:factory``, called without arguments, plus weights.
+    """``file.py:Class`` or ``package.module:factory``, called without arguments, plus weights;
+    probed for its served interface like any module given to ``export_generator``."""
+    from gendeploy.export.inmemory import load_module
+
+    module, source, default_name = build_user_model(
+        spec, weights, latent_dim, num_classes, image_shape, random_weights
+    )
+    return load_module(
+        module,
+        latent_dim,
+        num_classes,
+        image_shape,
+        forward_kwargs=forward_kwargs,
+        noise=noise,
+        source=source,
+        default_name=default_name,
+        label=f"--model {spec}",
+        log=log,
+    )
+
+
+def build_user_model(
+    spec: str,
+    weights: Path | str | None,
+    latent_dim: int,
+    num_classes: int,
+    image_shape: tuple[int, int, int],
+    random_weights: bool = False,
+) -> tuple[nn.Module, Source, str]:
+    """The user's module (eval mode, weights loaded), its ``Source`` and a default export name.
 
     The weights come from ``weights``, from the factory itself when it is marked
     ``<factory>.gendeploy_loads_weights = True``, or, only when ``random_weights`` says so, from
@@ -120,39 +154,38 @@ def load_user_model(
         load_state_into(module, load_state_dict_file(weights_file), str(weights))
         weights_path = str(weights_file)
     module.eval()
-    _probe(module, spec, latent_dim, num_classes, image_shape)
     stored_spec = f"{spec_path}:{attr}" if spec_path is not None else spec
-    return LoadedModel(
-        module=module,
-        latent_dim=latent_dim,
-        num_classes=num_classes,
-        image_shape=image_shape,
-        source=Source(
-            kind="user_model",
-            path=stored_spec,
-            sha256=model_digest(module, _code_files(module, factory, spec_path)),
-            weights=weights_path,
-            model_config={
-                "latent_dim": latent_dim,
-                "num_classes": num_classes,
-                "image_shape": list(image_shape),
-            },
-            random_weights=random_weights,
-        ),
-        default_name=_snake(Path(weights_path).stem if weights_path else attr),
+    source = Source(
+        kind="user_model",
+        path=stored_spec,
+        sha256=model_digest(module, _code_files(module, factory, spec_path)),
+        weights=weights_path,
+        model_config={
+            "latent_dim": latent_dim,
+            "num_classes": num_classes,
+            "image_shape": list(image_shape),
+        },
+        random_weights=random_weights,
     )
+    return module, source, _snake(Path(weights_path).stem if weights_path else attr)
+
+
+def state_digest(module: nn.Module) -> str:
+    """sha256 over the module's parameters and buffers (names, dtypes, shapes, values)."""
+    digest = hashlib.sha256()
+    for key, tensor in module.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{key}:{t.dtype}:{list(t.shape)};".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def model_digest(module: nn.Module, code_files: list[Path]) -> str:
-    """sha256 of the code files and of every parameter and buffer (name, dtype, shape, bytes)."""
+    """sha256 of the code files that define ``module`` and of its ``state_digest``."""
     digest = hashlib.sha256()
     for path in sorted(set(code_files)):
         digest.update(b"file\0" + bytes.fromhex(sha256_file(path)))
-    for kind, named in (("param", module.named_parameters()), ("buffer", module.named_buffers())):
-        for name, tensor in named:
-            flat = tensor.detach().cpu().contiguous().reshape(-1)
-            digest.update(f"{kind}\0{name}\0{flat.dtype}\0{tuple(tensor.shape)}\0".encode())
-            digest.update(flat.view(torch.uint8).numpy().tobytes())
+    digest.update(bytes.fromhex(state_digest(module)))
     return digest.hexdigest()
 
 
@@ -184,8 +217,10 @@ def load_eager(manifest: Manifest) -> nn.Module:
             )
         return load_generator(src.path)[0]
     if src.kind == "user_model":
+        from gendeploy.export.signature import serving_module
+
         shape = manifest.image_shape
-        loaded = load_user_model(
+        module, source, _ = build_user_model(
             src.path,
             src.weights or None,
             manifest.latent_dim,
@@ -193,12 +228,17 @@ def load_eager(manifest: Manifest) -> nn.Module:
             (shape[0], shape[1], shape[2]),
             random_weights=src.random_weights,
         )
-        if loaded.source.sha256 != src.sha256:
+        if source.sha256 != src.sha256:
             raise ExportError(
                 f"the model file or weights of export {manifest.name!r} changed since export; "
                 "re-export with --force"
             )
-        return loaded.module
+        return serving_module(module, manifest.interface, manifest.num_classes)
+    if src.kind == "in_memory":
+        raise ExportError(
+            f"export {manifest.name!r} was made from a module in memory ({src.path}); rebuild it "
+            "yourself, or export with --model FILE.py:Class to make it loadable"
+        )
     raise ExportError(f"export {manifest.name!r} has an unknown source kind {src.kind!r}")
 
 
@@ -294,36 +334,6 @@ def _import_file(path: Path) -> Any:
         del sys.modules[name]
         raise ExportError(f"--model: importing {path} failed ({type(e).__name__}: {e})") from None
     return module
-
-
-def _probe(
-    module: nn.Module,
-    spec: str,
-    latent_dim: int,
-    num_classes: int,
-    image_shape: tuple[int, int, int],
-) -> None:
-    """Run batch 2 once so wrong facts fail here with a clear message, not inside the exporter."""
-    args: list[torch.Tensor] = [torch.zeros(2, latent_dim)]
-    if num_classes > 0:
-        args.append(torch.zeros(2, dtype=torch.int64))
-    try:
-        with torch.inference_mode():
-            out = module(*args)
-    except Exception as e:
-        kind = "a conditional (z, labels)" if num_classes else "an unconditional (z)"
-        detail = " ".join(str(e).split())[:160]
-        raise UsageError(
-            f"--model {spec} fails on {kind} input with latent dim {latent_dim} "
-            f"({type(e).__name__}: {detail}); check --latent-dim and --num-classes"
-        ) from None
-    want = (2, *image_shape)
-    if not isinstance(out, torch.Tensor) or tuple(out.shape) != want:
-        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise UsageError(
-            f"--model {spec} returns {got} for batch 2, --image-shape says {want[1:]}: "
-            "the generator must return one (N, C, H, W) tensor"
-        )
 
 
 def _snake(name: str) -> str:

@@ -15,7 +15,9 @@ if TYPE_CHECKING:
 class EagerRunner(Runner):
     """Runs an ``nn.Module`` generator under ``torch.inference_mode`` on CPU or CUDA.
 
-    Feeds are passed positionally in the order ``z``, ``labels`` (the generator signature).
+    Feeds are passed positionally in the order ``z``, ``labels`` (the generator signature), or in
+    the module's ``input_names`` order up to the first one missing (``signature.ServedGenerator``:
+    left-out trailing inputs take the model's defaults).
     ``eval_mode=False`` runs the module in the mode it is in: the export gate checks the model as
     given, so a BatchNorm left in training mode fails there instead of being silently fixed.
     """
@@ -39,9 +41,11 @@ class EagerRunner(Runner):
     def run(self, feeds: Feeds) -> np.ndarray:
         import torch
 
-        args = [torch.from_numpy(np.ascontiguousarray(feeds["z"])).to(self.device)]
-        if "labels" in feeds:
-            args.append(torch.from_numpy(np.ascontiguousarray(feeds["labels"])).to(self.device))
+        args = []
+        for name in getattr(self.module, "input_names", ("z", "labels")):
+            if name not in feeds:
+                break
+            args.append(torch.from_numpy(np.ascontiguousarray(feeds[name])).to(self.device))
         with torch.inference_mode():
             out = self.module(*args)
         if self.device.type == "cuda":

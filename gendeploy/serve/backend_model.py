@@ -14,6 +14,11 @@ INVALID_ARGUMENT error; the others still run), then all valid requests run as ON
 Inputs: ``z`` FP32 [N, latent] or ``seed`` INT64 [N, 1] (exactly one of them) and, for conditional
 models, ``labels`` INT64 [N, 1]. With ``seed`` the server draws z with :func:`draw_latents`, which
 clients use too, so "image 42" is the same image everywhere.
+
+Exports whose generator takes more (the manifest's ``interface``): ``truncation`` FP32 [N, 1],
+optional, the model's default where left out; and, for per-sample noise (``--noise seeded``),
+the noise each image gets is drawn from its seed with :func:`draw_noise`, or from ``noise_seed``
+INT64 [N, 1] when the request sends z.
 """
 
 from __future__ import annotations
@@ -35,6 +40,26 @@ def draw_latents(seeds: Any, latent_dim: int) -> np.ndarray:
         for s in np.asarray(seeds).reshape(-1)
     ]
     return np.stack(rows) if rows else np.zeros((0, latent_dim), np.float32)
+
+
+NOISE_STREAM = 1  # noise for seed s comes from the stream [s, 1]; z comes from s alone
+
+
+def draw_noise(seeds: Any, shapes: list[list[int]]) -> list[np.ndarray]:
+    """The documented noise RNG: for seed s, ``np.random.default_rng([s, NOISE_STREAM])
+    .standard_normal(total, dtype=np.float32)`` split in order into the per-sample shapes; one
+    array [N, *shape] per noise input."""
+    sizes = [int(np.prod(shape)) for shape in shapes]
+    rows = [
+        np.random.default_rng([int(s), NOISE_STREAM]).standard_normal(sum(sizes), dtype=np.float32)
+        for s in np.asarray(seeds).reshape(-1)
+    ]
+    flat = np.stack(rows) if rows else np.zeros((0, sum(sizes)), np.float32)
+    bounds = np.cumsum([0, *sizes])
+    return [
+        flat[:, lo:hi].reshape(-1, *shape)
+        for lo, hi, shape in zip(bounds[:-1], bounds[1:], shapes, strict=True)
+    ]
 
 
 class RequestError(ValueError):
@@ -71,6 +96,43 @@ def parse_request(
         bad = int(flat[(flat < 0) | (flat >= num_classes)][0])
         raise RequestError(f"label {bad} is out of range [0, {num_classes - 1}]")
     return z, flat
+
+
+def parse_extras(
+    truncation: np.ndarray | None,
+    noise_seed: np.ndarray | None,
+    seed: np.ndarray | None,
+    n: int,
+    interface: dict[str, Any],
+) -> dict[str, np.ndarray]:
+    """The inputs beyond z and labels that the export's generator takes (see the module doc)."""
+    feeds: dict[str, np.ndarray] = {}
+    if interface.get("truncation_arg"):
+        if truncation is None:
+            psi = np.full(n, float(interface.get("truncation_default", 1.0)), np.float32)
+        else:
+            psi = np.asarray(truncation, np.float32).reshape(-1)
+            if psi.shape[0] != n:
+                raise RequestError(f"truncation has batch {psi.shape[0]} but z has batch {n}")
+            if not np.isfinite(psi).all():
+                raise RequestError("truncation contains NaN or Inf; send finite values")
+        feeds["truncation"] = psi.reshape(n, 1)
+    noise = interface.get("noise") or []
+    if noise:
+        seeds = noise_seed if noise_seed is not None else seed
+        if seeds is None:
+            raise RequestError(
+                "this model draws each image's noise from a seed: send 'seed', or 'noise_seed' "
+                "(INT64 [N, 1]) with 'z'"
+            )
+        seeds = seeds.reshape(-1)
+        if seeds.shape[0] != n:
+            raise RequestError(f"noise_seed has batch {seeds.shape[0]} but z has batch {n}")
+        if seeds.size and seeds.min() < 0:
+            raise RequestError(f"noise_seed must be in [0, {MAX_SEED}], got {int(seeds.min())}")
+        drawn = draw_noise(seeds, [list(item["shape"]) for item in noise])
+        feeds.update({item["name"]: a for item, a in zip(noise, drawn, strict=True)})
+    return feeds
 
 
 class _OrtEngine:
@@ -192,6 +254,7 @@ class TritonPythonModel:
             manifest = json.load(f)
         self.latent_dim = int(manifest["latent_dim"])
         self.num_classes = int(manifest["num_classes"])
+        self.interface = manifest.get("interface") or {}
         self.output_name = config["output"][0]["name"]
         gpu = args.get("model_instance_kind") == "GPU"
         engine_path = os.path.join(version_dir, params.get("engine_file", "model.plan"))
@@ -227,18 +290,25 @@ class TritonPythonModel:
 
     def execute(self, requests: list[Any]) -> list[Any]:
         pb = self.pb
-        parsed: list[tuple[np.ndarray, np.ndarray | None] | str] = []
+        parsed: list[tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray]] | str] = []
         for request in requests:
             try:
-                parsed.append(
-                    parse_request(
-                        self._tensor(request, "z"),
-                        self._tensor(request, "seed"),
-                        self._tensor(request, "labels"),
-                        self.latent_dim,
-                        self.num_classes,
-                    )
+                seed = self._tensor(request, "seed")
+                z, labels = parse_request(
+                    self._tensor(request, "z"),
+                    seed,
+                    self._tensor(request, "labels"),
+                    self.latent_dim,
+                    self.num_classes,
                 )
+                extras = parse_extras(
+                    self._tensor(request, "truncation"),
+                    self._tensor(request, "noise_seed"),
+                    seed,
+                    z.shape[0],
+                    self.interface,
+                )
+                parsed.append((z, labels, extras))
             except RequestError as e:
                 parsed.append(str(e))
         valid = [p for p in parsed if not isinstance(p, str)]
@@ -247,6 +317,8 @@ class TritonPythonModel:
             feeds = {"z": np.concatenate([p[0] for p in valid])}
             if self.num_classes > 0:
                 feeds["labels"] = np.concatenate([p[1] for p in valid if p[1] is not None])
+            for key in valid[0][2]:
+                feeds[key] = np.concatenate([p[2][key] for p in valid])
             images = self.engine.run(feeds)
         responses, start = [], 0
         for p in parsed:

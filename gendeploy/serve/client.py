@@ -25,6 +25,8 @@ class ModelInfo:
     accepts_seed: bool
     output: str
     max_batch_size: int
+    accepts_truncation: bool = False
+    draws_noise: bool = False  # per-image noise from the seed (``noise_seed`` with z)
 
 
 def find_server(
@@ -116,6 +118,8 @@ def model_info(
         accepts_seed="seed" in inputs,
         output=config["output"][0]["name"],
         max_batch_size=int(config.get("max_batch_size", 0)),
+        accepts_truncation="truncation" in inputs,
+        draws_noise="noise_seed" in inputs,
     )
 
 
@@ -129,17 +133,22 @@ def generate(
     seed: int = 0,
     client_latents: bool = False,
     served_models: list[str] | None = None,
+    truncation: float | None = None,
 ) -> tuple[np.ndarray, ModelInfo]:
     """N images for seeds ``seed .. seed+n-1``; labels cycle through the classes unless ``label``.
     Requests are at most the model's ``max_batch_size`` each.
 
     The server draws z from the seeds (python-backend models); with ``client_latents`` (or for a
-    model without a ``seed`` input) the client draws the same z with the same RNG and sends it.
+    model without a ``seed`` input) the client draws the same z with the same RNG and sends it
+    (with the seeds as ``noise_seed`` for models that draw per-image noise). ``truncation``:
+    psi for every image (default: the model's own).
     """
     if n < 1:
         raise UsageError(f"-n must be >= 1, got {n}")
     if not 0 <= seed <= MAX_SEED - n:
         raise UsageError(f"--seed must be in [0, {MAX_SEED - n}], got {seed}")
+    if truncation is not None and not math.isfinite(truncation):
+        raise UsageError(f"--truncation must be a finite number, got {truncation}")
     info = model_info(url, model, protocol, served_models)
     seeds = np.arange(seed, seed + n, dtype=np.int64)
     feeds: dict[str, np.ndarray] = {}
@@ -147,6 +156,12 @@ def generate(
         feeds["seed"] = seeds
     else:
         feeds["z"] = draw_latents(seeds, info.latent_dim)
+        if info.draws_noise:
+            feeds["noise_seed"] = seeds
+    if truncation is not None:
+        if not info.accepts_truncation:
+            raise UsageError(f"model {info.name!r} takes no truncation: drop --truncation")
+        feeds["truncation"] = np.full((n, 1), truncation, np.float32)
     if info.num_classes > 0:
         if label is not None and not 0 <= label < info.num_classes:
             raise UsageError(f"--label must be in [0, {info.num_classes - 1}], got {label}")

@@ -88,16 +88,26 @@ def container_models(repo_dir: Path) -> list[str]:
 SHELL_KEY = f"${{{KEY_ENV}:?export it first}}"  # expanded by the user's shell; stops if unset
 
 
-def tritonserver_args(key_ref: str, model_dir: str = "/models") -> list[str]:
-    """The container's tritonserver command: the models mounted under ``model_dir`` fixed at
-    start (model control "none": no client can load or unload), and every other management API
-    locked behind the admin key; ``key_ref`` is how the key is spelt where the command runs
-    (``SHELL_KEY`` for a shell, ``$(GENDEPLOY_ADMIN_KEY)`` in a Kubernetes container)."""
+def tritonserver_args(
+    key_ref: str, model_dir: str = "/models", models: list[str] | None = None
+) -> list[str]:
+    """The container's tritonserver command, every management API locked behind the admin key;
+    ``key_ref`` is how the key is spelt where the command runs (``SHELL_KEY`` for a shell,
+    ``$(GENDEPLOY_ADMIN_KEY)`` in a Kubernetes container).
+
+    Without ``models``, everything under ``model_dir`` is served, fixed at start (model control
+    "none": no client can load or unload): right where only the container's models are mounted.
+    With ``models``, ``model_dir`` may hold more (a whole repository in an object store, or
+    KServe's copy of it): model control "explicit" loads exactly ``models`` at start, and loading
+    anything else needs the key (the model-repository API is locked)."""
     apis = ",".join(LOCKED_APIS)
+    control = ["--model-control-mode=none"]
+    if models is not None:
+        control = ["--model-control-mode=explicit", *(f"--load-model={m}" for m in models)]
     return [
         "tritonserver",
         f"--model-repository={model_dir}",
-        "--model-control-mode=none",
+        *control,
         "--disable-auto-complete-config",
         "--allow-sagemaker=false",
         "--allow-vertex-ai=false",

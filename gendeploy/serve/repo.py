@@ -8,12 +8,16 @@ Models written for an export named ``<name>``:
 - ``<name>_uint8``: the same for the ``uint8`` artifact (UINT8 NHWC images), when exported, with
   the ``trt_fp16_uint8`` engine when it exists.
 - ``<name>_onnx``: ``platform: "onnxruntime_onnx"`` for the NGC container (KIND_GPU with the ONNX
-  Runtime TensorRT accelerator in FP16 for GPU targets); ``z`` only.
-- ``<name>_trt``: ``platform: "tensorrt_plan"`` when a ``trt_fp16`` engine exists; ``z`` only.
+  Runtime TensorRT accelerator in FP16 for GPU targets); the ONNX's own inputs (``z``, labels,
+  truncation and noise tensors where the export has them), no seed.
+- ``<name>_trt``: ``platform: "tensorrt_plan"`` when a ``trt_fp16`` engine exists; the same inputs.
 - ``<name>_int8`` (and ``<name>_int8_uint8``): python backend serving the ``int8`` artifact with
   OpenVINO where it imports (INT8 kernels), else ONNX Runtime; the ``trt_int8`` engine on GPU.
 - ``<name>_openvino``: ``backend: "openvino"`` (Triton's OpenVINO backend in the NGC container) on
   the ``int8`` artifact (the IR when the export kept one, else the QDQ ONNX); ``z`` only.
+
+The python models take ``truncation`` as an optional input and draw noise inputs themselves
+(from ``seed``, or ``noise_seed`` with z); see ``backend_model``.
 
 Every ``config.pbtxt`` is built through Triton's protobuf (``model_config_pb2``). Each write stages
 the version directory beside its model, renames it to version N+1, and writes ``config.pbtxt`` last
@@ -116,11 +120,17 @@ def _triton_type(spec: TensorSpec) -> str:
         raise ServeError(f"tensor {spec.name!r} has dtype {spec.dtype!r}, not servable") from None
 
 
-def _io(artifact: Artifact, with_seed: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _io(
+    artifact: Artifact, with_seed: bool, noise_seed: bool = False
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Config inputs and outputs. The python model (``with_seed``) also takes ``seed``, leaves
+    ``truncation`` optional, and draws noise inputs itself (``noise_seed`` for z requests)."""
     inputs: list[dict[str, Any]] = []
     for spec in artifact.inputs:
+        if with_seed and spec.name.startswith("noise_"):
+            continue  # drawn by the server from the request's seed
         entry: dict[str, Any] = {"name": spec.name, "data_type": _triton_type(spec)}
-        if spec.name == "z" and with_seed:
+        if spec.name in ("z", "truncation") and with_seed:
             entry["optional"] = True
         if len(spec.shape) == 1:  # labels (N,): Triton needs dims, the model gets rank 1
             entry["dims"] = [1]
@@ -131,17 +141,23 @@ def _io(artifact: Artifact, with_seed: bool) -> tuple[list[dict[str, Any]], list
         inputs.append(entry)
     if with_seed:
         inputs.insert(1, {"name": "seed", "data_type": "TYPE_INT64", "dims": [1], "optional": True})
+        if noise_seed:
+            inputs.append(
+                {"name": "noise_seed", "data_type": "TYPE_INT64", "dims": [1], "optional": True}
+            )
     out = artifact.output
     outputs = [{"name": out.name, "data_type": _triton_type(out), "dims": _dims(out)}]
     return inputs, outputs
 
 
-def _warmup(artifact: Artifact) -> list[dict[str, Any]]:
-    inputs = {}
-    for spec in artifact.inputs:
-        dims = _dims(spec) or [1]
-        inputs[spec.name] = {"data_type": _triton_type(spec), "dims": dims, "zero_data": True}
-    return [{"name": "zeros_batch_1", "batch_size": 1, "inputs": inputs}]
+def _warmup(inputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One batch-1 request of zeros: every input but the alternatives the model fills itself."""
+    zeros = {
+        i["name"]: {"data_type": i["data_type"], "dims": i["dims"], "zero_data": True}
+        for i in inputs
+        if i["name"] not in ("seed", "truncation")
+    }
+    return [{"name": "zeros_batch_1", "batch_size": 1, "inputs": zeros}]
 
 
 def model_config(
@@ -157,7 +173,8 @@ def model_config(
     from tritonclient.grpc import model_config_pb2
 
     max_batch = options.max_batch_size or manifest.batch.max
-    inputs, outputs = _io(artifact, with_seed=kind == "python")
+    noise = bool(manifest.interface.noise)
+    inputs, outputs = _io(artifact, with_seed=kind == "python", noise_seed=noise)
     config: dict[str, Any] = {
         "name": name,
         "max_batch_size": max_batch,
@@ -169,7 +186,7 @@ def model_config(
             "max_queue_delay_microseconds": options.queue_delay_us,
             "default_queue_policy": {"max_queue_size": options.max_queue_size},
         },
-        "model_warmup": _warmup(artifact),
+        "model_warmup": _warmup(inputs),
         "parameters": {
             "gendeploy_export": {"string_value": manifest.name},
             "gendeploy_artifact": {"string_value": artifact.name},

@@ -4,8 +4,11 @@ Each :class:`Block` of candidates is one ``model-analyzer profile`` run in local
 Analyzer writes each candidate's config as a model variant, starts the pip ``tritonserver`` (the
 prepared one, with the python backend stub), loads the variant, drives it with perf_analyzer at
 each concurrency, and records everything in its checkpoint. One workspace per protocol keeps one
-checkpoint per protocol (Model Analyzer's protocol is per run), and the ports stay the same for the
-whole tuning run, so Model Analyzer recognises configurations it has measured already.
+checkpoint per protocol (Model Analyzer's protocol is per run). Model Analyzer resumes from the
+latest checkpoint in ``checkpoint_directory`` and skips every configuration it holds: its key is
+the model config variant and perf_analyzer's flags, not the server, its ports or the engine file.
+That is what lets one tuning run's blocks share a workspace, and why each run starts from an empty
+work folder (``tune.api``): a checkpoint from an earlier run would hand back its old measurements.
 
 The server Model Analyzer launches binds 127.0.0.1 only, runs explicit model control (Model
 Analyzer needs it), and has every API group in ``serve.admin.LOCKED_APIS`` behind a key made for
@@ -36,6 +39,9 @@ from gendeploy.serve.tritonserver import TritonBinary
 from gendeploy.tune.space import Block, Candidate, Objective, Protocol, candidate_from_config
 
 ANALYZER_MAIN = "gendeploy.tune.analyzer_main"
+# read_measurements reads this version's checkpoint layout; analyzer_main keys its client
+MODEL_ANALYZER_VERSION = "1.58.0"
+SERVER_VERSION = re.compile(r"^\|\s*server_version\s*\|\s*(\S+)\s*\|", re.MULTILINE)
 # what Model Analyzer's progress lines look like, and the ones worth showing
 SHOWN = re.compile(r"Profiling \S+: |load failed|Creating model config: |error", re.IGNORECASE)
 
@@ -68,18 +74,13 @@ class Measurement:
 
 @dataclass(frozen=True)
 class Constraints:
-    """Model Analyzer's constraints: a p99 budget and a throughput floor (either may be unset)."""
+    """Model Analyzer's constraints (a p99 budget, a throughput floor; either may be unset),
+    applied by gendeploy (``search.Goal``), not handed to Model Analyzer: its config reads them
+    as whole milliseconds (2.5 becomes 2, and a budget under 1 ms divides by zero), and its brute
+    search, the one used here, does not search by them."""
 
     p99_budget_ms: float | None = None
     min_throughput: float | None = None
-
-    def analyzer(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        if self.p99_budget_ms is not None:
-            out["perf_latency_p99"] = {"max": self.p99_budget_ms}
-        if self.min_throughput is not None:
-            out["perf_throughput"] = {"min": self.min_throughput}
-        return out
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,6 @@ class AnalyzerRun:
     instance_kind: str
     concurrencies: tuple[int, ...]
     objective: Objective
-    constraints: Constraints
     window_ms: int = 2000
     stability_pct: int = 15
     max_trials: int = 8
@@ -168,8 +168,6 @@ class AnalyzerRun:
             "objectives": {objective: 10},
             "profile_models": {self.model: model},
         }
-        if self.constraints.analyzer():
-            config["constraints"] = self.constraints.analyzer()
         return config
 
     def profile(self, block: Block, say: Callable[[str], None]) -> list[str]:
@@ -245,9 +243,14 @@ def _follow(
         log.write(raw)
         line = raw.decode(errors="replace").strip()
         text = line.removeprefix("[Model Analyzer] ").strip()
-        if "load failed" in text or "Model Analyzer encountered an error" in text:
+        # analyzer_main's own refusals start with "gendeploy:" (a SystemExit's text on stderr)
+        if (
+            "load failed" in text
+            or "Model Analyzer encountered an error" in text
+            or text.startswith("gendeploy:")
+        ):
             problems.append(text)
-        if SHOWN.search(text):
+        if SHOWN.search(text) or text.startswith("gendeploy:"):
             say(f"  {text}")
     return problems
 
@@ -265,10 +268,20 @@ def _stop_group(process: subprocess.Popen[bytes]) -> None:
         process.wait(timeout=10)
 
 
+def server_version(workspace: Path) -> str | None:
+    """The version the tritonserver Model Analyzer launched reported at start (its option table,
+    the ``version`` of its ``/v2`` metadata), from its log in ``workspace``."""
+    log = workspace / "tritonserver.log"
+    found = SERVER_VERSION.findall(log.read_text(errors="replace")) if log.is_file() else []
+    return found[-1] if found else None
+
+
 def read_measurements(workspace: Path, model: str, protocol: Protocol) -> list[Measurement]:
-    """Every measurement in Model Analyzer's latest checkpoint in ``workspace``."""
-    from google.protobuf import json_format
-    from tritonclient.grpc import model_config_pb2
+    """Every measurement in Model Analyzer's latest checkpoint in ``workspace``.
+
+    The checkpoint is Model Analyzer's private state, read as version ``MODEL_ANALYZER_VERSION``
+    writes it: any other layout is one ``TuneError`` line, not a traceback."""
+    from google.protobuf.json_format import ParseError
 
     checkpoints = sorted(
         (workspace / "checkpoints").glob("*.ckpt"),
@@ -276,14 +289,27 @@ def read_measurements(workspace: Path, model: str, protocol: Protocol) -> list[M
     )
     if not checkpoints:
         return []
-    data = json.loads(checkpoints[-1].read_text())
+    try:
+        return _parse_checkpoint(json.loads(checkpoints[-1].read_text()), model, protocol)
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError, ParseError) as e:
+        what = f"{type(e).__name__}: {e}".splitlines()[0][:160]
+        raise TuneError(
+            f"cannot read Model Analyzer's checkpoint {checkpoints[-1]} ({what}): gendeploy reads "
+            f"the layout of triton-model-analyzer=={MODEL_ANALYZER_VERSION}; install that version"
+        ) from None
+
+
+def _parse_checkpoint(data: dict[str, Any], model: str, protocol: Protocol) -> list[Measurement]:
+    from google.protobuf import json_format
+    from tritonclient.grpc import model_config_pb2
+
     results = data.get("ResultManager.results", {}).get("_results", {}).get(model, {})
     out = []
     for run_config, measurements in results.values():
         model_run = run_config["_model_run_configs"][0]
         used = model_run["_perf_config"]["_options"].get("-i")
         if used != protocol.value:
-            raise TuneError(f"{workspace}: a {used} measurement in the {protocol.value} workspace")
+            raise TuneError(f"a {used} measurement in the {protocol.value} workspace")
         config = json_format.ParseDict(
             model_run["_model_config_variant"]["model_config"],
             model_config_pb2.ModelConfig(),

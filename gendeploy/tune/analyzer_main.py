@@ -6,8 +6,14 @@ control). gendeploy starts that server with the same lock as ``gendeploy serve``
 ``serve.admin.LOCKED_APIS`` behind a per-run key), and Model Analyzer's client, which has no option
 for request headers, is given one here: its ``TritonClientFactory`` wraps the tritonclient it
 creates so that the locked calls carry the key from ``$GENDEPLOY_ADMIN_KEY``. Nothing else of Model
-Analyzer changes. Were its internals to change (this is pinned to the version in pyproject.toml),
-the wrapper refuses to start rather than run an unlocked server.
+Analyzer changes.
+
+What guards what: the lock is the server's own flags, set whatever this wrapper does, so a client
+that does not send the key gets its loads refused and the run fails; it never runs an unlocked
+server. The wrapper checks only what it patches (the factory methods, the ``_client`` attribute)
+and stops with a one-line ``gendeploy:`` message when those are missing; it is written for the
+Model Analyzer version pinned in pyproject.toml (``tune.analyzer.MODEL_ANALYZER_VERSION``), which
+``gendeploy tune`` checks before it starts.
 """
 
 from __future__ import annotations

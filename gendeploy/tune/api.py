@@ -4,10 +4,14 @@ real server, choose under the user's budget, write the winner as a new version, 
     prepare (a private one-model repository, perf_analyzer's input data, the baseline)
     -> search (quick or exhaustive; every measurement by Model Analyzer, tune.analyzer)
     -> choose (tune.search.Goal) -> write (tune.version) -> report (tune.report)
+
+Every run measures afresh: its work folder (``<out>/work``, Model Analyzer's checkpoints among
+it) starts empty, and an ``--out`` that holds an earlier run is refused unless ``force``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import importlib.util
 import json
@@ -22,19 +26,33 @@ from pathlib import Path
 from typing import Any
 
 from gendeploy.errors import MissingDependencyError, TuneError, UsageError
-from gendeploy.serve.repo import parse_config
-from gendeploy.tune.analyzer import AnalyzerRun, Constraints, Measurement, read_measurements
-from gendeploy.tune.report import Baseline, TuneReport, measurement_row, write_report
+from gendeploy.serve.repo import config_text, parse_config
+from gendeploy.tune.analyzer import (
+    MODEL_ANALYZER_VERSION,
+    AnalyzerRun,
+    Constraints,
+    Measurement,
+    read_measurements,
+    server_version,
+)
+from gendeploy.tune.report import (
+    REPORT_FILES,
+    Baseline,
+    TuneReport,
+    measurement_row,
+    write_report,
+)
 from gendeploy.tune.search import Goal, Trials, exhaustive_search, quick_search
 from gendeploy.tune.space import (
     Block,
     Candidate,
     Objective,
+    Protocol,
     SearchMode,
     SearchSpace,
     candidate_from_config,
 )
-from gendeploy.tune.version import latest_version, write_tuned_version
+from gendeploy.tune.version import latest_version, plan_tuned, write_tuned
 
 CONTENDED = 0.10  # other processes' share of the CPU above which the report says "contended"
 
@@ -72,8 +90,8 @@ class TuneOptions:
             raise UsageError("--keep-versions must be >= 2 (the served version stays)")
 
 
-def command_line(repo: Path, o: TuneOptions) -> str:
-    """The ``gendeploy tune`` command that reproduces a run with these options."""
+def command_line(repo: Path, o: TuneOptions, out: Path | None = None) -> str:
+    """The ``gendeploy tune`` command that reproduces a run with these options (into ``out``)."""
 
     def ints(values: tuple[int, ...]) -> str:
         return ",".join(map(str, values))
@@ -93,17 +111,42 @@ def command_line(repo: Path, o: TuneOptions) -> str:
         "--protocols", ",".join(p.value for p in s.protocols),
         "--max-configs", str(o.max_configs), "--window-ms", str(o.window_ms),
         "--stability-percentage", str(o.stability_pct), "--max-trials", str(o.max_trials),
+        "--keep-versions", str(o.keep_versions),
     ]  # fmt: skip
+    if out is not None:
+        args += ["--out", str(out)]
+    if o.tritonserver is not None:
+        args += ["--tritonserver", str(o.tritonserver)]
+    if not o.baseline:
+        args.append("--no-baseline")
+    if not o.write:
+        args.append("--dry-run")
     return shlex.join(args)
 
 
 def _require_tools(options: TuneOptions) -> tuple[Any, Path]:
-    from gendeploy.bench.served import find_perf_analyzer
+    from gendeploy.bench.served import PERF_ANALYZER_ENV, find_perf_analyzer
     from gendeploy.serve.tritonserver import find_tritonserver
 
     if importlib.util.find_spec("model_analyzer") is None:
         raise MissingDependencyError(
             "Model Analyzer is not installed: pip install 'gendeploy[tune]' (make setup does)"
+        )
+    try:
+        installed = importlib.metadata.version("triton-model-analyzer")
+    except importlib.metadata.PackageNotFoundError:
+        installed = "an unknown version"
+    if installed != MODEL_ANALYZER_VERSION:
+        raise MissingDependencyError(
+            f"Model Analyzer {installed} is installed; gendeploy tune reads the checkpoint of "
+            f"and keys the client of {MODEL_ANALYZER_VERSION}: "
+            f"pip install 'triton-model-analyzer=={MODEL_ANALYZER_VERSION}'"
+        )
+    explicit = os.environ.get(PERF_ANALYZER_ENV)
+    if explicit and not Path(explicit).is_file():
+        raise MissingDependencyError(
+            f"{PERF_ANALYZER_ENV}={explicit} is not a file: point it at perf_analyzer, or unset "
+            "it to use the one scripts/get_perf_analyzer.sh fetches"
         )
     perf_analyzer = find_perf_analyzer()
     if perf_analyzer is None:
@@ -156,13 +199,35 @@ def input_data(config: Any, rows: int = 16) -> dict[str, Any]:
     return {"data": data}
 
 
+def export_max_batch(version_dir: Path, config: Any) -> int:
+    """The largest batch the export serves: its manifest's batch profile (and the TensorRT
+    engine's profile, where there is one), not whatever the current config happens to allow."""
+    from gendeploy.export.manifest import MANIFEST_NAME, load_manifest
+
+    path = version_dir / MANIFEST_NAME
+    if not path.is_file():  # a repository not written by gendeploy: its config is all we know
+        return int(config.max_batch_size)
+    manifest = load_manifest(path)
+    limits = [manifest.batch.max]
+    for artifact in manifest.artifacts:
+        profile = (artifact.extra or {}).get("profile") or {}
+        if artifact.kind.value == "tensorrt" and profile.get("max"):
+            limits.append(int(profile["max"]))
+    return min(limits)
+
+
 def prepare_repo(repo: Path, model: str, work: Path) -> Path:
-    """A private repository with only ``model`` and its latest version (linked, not copied)."""
+    """A private repository with only ``model`` and its latest version (linked, not copied).
+
+    Its config has no preferred batch size: Model Analyzer merges a variant's settings into the
+    base config key by key, so a variant asking for none would keep the base's."""
     prepared = work / "models"
     if prepared.exists():
         shutil.rmtree(prepared)
     (prepared / model).mkdir(parents=True)
-    shutil.copyfile(repo / model / "config.pbtxt", prepared / model / "config.pbtxt")
+    config = parse_config((repo / model / "config.pbtxt").read_text())
+    del config.dynamic_batching.preferred_batch_size[:]
+    (prepared / model / "config.pbtxt").write_text(config_text(config))
     (prepared / model / "1").symlink_to(latest_version(repo / model).resolve())
     return prepared
 
@@ -184,26 +249,56 @@ def measure_baseline(version_dir: Path, config: Any) -> Baseline:
     return Baseline(round(m.calls_per_s, 2), round(m.percentile_ms(50), 4), m.stable)
 
 
-def _versions(perf_analyzer: Path) -> dict[str, str]:
+def _versions(perf_analyzer: Path, run: AnalyzerRun, binary: Any) -> dict[str, str]:
     from gendeploy.bench.served import perf_analyzer_version
 
-    versions = {"perf_analyzer": perf_analyzer_version(perf_analyzer)}
-    for name, dist in (
-        ("model_analyzer", "triton-model-analyzer"),
-        ("tritonserver", "nvidia-pytriton"),
-    ):
-        try:
-            versions[name] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = "?"
-    versions["tritonserver"] = f"2.51.0 (nvidia-pytriton {versions['tritonserver']})"
+    versions = {
+        "perf_analyzer": perf_analyzer_version(perf_analyzer),
+        "model_analyzer": importlib.metadata.version("triton-model-analyzer"),
+    }
+    reported = next(
+        (v for p in Protocol if (v := server_version(run.workspace(p))) is not None), None
+    )
+    server = reported or "? (no server log)"
+    if binary.origin == "nvidia-pytriton":
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            server += f" (nvidia-pytriton {importlib.metadata.version('nvidia-pytriton')})"
+    versions["tritonserver"] = server
     return versions
 
 
+def check_out(out: Path, force: bool) -> None:
+    """``out`` may take this run: empty or absent, or ``force`` to replace an earlier run."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file: choose a directory")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise UsageError(
+            f"{out} is not empty (an earlier tuning run?): pass --force to replace its report "
+            "and work folder, or choose another --out"
+        )
+
+
+def fresh_work(out: Path) -> Path:
+    """``out/work``, new and private: an earlier run's (its Model Analyzer checkpoints, whose
+    measurements Model Analyzer would hand back as this run's) and its report are removed."""
+    work = out / "work"
+    shutil.rmtree(work, ignore_errors=True)
+    for name in REPORT_FILES:
+        (out / name).unlink(missing_ok=True)
+    work.mkdir(parents=True, mode=0o700)
+    work.chmod(0o700)
+    return work
+
+
 def tune(
-    repo: Path, options: TuneOptions, out: Path, say: Callable[[str], None] = print
+    repo: Path,
+    options: TuneOptions,
+    out: Path,
+    say: Callable[[str], None] = print,
+    force: bool = False,
 ) -> TuneReport:
-    """Search, choose, write the winner as a new version of ``options.model``, report in ``out``."""
+    """Search, choose, write the winner as a new version of ``options.model`` and of its NGC
+    siblings, report in ``out`` (refused if it holds an earlier run, unless ``force``)."""
     from gendeploy.bench.machine import BusyMeter, load_average
     from gendeploy.serve.admin import new_key
     from gendeploy.serve.server import free_port
@@ -211,10 +306,8 @@ def tune(
     if not repo.is_dir():
         raise UsageError(f"model repository {repo} does not exist; run `gendeploy repo EXPORT_DIR`")
     config = _model_config(repo, options.model)
-    binary, perf_analyzer = _require_tools(options)
-    started, meter = time.monotonic(), BusyMeter()
     start = candidate_from_config(config, options.space.protocols[0])
-    space = options.space.capped(int(config.max_batch_size))
+    space = options.space.capped(export_max_batch(latest_version(repo / options.model), config))
     if options.search is SearchMode.quick:  # the climb starts there: it must be on the ladders
         space = space.including(start)
     if options.search is SearchMode.exhaustive and space.size() > options.max_configs:
@@ -222,9 +315,10 @@ def tune(
             f"the exhaustive search has {space.size()} configurations, over --max-configs "
             f"{options.max_configs}: narrow the axes (--instances, --threads, ...) or raise it"
         )
-    work = out / "work"
-    work.mkdir(parents=True, exist_ok=True, mode=0o700)
-    work.chmod(0o700)
+    check_out(out, force)
+    binary, perf_analyzer = _require_tools(options)
+    started, meter = time.monotonic(), BusyMeter()
+    work = fresh_work(out)
     (work / "input.json").write_text(json.dumps(input_data(config)))
     baseline = None
     if options.baseline:
@@ -245,7 +339,6 @@ def tune(
         instance_kind="KIND_CPU",
         concurrencies=options.concurrencies,
         objective=options.objective,
-        constraints=constraints,
         window_ms=options.window_ms,
         stability_pct=options.stability_pct,
         max_trials=options.max_trials,
@@ -269,12 +362,14 @@ def tune(
                 trials.order.append(c)
 
     say(f"{options.search.value} search of {options.model} in {repo} (work: {work})")
-    if options.search is SearchMode.quick:
-        quick_search(space, start, goal, trials, measure, options.max_configs, say)
-    else:
-        exhaustive_search(space, trials, measure)
-    for protocol in space.protocols:  # Model Analyzer's own outputs: big copies of the model
-        shutil.rmtree(run.workspace(protocol) / "output_models", ignore_errors=True)
+    try:
+        if options.search is SearchMode.quick:
+            quick_search(space, start, goal, trials, measure, options.max_configs, say)
+        else:
+            exhaustive_search(space, trials, measure)
+    finally:  # Model Analyzer's own outputs: big copies of the model, whatever happened
+        for protocol in Protocol:
+            shutil.rmtree(run.workspace(protocol) / "output_models", ignore_errors=True)
     all_ms = trials.all()
     if not all_ms:
         raise TuneError(f"nothing was measured; see the Model Analyzer logs under {work}")
@@ -296,24 +391,15 @@ def tune(
         ],
         winner=measurement_row(winner, True) if winner else None,
         baseline=baseline.__dict__ if baseline else None,
-        command=command_line(repo, options),
-        versions=_versions(perf_analyzer),
+        command=command_line(repo, options, out),
+        versions=_versions(perf_analyzer, run, binary),
     )
     own = trials.measurements.get(start)
     if own:
-        report.start_best = measurement_row(
-            max(own, key=goal.key), goal.feasible(max(own, key=goal.key))
-        )
-    if winner and options.write:
-        same = _serving(winner.candidate) == _serving(start)
-        if same:
-            say("the repository's own configuration won: no new version written")
-        else:
-            summary = {"schema_version": 1, "winner": report.winner, "command": report.command}
-            written = write_tuned_version(
-                repo, options.model, winner.candidate, summary, options.keep_versions
-            )
-            report.written = f"{written.path}/{written.version}"
+        best_own = max(own, key=goal.key)
+        report.start_best = measurement_row(best_own, goal.feasible(best_own))
+    if winner:
+        _write_winner(repo, options, winner.candidate, report, say)
     report.elapsed_s = round(time.monotonic() - started, 1)
     share = meter.other_share()
     report.machine = {"other_share": share, "load_average": load_average(), "cores": os.cpu_count()}
@@ -322,6 +408,24 @@ def tune(
     return report
 
 
-def _serving(c: Candidate) -> tuple[int, ...]:
-    """What a config.pbtxt holds of a candidate (the protocol is the clients' choice)."""
-    return (c.instances, c.threads, c.max_batch_size, c.queue_delay_us, c.preferred_batch)
+def _write_winner(
+    repo: Path,
+    options: TuneOptions,
+    winner: Candidate,
+    report: TuneReport,
+    say: Callable[[str], None],
+) -> None:
+    """The winner on the tuned model and its NGC siblings: new versions (unless a dry run),
+    and in the report what was written and what could not be carried over."""
+    tuned = plan_tuned(repo, options.model, winner)
+    report.notes = [note for t in tuned for note in t.notes]
+    changed = [t.model for t in tuned if t.changed]
+    if not changed:
+        say("the repository's own configuration won: no new version written")
+        return
+    if not options.write:
+        report.notes.append(f"dry run: not written to {', '.join(changed)}")
+        return
+    summary = {"schema_version": 1, "winner": report.winner, "command": report.command}
+    written = write_tuned(repo, tuned, summary, options.keep_versions)
+    report.written = [f"{w.path}/{w.version}" for w in written]

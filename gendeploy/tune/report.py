@@ -14,8 +14,10 @@ from gendeploy.fileio import atomic_write_bytes
 from gendeploy.tune.analyzer import Measurement
 from gendeploy.tune.space import Candidate
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: written is a list (the tuned model and its NGC siblings), notes
 TARGET_RATIO = 0.9  # served throughput against in-process batch 1 of the same engine
+TARGET_CONCURRENCY = 4  # the level the target is stated at
+REPORT_FILES = ("tune.json", "tune.md", "tune.png")
 
 
 @dataclass
@@ -43,7 +45,8 @@ class TuneReport:
     winner: dict[str, Any] | None = None  # a measurement
     start_best: dict[str, Any] | None = None  # the repository config's best measurement
     baseline: dict[str, Any] | None = None
-    written: str | None = None  # the new version's directory
+    written: list[str] = field(default_factory=list)  # the new versions' directories
+    notes: list[str] = field(default_factory=list)  # what the winner could not carry over
     command: str = ""
     elapsed_s: float = 0.0
     machine: dict[str, Any] = field(default_factory=dict)
@@ -52,9 +55,30 @@ class TuneReport:
     schema_version: int = SCHEMA_VERSION
 
     def ratio(self) -> float | None:
+        """The winner's measurement against in-process batch 1."""
         if not (self.winner and self.baseline and self.baseline["images_per_s"]):
             return None
         return float(self.winner["throughput"]) / float(self.baseline["images_per_s"])
+
+    def at_concurrency(self, concurrency: int) -> dict[str, Any] | None:
+        """The winning configuration's measurement at ``concurrency``, if it was measured."""
+        if not self.winner:
+            return None
+        return next(
+            (
+                m
+                for m in self.measurements
+                if m["candidate"] == self.winner["candidate"] and m["concurrency"] == concurrency
+            ),
+            None,
+        )
+
+    def ratio_at(self, concurrency: int) -> float | None:
+        """The winning configuration at ``concurrency`` against in-process batch 1."""
+        m = self.at_concurrency(concurrency)
+        if not (m and self.baseline and self.baseline["images_per_s"]):
+            return None
+        return float(m["throughput"]) / float(self.baseline["images_per_s"])
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
@@ -119,19 +143,16 @@ def markdown(report: TuneReport) -> str:
             f"In-process batch 1 of the same engine (ONNX Runtime, {b['threads']}): "
             f"{b['images_per_s']:.1f} img/s{'' if b['stable'] else ' (not stable)'}."
         )
-    ratio = r.ratio()
-    if ratio is not None:
-        met = "met" if ratio >= TARGET_RATIO else "missed"
-        lines.append(
-            f"Served / in-process: **{ratio:.2f}x** (target >= {TARGET_RATIO}x: **{met}**)."
-        )
+    lines += _ratios(r)
     if r.winner:
         lines.append(f"Where the winner's time goes: {where_time_goes(r.winner)}.")
     lines.append(
-        f"Written: `{r.written}` (a new version; the served one is untouched)."
+        "Written: " + ", ".join(f"`{w}`" for w in r.written) + " (new versions; the served ones "
+        "are untouched)."
         if r.written
         else "Written: nothing."
     )
+    lines += [f"Note: {note}." for note in r.notes]
     lines += ["", "![throughput against p99](tune.png)", "", "## Every configuration tried", ""]
     lines += [
         "| # | instances | threads | max batch | delay us | preferred | protocol | concurrency "
@@ -162,6 +183,30 @@ def markdown(report: TuneReport) -> str:
         )
     lines += ["", "## Reproduce", "", "```", r.command, "```", ""]
     return "\n".join(lines)
+
+
+def _ratios(r: TuneReport) -> list[str]:
+    """Served / in-process at the target's concurrency and at the winner's own level."""
+    if not (r.winner and r.baseline):
+        return []
+    target = r.ratio_at(TARGET_CONCURRENCY)
+    if target is None:
+        lines = [
+            f"Served / in-process at concurrency {TARGET_CONCURRENCY} (the target's level): "
+            f"not measured (add {TARGET_CONCURRENCY} to --concurrency)."
+        ]
+    else:
+        met = "met" if target >= TARGET_RATIO else "missed"
+        lines = [
+            f"Served / in-process at concurrency {TARGET_CONCURRENCY}, the winning "
+            f"configuration: **{target:.2f}x** (target >= {TARGET_RATIO}x: **{met}**)."
+        ]
+    ratio = r.ratio()
+    if ratio is not None and r.winner["concurrency"] != TARGET_CONCURRENCY:
+        lines.append(
+            f"At the winner's own level (concurrency {r.winner['concurrency']}): {ratio:.2f}x."
+        )
+    return lines
 
 
 def plot(report: TuneReport, path: Path) -> Path:
@@ -202,7 +247,9 @@ def plot(report: TuneReport, path: Path) -> Path:
     if report.baseline:
         b = report.baseline["images_per_s"]
         ax.axhline(b, color="gray", ls=":", lw=1, label="in-process batch 1")
-        ax.axhline(0.9 * b, color="gray", ls="-.", lw=0.8, label="0.9x in-process")
+        ax.axhline(
+            TARGET_RATIO * b, color="gray", ls="-.", lw=0.8, label=f"{TARGET_RATIO}x in-process"
+        )
     title = f"{report.model}: every configuration tried ({report.search} search)"
     ax.set(xlabel="p99 latency (ms)", ylabel="images / s", title=title)
     if report.contended:
@@ -218,7 +265,7 @@ def plot(report: TuneReport, path: Path) -> Path:
 
 def write_report(report: TuneReport, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
-    paths = [out / "tune.json", out / "tune.md", out / "tune.png"]
+    paths = [out / name for name in REPORT_FILES]
     atomic_write_bytes(paths[0], report.to_json().encode())
     atomic_write_bytes(paths[1], markdown(report).encode())
     plot(report, paths[2])

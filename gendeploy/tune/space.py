@@ -50,9 +50,9 @@ class Candidate:
 
     def label(self) -> str:
         preferred = f" pref {self.preferred_batch}" if self.preferred_batch else ""
-        threads = self.threads or "ort"
+        threads = f"{self.threads}t" if self.threads else "ort-threads"
         return (
-            f"{self.instances}x{threads}t mb{self.max_batch_size} "
+            f"{self.instances}x{threads} mb{self.max_batch_size} "
             f"{self.queue_delay_us}us{preferred} {self.protocol.value}"
         )
 

@@ -1,0 +1,207 @@
+"""FP16 where it is safe: FP32 islands around the values FP16 cannot hold, chosen by measurement.
+
+FP16's largest finite value is 65504 and its step near 16384 is already 16. Generators overflow it
+in a few places: a demodulation's sum of squares (a modulated weight above 256 squares past the
+limit), activations that grow through unnormalised layers, and rescalings by large gains. Op types
+known to be sensitive stay FP32 anyway (``onnx_graph.FP32_OPS``); on top of those, ``convert``
+runs the FP32 model on the gate's inputs, finds every node whose output exceeds a limit, and keeps
+those nodes and every node that reads such a value in FP32 (an island: FP16 casts at its edges
+only). The gate then decides (``accept``: NaN/Inf, values, PSNR, batch invariance, and any other
+check plugged in there); if it refuses, the islands grow (a lower limit) before giving up.
+
+The gate sees FP16 overflow only where values are really stored in FP16: ONNX Runtime's CPU
+provider computes FP16 nodes in FP32 and drops the casts between them, so an overflow never shows
+there. ``emulate_fp16_storage`` makes every FP16 value a stored tensor (an Identity after each
+node, run without graph optimizations): FP32 arithmetic, FP16 storage, as FP16 engines run, and a
+value past 65504 becomes inf as it would on the GPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from gendeploy.errors import ValidationError
+from gendeploy.export import onnx_graph
+from gendeploy.export.signature import WRAPPED
+from gendeploy.runtime.base import Feeds
+
+# Values above the first limit stay FP32 (4x headroom under 65504 for inputs the gate did not
+# try); if the gate still refuses, everything above the second (FP16's step there is 0.5).
+LIMITS = (2.0**14, 2.0**10)
+Accept = Callable[[onnx.ModelProto], "str | None"]  # None: passed; else why it failed
+
+
+@dataclass(frozen=True)
+class Island:
+    """One node kept in FP32."""
+
+    node: str  # the ONNX node's name
+    op: str  # its op type
+    layer: str  # the torch module it came from ("" when the exporter did not record it)
+    max_abs: float  # the largest |value| it read or wrote on the gate's inputs
+
+
+def convert(
+    fp32: onnx.ModelProto, feeds: list[Feeds], accept: Accept
+) -> tuple[onnx.ModelProto, list[Island]]:
+    """The FP16 model the gate accepts, and the nodes kept in FP32 (beyond ``FP32_OPS``)."""
+    model = _named(fp32)
+    ranges = value_ranges(model, feeds)
+    failure: str | None = None
+    chosen: list[Island] = []
+    for limit in LIMITS:
+        chosen = islands(model, ranges, limit)
+        fp16 = fold_cast_pairs(onnx_graph.convert_fp16(model, [i.node for i in chosen]))
+        failure = accept(fp16)
+        if failure is None:
+            return fp16, chosen
+    raise ValidationError(
+        f"{failure} (after keeping {len(chosen)} nodes whose values pass {LIMITS[-1]:g} in FP32)"
+    )
+
+
+def value_ranges(model: onnx.ModelProto, feeds: list[Feeds]) -> dict[str, float]:
+    """Largest |value| of every float tensor (initializers and node outputs) on ``feeds``."""
+    import onnxruntime as ort
+
+    ranges = {
+        init.name: _max_abs(numpy_helper.to_array(init))
+        for init in model.graph.initializer
+        if init.data_type == TensorProto.FLOAT
+    }
+    inferred = onnx.shape_inference.infer_shapes(model)
+    float_values = {
+        v.name
+        for v in [*inferred.graph.value_info, *inferred.graph.output]
+        if v.type.tensor_type.elem_type == TensorProto.FLOAT
+    }
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    outputs = {o.name for o in probe.graph.output}
+    names = [o for n in model.graph.node for o in n.output if o in float_values]
+    for name in names:
+        if name not in outputs:
+            probe.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(
+        probe.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+    wanted = {i.name for i in session.get_inputs()}
+    for f in feeds:
+        values = session.run(names, {k: v for k, v in f.items() if k in wanted})
+        for name, value in zip(names, values, strict=True):
+            ranges[name] = max(ranges.get(name, 0.0), _max_abs(value))
+    return ranges
+
+
+def islands(model: onnx.ModelProto, ranges: dict[str, float], limit: float) -> list[Island]:
+    """Nodes that write or read a value above ``limit``."""
+    found = []
+    for node in model.graph.node:
+        touched = [ranges.get(t, 0.0) for t in [*node.input, *node.output]]
+        if touched and max(touched) > limit:
+            found.append(Island(node.name, node.op_type, node_layer(node), max(touched)))
+    return found
+
+
+def node_layer(node: onnx.NodeProto) -> str:
+    """The module path the dynamo exporter recorded for ``node`` (its name scopes)."""
+    for prop in node.metadata_props:
+        if prop.key == "pkg.torch.onnx.name_scopes":
+            scopes = [s.strip(" '\"") for s in prop.value.strip("[]").split(",")]
+            path = [s for s in scopes[:-1] if s]  # the last scope is the op itself
+            if path and path[0] == WRAPPED:
+                path = path[1:]
+            return ".".join(path)
+    return ""
+
+
+def fold_cast_pairs(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Drop every FP32 -> FP16 -> FP32 round trip: the converter casts a blocked node's output to
+    FP16 even when all its readers are FP32 (with more than one reader it keeps the pair), which
+    would let a large value overflow between two FP32 nodes."""
+    graph = model.graph
+    to16 = {
+        n.output[0]: n
+        for n in graph.node
+        if n.op_type == "Cast" and _cast_to(n) == TensorProto.FLOAT16
+    }
+    rename: dict[str, str] = {}
+    dropped = set()
+    for node in graph.node:
+        if node.op_type == "Cast" and _cast_to(node) == TensorProto.FLOAT and node.input[0] in to16:
+            rename[node.output[0]] = to16[node.input[0]].input[0]
+            dropped.add(id(node))
+    if not rename:
+        return model
+    outputs = {o.name for o in graph.output}
+    kept = []
+    for node in graph.node:
+        if id(node) in dropped and node.output[0] not in outputs:
+            continue
+        if id(node) in dropped:  # a graph output keeps its name: the cast becomes an Identity
+            node.op_type = "Identity"
+            del node.attribute[:]
+            node.input[0] = rename.pop(node.output[0])
+        node.input[:] = [rename.get(i, i) for i in node.input]
+        kept.append(node)
+    used = {i for n in kept for i in n.input} | outputs
+    kept = [
+        n for n in kept if n.op_type != "Cast" or n.output[0] not in to16 or n.output[0] in used
+    ]
+    del graph.node[:]
+    graph.node.extend(kept)
+    return model
+
+
+def emulate_fp16_storage(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy where every FP16 node output is materialised (run it with optimizations off)."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {
+        v.name: v.type.tensor_type.elem_type
+        for v in [*inferred.graph.value_info, *inferred.graph.output]
+    }
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    nodes = []
+    for node in out.graph.node:
+        nodes.append(node)
+        if node.op_type in ("Cast", "Constant", "Identity"):
+            continue
+        for i, name in enumerate(node.output):
+            if types.get(name) == TensorProto.FLOAT16:
+                node.output[i] = f"{name}__computed"
+                nodes.append(
+                    helper.make_node("Identity", [node.output[i]], [name], name=f"{name}__stored")
+                )
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    return out
+
+
+def _cast_to(node: onnx.NodeProto) -> int:
+    return next((a.i for a in node.attribute if a.name == "to"), -1)
+
+
+def _named(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy whose every node has a unique name (the converter blocks nodes by name)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    seen: set[str] = set()
+    for i, node in enumerate(out.graph.node):
+        if not node.name or node.name in seen:
+            node.name = f"{node.op_type}_{i}"
+        seen.add(node.name)
+    return out
+
+
+def _max_abs(value: np.ndarray) -> float:
+    if value.size == 0 or not np.issubdtype(value.dtype, np.floating):
+        return 0.0
+    return float(np.nan_to_num(np.abs(value), nan=np.inf).max())

@@ -1,0 +1,353 @@
+"""Batch-grouped convolutions rewritten into export-friendly forms on the captured graph.
+
+StyleGAN2's fused modulated convolution (NVlabs in eval mode, rosinality's port) folds the batch
+into the channels: the input ``[N, C, H, W]`` is viewed as ``[1, N*C, H, W]`` and convolved with
+per-sample weights ``[N*O, C, k, k]`` using ``groups=N``. With a dynamic batch ``groups`` is
+symbolic, and ONNX's ``Conv`` needs a constant ``group`` attribute (the dynamo exporter stops with
+a ConversionError, TorchScript with "convolution for kernel of unknown shape").
+
+Why here, on the captured ATen graph, and not by patching ``F.conv2d`` while exporting: every
+spelling of the call (``F.conv2d``, ``torch.conv2d``, ``from torch.nn.functional import conv2d``,
+a custom op's reference fallback such as NVlabs' ``conv2d_gradfix``) ends in the same
+``aten.conv2d`` node, which carries its symbolic ``groups``, its module path and the nodes that
+made its weight; a patch sees only the call it replaced, not how the weight was made.
+
+For each 2-D convolution whose ``groups`` is symbolic (G):
+
+- ``modulated``: the ``[G, O, I, kh, kw]`` tensor the weight is a view of is a product of factors,
+  each shared by all samples, per input channel (``[G, 1, I, 1, 1]``, the style) or per output
+  channel (``[G, O, 1, 1, 1]``, the demodulation). Then ``conv(x, W * s_in * s_out) = s_out *
+  conv(x * s_in, W)``: modulate the input, one ordinary convolution with the shared weight,
+  demodulate the output (StyleGAN2's non-fused path; the same sums in another order).
+- ``batched``: any other per-sample weights; the input is unfolded into its kh*kw shifted views
+  and each sample's convolution is one batched matmul (a 1x1 kernel needs no unfolding).
+
+The rewritten graph is exported again by torch.export (so the new nodes get shapes like any
+other) and compared with the original at several batch sizes before anything is written.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import fx
+
+from gendeploy.errors import ExportError
+
+aten = torch.ops.aten
+_CONV2D = {aten.conv2d.default, aten.convolution.default}
+_CONVS = {
+    *_CONV2D,
+    aten.conv1d.default,
+    aten.conv3d.default,
+    aten.conv2d.padding,
+    aten.conv_transpose1d.default,
+    aten.conv_transpose2d.input,
+    aten.conv_transpose3d.input,
+}
+# ops that only view or re-type the weight between the per-sample product and the convolution
+_VIEWS = {
+    aten.reshape.default,
+    aten.view.default,
+    aten._unsafe_view.default,
+    aten.contiguous.default,
+    aten.clone.default,
+    aten.to.dtype,
+    aten._to_copy.default,
+}
+_MUL = {aten.mul.Tensor, aten.mul.Scalar}
+_DIV = {aten.div.Tensor, aten.div.Scalar}
+VERIFY_BATCHES = (1, 3)
+VERIFY_ATOL = 1e-4  # the gate's FP32 tolerance
+
+
+@dataclass(frozen=True)
+class Rewrite:
+    """One batch-grouped convolution replaced: where, and by which form."""
+
+    layer: str  # the module path, e.g. "synthesis.b8.conv0"
+    form: str  # "modulated" or "batched"
+    kernel: list[int]  # [out, in, kh, kw] per sample
+
+
+class RewriteError(ExportError):
+    """A batch-grouped convolution gendeploy cannot rewrite."""
+
+
+def rewrite_batch_grouped(gm: fx.GraphModule, prefix: str = "") -> list[Rewrite]:
+    """Replace every convolution with a symbolic ``groups`` in ``gm`` (in place); ``prefix`` is
+    left out of the layer names (a wrapper's attribute)."""
+    done: list[Rewrite] = []
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target not in _CONVS:
+            continue
+        params = _arguments(node)
+        groups = params.get("groups", 1)
+        if not isinstance(groups, fx.Node):
+            continue  # a constant group count: an ordinary grouped convolution
+        layer = layer_name(node).removeprefix(prefix)
+        weight = params["weight"]
+        shape = _shape(weight)
+        transposed = bool(params.get("transposed", False)) or "transpose" in str(node.target)
+        if transposed:
+            raise RewriteError(unsupported_message(layer, "transposed convolution"))
+        if len(shape) != 4:
+            raise RewriteError(unsupported_message(layer, f"{len(shape) - 2}-d convolution"))
+        if node.target not in _CONV2D:
+            raise RewriteError(unsupported_message(layer, "convolution with padding by name"))
+        if not all(isinstance(d, int) for d in shape[1:]) or not _constant_geometry(params):
+            raise RewriteError(unsupported_message(layer, "convolution with symbolic kernel"))
+        out_per_sample, _, kh, kw = _per_sample_kernel(weight, groups)
+        factors = _modulation(weight, groups)
+        conv_args = (
+            params["input"],
+            params.get("bias"),
+            _pair(params.get("stride", 1)),
+            _pair(params.get("padding", 0)),
+            _pair(params.get("dilation", 1)),
+            groups,
+        )
+        with gm.graph.inserting_before(node):
+            if factors is not None:
+                shared, s_in, s_out = factors
+                kernel = [out_per_sample, shape[1], kh, kw]
+                new = gm.graph.call_function(
+                    modulated_conv2d, (*conv_args, shared, s_in, s_out, kernel)
+                )
+                form = "modulated"
+            else:
+                new = gm.graph.call_function(batched_conv2d, (*conv_args, weight))
+                form = "batched"
+        node.replace_all_uses_with(new)
+        gm.graph.erase_node(node)
+        done.append(Rewrite(layer, form, [out_per_sample, shape[1], kh, kw]))
+    if done:
+        gm.graph.lint()
+        gm.recompile()
+    return done
+
+
+def unsupported_message(layer: str, kind: str) -> str:
+    return (
+        f"layer {layer!r}: a {kind} with groups = batch (per-sample weights over a [1, N*C, H, W]"
+        " view) cannot be exported with a dynamic batch, and gendeploy rewrites only plain 2-d "
+        "convolutions; options: the model's own non-fused path (--forward-kwargs, e.g. "
+        "fused_modconv=false), or a static batch (--max-batch 1)"
+    )
+
+
+def layer_name(node: fx.Node) -> str:
+    stack = node.meta.get("nn_module_stack") or {}
+    paths = [path for path, _type in stack.values() if isinstance(path, str)]
+    return (paths[-1] if paths else "") or "<top level>"
+
+
+def verify(
+    original: Callable[..., torch.Tensor],
+    rewritten: Callable[..., torch.Tensor],
+    make_inputs: Callable[[int], Sequence[torch.Tensor]],
+    rewrites: list[Rewrite],
+    batches: tuple[int, ...] = VERIFY_BATCHES,
+) -> float:
+    """Largest difference between the two at each batch size; raises above the FP32 tolerance."""
+    worst = 0.0
+    for batch in batches:
+        inputs = make_inputs(batch)
+        with torch.no_grad():
+            diff = float((original(*inputs) - rewritten(*inputs)).abs().max())
+        worst = max(worst, diff if math.isfinite(diff) else math.inf)
+        if not worst <= VERIFY_ATOL:
+            layers = ", ".join(f"{r.layer} ({r.form})" for r in rewrites)
+            raise ExportError(
+                f"rewriting the batch-grouped convolutions of {layers} changed the output by "
+                f"{worst:.3g} at batch {batch} (> {VERIFY_ATOL:g}); export the model's non-fused "
+                "path (--forward-kwargs) and report this model"
+            )
+    return worst
+
+
+# --- the replacements: called by the rewritten graph, traced again by torch.export ------------
+
+
+def modulated_conv2d(
+    x: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    groups: int,
+    shared: list[Any],
+    s_in: list[Any],
+    s_out: list[Any],
+    kernel: list[int],
+) -> torch.Tensor:
+    """Modulate the input, convolve with the shared weight, demodulate the output."""
+    samples = x.reshape(groups, -1, x.shape[2], x.shape[3])  # [N, I, H, W]
+    weight = _product(shared).expand(1, *kernel).reshape(kernel)  # [O, I, kh, kw]
+    if s_in:
+        samples = samples * _product(s_in).reshape(groups, -1, 1, 1)
+    y = F.conv2d(samples, weight, None, stride, padding, dilation, 1)  # [N, O, H', W']
+    if s_out:
+        y = y * _product(s_out).reshape(groups, -1, 1, 1)
+    if bias is not None:
+        y = y + bias.reshape(groups, -1, 1, 1)
+    return y.reshape(1, -1, y.shape[2], y.shape[3])
+
+
+def batched_conv2d(
+    x: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    groups: int,
+    weight: torch.Tensor,
+) -> torch.Tensor:
+    """Each sample's convolution with its own weight, as one batched matmul over unfolded input."""
+    samples = x.reshape(groups, -1, x.shape[2], x.shape[3])  # [N, I, H, W]
+    _, channels, kh, kw = weight.shape
+    w = weight.reshape(groups, -1, channels * kh * kw)  # [N, O, I*kh*kw]
+    if (kh, kw) == (1, 1) and list(stride) == [1, 1] and list(padding) == [0, 0]:
+        cols = samples.reshape(groups, channels, -1)  # [N, I, H*W]
+        h_out, w_out = x.shape[2], x.shape[3]
+    else:
+        (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+        padded = F.pad(samples, (pw, pw, ph, ph))
+        h_out = (x.shape[2] + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+        w_out = (x.shape[3] + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+        taps = [
+            padded[:, :, i * dh : i * dh + sh * (h_out - 1) + 1 : sh,
+                   j * dw : j * dw + sw * (w_out - 1) + 1 : sw]
+            for i in range(kh)
+            for j in range(kw)
+        ]  # fmt: skip
+        cols = torch.stack(taps, dim=2).reshape(groups, channels * kh * kw, -1)
+    y = torch.matmul(w, cols).reshape(groups, -1, h_out, w_out)  # [N, O, H', W']
+    if bias is not None:
+        y = y + bias.reshape(groups, -1, 1, 1)
+    return y.reshape(1, -1, h_out, w_out)
+
+
+def _product(factors: list[Any]) -> Any:
+    out = factors[0]
+    for f in factors[1:]:
+        out = out * f
+    return out
+
+
+# --- reading the graph ------------------------------------------------------------------------
+
+
+def _arguments(node: fx.Node) -> dict[str, Any]:
+    schema = node.target._schema  # type: ignore[union-attr]
+    found: dict[str, Any] = {}
+    for i, arg in enumerate(schema.arguments):
+        if i < len(node.args):
+            found[arg.name] = node.args[i]
+        elif arg.name in node.kwargs:
+            found[arg.name] = node.kwargs[arg.name]
+        elif arg.has_default_value():
+            found[arg.name] = arg.default_value
+    return found
+
+
+def _pair(value: Any) -> list[Any]:
+    values = list(value) if isinstance(value, list | tuple) else [value]
+    return values * 2 if len(values) == 1 else values
+
+
+def _constant_geometry(params: dict[str, Any]) -> bool:
+    names = ("stride", "padding", "dilation")
+    return all(isinstance(v, int) for n in names for v in _pair(params.get(n, 1)))
+
+
+def _shape(node: Any) -> list[Any]:
+    val = node.meta.get("val") if isinstance(node, fx.Node) else None
+    return list(val.shape) if isinstance(val, torch.Tensor) else []
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal sizes: ints by value, symbolic sizes by their expression."""
+    if isinstance(a, torch.SymInt) and isinstance(b, torch.SymInt):
+        return bool(a.node.expr == b.node.expr)
+    if isinstance(a, int) and isinstance(b, int):
+        return a == b
+    return False
+
+
+def _group_count(groups: fx.Node) -> Any:
+    return groups.meta.get("val")
+
+
+def _per_sample_kernel(weight: fx.Node, groups: fx.Node) -> tuple[int, int, int, int]:
+    """(O, I, kh, kw) of each sample's weight, from the [G*O, I, kh, kw] weight's shape."""
+    total, channels, kh, kw = _shape(weight)
+    g = _group_count(groups)
+    expr = total.node.expr / g.node.expr if isinstance(total, torch.SymInt) else None
+    if expr is None or not expr.is_Integer:
+        layer = layer_name(weight)
+        raise RewriteError(unsupported_message(layer, "convolution whose weight is not per-sample"))
+    return int(expr), channels, kh, kw
+
+
+def _modulation(weight: fx.Node, groups: fx.Node) -> tuple[list, list, list] | None:
+    """(shared, per-input-channel, per-output-channel) factors of the per-sample weight, or None
+    when it is not such a product."""
+    source = weight
+    while (
+        isinstance(source, fx.Node)
+        and source.op == "call_function"
+        and source.target in _VIEWS
+        and len(_shape(source)) != 5
+    ):
+        source = source.args[0]  # type: ignore[assignment]
+    target = _shape(source)
+    if len(target) != 5 or not _same(target[0], _group_count(groups)):
+        return None
+    groups_of: dict[str, list[Any]] = {"shared": [], "in": [], "out": []}
+    for leaf, divides in _factors(source):
+        if not isinstance(leaf, fx.Node):  # a Python number: part of the shared kernel
+            groups_of["shared"].append(1.0 / leaf if divides else leaf)
+            continue
+        kind = _classify(_shape(leaf), target)
+        if kind is None:
+            return None
+        groups_of[kind].append(leaf)
+    if not any(isinstance(f, fx.Node) for f in groups_of["shared"]):
+        return None  # no shared kernel: nothing for an ordinary convolution to use
+    return groups_of["shared"], groups_of["in"], groups_of["out"]
+
+
+def _factors(node: Any) -> list[tuple[Any, bool]]:
+    """The leaves of a tree of multiplications and divisions by numbers: (leaf, divides)."""
+    if isinstance(node, fx.Node) and node.op == "call_function":
+        if node.target in _MUL:
+            return _factors(node.args[0]) + _factors(node.args[1])
+        if node.target in _DIV and not isinstance(node.args[1], fx.Node):
+            return [*_factors(node.args[0]), (node.args[1], True)]
+    return [(node, False)]
+
+
+def _classify(shape: list[Any], target: list[Any]) -> str | None:
+    """shared / in / out for a factor broadcast onto [G, O, I, kh, kw]; None when it varies per
+    sample along both channel axes or the kernel."""
+    if len(shape) > 5:
+        return None
+    padded = [1] * (5 - len(shape)) + shape
+    for size, full in zip(padded[1:], target[1:], strict=True):
+        if not (_same(size, 1) or _same(size, full)):
+            return None
+    if _same(padded[0], 1):
+        return "shared"
+    if not _same(padded[0], target[0]) or not (_same(padded[3], 1) and _same(padded[4], 1)):
+        return None
+    if _same(padded[2], 1):
+        return "out"  # [G, O, 1, 1, 1] or a per-sample scalar [G, 1, 1, 1, 1]
+    if _same(padded[1], 1):
+        return "in"  # [G, 1, I, 1, 1]
+    return None

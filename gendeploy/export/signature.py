@@ -1,0 +1,307 @@
+"""The served signature of a user generator: what its ``forward`` takes besides z, found by probing.
+
+Every export serves one calling convention, ``(z[, labels][, truncation][, noise_0, ...])``;
+``ServedGenerator`` maps it onto the model's own ``forward``:
+
+- class input: integer ``labels`` passed as they are, or turned into the one-hot vector ``c`` a
+  StyleGAN-style model takes (inside the graph, so clients always send integer labels); an
+  unconditional model whose ``forward(z, c)`` still wants ``c`` gets an empty ``[N, 0]`` one.
+- truncation: a ``forward`` parameter named ``truncation_psi`` / ``truncation`` / ``psi`` with a
+  numeric default becomes the per-sample input ``truncation`` ``[N, 1]`` (requests may omit it: the
+  server fills the model's default), unless ``--forward-kwargs`` fixes it.
+- noise (``--noise seeded``): buffers named ``*noise*`` become per-sample inputs, which the server
+  draws from each request's seed (``backend_model.draw_noise``); by default they stay constants,
+  as the model computes them in eager mode.
+- ``--forward-kwargs``: keyword arguments given to every call (noise mode, fused paths...).
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Callable
+from dataclasses import replace
+from enum import Enum
+from typing import Any
+
+import torch
+from torch import nn
+
+from gendeploy.errors import UsageError
+from gendeploy.export.manifest import Interface, NoiseInput
+
+TRUNCATION_ARGS = ("truncation_psi", "truncation", "psi")
+WRAPPED = "generator"  # ServedGenerator's attribute holding the model
+SHAPE_PROBE_BATCH = 2  # the first call: does it run, what shape does it return
+PROBE_BATCH = 3  # odd, so a per-sample input that broadcasts wrongly cannot pass for a size of 2
+_KWARG = re.compile(r"^([A-Za-z_]\w*)=(.*)$")
+
+
+class ClassInput(str, Enum):
+    labels = "labels"  # forward(z, labels): int64 labels
+    onehot = "onehot"  # forward(z, c): a float one-hot [N, num_classes] built from labels
+    empty = "empty"  # unconditional forward(z, c): an empty [N, 0] c
+
+
+class NoiseMode(str, Enum):
+    const = "const"  # noise buffers are constants of the graph (the model as given)
+    seeded = "seeded"  # noise buffers become per-sample inputs drawn from the request's seed
+
+
+def parse_forward_kwargs(text: str | None) -> dict[str, Any]:
+    """``name=value,...``: true/false, none, ints, floats, else strings."""
+    if not text:
+        return {}
+    found: dict[str, Any] = {}
+    for item in text.split(","):
+        match = _KWARG.match(item.strip())
+        if match is None:
+            raise UsageError(f"--forward-kwargs: expected name=value[,name=value...], got {item!r}")
+        name, raw = match.groups()
+        if name in found:
+            raise UsageError(f"--forward-kwargs: {name!r} given twice")
+        found[name] = _parse_value(raw.strip())
+    return found
+
+
+def _parse_value(raw: str) -> Any:
+    low = raw.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low == "none":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            pass
+    return raw
+
+
+class ServedGenerator(nn.Module):
+    """``forward(z[, labels][, truncation][, noise...])``: trailing inputs may be left out (the
+    model's default truncation, its constant noise), so ``wrapper(z)`` is the model as given."""
+
+    def __init__(self, generator: nn.Module, interface: Interface, num_classes: int) -> None:
+        super().__init__()
+        self.generator = generator  # named WRAPPED
+        self.interface = interface
+        self.num_classes = num_classes
+        self.input_names = [s.name for s in interface.input_specs(0, num_classes)]
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        values = dict(zip(self.input_names, inputs, strict=False))
+        z = values["z"]
+        args: list[torch.Tensor] = [z]
+        kind = ClassInput(self.interface.class_input)
+        if kind is ClassInput.labels and self.num_classes > 0:
+            args.append(values["labels"])
+        elif kind is ClassInput.onehot:
+            classes = torch.arange(self.num_classes, device=z.device)
+            args.append((values["labels"].reshape(-1, 1) == classes).to(z.dtype))
+        elif kind is ClassInput.empty:
+            args.append(z.new_zeros(z.shape[0], 0))
+        kwargs = dict(self.interface.forward_kwargs)
+        if self.interface.truncation_arg and "truncation" in values:
+            kwargs[self.interface.truncation_arg] = values["truncation"]
+        noise = {n.buffer: values[n.name] for n in self.interface.noise if n.name in values}
+        if noise:
+            # the buffers swapped for this call only: the per-sample tensors broadcast like them
+            return torch.func.functional_call(self.generator, noise, tuple(args), kwargs)
+        out: torch.Tensor = self.generator(*args, **kwargs)
+        return out
+
+
+def serving_module(generator: nn.Module, interface: Interface, num_classes: int) -> nn.Module:
+    """The module export, the gate and bench run: the generator itself for a plain
+    ``forward(z[, labels])``, else a ``ServedGenerator`` around it."""
+    if interface == Interface():
+        return generator
+    return ServedGenerator(generator, interface, num_classes).eval()
+
+
+def inspect_generator(
+    generator: nn.Module,
+    latent_dim: int,
+    num_classes: int,
+    image_shape: tuple[int, int, int],
+    forward_kwargs: dict[str, Any] | None = None,
+    noise: NoiseMode = NoiseMode.const,
+    label: str = "the generator",
+    log: Callable[[str], None] | None = None,
+) -> Interface:
+    """Probe ``generator`` (eval mode) and return its served interface; one-line errors."""
+    say = log or (lambda _msg: None)
+    kwargs = dict(forward_kwargs or {})
+    _check_kwargs(generator, kwargs, label)
+    interface = _class_input(generator, latent_dim, num_classes, image_shape, kwargs, label)
+    truncation = _truncation(generator, interface, latent_dim, num_classes, kwargs)
+    if isinstance(truncation, str):
+        if truncation:
+            say(truncation)
+    else:
+        interface.truncation_arg, interface.truncation_default = truncation
+    buffers = noise_buffers(generator)
+    if NoiseMode(noise) is NoiseMode.seeded:
+        interface.noise = _seeded_noise(generator, interface, buffers, latent_dim, num_classes)
+    elif buffers:
+        say(
+            f"noise buffers {list(buffers)[:3]}{'...' if len(buffers) > 3 else ''} are served as "
+            "constants; --noise seeded draws them per request from its seed"
+        )
+    return interface
+
+
+def noise_buffers(generator: nn.Module) -> dict[str, list[int]]:
+    """Buffers named ``*noise*`` that can be per-sample noise: buffer name -> per-sample shape.
+
+    A buffer of shape [H, W], [C, H, W] or [1, C, H, W] is served as [N, C or 1, H, W]: the model
+    broadcasts it over the batch, so a per-sample tensor of that shape takes its place.
+    """
+    found: dict[str, list[int]] = {}
+    for name, buffer in generator.named_buffers():
+        if "noise" not in name.rsplit(".", 1)[-1].lower() or not buffer.is_floating_point():
+            continue
+        shape = [1] * (4 - buffer.dim()) + list(buffer.shape)
+        if 2 <= buffer.dim() <= 4 and shape[0] == 1:
+            found[name] = shape[1:]
+    return found
+
+
+def probe_inputs(
+    latent_dim: int, num_classes: int, interface: Interface, batch: int = PROBE_BATCH
+) -> list[torch.Tensor]:
+    """Deterministic sample inputs for every served input (truncation at the model's default)."""
+    gen = torch.Generator().manual_seed(0)
+    inputs = [torch.randn(batch, latent_dim, generator=gen)]
+    if num_classes > 0:
+        inputs.append(torch.arange(batch, dtype=torch.int64) % num_classes)
+    if interface.truncation_arg:
+        inputs.append(torch.full((batch, 1), float(interface.truncation_default)))
+    inputs += [torch.randn(batch, *n.shape, generator=gen) for n in interface.noise]
+    return inputs
+
+
+def _check_kwargs(generator: nn.Module, kwargs: dict[str, Any], label: str) -> None:
+    params = inspect.signature(generator.forward).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = sorted(set(kwargs) - set(params))
+    if unknown:
+        raise UsageError(
+            f"--forward-kwargs {', '.join(unknown)}: {label}'s forward takes no such keyword "
+            f"(it takes {list(params)})"
+        )
+
+
+def _class_input(
+    generator: nn.Module,
+    latent_dim: int,
+    num_classes: int,
+    image_shape: tuple[int, int, int],
+    kwargs: dict[str, Any],
+    label: str,
+) -> Interface:
+    """The first class-input convention the model runs with; the first one's error otherwise."""
+    kinds = (
+        [ClassInput.labels, ClassInput.onehot]
+        if num_classes > 0
+        else [ClassInput.labels, ClassInput.empty]
+    )
+    first_error: Exception | None = None
+    for kind in kinds:
+        interface = Interface(class_input=kind.value, forward_kwargs=kwargs)
+        module = ServedGenerator(generator, interface, num_classes)
+        try:
+            with torch.inference_mode():
+                out = module(*probe_inputs(latent_dim, num_classes, interface, SHAPE_PROBE_BATCH))
+        except Exception as e:
+            first_error = first_error or e
+            continue
+        want = (SHAPE_PROBE_BATCH, *image_shape)
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != want:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise UsageError(
+                f"{label} returns {got} for batch {SHAPE_PROBE_BATCH}, --image-shape says "
+                f"{want[1:]}: "
+                "the generator must return one (N, C, H, W) tensor"
+            )
+        return interface
+    what = "a conditional (z, labels)" if num_classes else "an unconditional (z)"
+    assert first_error is not None
+    detail = " ".join(str(first_error).split())[:160]
+    raise UsageError(
+        f"{label} fails on {what} input with latent dim {latent_dim} "
+        f"({type(first_error).__name__}: {detail}); check --latent-dim and --num-classes"
+    )
+
+
+def _truncation(
+    generator: nn.Module,
+    interface: Interface,
+    latent_dim: int,
+    num_classes: int,
+    kwargs: dict[str, Any],
+) -> tuple[str, float] | str:
+    """(parameter, default) when truncation can be a per-sample input; else why not ("" if the
+    model has no truncation parameter)."""
+    params = inspect.signature(generator.forward).parameters
+    name = next((n for n in TRUNCATION_ARGS if n in params), "")
+    if not name or name in kwargs:
+        return ""
+    default = params[name].default
+    if isinstance(default, bool) or not isinstance(default, int | float):
+        return f"truncation: {name} has no numeric default; not served as an input"
+    trial = replace(interface, truncation_arg=name, truncation_default=float(default))
+    module = ServedGenerator(generator, trial, num_classes)
+    inputs = probe_inputs(latent_dim, num_classes, trial)
+    psi = torch.linspace(0.25, 1.0, PROBE_BATCH).reshape(-1, 1)
+    inputs[-1] = psi
+    try:
+        with torch.inference_mode():
+            together = module(*inputs)
+            alone = torch.cat([module(*(t[i : i + 1] for t in inputs)) for i in range(len(psi))])
+    except Exception as e:
+        return (
+            f"truncation: {name} as a per-sample tensor fails ({type(e).__name__}: "
+            f"{' '.join(str(e).split())[:100]}); served with its default {default} only"
+        )
+    if not torch.allclose(together, alone, atol=1e-5):
+        return (
+            f"truncation: {name} as a [N, 1] tensor mixes samples; served with its default "
+            f"{default} only"
+        )
+    return name, float(default)
+
+
+def _seeded_noise(
+    generator: nn.Module,
+    interface: Interface,
+    buffers: dict[str, list[int]],
+    latent_dim: int,
+    num_classes: int,
+) -> list[NoiseInput]:
+    if not buffers:
+        raise UsageError(
+            "--noise seeded: the model has no noise buffers (buffers named *noise* of shape "
+            "[H, W], [C, H, W] or [1, C, H, W]); export with --noise const"
+        )
+    noise = [NoiseInput(f"noise_{i}", b, shape) for i, (b, shape) in enumerate(buffers.items())]
+    seeded = replace(interface, noise=noise)
+    module = ServedGenerator(generator, seeded, num_classes)
+    inputs = probe_inputs(latent_dim, num_classes, seeded)
+    own = dict(generator.named_buffers())
+    first = len(inputs) - len(noise)
+    for i, n in enumerate(noise):  # every sample gets the buffer's own value
+        inputs[first + i] = own[n.buffer].reshape(1, *n.shape).expand(PROBE_BATCH, *n.shape)
+    with torch.inference_mode():
+        as_inputs = module(*inputs)
+        as_buffers = module(*inputs[:first])
+    diff = float((as_inputs - as_buffers).abs().max())
+    if not diff <= 1e-5:
+        raise UsageError(
+            f"--noise seeded: serving the buffers {[n.buffer for n in noise][:3]} per sample "
+            f"changes the output by {diff:.3g} (the model does not broadcast them over the "
+            "batch); export with --noise const"
+        )
+    return noise

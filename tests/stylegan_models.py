@@ -1,0 +1,214 @@
+"""StyleGAN-shaped generators for the export tests, each tiny (latent 8, 4-8 channels, 8x8 images)
+and each showing one thing StyleGAN-class models do that plain export cannot take as written.
+
+``modulated_conv`` is written the way NVlabs' code runs in eval mode: the batch folded into the
+channels of a [1, N*C, H, W] view and one grouped convolution with per-sample weights
+(groups = N).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LATENT = 8
+CLASSES = 3
+
+
+def modulated_conv(
+    x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, demodulate: bool
+) -> torch.Tensor:
+    n = x.shape[0]
+    _, in_channels, kh, kw = weight.shape
+    w = weight.unsqueeze(0) * styles.reshape(n, 1, -1, 1, 1)  # N x O x I x k x k
+    if demodulate:
+        w = w * (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt().reshape(n, -1, 1, 1, 1)
+    x = F.conv2d(
+        x.reshape(1, -1, *x.shape[2:]),
+        w.reshape(-1, in_channels, kh, kw),
+        padding=kh // 2,
+        groups=n,
+    )
+    return x.reshape(n, -1, *x.shape[2:])
+
+
+class ModLayer(nn.Module):
+    def __init__(self, cin: int, cout: int, k: int, demodulate: bool) -> None:
+        super().__init__()
+        self.affine = nn.Linear(LATENT, cin)
+        self.weight = nn.Parameter(torch.randn(cout, cin, k, k))
+        self.bias = nn.Parameter(torch.randn(cout) * 0.1)
+        self.demodulate = demodulate
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        styles = self.affine(w) + 1
+        x = modulated_conv(x, self.weight, styles, self.demodulate)
+        return x + self.bias.reshape(1, -1, 1, 1)
+
+
+class Synthesis(nn.Module):
+    """const 4x4 -> modulated 3x3 -> upsample -> modulated 3x3 -> modulated 1x1 toRGB."""
+
+    def __init__(self, demodulate: bool = True, channels: int = 4) -> None:
+        super().__init__()
+        self.const = nn.Parameter(torch.randn(channels, 4, 4))
+        self.conv0 = ModLayer(channels, channels, 3, demodulate)
+        self.conv1 = ModLayer(channels, channels, 3, demodulate)
+        self.torgb = ModLayer(channels, 3, 1, demodulate=False)
+
+    def forward(self, w: torch.Tensor, noise: list[torch.Tensor] | None = None) -> torch.Tensor:
+        x = self.const.unsqueeze(0).expand(w.shape[0], -1, -1, -1)
+        x = F.leaky_relu(self.conv0(x, w), 0.2)
+        x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+        x = self.conv1(x, w)
+        if noise is not None:
+            x = x + noise[0]
+        return torch.tanh(self.torgb(F.leaky_relu(x, 0.2), w) / 2)
+
+
+class FusedModulated(nn.Module):
+    """Mapping + fused modulated convolutions with demodulation (groups = batch)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mapping = nn.Sequential(nn.Linear(LATENT, LATENT), nn.LeakyReLU(0.2))
+        self.synthesis = Synthesis(demodulate=True)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.synthesis(self.mapping(z))
+
+
+class FusedModulatedNoDemod(FusedModulated):
+    """The same without demodulation (StyleGAN2's toRGB kind of layer everywhere)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.synthesis = Synthesis(demodulate=False)
+
+
+class ConstantNoise(FusedModulated):
+    """Noise as NVlabs' noise_mode='const': a buffer per layer, the same for every sample."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("noise_const", torch.randn(8, 8))
+        self.noise_strength = nn.Parameter(torch.tensor(0.5))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.synthesis(self.mapping(z), [self.noise_const * self.noise_strength])
+
+
+class Truncated(FusedModulated):
+    """Truncation toward w_avg; psi a float or a per-sample [N, 1] tensor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("w_avg", torch.randn(LATENT))
+
+    def forward(self, z: torch.Tensor, truncation_psi: float | torch.Tensor = 0.8) -> torch.Tensor:
+        return self.synthesis(self.w_avg.lerp(self.mapping(z), truncation_psi))
+
+
+class OneHotConditional(nn.Module):
+    """StyleGAN's conditioning: forward(z, c) with c a one-hot [N, CLASSES] vector."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(CLASSES, LATENT)
+        self.mapping = nn.Sequential(nn.Linear(2 * LATENT, LATENT), nn.LeakyReLU(0.2))
+        self.synthesis = Synthesis(demodulate=True)
+
+    def forward(self, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return self.synthesis(self.mapping(torch.cat([z, self.embed(c)], dim=1)))
+
+
+class PerSampleToRGB(nn.Module):
+    """General per-sample weights: a hypernetwork makes each sample's whole 1x1 toRGB kernel (and
+    a 3x3 one), which is no product of shared weights and per-channel scales."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.const = nn.Parameter(torch.randn(4, 8, 8))
+        self.kernel3 = nn.Linear(LATENT, 4 * 4 * 9)
+        self.kernel1 = nn.Linear(LATENT, 3 * 4)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        n = z.shape[0]
+        x = self.const.unsqueeze(0).expand(n, -1, -1, -1).reshape(1, -1, 8, 8)
+        x = F.conv2d(x, self.kernel3(z).reshape(n * 4, 4, 3, 3), padding=1, groups=n)
+        x = F.leaky_relu(x, 0.2)
+        rgb = F.conv2d(x, self.kernel1(z).reshape(n * 3, 4, 1, 1), groups=n)
+        return torch.tanh(rgb.reshape(n, 3, 8, 8))
+
+
+class RandomInForward(FusedModulated):
+    """Noise drawn in forward (noise_mode='random'): refused."""
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.synthesis(self.mapping(z), [torch.randn(z.shape[0], 1, 8, 8)])
+
+
+class IgnoresLatent(FusedModulated):
+    """A constant image whatever z is: fails the gate."""
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.synthesis(self.mapping(torch.zeros_like(z)))
+
+
+class ModulatedUp(nn.Module):
+    """A fused *transposed* modulated convolution (StyleGAN2's upsampling layers)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.affine = nn.Linear(LATENT, 4)
+        self.weight = nn.Parameter(torch.randn(4, 3, 2, 2))
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        w = self.weight.unsqueeze(0) * self.affine(z).reshape(n, -1, 1, 1, 1)
+        x = x.reshape(1, -1, *x.shape[2:])
+        x = F.conv_transpose2d(x, w.reshape(-1, 3, 2, 2), stride=2, groups=n)
+        return x.reshape(n, 3, 8, 8)
+
+
+class TransposedGrouped(nn.Module):
+    """Upsamples with ``ModulatedUp``: not rewritten (a static batch exports it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.const = nn.Parameter(torch.randn(4, 4, 4))
+        self.up = ModulatedUp()
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = self.const.unsqueeze(0).expand(z.shape[0], -1, -1, -1)
+        return torch.tanh(self.up(x, z))
+
+
+class BatchAsInt(FusedModulated):
+    """Turns the batch size into a Python int while traced (NVlabs' ``int(batch_size)``)."""
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        n = int(z.shape[0])
+        return self.synthesis(self.mapping(z)).reshape(n, 3, 8, 8)
+
+
+class Overflowing(nn.Module):
+    """FP16 breaks it: a demodulation written as w * w on weights near 300 (squares past 65504)
+    and an activation scaled by 30000 and back."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mapping = nn.Linear(LATENT, 4)
+        self.weight = nn.Parameter(torch.randn(4, 4, 3, 3) * 300)
+        self.const = nn.Parameter(torch.randn(4, 8, 8))
+        self.torgb = nn.Conv2d(4, 3, 1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        n = z.shape[0]
+        w = self.weight.unsqueeze(0) * (self.mapping(z) + 1).reshape(n, 1, -1, 1, 1)
+        w = w * ((w * w).sum(dim=[2, 3, 4]) + 1e-8).rsqrt().reshape(n, -1, 1, 1, 1)
+        x = self.const.unsqueeze(0).expand(n, -1, -1, -1).reshape(1, -1, 8, 8)
+        x = F.conv2d(x, w.reshape(-1, 4, 3, 3), padding=1, groups=n).reshape(n, 4, 8, 8)
+        x = torch.tanh((x * 30000.0) / 30000.0)
+        return torch.tanh(self.torgb(x))
