@@ -188,7 +188,12 @@ def export(
     if name is not None and not _NAME.match(name):
         raise UsageError(f"--name {name!r}: use letters, digits, '_', '.', '-'")
     module, source, default_name = build_user_model(
-        spec.model, spec.weights, spec.latent_dim, spec.num_classes or 0, spec.image_shape
+        spec.model,
+        spec.weights,
+        spec.latent_dim,
+        spec.num_classes or 0,
+        spec.image_shape,
+        random_weights=spec.random_weights,
     )
     return export_module(
         module,
