@@ -19,14 +19,16 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gendeploy"
 
 
-def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Call ``write(file)`` on a temporary file beside ``path``, then rename it into place."""
+def atomic_write(path: Path, write: Callable[[BinaryIO], object], mode: int | None = None) -> None:
+    """Call ``write(file)`` on a temporary file beside ``path``, then rename it into place.
+    The file gets ``mode``, else the usual 0666 less the umask; a private ``mode`` (0600) is
+    never wider, not even while the file is empty."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual mode
+        os.chmod(tmp, (0o666 & ~umask) if mode is None else mode)  # mkstemp made it 0600
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

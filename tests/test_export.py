@@ -220,7 +220,7 @@ def test_concurrent_publishes_to_one_place_take_turns_and_leave_nothing_behind(
         staged.mkdir()
         (staged / "manifest.json").write_text(str(i))
         try:
-            publish(staged, out)
+            publish(staged, out, force=True)
         except BaseException as e:
             errors.append(e)
 
@@ -292,7 +292,7 @@ def test_publish_puts_the_earlier_export_back_when_the_new_one_cannot_move_in(
     out, staged = _old_and_new(tmp_path)
     _failing_replace(monkeypatch, {2})  # 1: set the old one aside, 2: move the new one in
     with pytest.raises(OSError, match="injected failure 2"):
-        publish(staged, out)
+        publish(staged, out, force=True)
     assert (out / "manifest.json").read_text() == "old"
     assert sorted(p.name for p in out.parent.iterdir()) == ["m", "staged"]
 
@@ -303,6 +303,21 @@ def test_publish_keeps_the_earlier_export_and_names_it_when_it_cannot_be_restore
     out, staged = _old_and_new(tmp_path)
     _failing_replace(monkeypatch, {2, 3})
     with pytest.raises(ExportError, match="it is kept at ") as failed:
-        publish(staged, out)
+        publish(staged, out, force=True)
     kept = Path(str(failed.value).rsplit("it is kept at ", 1)[1])
     assert (kept / "manifest.json").read_text() == "old"
+
+
+def test_what_appears_at_out_while_an_export_runs_is_checked_again_and_kept(
+    tmp_path: Path,
+) -> None:
+    """The checks made before the build are made again under the publish lock."""
+    out, staged = _old_and_new(tmp_path)  # an export "old" appeared at out during the build
+    with pytest.raises(UsageError, match="appeared while this export ran: pass --force"):
+        publish(staged, out)
+    assert (out / "manifest.json").read_text() == "old"
+    (out / "manifest.json").unlink()
+    (out / "notes.txt").write_text("the user's")  # not an export: not even --force replaces it
+    with pytest.raises(UsageError, match="is not a gendeploy export"):
+        publish(staged, out, force=True)
+    assert (out / "notes.txt").read_text() == "the user's" and staged.is_dir()

@@ -90,6 +90,10 @@ def test_a_crashing_request_is_followed_by_correct_images_within_30_s(
         eager = eager_images(serve.checkpoint, z, np.array([1, 2]))
         assert np.abs(images - eager).max() <= 1e-4
         after = serve.state()
+        deadline = time.monotonic() + 10  # serve notes the restart once it sees the server ready
+        while after.state != "serving" and time.monotonic() < deadline:
+            time.sleep(0.2)
+            after = serve.state()
         assert after.restarts == 1 and after.state == "serving", (after, serve.stderr.read_text())
         assert (after.http, after.started) == (before.http, before.started)  # same ports
         assert after.pid != before.pid and after.since >= before.since

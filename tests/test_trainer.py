@@ -231,7 +231,7 @@ def test_resume_continues_at_the_step_where_it_stopped(tmp_path: Path) -> None:
 
 def test_bad_resume_and_existing_runs_are_refused_and_left_untouched(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    with pytest.raises(CheckpointError, match=r"no checkpoint\.pt"):
+    with pytest.raises(CheckpointError, match=r"no run in .*; start without --resume"):
         train(TINY, _tiny_train(2), out, resume=True, progress=False)
     train(TINY, _tiny_train(2), out, progress=False)
     before = (out / "checkpoint.pt").read_bytes()
@@ -273,8 +273,9 @@ def test_force_never_deletes_what_is_not_a_run(tmp_path: Path) -> None:
     precious = tmp_path / "photos"
     precious.mkdir()
     (precious / "a.jpg").write_bytes(b"keep me")
-    with pytest.raises(UsageError, match="is not a gendeploy run directory"):
-        train(TINY, _tiny_train(2), precious, force=True, progress=False)
+    for flags in ({"force": True}, {"resume": True}, {}):  # one piece of advice, whatever asked
+        with pytest.raises(UsageError, match=r"is not a gendeploy run directory.*another --out"):
+            train(TINY, _tiny_train(2), precious, progress=False, **flags)  # type: ignore[arg-type]
     assert (precious / "a.jpg").read_bytes() == b"keep me"
     with pytest.raises(UsageError, match="is a file"):
         train(TINY, _tiny_train(2), precious / "a.jpg", progress=False)

@@ -304,6 +304,9 @@ def test_tune_measures_on_a_locked_server_writes_the_winner_and_a_report(
     _check_report_files(tmp_path / "out", report.command, len(report.measurements))
     assert re.fullmatch(r"\d+\.\d+\.\d+ \(.*\)", report.versions["tritonserver"])  # its log
     winner = Candidate.from_dict(report.winner["candidate"])
+    if winner not in asked:  # the repository's own configuration won (measured here too)
+        assert report.written == [] and not (copy / "tinyc" / "2").exists()
+        return  # writing a winner is proven by the tests above on fixed measurements
     assert report.written == [f"{copy / 'tinyc'}/2", f"{copy / 'tinyc_onnx'}/2"]
     for model in ("tinyc", "tinyc_onnx"):  # the NGC sibling gets the winner too
         config = _config(copy, model)

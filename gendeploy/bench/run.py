@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from gendeploy.bench.markdown import contended
 from gendeploy.bench.quality import runner_quality
 from gendeploy.bench.suites import BenchModel, Suite
 from gendeploy.bench.sweep import CellResult, sweep_batch
+from gendeploy.errors import QualityError
 from gendeploy.export.int8 import int8_tools_missing
 from gendeploy.runtime.base import Runner
 from gendeploy.runtime.registry import RunnerContext, RunnerUnavailable, build_runner, describe
@@ -191,17 +193,29 @@ def bench_model(
     int8_missing = int8_tools_missing()
     if int8_missing:
         say(f"[{model.name}] no INT8 export: {int8_missing}")
-    manifest = export(
-        spec,
-        ExportOptions(
-            fp16=torch.cuda.is_available(), int8=not int8_missing, max_batch=max(suite.batches)
-        ),
-        name=model.name,
-        out=export_dir,
-        force=True,
-        command="gendeploy bench (export step)",
-        log=lambda msg: say(f"[{model.name}] {msg}"),
+    options = ExportOptions(
+        fp16=torch.cuda.is_available(), int8=not int8_missing, max_batch=max(suite.batches)
     )
+
+    def export_with(options: ExportOptions) -> Any:
+        return export(
+            spec,
+            options,
+            name=model.name,
+            out=export_dir,
+            force=True,
+            command="gendeploy bench (export step)",
+            log=lambda msg: say(f"[{model.name}] {msg}"),
+        )
+
+    try:
+        manifest = export_with(options)
+    except QualityError as e:  # INT8 refused by the quality gate: bench the rest, say why
+        if not options.int8 or "'int8'" not in str(e):
+            raise
+        int8_missing = f"the quality gate refused INT8 for this model ({e})"
+        say(f"[{model.name}] {int8_missing}; exporting without it")
+        manifest = export_with(replace(options, int8=False))
     module = load_eager(manifest)
     flops = flops_per_image(module, manifest.latent_dim, manifest.num_classes)
     runners: dict[str, Runner] = {}
@@ -212,8 +226,9 @@ def bench_model(
         try:
             built = build_runner(name, context)
         except RunnerUnavailable as e:
-            skipped.append({"runner": name, "reason": str(e)})
-            say(f"[{model.name}] skipped {name}: {e}")
+            reason = int8_missing if int8_missing and name.endswith("int8") else str(e)
+            skipped.append({"runner": name, "reason": reason})
+            say(f"[{model.name}] skipped {name}: {reason}")
             continue
         # truncation and noise inputs, if any, as a request leaving them out gets them
         runners[name] = WithDefaults(built, manifest.interface)

@@ -278,7 +278,7 @@ def export_loaded(
                 artifact.extra["bin_sha256"] = sha256_file(staged / artifact.files()[1])
         manifest.timings["total"] = round(time.perf_counter() - started, 3)
         (staged / MANIFEST_NAME).write_text(manifest.to_json())
-        publish(staged, out_dir)
+        publish(staged, out_dir, force=force)
     say(f"published {out_dir}: {', '.join(a.name for a in manifest.artifacts)}")
     return manifest
 

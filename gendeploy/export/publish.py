@@ -155,15 +155,22 @@ def _repair(out: Path) -> str | None:
     return done
 
 
-def publish(staged: Path, out: Path) -> None:
-    """Move ``staged`` to ``out``, replacing an earlier export there.
+def publish(staged: Path, out: Path, force: bool = False) -> None:
+    """Move ``staged`` to ``out``, replacing an earlier export there only with ``force``.
 
-    The earlier export is set aside and deleted only once the new one is in place; if the new one
-    cannot be moved in and the earlier one cannot be put back, it is kept and its path named.
+    What is at ``out`` is checked again under the lock: something may have appeared there while
+    the export ran (another export, or files of the user's). The earlier export is set aside and
+    deleted only once the new one is in place; if the new one cannot be moved in and the earlier
+    one cannot be put back, it is kept and its path named.
     """
     _fsync_tree(staged)
     with destination_lock(out):
         _repair(out)
+        check_destination(out)
+        if out.exists() and not force and any(out.iterdir()):
+            raise UsageError(f"{out} appeared while this export ran: pass --force to replace it")
+        if out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # an empty directory (made by the user for it) takes no setting aside
         if not out.exists():
             os.replace(staged, out)
             return

@@ -31,6 +31,7 @@ class WithDefaults(Runner):
         self.runner = runner
         self.interface = interface
         self.name = runner.name
+        self.precision = runner.precision  # what the wrapped engine executes, not the default
 
     def run(self, feeds: Feeds) -> np.ndarray:
         return self.runner.run(complete_feeds(feeds, self.interface))

@@ -12,12 +12,12 @@ bench) send it. See docs/security.md.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
 import stat
 from pathlib import Path
-from typing import BinaryIO
 
 from gendeploy.errors import ServeError, UsageError
 from gendeploy.fileio import atomic_write, cache_dir
@@ -58,12 +58,32 @@ def admin_headers(key: str, protocol: str = "http") -> dict[str, str]:
 
 
 def runtime_dir() -> Path:
-    """Per-user directory for keys and server state: ``$XDG_RUNTIME_DIR/gendeploy``, else the
-    cache's ``run/``; created private (0700)."""
+    """Per-user directory for keys, server state and what servers serve:
+    ``$XDG_RUNTIME_DIR/gendeploy``, else the cache's ``run/``. Made private (0700); refused when
+    it is a symbolic link or belongs to another user (an inherited ``XDG_RUNTIME_DIR`` under
+    ``sudo -E`` must not make gendeploy write keys where someone else can read them)."""
     base = os.environ.get("XDG_RUNTIME_DIR")
     path = Path(base) / "gendeploy" if base else cache_dir() / "run"
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path.chmod(0o700)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as e:
+        raise ServeError(
+            f"runtime directory {path} is not a plain directory ({e.strerror}): remove it, or "
+            "set XDG_RUNTIME_DIR to a directory of yours"
+        ) from None
+    try:
+        owner = os.fstat(fd).st_uid
+        if owner != os.geteuid():
+            raise ServeError(
+                f"runtime directory {path} belongs to user {owner}, not to you: set "
+                "XDG_RUNTIME_DIR to a directory of yours"
+            )
+        os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
     return path
 
 
@@ -71,11 +91,7 @@ def write_key_file(path: Path, key: str) -> Path:
     """Write ``key`` to ``path`` readable by its owner only (0600), atomically."""
     check_key(key)
 
-    def write(f: BinaryIO) -> None:
-        os.fchmod(f.fileno(), 0o600)  # before the key is in it
-        f.write(key.encode() + b"\n")
-
-    atomic_write(path, write)
+    atomic_write(path, lambda f: f.write(key.encode() + b"\n"), mode=0o600)
     return path
 
 

@@ -88,7 +88,7 @@ def read_state(path: Path, wait_s: float = 0.0) -> ServeState:
         raise UsageError(f"{path} is not a `gendeploy serve --ready-file` file ({e})") from None
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -104,6 +104,6 @@ def running_servers() -> list[ServeState]:
     for path in sorted(runtime_dir().glob("serve-*.json")):
         with contextlib.suppress(OSError, ValueError, TypeError):
             state = ServeState.from_json(path.read_text())
-            if _alive(state.serve_pid):
+            if pid_alive(state.serve_pid):
                 found.append(state)
     return found

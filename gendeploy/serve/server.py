@@ -21,7 +21,6 @@ import ctypes
 import os
 import re
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -37,6 +36,7 @@ from gendeploy.errors import ServeError, UsageError
 from gendeploy.export.manifest import MANIFEST_NAME
 from gendeploy.runtime.triton import connect
 from gendeploy.serve.admin import admin_headers, check_key, new_key, restricted_args
+from gendeploy.serve.pinned import PinnedRepository
 from gendeploy.serve.repo import parse_config
 from gendeploy.serve.tritonserver import TritonBinary, find_tritonserver
 
@@ -114,6 +114,10 @@ def served_artifact(repo_dir: Path, model: str) -> str:
     return f"artifact {artifact} ({config.platform or config.backend})"
 
 
+class StartCancelled(ServeError):
+    """``TritonServer.cancel`` was set while the server was starting."""
+
+
 class TritonServer:
     """A tritonserver process serving ``repo_dir`` on 127.0.0.1 (ports 0 = pick free ones, once:
     a restart keeps them). Management APIs need ``admin_key`` (generated unless given).
@@ -160,7 +164,8 @@ class TritonServer:
         self.skipped: dict[str, str] = {}  # model -> why this server cannot load it
         self._seen: dict[str, tuple[int, tuple[str, ...]]] = {}
         self._log_offset = 0  # where this run's part of the log starts
-        self._view: Path | None = None  # the servable models, linked (model control "none")
+        self._pinned: PinnedRepository | None = None  # what is served (``serve.pinned``)
+        self.cancel: threading.Event | None = None  # set: a start in progress gives up
 
     @property
     def http_url(self) -> str:
@@ -185,11 +190,11 @@ class TritonServer:
         }
 
     def start(self) -> TritonServer:
-        """Start the server and wait until it is ready; after a crash or ``stop()``, start it
-        again on the same ports."""
+        """Start the server and wait until it is ready; after a crash (``reap()``), start it
+        again on the same ports, serving what it served (``serve.pinned``)."""
         if self.running():
             return self
-        self.stop()  # a dead predecessor: reap its stubs and shared memory first
+        self.reap()  # a dead predecessor: its stubs and shared memory go first
         binary = find_tritonserver(self.tritonserver)
         if self.log_path is None:
             fd, name = tempfile.mkstemp(prefix="gendeploy-tritonserver-", suffix=".log")
@@ -208,13 +213,13 @@ class TritonServer:
                 self.starts += 1
                 return self
             except ServeError:
-                self.stop()
+                self.reap()
                 in_use = "address already in use" in self._log_tail().lower()
                 if not (auto and in_use and attempt < 2):
                     raise
                 self.http_port = 0  # another process took a free port meanwhile: pick again
             except BaseException:  # Ctrl-C while starting: leave nothing running
-                self.stop()
+                self.reap()
                 raise
         raise AssertionError("unreachable")
 
@@ -231,16 +236,29 @@ class TritonServer:
                     f"that server, or pass {flag} with a free port (0 picks one)"
                 )
 
-    def _spawn(self, binary: TritonBinary) -> None:
-        assert self.log_path is not None
-        self.loaded, self.skipped = servable_models(self.repo_dir, binary.backend_dir)
-        self._seen = _repo_state(self.repo_dir)
-        if not self.loaded:
+    def _pin_servable(self, binary: TritonBinary) -> PinnedRepository:
+        """At the first start: pin every model this server's backends can run."""
+        if self._pinned is not None:
+            return self._pinned
+        servable, self.skipped = servable_models(self.repo_dir, binary.backend_dir)
+        if not servable:
             why = "; ".join(f"{m}: {r}" for m, r in self.skipped.items())
             raise ServeError(f"no model in {self.repo_dir} can be served here ({why})")
+        self._seen = _repo_state(self.repo_dir)
+        pinned = PinnedRepository(self.repo_dir)
+        for model in servable:
+            pinned.pin(model)
+        self._pinned = pinned
+        return pinned
+
+    def _spawn(self, binary: TritonBinary) -> None:
+        assert self.log_path is not None
+        pinned = self._pin_servable(binary)
+        self.loaded = pinned.models()
         remove_shm_regions(self.shm_prefix)
         cmd = [
             str(binary.executable),
+            f"--model-repository={pinned.root}",
             *self._model_control_args(),
             f"--backend-directory={binary.backend_dir}",
             "--http-address=127.0.0.1",
@@ -269,23 +287,16 @@ class TritonServer:
                 stdin=subprocess.DEVNULL,
                 env={**os.environ, **binary.env},
                 start_new_session=True,  # its own process group: stop() reaps the stubs too
-                preexec_fn=_terminate_with_parent(),
+                preexec_fn=_child_setup(),
             )
 
     def _model_control_args(self) -> list[str]:
-        """Load only what this server's backends can run (not the NGC-only models).
-
-        Without ``watch`` nothing may change what is served: model control "none" over a
-        directory of links to the servable models, so no client can load or unload anything,
-        admin key or not. With ``watch``, "explicit" mode: loading is allowed, behind the key.
-        """
-        if self.watch:
-            loads = (f"--load-model={m}" for m in self.loaded)
-            return [f"--model-repository={self.repo_dir}", "--model-control-mode=explicit", *loads]
-        self._view = Path(tempfile.mkdtemp(prefix="gendeploy-served-models-"))
-        for model in self.loaded:
-            (self._view / model).symlink_to(self.repo_dir / model, target_is_directory=True)
-        return [f"--model-repository={self._view}", "--model-control-mode=none"]
+        """Without ``watch`` nothing may change what is served: model control "none", so no
+        client can load or unload anything, admin key or not. With ``watch``, "explicit" mode:
+        loading is allowed, behind the key (``refresh`` pins and loads new versions)."""
+        if not self.watch:
+            return ["--model-control-mode=none"]
+        return ["--model-control-mode=explicit", *(f"--load-model={m}" for m in self.loaded)]
 
     def _log_tail(self, lines: int = 15) -> str:
         """The last lines this run of the server wrote to the log."""
@@ -319,6 +330,8 @@ class TritonServer:
         assert self.process is not None
         deadline = time.monotonic() + self.startup_timeout_s
         while time.monotonic() < deadline:
+            if self.cancel is not None and self.cancel.is_set():
+                raise StartCancelled("stopped while tritonserver was starting")
             if self.process.poll() is not None:
                 lines = self._log_tail(80).splitlines()
                 errors = [line for line in lines if "failed to load" in line] or [
@@ -382,17 +395,30 @@ class TritonServer:
 
     def refresh(self) -> list[str]:
         """Load models added to the repo, or given a new version or config, since the last look
-        (a server started with ``watch``)."""
-        if not self.watch:
+        (a server started with ``watch``); returns the models loaded. A version that fails to
+        load is reported (``ServeError``, once per change on disk) and never pinned: the one
+        before it keeps serving, now and after a restart."""
+        if not self.watch or self._pinned is None:
             raise ServeError("this server was started without watch: it cannot load models")
         state = _repo_state(self.repo_dir)
         changed = [m for m in self.loadable() if state.get(m) != self._seen.get(m)]
+        self._seen = state
+        loaded, failures = [], []
         for model in changed:
-            self.load(model)
+            previous = self._pinned.pin(model)
+            try:
+                self.load(model)
+            except ServeError as e:
+                self._pinned.restore(model, previous)
+                failures.append(str(e))
+                continue
+            self._pinned.confirm(model)
+            loaded.append(model)
             if model not in self.loaded:
                 self.loaded.append(model)
-        self._seen = state
-        return changed
+        if failures:
+            raise ServeError("; ".join(failures) + " (the version before keeps serving)")
+        return loaded
 
     def loadable(self) -> list[str]:
         binary = find_tritonserver(self.tritonserver)
@@ -402,9 +428,10 @@ class TritonServer:
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def stop(self) -> None:
-        """Graceful SIGINT, then SIGKILL to the whole process group (stubs included); then the
-        stubs' shared-memory regions go. Also cleans up after a server that died."""
+    def reap(self) -> None:
+        """Stop the server process, or clean up after one that died: graceful SIGINT, then
+        SIGKILL to the whole process group (stubs included), then the stubs' shared-memory
+        regions. What it served stays pinned for the next ``start()``."""
         process, self.process = self.process, None
         if process is not None:
             if process.poll() is None:
@@ -418,9 +445,13 @@ class TritonServer:
                     process.wait(timeout=10)
             _kill_group(process.pid)
         remove_shm_regions(self.shm_prefix)
-        view, self._view = self._view, None
-        if view is not None:
-            shutil.rmtree(view, ignore_errors=True)
+
+    def stop(self) -> None:
+        """``reap()``, and forget what was served: the next ``start()`` pins the repo afresh."""
+        self.reap()
+        pinned, self._pinned = self._pinned, None
+        if pinned is not None:
+            pinned.remove()
 
     def __enter__(self) -> TritonServer:
         return self.start()
@@ -438,24 +469,31 @@ def _repo_state(repo_dir: Path) -> dict[str, tuple[int, tuple[str, ...]]]:
     return state
 
 
-def _terminate_with_parent() -> Callable[[], None] | None:
-    """For the child, before exec: ask Linux for SIGTERM when its parent dies (PR_SET_PDEATHSIG).
+def _child_setup() -> Callable[[], None]:
+    """For the child, before exec: files and shared-memory regions it creates are its owner's
+    only (umask 077: the python backend's regions carry every request's tensors), and, on Linux
+    from the main thread, SIGTERM when its parent dies (PR_SET_PDEATHSIG).
 
-    Linux ties this to the thread that forked, so it is armed only from the main thread (a worker
-    thread's exit would stop the server). Everything but the system call is prepared here, in
-    the parent: between fork and exec the child must not take locks (``dlopen`` would).
+    Linux ties the death signal to the thread that forked, so it is armed only from the main
+    thread (a worker thread's exit would stop the server). Everything but the system calls is
+    prepared here, in the parent: between fork and exec the child must not take locks (``dlopen``
+    would).
     """
-    if sys.platform != "linux" or threading.current_thread() is not threading.main_thread():
-        return None
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    arm_death_signal = (
+        sys.platform == "linux" and threading.current_thread() is threading.main_thread()
+    )
+    prctl = ctypes.CDLL(None, use_errno=True).prctl if arm_death_signal else None
     parent, pr_set_pdeathsig, sigterm = os.getpid(), 1, int(signal.SIGTERM)
 
-    def arm() -> None:
+    def setup() -> None:
+        os.umask(0o077)
+        if prctl is None:
+            return
         prctl(pr_set_pdeathsig, sigterm)  # a failure only loses this safety net
         if os.getppid() != parent:  # the parent died before the request took effect
             os._exit(1)
 
-    return arm
+    return setup
 
 
 def remove_shm_regions(prefix: str) -> list[Path]:

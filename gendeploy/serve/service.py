@@ -25,7 +25,7 @@ from gendeploy.serve.admin import (
     write_key_file,
 )
 from gendeploy.serve.readyfile import DEFAULT_PORTS, ServeState, now_iso, state_path, write_state
-from gendeploy.serve.server import TritonServer, check_repository, served_artifact
+from gendeploy.serve.server import StartCancelled, TritonServer, check_repository, served_artifact
 from gendeploy.serve.supervisor import RestartPolicy, Supervisor
 
 
@@ -77,13 +77,17 @@ def serve(
         admin_key=key,
         watch=options.watch,
     )
+    server.cancel = stop  # Ctrl-C or SIGTERM while tritonserver starts: give up at once
     supervisor = Supervisor(server, options.policy, say=warn)
     state_files: list[Path] = []
     generated_key: Path | None = None
     if options.ready_file is not None:
         options.ready_file.unlink(missing_ok=True)  # a stale file from a killed server is not ready
     try:
-        server.start()
+        try:
+            server.start()
+        except StartCancelled:
+            return
         if options.admin_key_file is None:
             generated_key = runtime_dir() / f"serve-{server.http_port}.key"
             key_file = generated_key
@@ -121,9 +125,11 @@ def serve(
                 restarts = server.starts - 1
                 state = replace(state, state="serving", since=now_iso(), pid=pid, restarts=restarts)
                 write_state(state, state_files)
-            elif options.watch and _refresh(server, say, warn):
-                state = replace(state, models=list(server.loaded))
-                write_state(state, state_files)
+            elif options.watch:
+                _refresh(server, say, warn)
+                if state.models != server.loaded:
+                    state = replace(state, models=list(server.loaded))
+                    write_state(state, state_files)
     finally:
         server.stop()
         for path in state_files:
@@ -145,13 +151,12 @@ def _announce(server: TritonServer, state: ServeState, say: Callable[[str], None
         say(f"skipped  {model}: {why}")
 
 
-def _refresh(server: TritonServer, say: Callable[[str], None], warn: Callable[[str], None]) -> bool:
+def _refresh(server: TritonServer, say: Callable[[str], None], warn: Callable[[str], None]) -> None:
     """Load what changed on disk; a bad new version is reported and the old one keeps serving."""
     try:
         changed = server.refresh()
     except ServeError as e:
         warn(f"error: {e}")
-        return False
+        return
     for model in changed:
         say(f"loaded   {model} (new version or config)")
-    return bool(changed)

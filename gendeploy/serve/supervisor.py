@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gendeploy.errors import ServeError, UsageError
-from gendeploy.serve.server import TritonServer
+from gendeploy.serve.server import StartCancelled, TritonServer
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class RestartPolicy:
 
 @dataclass(frozen=True)
 class Crash:
-    at: float  # time.time() when it was noticed
+    at: float  # time.monotonic() when it was noticed (the window ignores clock changes)
     status: str  # "killed by SIGABRT", "exit code 1", or "did not start: ..."
     cause: str  # the server's last log lines
 
@@ -60,7 +60,7 @@ class Supervisor:
 
     def record(self, status: str, cause: str) -> Crash:
         """Note a crash; raise ``ServeError`` when there were too many in the window."""
-        crash = Crash(time.time(), status, cause)
+        crash = Crash(time.monotonic(), status, cause)
         self.crashes.append(crash)
         recent = self.recent(crash.at)
         log = self.server.log_path
@@ -77,14 +77,16 @@ class Supervisor:
         starts, ``stop`` is set (False), or the policy gives up (``ServeError``)."""
         status, cause = self.server.exit_status(), self.server.crash_cause()
         while True:
-            self.server.stop()  # reap the stubs and their shared memory
+            self.server.reap()  # its stubs and their shared memory; what it served stays pinned
             self.record(status, cause)
-            wait = self.backoff_s(time.time())
+            wait = self.backoff_s(time.monotonic())
             self.say(f"restarting tritonserver in {wait:.1f}s on the same ports")
             if stop.wait(wait):
                 return False
             try:
                 self.server.start()
+            except StartCancelled:
+                return False
             except ServeError as e:
                 status, cause = "did not start", str(e)
                 continue

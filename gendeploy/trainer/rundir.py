@@ -37,39 +37,41 @@ RUN_MARKERS = ("config.json", CHECKPOINT_NAME)  # written first, and by every ch
 
 
 def check_run_dir(out: Path, resume: bool, force: bool) -> None:
-    """Refuse to touch an existing run unless asked to resume it or overwrite it."""
+    """Refuse to touch an existing run unless asked to resume it or overwrite it; every refusal
+    gives the one flag that works for what is in ``out``."""
     if resume and force:
         raise UsageError("--resume and --force contradict each other: pick one")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; pass a directory for the run")
     started = out.is_dir() and any(out.iterdir())
+    is_run = any((out / name).exists() for name in RUN_MARKERS)
     has_checkpoint = (out / CHECKPOINT_NAME).is_file()
+    if started and not is_run:
+        what = "--force would delete" if force else "--out"
+        raise UsageError(
+            f"{what} {out}, which is not a gendeploy run directory (no "
+            f"{' or '.join(RUN_MARKERS)}): choose another --out"
+        )
     if resume:
         if has_checkpoint:
             return
-        if started:  # killed before its first checkpoint: nothing to resume from
+        if is_run:  # killed before its first checkpoint: nothing to resume from
             raise CheckpointError(
                 f"--resume: {out} has no {CHECKPOINT_NAME} yet (the run stopped before its "
                 "first checkpoint); start it over with --force instead of --resume"
             )
-        raise CheckpointError(f"--resume: no {CHECKPOINT_NAME} in {out}; start without --resume")
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} is a file; pass a directory for the run")
-    if not started:
+        raise CheckpointError(f"--resume: no run in {out}; start without --resume")
+    if not started or force:
         return
-    if not force:
-        if not has_checkpoint:
-            raise UsageError(
-                f"run directory {out} already exists but has no {CHECKPOINT_NAME} (it stopped "
-                "before its first checkpoint): pass --force to start it over"
-            )
+    if not has_checkpoint:
         raise UsageError(
-            f"run directory {out} already exists; pass --resume to continue it or --force "
-            "to start over (its files are replaced)"
+            f"run directory {out} already exists but has no {CHECKPOINT_NAME} (it stopped "
+            "before its first checkpoint): pass --force to start it over"
         )
-    if not any((out / name).exists() for name in RUN_MARKERS):
-        raise UsageError(
-            f"--force would delete {out}, which is not a gendeploy run directory (no "
-            f"{' or '.join(RUN_MARKERS)}); choose another --out"
-        )
+    raise UsageError(
+        f"run directory {out} already exists; pass --resume to continue it or --force "
+        "to start over (its files are replaced)"
+    )
 
 
 def clear_run_dir(out: Path) -> None:
