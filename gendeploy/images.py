@@ -1,13 +1,16 @@
-"""Image grids as PNG (Pillow): used for training samples and for images served by Triton."""
+"""Image grids (Pillow, PNG unless the file name says otherwise): training samples and images
+served by Triton."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
 
+from gendeploy.errors import UsageError
 from gendeploy.fileio import atomic_write
 
 
@@ -37,10 +40,28 @@ def grid(images: np.ndarray | torch.Tensor, nrow: int = 8, pad: int = 2) -> np.n
     return out
 
 
-def save_grid(images: np.ndarray | torch.Tensor, path: Path, nrow: int = 8) -> Path:
-    """Write a PNG grid atomically; small images are upscaled (nearest) to be seen."""
+def image_format(path: Path) -> str:
+    """The Pillow format that ``path``'s suffix names (``.png``: PNG, ``.jpg``: JPEG, ...);
+    a suffix Pillow cannot write is a ``UsageError``, so nothing is written under a wrong name."""
     from PIL import Image
 
+    Image.init()
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None or fmt not in Image.SAVE:
+        suffix = f"suffix {path.suffix!r}" if path.suffix else "no suffix"
+        raise UsageError(
+            f"{path} has {suffix}, which names no image format Pillow can write; "
+            "use .png (lossless) or .jpg, .webp, .bmp, .tiff"
+        )
+    return fmt
+
+
+def save_grid(images: np.ndarray | torch.Tensor, path: Path, nrow: int = 8) -> Path:
+    """Write a grid atomically in the format ``path``'s suffix names (``image_format``); small
+    images are upscaled (nearest) to be seen."""
+    from PIL import Image
+
+    fmt = image_format(path)
     tiled = grid(images, nrow)
     picture = Image.fromarray(tiled[..., 0] if tiled.shape[-1] == 1 else tiled)
     scale = max(1, 256 // max(picture.size))
@@ -48,5 +69,14 @@ def save_grid(images: np.ndarray | torch.Tensor, path: Path, nrow: int = 8) -> P
         picture = picture.resize(
             (picture.width * scale, picture.height * scale), Image.Resampling.NEAREST
         )
-    atomic_write(path, lambda f: picture.save(f, format="PNG"))
+
+    def write(f: BinaryIO) -> None:
+        try:
+            picture.save(f, format=fmt)
+        except (OSError, ValueError, KeyError) as e:
+            if isinstance(e, OSError) and "cannot write" not in str(e):
+                raise  # a disk error, not the format's
+            raise UsageError(f"{path}: Pillow cannot write these images as {fmt} ({e})") from None
+
+    atomic_write(path, write)
     return path

@@ -1,7 +1,8 @@
 """Generators built to test the INT8 quality gate, exported with ``--model tests/int8_models.py:X``.
 
 Each builds its weights from a fixed seed (a local generator: no global RNG side effects), so the
-"user model" is the same every time without a weights file.
+"user model" is the same every time without a weights file; each says so
+(``gendeploy_loads_weights``), or ``gendeploy export --model`` would ask for --weights.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ class HostileGenerator(nn.Module):
     outlier channel, and the other seven channels' activations, 100x smaller, fall into a few
     quantization steps. Keeping ``last`` in floating point (no quantizer on its input) rescues it.
     """
+
+    gendeploy_loads_weights = True  # its constructor sets them
 
     def __init__(self) -> None:
         super().__init__()
@@ -62,6 +65,8 @@ class CollapsingGenerator(nn.Module):
     seeds it is a total loss of diversity, which only the distribution check sees.
     """
 
+    gendeploy_loads_weights = True  # its constructor sets them
+
     def __init__(self) -> None:
         super().__init__()
         self.detail = nn.Linear(LATENT, 5 * 16 * 16)
@@ -85,6 +90,8 @@ class CollapsingGenerator(nn.Module):
 
 class IgnoresZ(nn.Module):
     """Draws the same image whatever z: nothing for a distribution check to compare."""
+
+    gendeploy_loads_weights = True  # its constructor sets them
 
     def __init__(self) -> None:
         super().__init__()

@@ -175,3 +175,17 @@ def test_the_train_split_itself_scores_its_own_baseline(size: int, channels: int
     real = load_dataset("digits", size, channels)
     report = evaluate_generator(_TrainSet(real.images), config)
     assert report.frechet_ratio == pytest.approx(1.0, abs=0.02)
+
+
+def test_the_classifier_is_the_same_whatever_the_thread_count() -> None:
+    from gendeploy.trainer.quality import train_classifier
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        two = train_classifier(epochs=1).state_dict()
+        torch.set_num_threads(1)
+        one = train_classifier(epochs=1).state_dict()
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(two[k], one[k]) for k in one)  # the cached scores depend on it

@@ -65,7 +65,9 @@ def broken_file(tmp_path: Path) -> Path:
 
 
 def _spec(path: Path, cls: str) -> ModelSpec:
-    return ModelSpec(model=f"{path}:{cls}", latent_dim=6, image_shape=(1, 8, 8))
+    return ModelSpec(
+        model=f"{path}:{cls}", latent_dim=6, image_shape=(1, 8, 8), random_weights=True
+    )
 
 
 def test_training_mode_batchnorm_fails_batch_invariance_and_says_so(
@@ -216,6 +218,7 @@ def test_the_cli_on_a_failed_gate_exits_1_with_one_error_line_and_creates_nothin
         "6",
         "--image-shape",
         "1,8,8",
+        "--random-weights",
         "--out",
         str(out),
     )

@@ -297,7 +297,7 @@ def test_generators_export_cannot_take_are_refused_with_one_line(
     out = tmp_path / "refused"
     code, _, stderr = cli(
         "export", "--model", f"{MODELS_FILE}:{cls}", "--latent-dim", "8", "--image-shape",
-        "3,8,8", "--max-batch", "4", "--out", str(out), *extra,
+        "3,8,8", "--max-batch", "4", "--out", str(out), "--random-weights", *extra,
     )  # fmt: skip
     assert code != 0
     assert len(stderr.strip().splitlines()) == 1, stderr

@@ -115,8 +115,12 @@ def test_unconditional_upsample_instancenorm_generator_from_a_file(
         "--out", str(out),
     )  # fmt: skip
     assert code == 0, stderr
-    assert "gate passed fp16" in stdout and "NOT built: trt_fp16" in stdout
     manifest = load_manifest(out)
+    assert "gate passed fp16" in stdout
+    if manifest.skipped:  # no TensorRT here: said once for both engines
+        reason = manifest.skipped[0]["reason"]
+        assert f"NOT built: trt_fp16, trt_fp16_uint8 ({reason})" in stdout
+        assert stdout.count(reason) == 1
     assert manifest.name == "decoder" and manifest.source.kind == "user_model"
     assert manifest.artifact("uint8").output.shape == [-1, 16, 16, 3]
     feeds = {"z": np.random.default_rng(1).standard_normal((3, 12)).astype(np.float32)}
@@ -162,10 +166,15 @@ def test_conditional_two_input_generator_from_a_factory_with_pt_weights(
         (["--model", "{file}:UpsampleDecoder", "--image-shape", "3,16,16"], "--latent-dim"),
         (["--model", "{file}:UpsampleDecoder", "--latent-dim", "12", "--image-shape", "3x16"],
          "--image-shape must be C,H,W"),
-        (["--model", "{file}:UpsampleDecoder", "--latent-dim", "12", "--image-shape", "3,32,32"],
-         "returns (2, 3, 16, 16) for batch 2, --image-shape says (3, 32, 32)"),
-        (["--model", "{file}:UpsampleDecoder", "--latent-dim", "7", "--image-shape", "3,16,16"],
-         "fails on an unconditional (z) input with latent dim 7"),
+        (["--model", "{file}:UpsampleDecoder", "--latent-dim", "12", "--image-shape", "3,32,32",
+          "--random-weights"], "returns (2, 3, 16, 16) for batch 2, --image-shape says (3, 32"),
+        (["--model", "{file}:UpsampleDecoder", "--latent-dim", "7", "--image-shape", "3,16,16",
+          "--random-weights"], "fails on an unconditional (z) input with latent dim 7"),
+        (["--model", "{file}:UpsampleDecoder", "--latent-dim", "12", "--image-shape", "3,16,16"],
+         ": no weights; pass --weights FILE (.safetensors or .pt), --random-weights to export"),
+        (["--model", "{file}:UpsampleDecoder", "--latent-dim", "12", "--image-shape", "3,16,16",
+          "--weights", "{wrong}", "--random-weights"], "--weights and --random-weights contradict"),
+        (["{ckpt}", "--random-weights"], "--random-weights: only with --model"),
         (["--model", "{file}:UpsampleDecoder", "--latent-dim", "12", "--image-shape", "3,16,16",
           "--weights", "{foreign}"], "refused to unpickle it safely"),
         (["--model", "{file}:UpsampleDecoder", "--latent-dim", "12", "--image-shape", "3,16,16",
@@ -232,3 +241,106 @@ def test_the_installed_command_exits_nonzero_with_one_line(tmp_path: Path) -> No
     assert result.stderr.strip().splitlines() == [
         f"error: checkpoint not found: {tmp_path / 'nope.pt'} (pass runs/<name>/checkpoint.pt)"
     ]
+
+
+SELF_LOADING_PACKAGE = """
+from pathlib import Path
+
+import torch
+from torch import nn
+
+WEIGHTS = Path(__file__).with_name("generator.pt")
+
+
+class TinyGenerator(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.project = nn.Linear(4, 64)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.project(z)).view(-1, 1, 8, 8)
+
+
+def make() -> nn.Module:
+    generator = TinyGenerator()
+    generator.load_state_dict(torch.load(WEIGHTS, weights_only=True))
+    return generator
+
+
+make.gendeploy_loads_weights = True
+"""
+
+
+@pytest.fixture
+def self_loading_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``selfload_pkg.generators:make``, importable, loading ``generator.pt`` beside it."""
+    package = tmp_path / "site" / "selfload_pkg"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "generators.py").write_text(SELF_LOADING_PACKAGE)
+    monkeypatch.syspath_prepend(str(package.parent))
+    for name in ("selfload_pkg", "selfload_pkg.generators"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    _save_tiny_weights(package / "generator.pt", seed=1)
+    return package
+
+
+def _save_tiny_weights(path: Path, seed: int) -> None:
+    torch.manual_seed(seed)
+    torch.save({"project.weight": torch.randn(64, 4), "project.bias": torch.randn(64)}, path)
+
+
+SELF_LOADING_ARGS = (
+    "export", "--model", "selfload_pkg.generators:make", "--latent-dim", "4",
+    "--image-shape", "1,8,8", "--max-batch", "4",
+)  # fmt: skip
+
+
+def test_a_factory_that_loads_its_own_weights_is_not_up_to_date_once_they_change(
+    self_loading_package: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "exports" / "selfload"
+    args = (*SELF_LOADING_ARGS, "--out", str(out))
+    code, _, stderr = cli(*args)
+    assert code == 0, stderr
+    code, stdout, _ = cli(*args)
+    assert code == 0 and "up to date" in stdout  # nothing changed: a no-op
+
+    _save_tiny_weights(self_loading_package / "generator.pt", seed=2)
+    code, stdout, stderr = cli(*args)
+    assert code == 2 and "up to date" not in stdout
+    assert "holds another export (other source or options); --force replaces it" in stderr
+    code, _, stderr = cli(*args, "--force")
+    assert code == 0, stderr
+    feeds = {"z": np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)}
+    eager = EagerRunner(load_eager(load_manifest(out))).run(feeds)
+    np.testing.assert_allclose(OnnxRuntimeRunner(out / "fp32.onnx").run(feeds), eager, atol=1e-5)
+
+
+def test_a_change_to_the_code_of_a_package_model_is_not_up_to_date(
+    self_loading_package: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "exports" / "selfload"
+    args = (*SELF_LOADING_ARGS, "--out", str(out))
+    assert cli(*args)[0] == 0
+    code_file = self_loading_package / "generators.py"
+    code_file.write_text(code_file.read_text() + "\n# the forward pass is about to change\n")
+    code, stdout, stderr = cli(*args)
+    assert code == 2 and "up to date" not in stdout and "holds another export" in stderr
+
+
+def test_random_weights_are_said_recorded_and_rebuilt_identically(
+    user_file: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "exports" / "random"
+    code, _, stderr = cli(
+        "export", "--model", f"{user_file}:UpsampleDecoder", "--latent-dim", "12",
+        "--image-shape", "3,16,16", "--random-weights", "--max-batch", "4", "--out", str(out),
+    )  # fmt: skip
+    assert code == 0, stderr
+    assert "warning: --random-weights: the export holds untrained weights" in stderr
+    manifest = load_manifest(out)
+    assert manifest.source.random_weights and manifest.source.weights == ""
+    feeds = {"z": np.random.default_rng(2).standard_normal((2, 12)).astype(np.float32)}
+    eager = EagerRunner(load_eager(manifest)).run(feeds)  # the same seeded initialisation
+    np.testing.assert_allclose(OnnxRuntimeRunner(out / "fp32.onnx").run(feeds), eager, atol=1e-5)

@@ -401,3 +401,66 @@ def test_generate_without_a_server_is_a_one_line_error(protocol: str, tmp_path: 
     assert isinstance(result.exception, ServeError)
     assert "\n" not in str(result.exception)
     assert not out.exists()
+
+
+def test_a_forced_re_export_of_the_same_model_adds_no_version(
+    exports: dict[str, Path], tmp_path: Path
+) -> None:
+    from gendeploy.export.api import ExportOptions, ModelSpec, OutputKind, export
+
+    first = load_manifest(exports["cond"])
+    repo = tmp_path / "repo"
+    write_repo(exports["cond"], repo)
+    out = tmp_path / "again"
+    options = ExportOptions(output=OutputKind.uint8, max_batch=first.batch.max)
+    spec = ModelSpec(checkpoint=Path(first.source.path))
+    export(spec, options, name=first.name, out=out, command="first")
+    export(spec, options, name=first.name, out=out, force=True, command="--force")
+    again = load_manifest(out)
+    assert [a.sha256 for a in again.artifacts] == [a.sha256 for a in first.artifacts]
+    assert again.command != first.command  # only the record of the run differs
+    written = write_repo(out, repo)
+    assert [(m.name, m.version, m.new) for m in written] == [
+        ("tinyc", 1, False),
+        ("tinyc_uint8", 1, False),
+        ("tinyc_onnx", 1, False),
+    ]
+
+
+@pytest.mark.parametrize("kind", ["run", "export", "file"])
+def test_repo_refuses_a_directory_that_is_not_a_model_repository(
+    kind: str, exports: dict[str, Path], tmp_path: Path
+) -> None:
+    target = tmp_path / "target"
+    if kind == "run":  # a training run: config.json, checkpoint.pt, samples/
+        (target / "samples").mkdir(parents=True)
+        (target / "config.json").write_text("{}")
+        (target / "checkpoint.pt").write_bytes(b"weights")
+    elif kind == "export":
+        target = exports["uncond"]
+    else:
+        target.write_text("notes")
+
+    def snapshot() -> list[tuple[str, bytes]]:
+        files = [target] if target.is_file() else sorted(target.rglob("*"))
+        return [(str(p), p.read_bytes() if p.is_file() else b"") for p in files]
+
+    before = snapshot()
+    result = CliRunner().invoke(app, ["repo", str(exports["cond"]), "--repo", str(target)])
+    assert result.exit_code != 0
+    assert isinstance(result.exception, ServeError)
+    why = "is a file" if kind == "file" else "is neither empty nor a Triton model repository"
+    assert why in str(result.exception)
+    assert snapshot() == before
+
+
+def test_repo_writes_into_a_new_empty_readme_only_or_existing_repository(
+    exports: dict[str, Path], tmp_path: Path
+) -> None:
+    readme_only = tmp_path / "triton_repo"
+    readme_only.mkdir()
+    (readme_only / "README.md").write_text("generated")
+    for repo in (tmp_path / "new", readme_only, readme_only):  # the last: a repository now
+        assert next(m.name for m in write_repo(exports["uncond"], repo)).startswith("tinyu")
+    write_repo(exports["cond"], readme_only)  # a second export beside the first
+    assert (readme_only / "tinyc" / "config.pbtxt").is_file()

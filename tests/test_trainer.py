@@ -253,6 +253,22 @@ def test_bad_resume_and_existing_runs_are_refused_and_left_untouched(tmp_path: P
     assert (out / "checkpoint.pt").read_bytes() == before
 
 
+def test_resume_refuses_a_preset_the_run_is_not(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    flags = {"width": 8, "dataset": "fake", "batch_size": 8, "seed": None}
+    schedule = {"steps": 2, "sample_every": 2, "checkpoint_every": 2, "eval_at_end": False}
+    train(*with_overrides(PRESETS["digits-dcgan"], **flags, **schedule), out, progress=False)
+    with pytest.raises(
+        UsageError, match=r"is not a --preset digits-cdcgan run: it differs in num_classes \(0 here"
+    ):
+        resumed_configs(out, flags, {"steps": 4}, "digits-cdcgan")
+    with pytest.raises(UsageError, match=r"differs in .*width \(8 here\)"):
+        resumed_configs(out, {}, {"steps": 4}, "digits-dcgan")  # the run overrode --width
+    model, config, step = resumed_configs(out, flags, {"steps": 4}, "digits-dcgan")  # its own
+    assert model.num_classes == 0 and config.steps == 4
+    assert step == 2 and resumed_configs(out, {}, {"steps": 4}) == (model, config, step)
+
+
 def test_force_never_deletes_what_is_not_a_run(tmp_path: Path) -> None:
     precious = tmp_path / "photos"
     precious.mkdir()
@@ -309,6 +325,13 @@ def test_resume_keeps_the_runs_own_settings(tmp_path: Path) -> None:
     assert changed.returncode != 0
     assert "drop --width --ema or start a new run" in changed.stderr
     assert len(changed.stderr.strip().splitlines()) == 1
+    other_preset = _cli(
+        *common, "--steps", "6", "--resume", "--preset", "digits-dcgan", cwd=tmp_path
+    )
+    assert other_preset.returncode == 2
+    assert "is not a --preset digits-dcgan run: it differs in num_classes (10 here" in (
+        other_preset.stderr
+    )
 
 
 def test_batchnorm_recalibration_matches_the_generators_own_statistics() -> None:
@@ -345,12 +368,15 @@ def test_cli_smoke_run_on_fake_data(tmp_path: Path) -> None:
         "8",
         "--out",
         "run",
-        "--no-eval",
         "--no-progress",
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
     assert load_checkpoint(tmp_path / "run" / "checkpoint.pt").step == 3
+    assert (
+        "quality report skipped: the quality report scores digits only, this run trained on fake"
+        in result.stdout
+    )
 
 
 @pytest.mark.parametrize(
@@ -376,6 +402,33 @@ def test_cli_bad_input_gets_one_line_and_nonzero_exit(
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_eval_takes_a_run_directory_like_export(tmp_path: Path) -> None:
+    from conftest import TINY_MLP, write_checkpoint
+    from test_export_user_model import cli
+
+    run = write_checkpoint(TINY_MLP, tmp_path / "runs" / "mlp" / "checkpoint.pt").parent
+    code, stdout, stderr = cli("eval", str(run))
+    assert code == 0, stderr
+    assert "Frechet ratio" in stdout and "classes covered" in stdout
+
+
+@pytest.mark.parametrize("command", ["eval", "export"])
+def test_a_run_config_json_is_named_as_json_not_as_a_checkpoint(
+    command: str, tmp_path: Path
+) -> None:
+    from test_export_user_model import cli
+
+    config = tmp_path / "run" / "config.json"
+    config.parent.mkdir()
+    config.write_text(json.dumps({"model": {}, "train": {}}))
+    code, _, stderr = cli(command, str(config))
+    assert code == 1
+    assert stderr.strip().splitlines() == [
+        f"error: {config} is a JSON file, not a checkpoint; pass the run directory or the "
+        "checkpoint.pt in it"
+    ]
 
 
 def test_a_killed_run_loses_at_most_one_checkpoint_interval(tmp_path: Path) -> None:

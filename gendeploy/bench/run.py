@@ -156,7 +156,9 @@ def prepare_spec(model: BenchModel, work: Path) -> tuple[Any, str]:
         raise UsageError(f"{model.name}: {user.path()} not found (bench it from a checkout)")
     spec = f"{user.path()}:{user.spec.rpartition(':')[2]}"
     torch.manual_seed(0)
-    module, _, _ = build_user_model(spec, None, user.latent_dim, user.num_classes, user.image_shape)
+    module, _, _ = build_user_model(  # its seeded initialisation, saved as the weights file
+        spec, None, user.latent_dim, user.num_classes, user.image_shape, random_weights=True
+    )
     weights = work / model.name / "weights.safetensors"
     weights.parent.mkdir(parents=True, exist_ok=True)
     save_file(module.state_dict(), str(weights))

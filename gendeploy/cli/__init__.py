@@ -7,9 +7,11 @@ import sys
 import typer
 
 from gendeploy.cli import bench, deploy, export, serve, soak, train, tune
+from gendeploy.cli.help import Group
 from gendeploy.errors import GendeployError, describe_os_error
 
 app = typer.Typer(
+    cls=Group,
     name="gendeploy",
     help="Train a GAN, export verified ONNX/TensorRT engines, serve them with Triton, bench them.",
     no_args_is_help=True,

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from gendeploy.cli.help import LateHelp, Params
 from gendeploy.errors import UsageError
 
 Opt = typer.Option
@@ -24,6 +25,18 @@ def _ints(flag: str, text: str | None) -> tuple[int, ...] | None:
     return values
 
 
+RUNNERS_HELP = "Only these runners, comma-separated (eager is always timed)."
+
+
+class BenchHelp(LateHelp):
+    """``--runners`` help lists the registry's runner names, which live beside torch."""
+
+    def fill(self, params: Params) -> None:
+        from gendeploy.runtime.registry import runner_names
+
+        params["runners"].help = f"{RUNNERS_HELP} Known: {', '.join(runner_names())}."
+
+
 def bench_command(
     suite: Annotated[
         str, Opt(help="Suite: default (~10 min), quick (~1 min) or tiny.")
@@ -35,9 +48,7 @@ def bench_command(
     concurrency: Annotated[
         str | None, Opt(help="Override the served concurrency levels, e.g. 1,4.")
     ] = None,
-    runners: Annotated[
-        str | None, Opt(help="Only these runners, comma-separated (eager is always timed).")
-    ] = None,
+    runners: Annotated[str | None, Opt(help=RUNNERS_HELP)] = None,
     served: Annotated[
         bool, Opt("--served/--no-served", help="Also bench the model behind tritonserver.")
     ] = True,
@@ -100,4 +111,4 @@ def bench_command(
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to ``app``."""
-    app.command("bench")(bench_command)
+    app.command("bench", cls=BenchHelp)(bench_command)

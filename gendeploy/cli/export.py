@@ -5,11 +5,16 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from gendeploy.errors import UsageError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from gendeploy.export.doctor import Report
 
 Opt = typer.Option
 
@@ -28,7 +33,9 @@ def export_command(
         str, Opt(help="float: float32 NCHW in [-1,1]; uint8: also uint8 NHWC variants.")
     ] = "float",
     max_batch: Annotated[int, Opt(help="Largest batch (Triton's max_batch_size).")] = 64,
-    opt_batch: Annotated[int, Opt(help="Batch TensorRT tunes for (default min(8, max)).")] = 0,
+    opt_batch: Annotated[
+        int, Opt(help="Batch TensorRT tunes for.", show_default="min(8, --max-batch)")
+    ] = 0,
     force: Annotated[bool, Opt("--force", help="Rebuild and replace an existing export.")] = False,
     require_engine: Annotated[
         bool, Opt("--require-engine", help="Fail unless a TensorRT engine is built.")
@@ -37,8 +44,18 @@ def export_command(
         str | None, Opt(help="A user generator: path/file.py:Class or package.module:factory.")
     ] = None,
     weights: Annotated[
-        Path | None, Opt(help="--model's state dict (.safetensors or .pt, weights only).")
+        Path | None,
+        Opt(
+            help="--model's state dict (.safetensors or .pt, weights only); not needed for a "
+            "factory marked `factory.gendeploy_loads_weights = True`."
+        ),
     ] = None,
+    random_weights: Annotated[
+        bool,
+        Opt(
+            "--random-weights", help="--model without weights: export its untrained (seeded) init."
+        ),
+    ] = False,
     latent_dim: Annotated[int | None, Opt(help="--model: latent size.")] = None,
     num_classes: Annotated[int | None, Opt(help="--model: classes (0: unconditional).")] = None,
     image_shape: Annotated[str | None, Opt(help="--model: output image shape C,H,W.")] = None,
@@ -97,6 +114,7 @@ def export_command(
         image_shape=_parse_shape(image_shape) if image_shape is not None else None,
         forward_kwargs=parse_forward_kwargs(forward_kwargs) if forward_kwargs else None,
         noise=noise,
+        random_weights=random_weights,
     )
     manifest = export(
         spec,
@@ -107,8 +125,13 @@ def export_command(
         command=shlex.join(["gendeploy", *sys.argv[1:]]),
         log=typer.echo,
     )
+    if manifest.source.random_weights:
+        typer.echo("warning: --random-weights: the export holds untrained weights", err=True)
+    reasons: dict[str, list[str]] = {}  # one line per reason: TensorRT missing is said once
     for item in manifest.skipped:
-        typer.echo(f"NOT built: {item['name']} ({item['reason']})")
+        reasons.setdefault(item["reason"], []).append(item["name"])
+    for reason, names in reasons.items():
+        typer.echo(f"NOT built: {', '.join(names)} ({reason})")
     if repo is not None:
         from gendeploy.serve.repo import write_repo
 
@@ -120,19 +143,27 @@ def export_command(
 def doctor_command() -> None:
     """List what this machine can do: CUDA, TensorRT, ONNX Runtime, OpenVINO, Triton."""
     from rich.console import Console
-    from rich.table import Table
 
     from gendeploy.export.doctor import diagnose
 
-    report = diagnose()
-    console = Console()
+    print_report(diagnose(), Console())
+
+
+def print_report(report: Report, console: Console) -> None:
+    """The doctor's findings as two tables; their text is printed as is, never as rich markup
+    (``pip install 'gendeploy[openvino]'`` keeps its brackets)."""
+    from rich.markup import escape
+    from rich.table import Table
+
     for title, rows in (("this machine", report.facilities), ("paths", report.paths)):
         table = Table(title=title, title_justify="left")
         table.add_column("")
         table.add_column("what")
         table.add_column("detail", overflow="fold")
         for f in rows:
-            table.add_row("[green]yes[/]" if f.ok else "[red]no[/]", f.what, f.detail)
+            table.add_row(
+                "[green]yes[/]" if f.ok else "[red]no[/]", escape(f.what), escape(f.detail)
+            )
         console.print(table)
 
 

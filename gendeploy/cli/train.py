@@ -9,16 +9,55 @@ from typing import Annotated, Any
 
 import typer
 
+from gendeploy.cli.help import LateHelp, Params
 from gendeploy.errors import UsageError
 
 Opt = typer.Option
 
 
+DEFAULT_PRESET = "digits-cdcgan"  # gendeploy.trainer.train.DEFAULT_PRESET, checked by a test
+# train flags whose default is the preset's value -> (config, field)
+PRESET_DEFAULTS = {
+    "arch": ("model", "arch"),
+    "dataset": ("train", "dataset"),
+    "image_size": ("model", "image_size"),
+    "channels": ("model", "image_channels"),
+    "num_classes": ("model", "num_classes"),
+    "width": ("model", "width"),
+    "latent_dim": ("model", "latent_dim"),
+    "steps": ("train", "steps"),
+    "batch_size": ("train", "batch_size"),
+    "lr": ("train", "lr"),
+    "ema": ("train", "ema_decay"),
+    "seed": ("train", "seed"),
+    "sample_every": ("train", "sample_every"),
+    "checkpoint_every": ("train", "checkpoint_every"),
+}
+
+
+class TrainHelp(LateHelp):
+    """``--steps`` and the like default to the preset's value: help shows the default preset's."""
+
+    def fill(self, params: Params) -> None:
+        from gendeploy.trainer.train import preset
+
+        chosen = preset(DEFAULT_PRESET)
+        for name, (config, field) in PRESET_DEFAULTS.items():
+            value = getattr(chosen.model if config == "model" else chosen.train, field)
+            value = getattr(value, "value", value)  # str enums: their value
+            params[name].show_default = f"from --preset; {DEFAULT_PRESET}: {value}"
+
+
 def train_command(
     preset: Annotated[
-        str, Opt(help="Preset: digits-cdcgan (default), digits-dcgan, seed-mlp, dcgan64.")
-    ] = "digits-cdcgan",
-    out: Annotated[Path | None, Opt(help="Run directory (default runs/<preset>).")] = None,
+        str | None,
+        Opt(
+            help="Preset: digits-cdcgan, digits-dcgan, seed-mlp, dcgan64. With --resume, the run "
+            "must be that preset (with the flags given).",
+            show_default=DEFAULT_PRESET,
+        ),
+    ] = None,
+    out: Annotated[Path | None, Opt(help="Run directory.", show_default="runs/<preset>")] = None,
     arch: Annotated[str | None, Opt(help="Override the model: mlp or dcgan.")] = None,
     dataset: Annotated[
         str | None, Opt(help="digits, mnist, fashion-mnist, cifar10, folder, fake.")
@@ -33,7 +72,7 @@ def train_command(
     latent_dim: Annotated[int | None, Opt(help="Latent size.")] = None,
     steps: Annotated[int | None, Opt(help="Total training steps.")] = None,
     batch_size: Annotated[int | None, Opt(help="Batch size per process.")] = None,
-    lr: Annotated[float | None, Opt(help="Adam learning rate (2e-4).")] = None,
+    lr: Annotated[float | None, Opt(help="Adam learning rate.")] = None,
     ema: Annotated[float | None, Opt(help="Generator EMA decay; 0 disables.")] = None,
     seed: Annotated[int | None, Opt(help="Random seed.")] = None,
     sample_every: Annotated[int | None, Opt(help="Steps between sample grids.")] = None,
@@ -76,12 +115,12 @@ def train_command(
         "checkpoint_every": checkpoint_every,
         "eval_at_end": False if no_eval else None,
     }
-    run_dir = out or Path("runs") / preset
-    if resume:  # the run's own settings; flags that repeat them are fine
-        model, config, step = resumed_configs(run_dir, settings, schedule)
+    run_dir = out or Path("runs") / (preset or DEFAULT_PRESET)
+    if resume:  # the run's own settings; flags (and a named preset) that repeat them are fine
+        model, config, step = resumed_configs(run_dir, settings, schedule, preset)
         typer.echo(f"resuming {run_dir} from step {step} (checkpoint.pt) to step {config.steps}")
     else:
-        model, config = with_overrides(get_preset(preset), **settings, **schedule)
+        model, config = with_overrides(get_preset(preset or DEFAULT_PRESET), **settings, **schedule)
     result = train(
         model, config, run_dir, resume=resume, force=force, progress=progress, device=device
     )
@@ -89,17 +128,22 @@ def train_command(
         return  # under torchrun, rank 0 alone reports
     if "quality" in result:
         _print_quality(result["quality"])
+    if "quality_skipped" in result:
+        typer.echo(f"quality report skipped: {result['quality_skipped']}")
     typer.echo(f"run written to {run_dir}/ (checkpoint.pt, samples/, loss.png, metrics.jsonl)")
 
 
 def eval_command(
-    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint written by gendeploy train.")],
+    checkpoint: Annotated[
+        Path, typer.Argument(help="A checkpoint written by gendeploy train (or its run directory).")
+    ],
     seed: Annotated[int, Opt(help="Seed for the generated samples.")] = 0,
 ) -> None:
     """Score a checkpoint on digits: label accuracy, class coverage, Frechet distance."""
+    from gendeploy.export.source import resolve_checkpoint
     from gendeploy.trainer.quality import evaluate_checkpoint
 
-    _print_quality(evaluate_checkpoint(checkpoint, seed).to_dict())
+    _print_quality(evaluate_checkpoint(resolve_checkpoint(checkpoint), seed).to_dict())
 
 
 def _print_quality(q: Mapping[str, Any]) -> None:
@@ -120,5 +164,5 @@ def _print_quality(q: Mapping[str, Any]) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("train")(train_command)
+    app.command("train", cls=TrainHelp)(train_command)
     app.command("eval")(eval_command)

@@ -116,6 +116,7 @@ class ModelSpec:
     image_shape: tuple[int, int, int] | None = None
     forward_kwargs: dict[str, Any] | None = None  # passed to every forward call
     noise: str = "const"  # "seeded": noise buffers become per-request inputs
+    random_weights: bool = False  # --model without weights: export its untrained initialisation
 
     def __post_init__(self) -> None:
         given = [
@@ -125,6 +126,8 @@ class ModelSpec:
         ]
         if self.noise != "const":
             given.append("noise")
+        if self.random_weights:
+            given.append("random_weights")
         if (self.checkpoint is None) == (self.model is None):
             raise UsageError("pass either a CHECKPOINT or --model FILE.py:Class (not both)")
         if self.checkpoint is not None and given:
@@ -137,6 +140,8 @@ class ModelSpec:
                 raise UsageError(
                     "--latent-dim and --image-shape must be positive, --num-classes >= 0"
                 )
+            if self.weights is not None and self.random_weights:
+                raise UsageError("--weights and --random-weights contradict each other: pick one")
 
     def load(self, log: Log | None = None) -> LoadedModel:
         from gendeploy.export.source import load_checkpoint_model, load_user_model
@@ -153,6 +158,7 @@ class ModelSpec:
             forward_kwargs=self.forward_kwargs,
             noise=self.noise,
             log=log,
+            random_weights=self.random_weights,
         )
 
 
@@ -182,7 +188,12 @@ def export(
     if name is not None and not _NAME.match(name):
         raise UsageError(f"--name {name!r}: use letters, digits, '_', '.', '-'")
     module, source, default_name = build_user_model(
-        spec.model, spec.weights, spec.latent_dim, spec.num_classes or 0, spec.image_shape
+        spec.model,
+        spec.weights,
+        spec.latent_dim,
+        spec.num_classes or 0,
+        spec.image_shape,
+        random_weights=spec.random_weights,
     )
     return export_module(
         module,

@@ -152,8 +152,7 @@ def build_artifacts(
     for source in engines:
         name = f"trt_{source}"
         if engine_status:
-            skipped.append({"name": name, "reason": engine_status})
-            say(f"skipped {name}: {engine_status}")
+            skipped.append({"name": name, "reason": engine_status})  # the CLI says it, once
             continue
         onnx_file = staged / f"{source}.onnx"
         if source.startswith("int8"):  # TensorRT's Q/DQ are signed INT8 only

@@ -6,11 +6,8 @@ Every probe is read-only and imports its dependency lazily; a probe that fails s
 from __future__ import annotations
 
 import importlib.util
-import os
-import shutil
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
 
 from gendeploy.export.int8 import int8_tools_missing
 
@@ -135,15 +132,23 @@ def _tritonserver() -> tuple[Finding, list[str]]:
 
 
 def _perf_analyzer() -> Finding:
-    explicit = os.environ.get("GENDEPLOY_PERF_ANALYZER")
-    candidate = explicit or shutil.which("perf_analyzer")
-    if candidate and Path(candidate).is_file():
-        return Finding("perf_analyzer", True, candidate)
-    return Finding(
-        "perf_analyzer",
-        False,
-        "not on PATH (set GENDEPLOY_PERF_ANALYZER; it ships in tritonclient 2.49's wheel)",
-    )
+    """Found where the bench looks for it (``find_perf_analyzer``), and it must run."""
+    from gendeploy.bench.served import PERF_ANALYZER_ENV, find_perf_analyzer, perf_analyzer_version
+
+    path = find_perf_analyzer()
+    if path is None:
+        return Finding(
+            "perf_analyzer",
+            False,
+            f"not found: run scripts/get_perf_analyzer.sh (fetches it into the cache) or set "
+            f"{PERF_ANALYZER_ENV}; the served bench falls back to a tritonclient load loop",
+        )
+    found = perf_analyzer_version(path)
+    if found.startswith("does not run"):
+        return Finding(
+            "perf_analyzer", False, f"{path} {found}; re-run scripts/get_perf_analyzer.sh"
+        )
+    return Finding("perf_analyzer", True, f"{path} ({found})" if found else str(path))
 
 
 def _dist_version(dist: str) -> str:

@@ -7,19 +7,17 @@ takes ``(z[, labels][, truncation][, noise...])``, then exported, gated and publ
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from gendeploy.errors import UsageError
 from gendeploy.export.api import ExportOptions, OutputKind, export_loaded
 from gendeploy.export.manifest import Manifest, Source
 from gendeploy.export.signature import NoiseMode, inspect_generator, serving_module
-from gendeploy.export.source import LoadedModel, _snake
+from gendeploy.export.source import LoadedModel, _snake, state_digest
 
 _RECORDABLE = (bool, int, float, str, type(None))  # what the manifest's JSON can hold
 
@@ -181,13 +179,3 @@ def _label(source: Source | None, cls: type) -> str:
     if source is not None and source.kind == "user_model":
         return f"--model {source.path}"
     return cls.__name__
-
-
-def state_digest(module: nn.Module) -> str:
-    """sha256 over the module's parameters and buffers (names, dtypes, shapes, values)."""
-    digest = hashlib.sha256()
-    for key, tensor in module.state_dict().items():
-        t = tensor.detach().cpu().contiguous()
-        digest.update(f"{key}:{t.dtype}:{list(t.shape)};".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()

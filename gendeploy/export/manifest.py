@@ -86,10 +86,11 @@ class Source:
 
     kind: str  # "checkpoint" or "user_model"
     path: str  # checkpoint path, or the user model spec "file.py:Class"
-    sha256: str  # of the checkpoint / weights file
-    weights: str = ""  # user_model: the weights file
+    sha256: str  # checkpoint: of the file; user_model: of its code files, parameters and buffers
+    weights: str = ""  # user_model: the weights file ("": the factory's own or random weights)
     model_config: dict[str, Any] = field(default_factory=dict)
     dataset: str = ""  # checkpoint: the dataset it was trained on ("digits" picks the digits score)
+    random_weights: bool = False  # user_model: untrained (seeded) initialisation, --random-weights
 
 
 @dataclass(frozen=True)

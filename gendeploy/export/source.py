@@ -29,6 +29,8 @@ from gendeploy.export.manifest import Interface, Manifest, Source, sha256_file
 from gendeploy.trainer.checkpoint import FORMAT, load_generator, load_state_into
 
 CHECKPOINT_NAMES = ("checkpoint.pt", "checkpoint_final.pt", "last.pt")
+# A factory that loads its own weights says so: ``make.gendeploy_loads_weights = True``.
+LOADS_WEIGHTS = "gendeploy_loads_weights"
 
 
 @dataclass
@@ -94,13 +96,14 @@ def load_user_model(
     forward_kwargs: dict[str, Any] | None = None,
     noise: str = "const",
     log: Callable[[str], None] | None = None,
+    random_weights: bool = False,
 ) -> LoadedModel:
     """``file.py:Class`` or ``package.module:factory``, called without arguments, plus weights;
     probed for its served interface like any module given to ``export_generator``."""
     from gendeploy.export.inmemory import load_module
 
     module, source, default_name = build_user_model(
-        spec, weights, latent_dim, num_classes, image_shape
+        spec, weights, latent_dim, num_classes, image_shape, random_weights
     )
     return load_module(
         module,
@@ -122,32 +125,84 @@ def build_user_model(
     latent_dim: int,
     num_classes: int,
     image_shape: tuple[int, int, int],
+    random_weights: bool = False,
 ) -> tuple[nn.Module, Source, str]:
-    """The user's module (eval mode, weights loaded), its ``Source`` and a default export name."""
-    module, spec_path, attr = _build_user_module(spec)
-    digest = hashlib.sha256()
-    if spec_path is not None:
-        digest.update(bytes.fromhex(sha256_file(spec_path)))
+    """The user's module (eval mode, weights loaded), its ``Source`` and a default export name.
+
+    The weights come from ``weights``, from the factory itself when it is marked
+    ``<factory>.gendeploy_loads_weights = True``, or, only when ``random_weights`` says so, from
+    the factory's (seeded) random initialisation. The source fingerprint covers the code files that
+    define the model and every parameter and buffer it holds, so a change to either is seen.
+    """
+    if weights is not None and random_weights:
+        raise UsageError("--weights and --random-weights contradict each other: pick one")
+    module, spec_path, attr, factory = _build_user_module(spec)
+    loads_own = getattr(factory, LOADS_WEIGHTS, False) is True
+    if random_weights and loads_own:
+        raise UsageError(
+            f"--random-weights: {spec} loads its own weights ({attr}.{LOADS_WEIGHTS} is True)"
+        )
+    if weights is None and not random_weights and not loads_own:
+        raise UsageError(
+            f"--model {spec}: no weights; pass --weights FILE (.safetensors or .pt), "
+            f"--random-weights to export its untrained initialisation, or mark a factory that "
+            f"loads its own weights with `{attr}.{LOADS_WEIGHTS} = True`"
+        )
     weights_path = ""
     if weights is not None:
         weights_file = Path(weights).resolve()
         load_state_into(module, load_state_dict_file(weights_file), str(weights))
-        digest.update(bytes.fromhex(sha256_file(weights_file)))
         weights_path = str(weights_file)
     module.eval()
     stored_spec = f"{spec_path}:{attr}" if spec_path is not None else spec
     source = Source(
         kind="user_model",
         path=stored_spec,
-        sha256=digest.hexdigest(),
+        sha256=model_digest(module, _code_files(module, factory, spec_path)),
         weights=weights_path,
         model_config={
             "latent_dim": latent_dim,
             "num_classes": num_classes,
             "image_shape": list(image_shape),
         },
+        random_weights=random_weights,
     )
     return module, source, _snake(Path(weights_path).stem if weights_path else attr)
+
+
+def state_digest(module: nn.Module) -> str:
+    """sha256 over the module's parameters and buffers (names, dtypes, shapes, values)."""
+    digest = hashlib.sha256()
+    for key, tensor in module.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{key}:{t.dtype}:{list(t.shape)};".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def model_digest(module: nn.Module, code_files: list[Path]) -> str:
+    """sha256 of the code files that define ``module`` and of its ``state_digest``."""
+    digest = hashlib.sha256()
+    for path in sorted(set(code_files)):
+        digest.update(b"file\0" + bytes.fromhex(sha256_file(path)))
+    digest.update(bytes.fromhex(state_digest(module)))
+    return digest.hexdigest()
+
+
+def _code_files(module: nn.Module, factory: Any, spec_path: Path | None) -> list[Path]:
+    """The files that define the model: the factory's and every submodule class's, torch's own
+    excepted (a torch upgrade is not a new model)."""
+    torch_dir = Path(torch.__file__).resolve().parent
+    found = [spec_path] if spec_path is not None else []
+    for obj in (factory, *(type(m) for m in module.modules())):
+        try:
+            name = inspect.getsourcefile(obj)
+        except TypeError:  # built-in: no file
+            continue
+        path = Path(name).resolve() if name else None
+        if path is not None and path.is_file() and not path.is_relative_to(torch_dir):
+            found.append(path)
+    return found
 
 
 def load_eager(manifest: Manifest) -> nn.Module:
@@ -171,6 +226,7 @@ def load_eager(manifest: Manifest) -> nn.Module:
             manifest.latent_dim,
             manifest.num_classes,
             (shape[0], shape[1], shape[2]),
+            random_weights=src.random_weights,
         )
         if source.sha256 != src.sha256:
             raise ExportError(
@@ -220,7 +276,7 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     return payload
 
 
-def _build_user_module(spec: str) -> tuple[nn.Module, Path | None, str]:
+def _build_user_module(spec: str) -> tuple[nn.Module, Path | None, str, Any]:
     target, sep, attr = spec.rpartition(":")
     if not sep or not target or not attr.isidentifier():
         raise UsageError(
@@ -250,7 +306,9 @@ def _build_user_module(spec: str) -> tuple[nn.Module, Path | None, str]:
     if not callable(factory):
         raise UsageError(f"--model: {target}:{attr} is not a class or factory function")
     try:
-        module = factory()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # random initialisations are reproducible (load_eager rebuilds)
+            module = factory()
     except Exception as e:
         raise ExportError(
             f"--model: {target}:{attr}() failed ({type(e).__name__}: {e}); it must build the "
@@ -260,7 +318,7 @@ def _build_user_module(spec: str) -> tuple[nn.Module, Path | None, str]:
         raise UsageError(
             f"--model: {target}:{attr}() returned {type(module).__name__}, not nn.Module"
         )
-    return module, spec_path, attr
+    return module, spec_path, attr, factory
 
 
 def _import_file(path: Path) -> Any:

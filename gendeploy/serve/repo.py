@@ -21,14 +21,17 @@ The python models take ``truncation`` as an optional input and draw noise inputs
 
 Every ``config.pbtxt`` is built through Triton's protobuf (``model_config_pb2``). Each write stages
 the version directory beside its model, renames it to version N+1, and writes ``config.pbtxt`` last
-(atomically); an export identical to the latest version adds nothing. Older versions beyond
-``keep_versions`` (at least 2, so the version being served is never removed before the server
-reloads) are removed; the version policy serves the latest.
+(atomically); an export identical to the latest version adds nothing (the manifest's record of
+the export run, its time, command and timings, aside). Older versions beyond ``keep_versions`` (at
+least 2, so the version being served is never removed before the server reloads) are removed; the
+version policy serves the latest. A directory that is neither empty nor a model repository is
+refused.
 """
 
 from __future__ import annotations
 
 import filecmp
+import json
 import os
 import re
 import shutil
@@ -341,12 +344,33 @@ def _files(version_dir: Path) -> list[str]:
     return sorted(p.name for p in version_dir.iterdir() if p.is_file())
 
 
+# What the manifest says about the export run, not about what is served: a re-export of the same
+# model (``--force``) changes only these, and must not make a new version.
+RUN_FIELDS = ("created", "command", "timings")
+
+
+def _served_manifest(path: Path) -> Any:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # unreadable: compared as different
+    return (
+        {k: v for k, v in data.items() if k not in RUN_FIELDS} if isinstance(data, dict) else data
+    )
+
+
 def _same_tree(a: Path, b: Path) -> bool:
+    """The same files with the same bytes, the manifest's run fields aside."""
     names_a, names_b = _files(a), _files(b)
     if names_a != names_b:
         return False
-    _, mismatch, errors = filecmp.cmpfiles(a, b, names_a, shallow=False)
-    return not mismatch and not errors
+    names = [n for n in names_a if n != MANIFEST_NAME]
+    _, mismatch, errors = filecmp.cmpfiles(a, b, names, shallow=False)
+    if mismatch or errors:
+        return False
+    return MANIFEST_NAME not in names_a or _served_manifest(a / MANIFEST_NAME) == _served_manifest(
+        b / MANIFEST_NAME
+    )
 
 
 def write_model(plan: ModelPlan, repo_dir: Path, keep_versions: int) -> WrittenModel:
@@ -381,6 +405,33 @@ def write_model(plan: ModelPlan, repo_dir: Path, keep_versions: int) -> WrittenM
     return WrittenModel(plan.name, version, new, model_dir)
 
 
+def check_repo_dir(repo: Path) -> None:
+    """Refuse to write into a directory that is neither empty nor a model repository (a training
+    run, an export, anything else): nothing there is touched."""
+    if repo.exists() and not repo.is_dir():
+        raise ServeError(f"--repo {repo} is a file; pass a directory for the model repository")
+    if not repo.exists():
+        return
+    strangers = sorted(p.name for p in repo.iterdir() if not _repo_entry(p))
+    if strangers:
+        shown = ", ".join(strangers[:3]) + (", ..." if len(strangers) > 3 else "")
+        raise ServeError(
+            f"--repo {repo} is neither empty nor a Triton model repository (it holds {shown}); "
+            "choose a new or empty directory"
+        )
+
+
+def _repo_entry(path: Path) -> bool:
+    """A model directory (config.pbtxt, or version directories so far), a README or a dotfile."""
+    if path.name.startswith(".") or path.name.lower().startswith("readme"):
+        return True
+    if not path.is_dir():
+        return False
+    return (path / "config.pbtxt").is_file() or all(
+        p.is_dir() and (p.name.isdigit() or p.name.startswith(".")) for p in path.iterdir()
+    )
+
+
 def write_repo(
     export: Manifest | Path | str,
     repo_dir: Path | str,
@@ -403,5 +454,6 @@ def write_repo(
         manifest = load_manifest(root)
     plans = plan_models(manifest, root, options)
     repo = Path(repo_dir)
+    check_repo_dir(repo)
     repo.mkdir(parents=True, exist_ok=True)
     return [write_model(plan, repo, options.keep_versions) for plan in plans]

@@ -8,6 +8,7 @@ Writes are atomic: a temporary file in the same directory, fsync, then ``os.repl
 
 from __future__ import annotations
 
+import json
 import pickle
 import platform
 import warnings
@@ -80,12 +81,17 @@ def load_checkpoint(path: Path | str) -> Checkpoint:
         with warnings.catch_warnings():  # torch warns about legacy (non-zip) files first
             warnings.simplefilter("ignore")
             payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise CheckpointError(
-            f"{path} is not a gendeploy checkpoint (it holds Python objects, not only tensors, "
-            "and was not unpickled); pass a checkpoint written by `gendeploy train`"
-        ) from None
     except Exception as e:  # any other bytes: torch's legacy reader raises all sorts
+        if _is_json(path):  # config.json or quality.json beside the checkpoint
+            raise CheckpointError(
+                f"{path} is a JSON file, not a checkpoint; pass the run directory or the "
+                "checkpoint.pt in it"
+            ) from None
+        if isinstance(e, pickle.UnpicklingError):
+            raise CheckpointError(
+                f"{path} is not a gendeploy checkpoint (it holds Python objects, not only "
+                "tensors, and was not unpickled); pass a checkpoint written by `gendeploy train`"
+            ) from None
         reason = " ".join(str(e).split())[:120] or type(e).__name__
         raise CheckpointError(
             f"{path} is not a gendeploy checkpoint (corrupt or truncated: {reason}); "
@@ -128,6 +134,17 @@ def load_checkpoint(path: Path | str) -> Checkpoint:
         metrics=payload.get("metrics") or {},
         versions=payload.get("versions") or {},
     )
+
+
+def _is_json(path: Path) -> bool:
+    try:
+        with path.open("rb") as f:
+            if f.read(64).lstrip()[:1] not in (b"{", b"["):
+                return False  # not worth reading a large binary file whole
+        json.loads(path.read_bytes())
+    except (OSError, ValueError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return False
+    return True
 
 
 def load_state_into(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:

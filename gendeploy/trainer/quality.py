@@ -78,14 +78,29 @@ def _reference_digits(split: str, config: ModelConfig) -> tuple[torch.Tensor, to
 def _cache_path() -> Path:
     root = cache_dir()
     # The cache key changes whenever the classifier's code or training recipe changes.
-    source = inspect.getsource(DigitsClassifier) + inspect.getsource(train_classifier)
+    source = "".join(
+        inspect.getsource(f) for f in (DigitsClassifier, train_classifier, _train_classifier)
+    )
     key = hashlib.sha256(source.encode()).hexdigest()[:12]
     return root / f"digits_classifier_{key}.pt"
 
 
 def train_classifier(epochs: int = 20, seed: int = 0) -> nn.Module:
     """Train on the real train split with small random shifts (generated digits are never pixel-
-    aligned like the scans); deterministic for a given seed on one machine."""
+    aligned like the scans); deterministic for a given seed on one machine.
+
+    Trained on one thread: with two, the sums come out in another order, and the cached classifier
+    (hence every score) depended on the thread count of whichever process trained it first: 98.59%
+    held-out accuracy and a 3.924 baseline with one thread, 98.87% and 3.926 with two."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train_classifier(epochs, seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_classifier(epochs: int, seed: int) -> nn.Module:
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model = DigitsClassifier()

@@ -196,11 +196,19 @@ class RunWriter:
         plots.save_loss_curve(self.history, self.out / "loss.png")
         from gendeploy.trainer.quality import evaluate_checkpoint, scorable
 
-        if (
-            self.train.eval_at_end
-            and self.train.dataset is DatasetName.digits
-            and scorable(self.model)
-        ):
+        if not self.train.eval_at_end:
+            return result
+        if self.train.dataset is not DatasetName.digits:
+            result["quality_skipped"] = (
+                f"the quality report scores digits only, this run trained on "
+                f"{self.train.dataset.value}"
+            )
+        elif not scorable(self.model):
+            result["quality_skipped"] = (
+                f"the digits score needs an unconditional or 10-class model, this one has "
+                f"{self.model.num_classes} classes"
+            )
+        else:
             result["quality"] = evaluate_checkpoint(self.out / CHECKPOINT_NAME).to_dict()
         return result
 

@@ -395,10 +395,14 @@ FLAGS = {"image_channels": "--channels", "ema_decay": "--ema"}  # where a flag i
 
 
 def resumed_configs(
-    out: Path, settings: dict[str, Any], schedule: dict[str, Any]
+    out: Path,
+    settings: dict[str, Any],
+    schedule: dict[str, Any],
+    preset_name: str | None = None,
 ) -> tuple[ModelConfig, TrainConfig, int]:
     """The configs of the run in ``out`` and its step, from its checkpoint. ``settings`` (flags,
-    None = not given) must agree with them; ``schedule`` (``RESUMABLE_CHANGES``) is applied."""
+    None = not given) must agree with them, and so must the preset named with them, if any;
+    ``schedule`` (``RESUMABLE_CHANGES``) is applied."""
     check_run_dir(out, resume=True, force=False)
     source = out / CHECKPOINT_NAME
     ckpt = load_checkpoint(source)
@@ -415,7 +419,30 @@ def resumed_configs(
             f"--resume continues {out} with its own settings: drop {' '.join(differ)} or start a "
             "new run (only --steps, --sample-every, --checkpoint-every and --no-eval may change)"
         )
+    if preset_name is not None:
+        _check_preset(out, saved, preset_name, settings)
     return (*with_overrides(saved, **schedule), ckpt.step)
+
+
+def _check_preset(out: Path, saved: Preset, name: str, settings: dict[str, Any]) -> None:
+    """A preset named on resume must describe the run, like any other flag: the preset with the
+    flags given must give the run's own configs (the schedule aside)."""
+    model, config = with_overrides(preset(name), **settings)
+    asked, had = (
+        {**model.to_dict(), **config.to_dict()},
+        {
+            **saved.model.to_dict(),
+            **saved.train.to_dict(),
+        },
+    )
+    differ = [
+        f"{k} ({had[k]} here)" for k in asked if k not in RESUMABLE_CHANGES and asked[k] != had[k]
+    ]
+    if differ:
+        raise UsageError(
+            f"--resume: {out} is not a --preset {name} run: it differs in {', '.join(differ)}; "
+            "drop --preset to continue it with its own settings, or start a new run"
+        )
 
 
 def with_overrides(base: Preset, **overrides: Any) -> tuple[ModelConfig, TrainConfig]:
