@@ -387,7 +387,7 @@ def test_cli_smoke_run_on_fake_data(tmp_path: Path) -> None:
         (["--arch", "nope"], "unknown model 'nope'"),
         (["--dataset", "mnist"], "pass --data-path"),
         (["--dataset", "mnist", "--data-path", "missing"], "does not exist"),
-        (["--resume"], "no checkpoint.pt"),  # plain substring match
+        (["--resume"], "no run in run; start without --resume"),  # plain substring match
         (
             ["--device", "cuda:0"] if not torch.cuda.is_available() else ["--device", "tpu"],
             "--device",
