@@ -9,6 +9,8 @@ line.
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +65,8 @@ CASES = {
     "truncation": Case(sm.Truncated, "modulated"),
     "onehot": Case(sm.OneHotConditional, "modulated", classes=sm.CLASSES),
     "persample": Case(sm.PerSampleToRGB, "batched"),
+    # NVlabs' int(batch_size) before the grouped convolution: made symbolic again, then rewritten
+    "nvlabs": Case(sm.NVLabsStyle, "modulated"),
 }
 
 
@@ -286,8 +290,17 @@ def test_forward_kwargs_from_the_cli_are_applied_and_recorded(tmp_path: Path) ->
          "batch, and gendeploy rewrites only plain 2-d convolutions; options: the model's own "
          "non-fused path (--forward-kwargs, e.g. fused_modconv=false), or a static batch "
          "(--max-batch 1)"),
-        ("BatchAsInt", "error: the model turns the batch size into a constant while it is traced"),
+        ("BatchBranch", "error: the model turns the batch size into a constant while it is traced "
+         "(int(x.shape[0]), a Python branch or assert on it), and gendeploy cannot make it "
+         "symbolic again: its graph differs between batch 2 and 3 (a Python branch on the batch "
+         "size); its batch-grouped convolutions ('conv0', 'torgb': groups = batch over a [1, N*C, "
+         "H, W] view) cannot be exported with a dynamic batch as written; options: the model's "
+         "own non-fused path (NVlabs: --forward-kwargs fused_modconv=false), keep the batch "
+         "symbolic (x.shape[0], no int()), or a static batch (--max-batch 1)"),
         ("FusedModulated --forward-kwargs fused=true", "error: --forward-kwargs fused: "),
+        # randomness is what is wrong, not how the noise buffers broadcast
+        ("RandomWithNoiseBuffer --noise seeded", "error: the generator draws random numbers in "
+         "forward: the same input twice gives images"),
     ],
 )  # fmt: skip
 def test_generators_export_cannot_take_are_refused_with_one_line(
@@ -303,6 +316,83 @@ def test_generators_export_cannot_take_are_refused_with_one_line(
     assert len(stderr.strip().splitlines()) == 1, stderr
     assert stderr.startswith(message), stderr
     assert not out.exists()
+
+
+def test_a_model_that_makes_the_batch_an_int_gets_it_made_symbolic_again(tmp_path: Path) -> None:
+    """NVlabs' modulated_conv2d does int(batch_size): the export says so, records it, and the
+    ONNX takes any batch (the "nvlabs" case above serves it); the recorded layers are the
+    model's."""
+    torch.manual_seed(0)
+    weights = tmp_path / "int.safetensors"
+    save_file(sm.BatchAsInt().state_dict(), str(weights))
+    code, stdout, stderr = cli(
+        "export", "--model", f"{MODELS_FILE}:BatchAsInt", "--weights", str(weights),
+        "--latent-dim", "8", "--image-shape", "3,8,8", "--max-batch", "8",
+        "--out", str(tmp_path / "int"),
+    )  # fmt: skip
+    assert code == 0, stderr
+    assert "turns the batch size into a constant (int(x.shape[0])): captured at batch 2" in stdout
+    fp32 = load_manifest(tmp_path / "int").artifact("fp32")
+    assert "symbolic_batch" in fp32.extra
+    layers = [r["layer"] for r in fp32.extra["rewrites"]]
+    assert layers == ["synthesis.conv0", "synthesis.conv1", "synthesis.torgb"]
+    module = load_eager(load_manifest(tmp_path / "int"))
+    runner = OnnxRuntimeRunner(tmp_path / "int" / fp32.path)
+    for batch in (1, 5, 8):
+        feeds = {"z": draw_latents(list(range(batch)), sm.LATENT)}
+        assert np.abs(runner.run(feeds) - EagerRunner(module).run(feeds)).max() <= FP32_ATOL
+
+
+def test_a_graph_made_symbolic_that_holds_only_up_to_batch_4_is_refused(tmp_path: Path) -> None:
+    """Chunks of 4: at batch 2 and 3 the one chunk is the whole batch, so the graph made
+    symbolic from those captures holds up to batch 4 only; --max-batch 8 is refused."""
+    out = tmp_path / "chunked"
+    code, _, stderr = cli(
+        "export", "--model", f"{MODELS_FILE}:ChunkedByFour", "--latent-dim", "8",
+        "--image-shape", "3,8,8", "--max-batch", "8", "--out", str(out),
+    )  # fmt: skip
+    assert code != 0
+    assert len(stderr.strip().splitlines()) == 1, stderr
+    assert stderr.startswith("error: the model turns the batch size into a constant"), stderr
+    assert "<= 4" in stderr and "('conv0', 'torgb'" in stderr
+    assert not out.exists()
+
+
+def test_a_data_dependent_branch_before_a_grouped_convolution_is_one_line(tmp_path: Path) -> None:
+    """torch.export fails (a Python branch on a value), TorchScript then fails on the grouped
+    convolution and prints its IR from C++: the user sees one line naming the layers, nothing
+    else (a real process, so output written to the file descriptors counts too)."""
+    out = tmp_path / "branch"
+    result = subprocess.run(
+        [
+            sys.executable, "-c", "from gendeploy.cli import main; main()", "export", "--model",
+            f"{MODELS_FILE}:DataDependentBranch", "--latent-dim", "8", "--image-shape", "3,8,8",
+            "--max-batch", "4", "--out", str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: layers "), (
+        result.stderr[-2000:]
+    )
+    named = "'synthesis.conv0', 'synthesis.conv1', 'synthesis.torgb': a convolution with groups"
+    assert named in result.stderr and "GuardOnDataDependentSymNode" in result.stderr
+    assert "fused_modconv=false" in result.stderr and "--max-batch 1" in result.stderr
+    assert result.stdout == ""
+    assert not out.exists()
+
+
+def test_a_truncation_argument_the_model_ignores_is_not_served(tmp_path: Path) -> None:
+    messages: list[str] = []
+    manifest = export_generator(
+        sm.IgnoresTruncation(), latent_dim=8, image_shape=(3, 8, 8), out=tmp_path / "ignores",
+        max_batch=4, log=messages.append,
+    )  # fmt: skip
+    assert manifest.interface.truncation_arg == ""
+    assert [t.name for t in manifest.artifact("fp32").inputs] == ["z"]
+    assert any("truncation_psi does not change the output" in m for m in messages), messages
 
 
 def test_the_static_batch_option_exports_a_transposed_fused_convolution(tmp_path: Path) -> None:
