@@ -37,9 +37,9 @@ from gendeploy.export.rewrite import (
     rewrite_batch_grouped,
     verify,
 )
-from gendeploy.runtime.onnxrt import OnnxRuntimeRunner
 from gendeploy.export.signature import parse_forward_kwargs
 from gendeploy.export.source import load_eager
+from gendeploy.runtime.onnxrt import OnnxRuntimeRunner
 from gendeploy.serve.backend_model import RequestError, draw_latents, draw_noise, parse_extras
 from gendeploy.serve.repo import RepoOptions, model_config
 
