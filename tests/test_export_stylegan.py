@@ -31,8 +31,8 @@ from gendeploy.errors import ValidationError
 from gendeploy.export import fp16_islands, gate
 from gendeploy.export.api import make_artifact
 from gendeploy.export.inmemory import export_generator, load_module
-from gendeploy.export.manifest import ArtifactKind, Manifest, load_manifest
-from gendeploy.export.signature import serving_module
+from gendeploy.export.manifest import ArtifactKind, Manifest, Precision, load_manifest
+from gendeploy.export.signature import TRUNCATION_RANGE, serving_module
 from gendeploy.export.source import load_eager
 from gendeploy.runtime.eager import EagerRunner
 from gendeploy.runtime.onnxrt import OnnxRuntimeRunner
@@ -55,6 +55,7 @@ class Case:
     form: str  # the rewrite every batch-grouped convolution gets
     classes: int = 0
     noise: str = "const"
+    fp16: bool = False
 
 
 CASES = {
@@ -62,7 +63,7 @@ CASES = {
     "nodemod": Case(sm.FusedModulatedNoDemod, "modulated"),
     "constnoise": Case(sm.ConstantNoise, "modulated"),
     "seedednoise": Case(sm.ConstantNoise, "modulated", noise="seeded"),
-    "truncation": Case(sm.Truncated, "modulated"),
+    "truncation": Case(sm.Truncated, "modulated", fp16=True),
     "onehot": Case(sm.OneHotConditional, "modulated", classes=sm.CLASSES),
     "persample": Case(sm.PerSampleToRGB, "batched"),
     # NVlabs' int(batch_size) before the grouped convolution: made symbolic again, then rewritten
@@ -97,6 +98,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Exported]:
             name=name,
             max_batch=MAX_BATCH,
             noise=case.noise,
+            fp16=case.fp16,
         )
         found[name] = Exported(module, manifest, root / name)
     return found
@@ -240,6 +242,95 @@ def test_truncation_is_optional_per_request_and_generate_takes_it(
     refused = CliRunner().invoke(app, [*args, "-o", str(out)])
     assert refused.exit_code != 0
     assert "takes no truncation: drop --truncation" in str(refused.exception)
+
+
+def test_psi_range_is_recorded_and_the_gate_runs_its_ends(exported: dict[str, Exported]) -> None:
+    interface = exported["truncation"].manifest.interface
+    assert interface.truncation_range == list(TRUNCATION_RANGE)
+    assert exported["modulated"].manifest.interface.truncation_range == []  # takes no psi
+    feeds = gate.gate_inputs(sm.LATENT, 0, interface=interface)
+    psi = set(np.concatenate([f["truncation"].ravel() for f in feeds]).tolist())
+    expected = [interface.truncation_default, 1.0, *TRUNCATION_RANGE]
+    assert psi >= set(np.array(expected, np.float32).tolist())
+    # the FP16 range probe runs on the same inputs, plus z from the tails
+    probe = fp16_islands.range_feeds(gate.gate_inputs(sm.LATENT, 0, interface=interface))
+    assert np.abs(probe[-1]["z"]).max() > np.abs(probe[0]["z"]).max()
+
+
+def test_fp16_keeps_the_demodulation_chain_fp32_by_pattern(exported: dict[str, Exported]) -> None:
+    """rsqrt(sum(w^2) + eps) and where it is applied stay FP32 in the FP16 ONNX although their
+    values on the gate's inputs are far below the limits the range probe keeps FP32 for."""
+    item = exported["truncation"]
+    fp16 = item.manifest.artifact("fp16")
+    assert fp16.validation["passed"] is True
+    kept = {i["node"]: i for i in fp16.extra["fp32_layers"] if i["reason"] == "normalization"}
+    graph = onnx.shape_inference.infer_shapes(onnx.load(str(item.export_dir / fp16.path))).graph
+    dtype = {v.name: v.type.tensor_type.elem_type for v in graph.value_info}
+    demod = [n for n in graph.node if n.op_type in ("Pow", "ReduceSum", "Sqrt", "Reciprocal")]
+    # conv0 and conv1 demodulate (the toRGB does not): square, sum, sqrt, reciprocal each
+    assert sorted(n.op_type for n in demod) == sorted(
+        ["Pow", "ReduceSum", "Sqrt", "Reciprocal"] * 2
+    )
+    for node in demod:
+        assert node.name in kept, node.name
+        assert dtype[node.output[0]] == onnx.TensorProto.FLOAT, node.name
+        assert kept[node.name]["max_abs"] < fp16_islands.LIMITS[-1]  # not chosen by the probe
+    applied = [kept[n] for n in kept if kept[n]["op"] == "Mul"]
+    assert len(applied) >= 2  # the demodulation applied to each conv's output, in FP32
+    fp32 = {n.name for n in graph.node if n.op_type == "Conv"}
+    assert fp32 and not fp32 & set(kept)  # the convolutions themselves run in FP16
+
+
+def test_fp16_at_the_ends_of_the_psi_range_stays_finite(exported: dict[str, Exported]) -> None:
+    """With FP16 storage emulated (ONNX Runtime CPU computes FP16 nodes in FP32 otherwise)."""
+    item = exported["truncation"]
+    emulated = item.export_dir.parent / "truncation_fp16_storage.onnx"
+    fp16 = onnx.load(str(item.export_dir / item.manifest.artifact("fp16").path))
+    onnx.save(fp16_islands.emulate_fp16_storage(fp16), str(emulated))
+    fp32 = OnnxRuntimeRunner(item.export_dir / "fp32.onnx")
+    tolerance = gate.TOLERANCES[Precision.fp16].max_abs
+    with OnnxRuntimeRunner(emulated, optimize=False) as runner:
+        for psi in (*item.manifest.interface.truncation_range, 1.0):
+            feeds = full_feeds(item, list(range(16)), [psi] * 16)
+            out = runner.run(feeds)
+            assert np.isfinite(out).all(), psi
+            assert np.abs(out - fp32.run(feeds)).max() <= tolerance, psi
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_served_psi_outside_the_checked_range_is_refused(
+    exported: dict[str, Exported], server: TritonServer, protocol: str
+) -> None:
+    item = exported["truncation"]
+    lo, hi = item.manifest.interface.truncation_range
+    url = server.http_url if protocol == "http" else server.grpc_url
+    seeds = [1, 2, 3]
+    with TritonRunner(url, "truncation", protocol) as runner:
+        for bad in (hi + 0.5, lo - 0.5):
+            request = {
+                "seed": np.array(seeds),
+                "truncation": np.array([[0.5], [bad], [1.0]], np.float32),
+            }
+            with pytest.raises(InferenceError, match=rf"truncation {bad:g} is out of range") as e:
+                runner.run(request)
+            assert e.value.status == (
+                "400" if protocol == "http" else "StatusCode.INVALID_ARGUMENT"
+            )
+        at_max = runner.run(
+            {"seed": np.array(seeds), "truncation": np.full((3, 1), hi, np.float32)}
+        )
+    assert np.isfinite(at_max).all()
+    in_process = OnnxRuntimeRunner(item.export_dir / "fp32.onnx").run(
+        full_feeds(item, seeds, [hi] * 3)
+    )
+    np.testing.assert_allclose(at_max, in_process, atol=1e-6)
+    args = ["generate", "--url", server.http_url, "--model", "truncation", "--truncation"]
+    refused = CliRunner().invoke(
+        app, [*args, str(hi + 1), "-o", str(item.export_dir.parent / "x.png")]
+    )
+    assert refused.exit_code != 0
+    assert f"out of range [{lo:g}, {hi:g}]" in str(refused.exception)
 
 
 @pytest.mark.triton
@@ -419,7 +510,7 @@ def test_fp16_keeps_overflowing_layers_in_fp32_islands_listed_in_the_manifest(
     assert fp16.validation["passed"] is True
     islands = fp16.extra["fp32_layers"]
     assert {i["op"] for i in islands} >= {"Mul", "ReduceSum", "Div"}
-    assert all(i["max_abs"] > fp16_islands.LIMITS[0] for i in islands)
+    assert all(i["max_abs"] > fp16_islands.LIMITS[0] for i in islands if i["reason"] == "range")
     # without the islands, FP16 storage overflows: the same gate refuses the plain conversion
     loaded = load_module(module, 8, 0, (3, 8, 8))
     reference = gate.eager_reference(loaded.module, 8, 0, max_batch=8)

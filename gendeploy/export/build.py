@@ -134,12 +134,17 @@ def build_artifacts(
         with clock("convert_fp16"):
             fp16, islands = fp16_islands.convert(
                 fp32,
-                reference.feeds,
+                fp16_islands.range_feeds(reference.feeds),
                 _fp16_acceptance(loaded, options, staged, reference, quality),
             )
-        if islands:
-            shown = ", ".join(sorted({f"{i.layer or 'top level'} {i.op}" for i in islands}))
-            say(f"fp16: {len(islands)} nodes kept in FP32 (values beyond FP16's range): {shown}")
+        for reason, why in [
+            ("normalization", "normalization chains"),
+            ("range", "values beyond FP16's range"),
+        ]:
+            kept = [i for i in islands if i.reason == reason]
+            if kept:
+                shown = ", ".join(sorted({f"{i.layer or 'top level'} {i.op}" for i in kept}))
+                say(f"fp16: {len(kept)} nodes kept in FP32 ({why}): {shown}")
         fp16_extra = {
             "derived_from": "fp32",
             "fp32_ops": onnx_graph.FP32_OPS,

@@ -66,7 +66,10 @@ PSNR_IDENTICAL = 100.0  # reported when the renderings are identical (JSON has n
 SEEDS = (0, 1)
 BATCH = 8  # samples per seed; conditional models use at least one sample per label
 INVARIANCE_SAMPLES = 3
-OTHER_PSI = (0.5, 0.75)  # truncation values the second seed mixes with the model's default
+# truncation values the second seed mixes with the model's default: two usual ones and none (1),
+# then both ends of what requests may send (the manifest's truncation_range): every artifact, FP16
+# included, must pass there too
+OTHER_PSI = (0.5, 0.75, 1.0)
 
 
 class IgnoresLatentError(ValidationError):
@@ -90,7 +93,8 @@ def gate_inputs(
     interface: Interface | None = None,
 ) -> list[Feeds]:
     """Fixed inputs per seed. Truncation: the model's default for the first seed, mixed with
-    ``OTHER_PSI`` for the others; noise inputs: drawn from the seed like z."""
+    ``OTHER_PSI`` and both ends of ``truncation_range`` for the others; noise inputs: drawn from
+    the seed like z."""
     interface = interface or Interface()
     n = max(BATCH, num_classes)
     feeds = []
@@ -100,9 +104,9 @@ def gate_inputs(
         if num_classes > 0:
             f["labels"] = (np.arange(n) % num_classes).astype(np.int64)  # every label
         if interface.truncation_arg:
-            psi = (
-                [interface.truncation_default, *OTHER_PSI] if k else [interface.truncation_default]
-            )
+            psi = [interface.truncation_default]
+            if k:
+                psi += [*OTHER_PSI, *interface.truncation_range]
             f["truncation"] = np.resize(np.array(psi, np.float32), (n, 1))
         for noise in interface.noise:
             f[noise.name] = rng.standard_normal((n, *noise.shape)).astype(np.float32)

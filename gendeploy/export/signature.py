@@ -8,7 +8,9 @@ Every export serves one calling convention, ``(z[, labels][, truncation][, noise
   unconditional model whose ``forward(z, c)`` still wants ``c`` gets an empty ``[N, 0]`` one.
 - truncation: a ``forward`` parameter named ``truncation_psi`` / ``truncation`` / ``psi`` with a
   numeric default becomes the per-sample input ``truncation`` ``[N, 1]`` (requests may omit it: the
-  server fills the model's default), unless ``--forward-kwargs`` fixes it.
+  server fills the model's default), unless ``--forward-kwargs`` fixes it. Requests may send psi
+  within ``TRUNCATION_RANGE`` (widened to take the default), recorded in the manifest: the gate
+  runs every artifact at both ends, and the server refuses psi outside.
 - noise (``--noise seeded``): buffers named ``*noise*`` become per-sample inputs, which the server
   draws from each request's seed (``backend_model.draw_noise``); by default they stay constants,
   as the model computes them in eager mode.
@@ -31,6 +33,10 @@ from gendeploy.errors import UsageError, ValidationError
 from gendeploy.export.manifest import Interface, NoiseInput
 
 TRUNCATION_ARGS = ("truncation_psi", "truncation", "psi")
+# The psi a served request may send: 0 (the average image) to 1 (no truncation) and beyond on both
+# sides for those who extrapolate. The gate checks every artifact at both ends, so an FP16 one is
+# known finite there; outside, nothing is known, so the server refuses it.
+TRUNCATION_RANGE = (-1.0, 2.0)
 WRAPPED = "generator"  # ServedGenerator's attribute holding the model
 SHAPE_PROBE_BATCH = 2  # the first call: does it run, what shape does it return
 PROBE_BATCH = 3  # odd, so a per-sample input that broadcasts wrongly cannot pass for a size of 2
@@ -148,6 +154,8 @@ def inspect_generator(
             say(truncation)
     else:
         interface.truncation_arg, interface.truncation_default = truncation
+        lo, hi = TRUNCATION_RANGE
+        interface.truncation_range = [min(lo, truncation[1]), max(hi, truncation[1])]
     buffers = noise_buffers(generator)
     if NoiseMode(noise) is NoiseMode.seeded:
         interface.noise = _seeded_noise(generator, interface, buffers, latent_dim, num_classes)
