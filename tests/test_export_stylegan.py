@@ -281,6 +281,32 @@ def test_fp16_keeps_the_demodulation_chain_fp32_by_pattern(exported: dict[str, E
     assert fp32 and not fp32 & set(kept)  # the convolutions themselves run in FP16
 
 
+def test_fp16_normalization_chains_are_found_by_pattern_not_every_reduction() -> None:
+    """x * rsqrt(sum(x^2) + eps) is a chain; x - mean(x) and a plain sum are not."""
+    h = onnx.helper
+    nodes = [
+        h.make_node("Mul", ["x", "x"], ["sq"], name="square"),
+        h.make_node("ReduceSum", ["sq", "axes"], ["ss"], name="sum_sq"),
+        h.make_node("Add", ["ss", "eps"], ["sse"], name="add_eps"),
+        h.make_node("Sqrt", ["sse"], ["norm"], name="sqrt"),
+        h.make_node("Reciprocal", ["norm"], ["inv"], name="rsqrt"),
+        h.make_node("Mul", ["x", "inv"], ["demod"], name="apply"),
+        h.make_node("ReduceMean", ["x", "axes"], ["mean"], name="mean"),
+        h.make_node("Sub", ["demod", "mean"], ["centred"], name="centre"),
+        h.make_node("ReduceSum", ["centred", "axes"], ["total"], name="plain_sum"),
+        h.make_node("Mul", ["total", "eps"], ["y"], name="scale"),
+    ]
+    x = h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 4])
+    y = h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 1])
+    inits = [
+        onnx.numpy_helper.from_array(np.array([1], np.int64), "axes"),
+        onnx.numpy_helper.from_array(np.array(1e-8, np.float32), "eps"),
+    ]
+    model = h.make_model(h.make_graph(nodes, "g", [x], [y], inits))
+    found = {n.name for n in fp16_islands.normalization_chains(model)}
+    assert found == {"square", "sum_sq", "add_eps", "sqrt", "rsqrt", "apply"}
+
+
 def test_fp16_at_the_ends_of_the_psi_range_stays_finite(exported: dict[str, Exported]) -> None:
     """With FP16 storage emulated (ONNX Runtime CPU computes FP16 nodes in FP32 otherwise)."""
     item = exported["truncation"]
