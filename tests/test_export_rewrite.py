@@ -184,6 +184,15 @@ def test_requests_get_the_models_truncation_and_noise_or_a_clear_refusal() -> No
     ]:
         with pytest.raises(RequestError, match=message):
             parse_extras(*args)
+    # psi: within the manifest's truncation_range, both ends included; unchecked without one
+    psi = np.array([[-1.0], [2.0]], np.float32)
+    ranged = {**interface, "truncation_range": [-1.0, 2.0]}
+    np.testing.assert_array_equal(
+        parse_extras(psi, None, np.array([1, 2]), 2, ranged)["truncation"], psi
+    )
+    with pytest.raises(RequestError, match=r"truncation 2.5 is out of range \[-1, 2\]"):
+        parse_extras(psi + 0.5, None, np.array([1, 2]), 2, ranged)
+    assert parse_extras(psi * 3, None, np.array([1, 2]), 2, interface)["truncation"].max() == 6.0
 
 
 def test_triton_configs_of_an_export_with_truncation_and_seeded_noise() -> None:
