@@ -111,6 +111,11 @@ def build_artifacts(
             options.max_batch,
             inputs=loaded.interface.input_specs(loaded.latent_dim, loaded.num_classes),
         )
+    if exported.symbolic_batch:
+        say(
+            "the model turns the batch size into a constant (int(x.shape[0])): captured at batch "
+            "2 and 3 and made symbolic again"
+        )
     for rewrite in exported.rewrites:
         say(f"rewrote the batch-grouped convolution {rewrite.layer} ({rewrite.form} form)")
     say(f"exported fp32.onnx ({exported.exporter} exporter)")
@@ -119,6 +124,8 @@ def build_artifacts(
         fp32_extra["rewrites"] = [asdict(r) for r in exported.rewrites]
     if exported.static_batch:
         fp32_extra["static_batch"] = 1
+    if exported.symbolic_batch:
+        fp32_extra["symbolic_batch"] = "made symbolic again (symbolic_batch.py)"
     add_onnx("fp32", None, fp32_extra)
     fp32 = onnx.load(str(staged / "fp32.onnx"))
     if uint8:
@@ -127,12 +134,17 @@ def build_artifacts(
         with clock("convert_fp16"):
             fp16, islands = fp16_islands.convert(
                 fp32,
-                reference.feeds,
+                fp16_islands.range_feeds(reference.feeds),
                 _fp16_acceptance(loaded, options, staged, reference, quality),
             )
-        if islands:
-            shown = ", ".join(sorted({f"{i.layer or 'top level'} {i.op}" for i in islands}))
-            say(f"fp16: {len(islands)} nodes kept in FP32 (values beyond FP16's range): {shown}")
+        for reason, why in [
+            ("normalization", "normalization chains"),
+            ("range", "values beyond FP16's range"),
+        ]:
+            kept = [i for i in islands if i.reason == reason]
+            if kept:
+                shown = ", ".join(sorted({f"{i.layer or 'top level'} {i.op}" for i in kept}))
+                say(f"fp16: {len(kept)} nodes kept in FP32 ({why}): {shown}")
         fp16_extra = {
             "derived_from": "fp32",
             "fp32_ops": onnx_graph.FP32_OPS,
