@@ -72,6 +72,7 @@ class ExportOptions:
     calibration_samples: int | None = None  # --int8: inputs NNCF calibrates on (None: default)
     max_frechet_ratio: float = 1.10  # the quality gate's distribution bound (quality_gate.py)
     quality_seeds: int = 1000  # seeds per set of the quality gate (FP16 and INT8 artifacts)
+    int8_fallback: bool = True  # --int8 that fails the gate: fall back layer by layer (int8.py)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "output", OutputKind(self.output))
@@ -333,6 +334,8 @@ def _fingerprint(loaded: LoadedModel, options: ExportOptions, name: str) -> str:
 def _options_dict(options: ExportOptions) -> dict[str, Any]:
     d = asdict(options)
     d["output"] = options.output.value
+    if options.int8_fallback:  # the default: absent, so fingerprints from before it stay
+        del d["int8_fallback"]
     return d
 
 

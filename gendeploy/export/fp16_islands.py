@@ -18,6 +18,8 @@ value past 65504 becomes inf as it would on the GPU.
 
 from __future__ import annotations
 
+import ast
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,7 +27,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from gendeploy.errors import ValidationError
+from gendeploy.errors import QualityError, ValidationError
 from gendeploy.export import onnx_graph
 from gendeploy.export.signature import WRAPPED
 from gendeploy.runtime.base import Feeds
@@ -33,7 +35,15 @@ from gendeploy.runtime.base import Feeds
 # Values above the first limit stay FP32 (4x headroom under 65504 for inputs the gate did not
 # try); if the gate still refuses, everything above the second (FP16's step there is 0.5).
 LIMITS = (2.0**14, 2.0**10)
-Accept = Callable[[onnx.ModelProto], "str | None"]  # None: passed; else why it failed
+Accept = Callable[[onnx.ModelProto], "Refusal | None"]  # None: the gate passed it
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why the gate refused a candidate FP16 model."""
+
+    error: ValidationError  # what the gate raised: a QualityError for what it draws
+    overflow: bool  # NaN/Inf appeared: a value passed FP16's range (else lost precision)
 
 
 @dataclass(frozen=True)
@@ -52,17 +62,23 @@ def convert(
     """The FP16 model the gate accepts, and the nodes kept in FP32 (beyond ``FP32_OPS``)."""
     model = _named(fp32)
     ranges = value_ranges(model, feeds)
-    failure: str | None = None
+    refusal: Refusal | None = None
     chosen: list[Island] = []
     for limit in LIMITS:
         chosen = islands(model, ranges, limit)
         fp16 = fold_cast_pairs(onnx_graph.convert_fp16(model, [i.node for i in chosen]))
-        failure = accept(fp16)
-        if failure is None:
+        refusal = accept(fp16)
+        if refusal is None:
             return fp16, chosen
-    raise ValidationError(
-        f"{failure} (after keeping {len(chosen)} nodes whose values pass {LIMITS[-1]:g} in FP32)"
-    )
+    assert refusal is not None
+    kept = f"{len(chosen)} nodes whose values pass {LIMITS[-1]:g} kept in FP32"
+    if refusal.overflow:
+        cause = f"FP16 overflows (NaN/Inf) even with {kept}"
+    else:
+        cause = f"FP16 loses precision (no value overflowed; {kept} did not help)"
+    if isinstance(refusal.error, QualityError):
+        raise QualityError(f"{cause}: {refusal.error}", artifact=refusal.error.artifact)
+    raise ValidationError(f"{cause}: {refusal.error}")
 
 
 def value_ranges(model: onnx.ModelProto, feeds: list[Feeds]) -> dict[str, float]:
@@ -111,14 +127,23 @@ def islands(model: onnx.ModelProto, ranges: dict[str, float], limit: float) -> l
 
 
 def node_layer(node: onnx.NodeProto) -> str:
-    """The module path the dynamo exporter recorded for ``node`` (its name scopes)."""
+    """The module path the dynamo exporter recorded for ``node`` (its name scopes), without the
+    serving wrapper's prefix: the one parser of that metadata (FP16 islands, INT8 layers).
+
+    The scopes list the enclosing modules, outermost first, then the op: either as qualified
+    names (['', 'generator', 'generator.mapping', 'generator.mapping.net.0', 'linear'] is
+    ``mapping.net.0`` inside the wrapper) or as one name per level (['', 'net', '0', 'conv']).
+    """
     for prop in node.metadata_props:
         if prop.key == "pkg.torch.onnx.name_scopes":
-            scopes = [s.strip(" '\"") for s in prop.value.strip("[]").split(",")]
+            try:
+                scopes = [str(s) for s in ast.literal_eval(prop.value)]
+            except (ValueError, SyntaxError):
+                return ""
             path = [s for s in scopes[:-1] if s]  # the last scope is the op itself
-            if path and path[0] == WRAPPED:
-                path = path[1:]
-            return ".".join(path)
+            qualified = all(b.startswith(f"{a}.") for a, b in itertools.pairwise(path))
+            name = path[-1] if qualified and path else ".".join(path)
+            return name.removeprefix(f"{WRAPPED}.") if name != WRAPPED else ""
     return ""
 
 
