@@ -334,3 +334,33 @@ def test_the_manifest_records_calibration_float_layers_and_the_ir_decision(tmp_p
     assert decision["kept"] == ("int8_ir" in {a.name for a in manifest.artifacts})
     assert decision["kept"] == (decision["ir_ms"] < 0.95 * decision["qdq_onnx_ms"])
     assert manifest.artifact("int8").precision is Precision.int8
+
+
+def test_int8_at_max_batch_1_calibrates_in_batches_of_1(
+    make_checkpoint: MakeCheckpoint, tmp_path: Path
+) -> None:
+    """A --max-batch 1 export may be a static batch-1 graph: NNCF must feed it batches of 1."""
+    manifest = export(
+        ModelSpec(checkpoint=make_checkpoint()),
+        ExportOptions(int8=True, max_batch=1, calibration_samples=40),
+        out=tmp_path / "e",
+    )
+    artifact = manifest.artifact("int8")
+    assert artifact.extra["calibration"] == {**artifact.extra["calibration"], "batch": 1}
+    assert artifact.validation["quality"]["passed"] and artifact.extra["int8_layers"]
+    assert int8.calibration_batch(1) == 1 and int8.calibration_batch(4096) == 32
+    assert [len(item["z"]) for item in int8.calibration_feeds(16, 0, 40, 32)] == [32, 8]
+
+
+def test_optional_int8_that_the_gate_refuses_is_skipped_with_its_reason(tmp_path: Path) -> None:
+    """The bench's export: a refused INT8 is recorded, the rest published, nothing INT8 on disk."""
+    out = tmp_path / "e"
+    manifest = export(
+        user_model("HostileGenerator"),
+        ExportOptions(int8=True, int8_fallback=False, int8_optional=True, output="uint8"),
+        out=out,
+    )
+    assert [a.name for a in manifest.artifacts] == ["fp32", "uint8"]
+    [skipped] = [s for s in manifest.skipped if s["name"] == "int8"]
+    assert "quality gate failed for 'int8': per-seed PSNR" in skipped["reason"]
+    assert sorted(p.name for p in out.iterdir()) == ["fp32.onnx", "manifest.json", "uint8.onnx"]

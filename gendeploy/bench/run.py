@@ -26,7 +26,7 @@ from gendeploy.bench.markdown import contended
 from gendeploy.bench.quality import runner_quality
 from gendeploy.bench.suites import BenchModel, Suite
 from gendeploy.bench.sweep import CellResult, sweep_batch
-from gendeploy.errors import QualityError
+from gendeploy.errors import UnscorableError
 from gendeploy.export.int8 import int8_tools_missing
 from gendeploy.runtime.base import Runner
 from gendeploy.runtime.registry import RunnerContext, RunnerUnavailable, build_runner, describe
@@ -191,8 +191,13 @@ def bench_model(
     int8_missing = int8_tools_missing()
     if int8_missing:
         say(f"[{model.name}] no INT8 export: {int8_missing}")
+    # INT8 the quality gate refuses is skipped by the export itself (int8_optional): the bench
+    # benches the rest with the export's decision and its reason, never a second export
     options = ExportOptions(
-        fp16=torch.cuda.is_available(), int8=not int8_missing, max_batch=max(suite.batches)
+        fp16=torch.cuda.is_available(),
+        int8=not int8_missing,
+        int8_optional=True,
+        max_batch=max(suite.batches),
     )
 
     def export_with(options: ExportOptions) -> Any:
@@ -208,12 +213,16 @@ def bench_model(
 
     try:
         manifest = export_with(options)
-    except QualityError as e:  # INT8 refused by the quality gate: bench the rest, say why
-        if not options.int8 or "'int8'" not in str(e):
+    except UnscorableError as e:  # no noise floor: no reduced precision can be judged
+        if not (options.int8 or options.fp16):
             raise
-        int8_missing = f"the quality gate refused INT8 for this model ({e})"
-        say(f"[{model.name}] {int8_missing}; exporting without it")
-        manifest = export_with(replace(options, int8=False))
+        int8_missing = f"the quality gate cannot score this model ({e})"
+        say(f"[{model.name}] {int8_missing}; exporting FP32 only")
+        manifest = export_with(replace(options, int8=False, fp16=False))
+    refused = next((s["reason"] for s in manifest.skipped if s["name"] == "int8"), None)
+    if refused is not None:
+        int8_missing = f"the quality gate refused INT8 for this model ({refused})"
+        say(f"[{model.name}] {int8_missing}; benching the rest")
     module = load_eager(manifest)
     flops = flops_per_image(module, manifest.latent_dim, manifest.num_classes)
     runners: dict[str, Runner] = {}
@@ -250,7 +259,8 @@ def bench_model(
                 failed=failed,
             )
         say(f"[{model.name}] quality: what each runner draws vs eager FP32 (the export's gate)")
-        quality = runner_quality(runners, manifest, module, say)
+        judged = {name: r for name, r in runners.items() if name not in failed}
+        quality = runner_quality(judged, manifest, module, say)
     finally:
         for r in runners.values():
             r.close()

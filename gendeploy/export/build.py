@@ -177,11 +177,21 @@ def build_artifacts(
         )
         if uint8:
             add_onnx("fp16_uint8", onnx_graph.add_uint8_head(fp16), {"derived_from": "fp16"})
+    skipped: list[dict[str, str]] = []
     if options.int8:
         assert quality is not None
-        _add_int8(loaded, options, staged, fp32, quality, reference, add_onnx, clock, say)
-
-    skipped: list[dict[str, str]] = []
+        before = len(artifacts)
+        try:
+            _add_int8(loaded, options, staged, fp32, quality, reference, add_onnx, clock, say)
+        except QualityError as e:
+            if not options.int8_optional:
+                raise
+            for added in artifacts[before:]:  # an INT8 variant gated before the refused one
+                for file in added.files():
+                    (staged / file).unlink(missing_ok=True)
+            del artifacts[before:]
+            skipped.append({"name": "int8", "reason": str(e)})
+            say(f"skipped int8: {e}")
     versions: dict[str, str] = {}
     sources = ("fp16", "fp16_uint8", "int8", "int8_uint8")
     engines = [a.name for a in artifacts if a.name in sources]
