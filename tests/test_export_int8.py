@@ -25,6 +25,7 @@ from gendeploy.cli import app
 from gendeploy.errors import MissingDependencyError, QualityError, UsageError
 from gendeploy.export import int8, onnx_graph
 from gendeploy.export.api import ExportOptions, ModelSpec, export
+from gendeploy.export.inmemory import export_generator
 from gendeploy.export.manifest import Manifest, Precision, load_manifest
 from gendeploy.export.quality_gate import (
     ModelFacts,
@@ -364,3 +365,46 @@ def test_optional_int8_that_the_gate_refuses_is_skipped_with_its_reason(tmp_path
     [skipped] = [s for s in manifest.skipped if s["name"] == "int8"]
     assert "quality gate failed for 'int8': per-seed PSNR" in skipped["reason"]
     assert sorted(p.name for p in out.iterdir()) == ["fp32.onnx", "manifest.json", "uint8.onnx"]
+
+
+class _Channels(torch.nn.Module):
+    """z -> a (channels, side, side) image in (-1, 1): any channel count, any size."""
+
+    def __init__(self, channels: int, side: int) -> None:
+        super().__init__()
+        self.shape = (channels, side, side)
+        self.project = torch.nn.Linear(16, channels * side * side)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.project(z)).view(-1, *self.shape)
+
+
+@pytest.mark.parametrize(("channels", "side"), [(4, 6), (2, 4), (1, 3)])
+def test_the_gate_judges_any_channel_count_and_tiny_images(channels: int, side: int) -> None:
+    torch.manual_seed(0)
+    module = _Channels(channels, side).eval()
+    facts = ModelFacts(16, 0, (channels, side, side))
+    reference = EagerRunner(module).run
+    same = compare(reference, reference, facts, "fp16")
+    assert same.passed and same.frechet_ratio == 1.0
+
+    def last_channel_flat(feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """Every channel as FP32 draws it, except the last: one fixed value for every z."""
+        images = reference(feeds).copy()
+        images[:, -1] = 0.25
+        return images
+
+    # a change in the last channel alone (alpha of RGBA; the second of two) is seen
+    changed = compare(reference, last_channel_flat, facts, "fp16")
+    assert "distribution" in " ".join(changed.failures), changed.failures
+
+
+def test_fp16_export_of_a_four_channel_six_pixel_generator_is_judged(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    manifest = export_generator(
+        _Channels(4, 6).eval(), latent_dim=16, image_shape=(4, 6, 6), out=tmp_path / "e", fp16=True
+    )
+    quality = manifest.artifact("fp16").validation["quality"]
+    assert (
+        quality["passed"] and quality["seeds"] >= 1000 and "random-conv" in quality["feature_space"]
+    )
