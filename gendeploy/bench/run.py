@@ -129,7 +129,7 @@ def prepare_checkpoint(model: BenchModel, work: Path) -> tuple[Path, str]:
     from gendeploy.trainer.checkpoint import Checkpoint, save_checkpoint
     from gendeploy.trainer.models import build_generator, init_weights
 
-    if model.checkpoint is not None and model.checkpoint.is_file():
+    if model.checkpoint is not None and trained_weights(model):
         return model.checkpoint, str(model.checkpoint)
     torch.manual_seed(0)
     generator = build_generator(model.config)
@@ -137,6 +137,12 @@ def prepare_checkpoint(model: BenchModel, work: Path) -> tuple[Path, str]:
     path = work / model.name / "checkpoint.pt"
     save_checkpoint(Checkpoint(model.config, 0, generator.state_dict()), path)
     return path, "random weights (seed 0): speed does not depend on training"
+
+
+def trained_weights(model: BenchModel) -> bool:
+    """The bench runs ``model`` with trained weights (its checkpoint exists), not random ones:
+    only then do its quality figures say anything about a trained model."""
+    return model.user_model is None and model.checkpoint is not None and model.checkpoint.is_file()
 
 
 def prepare_spec(model: BenchModel, work: Path) -> tuple[Any, str]:
@@ -271,6 +277,7 @@ def bench_model(
         "name": model.name,
         "config": manifest.source.model_config or model.config.to_dict(),
         "source": origin,
+        "trained": trained_weights(model),
         "goals_model": model.goals,
         "quality_goals_model": model.quality_goals,
         "flops_per_image": flops,
