@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -23,8 +24,9 @@ from typer.testing import CliRunner
 
 from gendeploy.cli import app
 from gendeploy.errors import MissingDependencyError, QualityError, UsageError
-from gendeploy.export import int8, onnx_graph
+from gendeploy.export import fp16_islands, int8, onnx_graph
 from gendeploy.export.api import ExportOptions, ModelSpec, export
+from gendeploy.export.build import FP16_EMULATED
 from gendeploy.export.inmemory import export_generator
 from gendeploy.export.manifest import ArtifactKind, Manifest, Precision, load_manifest
 from gendeploy.export.quality_gate import (
@@ -32,9 +34,10 @@ from gendeploy.export.quality_gate import (
     QualityConfig,
     QualityGate,
     compare,
+    model_facts,
     seed_feeds,
 )
-from gendeploy.export.source import load_user_model
+from gendeploy.export.source import load_eager, load_user_model
 from gendeploy.fileio import cache_dir
 from gendeploy.runtime.eager import EagerRunner
 from gendeploy.runtime.onnxrt import OnnxRuntimeRunner
@@ -447,3 +450,46 @@ def test_fp16_export_of_a_four_channel_six_pixel_generator_is_judged(tmp_path: P
     assert (
         quality["passed"] and quality["seeds"] >= 1000 and "random-conv" in quality["feature_space"]
     )
+
+
+def test_fp16_quality_figures_are_those_of_the_emulated_fp16_run_and_say_so(
+    make_checkpoint: MakeCheckpoint, tmp_path: Path
+) -> None:
+    """ONNX Runtime's CPU provider computes an FP16 graph in FP32: the recorded quality figures
+    are the run with FP16 storage emulated, labelled so, and reproducible from fp16.onnx."""
+    out = tmp_path / "e"
+    manifest = export(ModelSpec(checkpoint=make_checkpoint()), ExportOptions(fp16=True), out=out)
+    fp16 = manifest.artifact("fp16")
+    assert fp16.validation["quality_runner"] == FP16_EMULATED
+    assert "computes the FP16 graph in FP32" in fp16.validation["runner"]
+    assert fp16.extra["fp16_storage_emulated_gate"]["psnr_db"] > 0
+    module = load_eager(manifest)
+    facts = model_facts(
+        manifest.source, manifest.latent_dim, manifest.num_classes, manifest.image_shape
+    )
+    gate = QualityGate(
+        EagerRunner(module).run, facts, QualityConfig(batch=64), reference_module=module
+    )
+    emulated = tmp_path / "emulated.onnx"
+    onnx_graph.save(fp16_islands.emulate_fp16_storage(onnx.load(str(out / "fp16.onnx"))), emulated)
+    with OnnxRuntimeRunner(emulated, optimize=False) as runner:
+        again = gate.judge(runner.run, Precision.fp16).to_dict()
+    recorded = fp16.validation["quality"]
+    assert (recorded["psnr"], recorded["frechet_ratio"]) == (again["psnr"], again["frechet_ratio"])
+
+
+def test_an_fp16_refusal_by_the_quality_gate_names_its_true_cause(tmp_path: Path) -> None:
+    """A refusal by the quality gate stays a QualityError, for the artifact it names, and says
+    whether FP16 overflowed or lost precision (after the islands were tried)."""
+    torch.manual_seed(0)
+    fp32 = tmp_path / "fp32.onnx"
+    onnx_graph.export_fp32(_Channels(1, 8).eval(), fp32, 16, 0, 8)
+    refused = QualityError("quality gate failed for 'fp16': distribution: ...", artifact="fp16")
+    for overflow, cause in ((False, "FP16 loses precision"), (True, "FP16 overflows (NaN/Inf)")):
+        with pytest.raises(QualityError, match=f"^{re.escape(cause)}") as caught:
+            fp16_islands.convert(
+                onnx.load(str(fp32)),
+                [seed_feeds(np.arange(8), 16, 0)],
+                lambda _model, o=overflow: fp16_islands.Refusal(refused, overflow=o),
+            )
+        assert caught.value.artifact == "fp16"
