@@ -493,3 +493,42 @@ def test_an_fp16_refusal_by_the_quality_gate_names_its_true_cause(tmp_path: Path
                 lambda _model, o=overflow: fp16_islands.Refusal(refused, overflow=o),
             )
         assert caught.value.artifact == "fp16"
+
+
+def test_a_stylegan_is_quantized_on_its_weighted_layers_only_and_the_manifest_lists_them(
+    tmp_path: Path,
+) -> None:
+    """NNCF by default also quantizes a StyleGAN's demodulation chain, Concat, Gather...: layers
+    the fallback (over weighted layers) could never take back. Here every quantizer feeds a
+    weighted layer, and the manifest lists exactly the layers that run INT8."""
+    import nncf
+    import stylegan_models as sm
+
+    torch.manual_seed(0)
+    manifest = export_generator(
+        sm.FusedModulated().eval(),
+        latent_dim=sm.LATENT,
+        image_shape=(3, 8, 8),
+        out=tmp_path / "e",
+        int8=True,
+        calibration_samples=64,
+        max_batch=8,
+        max_frechet_ratio=4.0,  # random weights, 8 channels: what is judged here is the graph
+    )
+    artifact = manifest.artifact("int8")
+    published = onnx.load(str(tmp_path / "e" / "int8.onnx"))
+    assert artifact.extra["other_quantized_nodes"] == int8.other_quantized(published) == []
+    listed = [layer["onnx_node"] for layer in artifact.extra["int8_layers"]]
+    assert listed == int8.int8_layers(published) and listed
+    float_listed = [layer["onnx_node"] for layer in artifact.extra["float_layers"]]
+    assert sorted(listed + float_listed) == sorted(int8.weighted_layers(published))
+    assert {layer["module"] for layer in artifact.extra["int8_layers"]} >= {"mapping.0"}
+
+    # the restriction is what makes it so: NNCF left to its defaults quantizes other nodes
+    fp32 = int8.fold_constants(onnx.load(str(tmp_path / "e" / "fp32.onnx")))
+    items = int8.calibration_feeds(sm.LATENT, 0, 64, 8)
+    with int8._quiet_nncf():
+        everything = nncf.quantize(
+            fp32, nncf.Dataset(items), preset=nncf.QuantizationPreset.PERFORMANCE, subset_size=64
+        )
+    assert int8.other_quantized(everything)

@@ -59,6 +59,7 @@ DEFAULT_CALIBRATION_SAMPLES = 256
 CALIBRATION_BATCH = 32  # at most: a graph exported with a smaller max batch gets that (min)
 CALIBRATION_SEED = 20_240_611  # a stream apart from the gate's per-seed latents
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+SHAPE_ONLY_OPS = ("Shape", "Size")  # read a tensor's shape, not its values
 RANKING_SEEDS = 128  # seeds the fallback ranks layers on (the full gate then decides on 1,000)
 
 Judge = Callable[[onnx.ModelProto], QualityResult]  # the full quality gate (and tensor gate)
@@ -159,13 +160,14 @@ def float_layers(quantized: onnx.ModelProto) -> list[str]:
 
 
 def other_quantized(quantized: onnx.ModelProto) -> list[str]:
-    """Nodes other than weighted layers that read an INT8-rounded tensor (none is expected:
-    ``quantize`` puts quantizers on weighted layers only; the manifest says so if one appears)."""
+    """Nodes other than weighted layers that read an INT8-rounded tensor's values (none is
+    expected: ``quantize`` puts quantizers on weighted layers only; the manifest says so if one
+    appears). Shape and Size read only its shape, which rounding does not change."""
     dequantized = _dequantized(quantized)
     return [
         n.name
         for n in quantized.graph.node
-        if n.op_type not in (*WEIGHTED_OPS, "QuantizeLinear", "DequantizeLinear")
+        if n.op_type not in (*WEIGHTED_OPS, *SHAPE_ONLY_OPS, "QuantizeLinear", "DequantizeLinear")
         and dequantized.intersection(n.input)
     ]
 
