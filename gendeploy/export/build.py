@@ -301,7 +301,15 @@ def _build_engine(
     runner = TensorRTRunner(staged / artifact.path)
     with clock(f"validate_{name}"), runner:
         artifact.validation = _gate(runner, artifact, reference, options, say, float_outputs)
-        artifact.validation["runner"] = "tensorrt"
+        artifact.validation["runner"] = f"tensorrt ({runner.precision})"
+        artifact.extra["executed"] = runner.layer_precisions
+        wanted = artifact.precision.value  # "fp16" / "int8": what the label promises
+        if runner.layer_precisions and wanted not in runner.precision.split("+"):
+            raise ValidationError(
+                f"gate failed for {name!r}: TensorRT's engine inspector shows its weighted "
+                f"layers in {runner.precision} ({runner.layer_precisions}), none in {wanted}; "
+                "nothing published"
+            )
         if options.output is OutputKind.uint8 and not name.endswith("uint8"):
             float_outputs[name] = gate.outputs(runner, reference, options.max_batch)
     return artifact
