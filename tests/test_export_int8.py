@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import subprocess
 import sys
@@ -113,9 +114,15 @@ def test_default_preset_int8_passes_the_quality_gate_with_the_digits_score(
 
 
 def test_an_int8_hostile_generator_fails_and_the_fallback_keeps_its_layer_in_float(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    monkeypatch.setenv("FORCE_COLOR", "1")  # rich draws its bars as on a terminal
     manifest = export(user_model("HostileGenerator"), ExportOptions(int8=True), out=tmp_path / "e")
+    # the fallback shows its progress, and its cost is bounded: one cheap ranking pass per
+    # layer, then the most-float model and a bisection (2 + log2(layers) full gate passes)
+    err = capsys.readouterr().err
+    assert "int8 fallback: ranking layers" in err and "3/3" in err
+    assert "int8 fallback: gate passes" in err
     artifact = manifest.artifact("int8")
     first = artifact.extra["fallback"][0]
     assert first["float_layers"] == [] and not first["passed"]  # every layer INT8: fails
@@ -125,6 +132,8 @@ def test_an_int8_hostile_generator_fails_and_the_fallback_keeps_its_layer_in_flo
     assert artifact.validation["quality"]["passed"]
     # ranked first by the cheap per-layer measure, then confirmed by the full gate
     assert artifact.extra["fallback_ranking"][0]["layer"] == "node_conv2d"
+    assert len(artifact.extra["fallback_ranking"]) == 3
+    assert len(artifact.extra["fallback"]) <= 2 + math.ceil(math.log2(3))
     published = onnx.load(str(tmp_path / "e" / "int8.onnx"))
     assert int8.float_layers(published) == ["node_conv2d"]
     assert int8.int8_layers(published) == ["node_linear", "node_convolution"]
