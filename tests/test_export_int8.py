@@ -24,7 +24,7 @@ from conftest import MakeCheckpoint
 from typer.testing import CliRunner
 
 from gendeploy.cli import app
-from gendeploy.errors import MissingDependencyError, QualityError, UsageError
+from gendeploy.errors import MissingDependencyError, QualityError, UsageError, ValidationError
 from gendeploy.export import fp16_islands, int8, onnx_graph
 from gendeploy.export.api import ExportOptions, ModelSpec, export
 from gendeploy.export.build import FP16_EMULATED
@@ -541,3 +541,30 @@ def test_a_stylegan_is_quantized_on_its_weighted_layers_only_and_the_manifest_li
             fp32, nncf.Dataset(items), preset=nncf.QuantizationPreset.PERFORMANCE, subset_size=64
         )
     assert int8.other_quantized(everything)
+
+
+class _LosesPrecision(torch.nn.Module):
+    """Adds 1000 then takes it away: FP16's step at 1000 is 0.5, so the image keeps three levels,
+    while no value comes near FP16's range (no overflow, no island to keep in FP32)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.project = torch.nn.Linear(16, 64)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.project(z)) * 0.9
+        return ((h + 1000.0) - 1000.0).view(-1, 1, 8, 8)
+
+
+def test_fp16_that_loses_precision_is_refused_by_the_emulated_storage_naming_the_cause(
+    tmp_path: Path,
+) -> None:
+    """ORT's CPU provider computes the chain in FP32 (it would pass); with FP16 storage really
+    emulated (every FP16 value materialised) the gate sees the rounding and says why."""
+    torch.manual_seed(0)
+    with pytest.raises(ValidationError, match=r"^FP16 loses precision \(no value overflowed"):
+        export_generator(
+            _LosesPrecision().eval(), latent_dim=16, image_shape=(1, 8, 8), out=tmp_path / "e",
+            fp16=True,
+        )  # fmt: skip
+    assert not (tmp_path / "e").exists()

@@ -207,6 +207,13 @@ def emulate_fp16_storage(model: onnx.ModelProto) -> onnx.ModelProto:
                 )
     del out.graph.node[:]
     out.graph.node.extend(nodes)
+    # ...and a graph output (after the image, which stays output 0): ORT's CPU provider otherwise
+    # runs an unobserved FP16 Identity between FP32-only kernels in FP32 too (InsertCastTransformer
+    # avoids the casts), so a chain such as (x + 1000) - 1000 never rounded to FP16 here
+    infos = {v.name: v for v in inferred.graph.value_info}  # typed and shaped (onnx.checker)
+    outputs = {o.name for o in out.graph.output}
+    stored = [n.output[0] for n in nodes if n.name.endswith("__stored")]
+    out.graph.output.extend(infos[n] for n in stored if n in infos and n not in outputs)
     return out
 
 
