@@ -12,8 +12,8 @@ check plugged in there); if it refuses, the islands grow (a lower limit) before 
 The gate sees FP16 overflow only where values are really stored in FP16: ONNX Runtime's CPU
 provider computes FP16 nodes in FP32 and drops the casts between them, so an overflow never shows
 there. ``emulate_fp16_storage`` makes every FP16 value a stored tensor (an Identity after each
-node, run without graph optimizations): FP32 arithmetic, FP16 storage, as FP16 engines run, and a
-value past 65504 becomes inf as it would on the GPU.
+node, also a graph output, run without graph optimizations): FP32 arithmetic, FP16 storage, as
+FP16 engines run, and a value past 65504 becomes inf as it would on the GPU.
 """
 
 from __future__ import annotations
