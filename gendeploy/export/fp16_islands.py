@@ -17,12 +17,14 @@ grow (a lower limit) before giving up.
 The gate sees FP16 overflow only where values are really stored in FP16: ONNX Runtime's CPU
 provider computes FP16 nodes in FP32 and drops the casts between them, so an overflow never shows
 there. ``emulate_fp16_storage`` makes every FP16 value a stored tensor (an Identity after each
-node, run without graph optimizations): FP32 arithmetic, FP16 storage, as FP16 engines run, and a
-value past 65504 becomes inf as it would on the GPU.
+node, also a graph output, run without graph optimizations): FP32 arithmetic, FP16 storage, as
+FP16 engines run, and a value past 65504 becomes inf as it would on the GPU.
 """
 
 from __future__ import annotations
 
+import ast
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -30,7 +32,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from gendeploy.errors import ValidationError
+from gendeploy.errors import QualityError, ValidationError
 from gendeploy.export import onnx_graph
 from gendeploy.export.signature import WRAPPED
 from gendeploy.runtime.base import Feeds
@@ -46,7 +48,15 @@ _NORM_CHAIN = {
     "Reshape", "Unsqueeze", "Squeeze", "Expand", "Cast", "Identity",
 }  # fmt: skip
 _ROOTS = {"Sqrt", "Reciprocal", "Pow"}  # what makes a reduction a normalization
-Accept = Callable[[onnx.ModelProto], "str | None"]  # None: passed; else why it failed
+Accept = Callable[[onnx.ModelProto], "Refusal | None"]  # None: the gate passed it
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why the gate refused a candidate FP16 model."""
+
+    error: ValidationError  # what the gate raised: a QualityError for what it draws
+    overflow: bool  # NaN/Inf appeared: a value passed FP16's range (else lost precision)
 
 
 @dataclass(frozen=True)
@@ -70,19 +80,25 @@ def convert(
         Island(n.name, n.op_type, node_layer(n), _touched(n, ranges), "normalization")
         for n in normalization_chains(model)
     ]
-    failure: str | None = None
+    refusal: Refusal | None = None
     chosen: list[Island] = []
     for limit in LIMITS:
         measured = islands(model, ranges, limit)
-        kept = {i.node for i in measured}
-        chosen = measured + [i for i in structural if i.node not in kept]
+        by_value = {i.node for i in measured}
+        chosen = measured + [i for i in structural if i.node not in by_value]
         fp16 = fold_cast_pairs(onnx_graph.convert_fp16(model, [i.node for i in chosen]))
-        failure = accept(fp16)
-        if failure is None:
+        refusal = accept(fp16)
+        if refusal is None:
             return fp16, chosen
-    raise ValidationError(
-        f"{failure} (after keeping {len(chosen)} nodes whose values pass {LIMITS[-1]:g} in FP32)"
-    )
+    assert refusal is not None
+    kept = f"{len(chosen)} nodes kept in FP32 (normalizations, values past {LIMITS[-1]:g})"
+    if refusal.overflow:
+        cause = f"FP16 overflows (NaN/Inf) even with {kept}"
+    else:
+        cause = f"FP16 loses precision (no value overflowed; {kept} did not help)"
+    if isinstance(refusal.error, QualityError):
+        raise QualityError(f"{cause}: {refusal.error}", artifact=refusal.error.artifact)
+    raise ValidationError(f"{cause}: {refusal.error}")
 
 
 def range_feeds(feeds: list[Feeds]) -> list[Feeds]:
@@ -178,14 +194,23 @@ def _touched(node: onnx.NodeProto, ranges: dict[str, float]) -> float:
 
 
 def node_layer(node: onnx.NodeProto) -> str:
-    """The module path the dynamo exporter recorded for ``node`` (its name scopes)."""
+    """The module path the dynamo exporter recorded for ``node`` (its name scopes), without the
+    serving wrapper's prefix: the one parser of that metadata (FP16 islands, INT8 layers).
+
+    The scopes list the enclosing modules, outermost first, then the op: either as qualified
+    names (['', 'generator', 'generator.mapping', 'generator.mapping.net.0', 'linear'] is
+    ``mapping.net.0`` inside the wrapper) or as one name per level (['', 'net', '0', 'conv']).
+    """
     for prop in node.metadata_props:
         if prop.key == "pkg.torch.onnx.name_scopes":
-            scopes = [s.strip(" '\"") for s in prop.value.strip("[]").split(",")]
+            try:
+                scopes = [str(s) for s in ast.literal_eval(prop.value)]
+            except (ValueError, SyntaxError):
+                return ""
             path = [s for s in scopes[:-1] if s]  # the last scope is the op itself
-            if path and path[0] == WRAPPED:
-                path = path[1:]
-            return ".".join(path)
+            qualified = all(b.startswith(f"{a}.") for a, b in itertools.pairwise(path))
+            name = path[-1] if qualified and path else ".".join(path)
+            return name.removeprefix(f"{WRAPPED}.") if name != WRAPPED else ""
     return ""
 
 
@@ -249,6 +274,13 @@ def emulate_fp16_storage(model: onnx.ModelProto) -> onnx.ModelProto:
                 )
     del out.graph.node[:]
     out.graph.node.extend(nodes)
+    # ...and a graph output (after the image, which stays output 0): ORT's CPU provider otherwise
+    # runs an unobserved FP16 Identity between FP32-only kernels in FP32 too (InsertCastTransformer
+    # avoids the casts), so a chain such as (x + 1000) - 1000 never rounded to FP16 here
+    infos = {v.name: v for v in inferred.graph.value_info}  # typed and shaped (onnx.checker)
+    outputs = {o.name for o in out.graph.output}
+    stored = [n.output[0] for n in nodes if n.name.endswith("__stored")]
+    out.graph.output.extend(infos[n] for n in stored if n in infos and n not in outputs)
     return out
 
 
