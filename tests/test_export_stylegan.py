@@ -466,7 +466,7 @@ def test_a_graph_made_symbolic_that_holds_only_up_to_batch_4_is_refused(tmp_path
     out = tmp_path / "chunked"
     code, _, stderr = cli(
         "export", "--model", f"{MODELS_FILE}:ChunkedByFour", "--latent-dim", "8",
-        "--image-shape", "3,8,8", "--max-batch", "8", "--out", str(out),
+        "--image-shape", "3,8,8", "--max-batch", "8", "--out", str(out), "--random-weights",
     )  # fmt: skip
     assert code != 0
     assert len(stderr.strip().splitlines()) == 1, stderr
@@ -484,7 +484,7 @@ def test_a_data_dependent_branch_before_a_grouped_convolution_is_one_line(tmp_pa
         [
             sys.executable, "-c", "from gendeploy.cli import main; main()", "export", "--model",
             f"{MODELS_FILE}:DataDependentBranch", "--latent-dim", "8", "--image-shape", "3,8,8",
-            "--max-batch", "4", "--out", str(out),
+            "--max-batch", "4", "--out", str(out), "--random-weights",
         ],
         capture_output=True,
         text=True,
