@@ -97,7 +97,8 @@ def test_served_load_is_measured_by_perf_analyzer_and_by_the_fallback_loop(tmp_p
     from gendeploy.bench.suites import TINY
     from gendeploy.bench.sweep import make_feeds
     from gendeploy.bench.timing import StabilityRule
-    from gendeploy.export.api import ExportOptions, ModelSpec, export
+    from gendeploy.export.api import export
+    from gendeploy.export.options import ExportOptions, ModelSpec
     from gendeploy.serve.repo import write_repo
     from gendeploy.serve.server import TritonServer
 

@@ -36,7 +36,8 @@ TOLERANCE = {"fp32": 1e-4, "bf16": 0.1, "fp16": 0.02, "int8": 0.5}
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Manifest, Path, nn.Module]:
     from gendeploy.bench.run import prepare_checkpoint
-    from gendeploy.export.api import ExportOptions, ModelSpec, export
+    from gendeploy.export.api import export
+    from gendeploy.export.options import ExportOptions, ModelSpec
     from gendeploy.export.source import load_eager
 
     work = tmp_path_factory.mktemp("bench")

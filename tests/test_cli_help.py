@@ -10,7 +10,7 @@ from test_export_user_model import cli
 
 from gendeploy.cli.train import DEFAULT_PRESET, PRESET_DEFAULTS
 from gendeploy.runtime.registry import runner_names
-from gendeploy.trainer import train
+from gendeploy.trainer import config
 
 
 @pytest.fixture(autouse=True)
@@ -37,8 +37,8 @@ def test_flags_are_not_labelled_as_taking_a_value(command: tuple[str, ...]) -> N
 
 def test_train_options_from_the_preset_show_the_presets_value() -> None:
     text = _help("train")
-    assert DEFAULT_PRESET == train.DEFAULT_PRESET
-    chosen = train.PRESETS[DEFAULT_PRESET]
+    assert DEFAULT_PRESET == config.DEFAULT_PRESET
+    chosen = config.PRESETS[DEFAULT_PRESET]
     assert f"from --preset; {DEFAULT_PRESET}: {chosen.train.steps}" in _line(text, "--steps")
     assert f"{DEFAULT_PRESET}: {chosen.model.num_classes}" in _line(text, "--num-classes")
     assert f"{DEFAULT_PRESET}: {chosen.train.lr}" in _line(text, "--lr")

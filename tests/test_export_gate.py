@@ -13,9 +13,10 @@ from torch import nn
 
 from gendeploy.errors import ValidationError
 from gendeploy.export import gate, onnx_graph
-from gendeploy.export.api import ExportOptions, ModelSpec, export, make_artifact
+from gendeploy.export.api import export
 from gendeploy.export.manifest import ArtifactKind, Precision
-from gendeploy.export.source import LoadedModel
+from gendeploy.export.options import ExportOptions, ModelSpec
+from gendeploy.export.source import LoadedModel, make_artifact
 from gendeploy.runtime.onnxrt import OnnxRuntimeRunner
 
 BROKEN_MODELS = '''

@@ -23,8 +23,9 @@ from typer.testing import CliRunner
 from gendeploy.cli import app
 from gendeploy.errors import MissingDependencyError, QualityError, UsageError
 from gendeploy.export import int8, onnx_graph
-from gendeploy.export.api import ExportOptions, ModelSpec, export
+from gendeploy.export.api import export
 from gendeploy.export.manifest import Manifest, Precision, load_manifest
+from gendeploy.export.options import ExportOptions, ModelSpec
 from gendeploy.export.quality_gate import (
     ModelFacts,
     QualityConfig,
@@ -37,7 +38,8 @@ from gendeploy.fileio import cache_dir
 from gendeploy.runtime.eager import EagerRunner
 from gendeploy.runtime.onnxrt import OnnxRuntimeRunner
 from gendeploy.runtime.openvino import OpenVINORunner
-from gendeploy.trainer.train import DEFAULT_PRESET, PRESETS, train, with_overrides
+from gendeploy.trainer.config import DEFAULT_PRESET, PRESETS, with_overrides
+from gendeploy.trainer.train import train
 
 MODELS = Path(__file__).with_name("int8_models.py")
 # The default preset trained for a fifth of its steps: the real architecture, recipe and digits

@@ -27,11 +27,10 @@ from gendeploy.bench.flops import flops_per_image
 from gendeploy.cli import app
 from gendeploy.errors import ValidationError
 from gendeploy.export import fp16_islands, gate
-from gendeploy.export.api import make_artifact
-from gendeploy.export.inmemory import export_generator, load_module
+from gendeploy.export.inmemory import export_generator
 from gendeploy.export.manifest import ArtifactKind, Manifest, load_manifest
 from gendeploy.export.signature import serving_module
-from gendeploy.export.source import load_eager
+from gendeploy.export.source import load_eager, load_module, make_artifact
 from gendeploy.runtime.eager import EagerRunner
 from gendeploy.runtime.onnxrt import OnnxRuntimeRunner
 from gendeploy.runtime.triton import InferenceError, TritonRunner

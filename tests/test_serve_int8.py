@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from serve_support import TINY_CONDITIONAL, make_checkpoint, require_tritonserver
 
-from gendeploy.export.api import ExportOptions, ModelSpec, export
+from gendeploy.export.api import export
 from gendeploy.export.manifest import load_manifest
+from gendeploy.export.options import ExportOptions, ModelSpec
 from gendeploy.runtime.openvino import OpenVINORunner
 from gendeploy.runtime.triton import TritonRunner
 from gendeploy.serve.backend_model import draw_latents

@@ -21,19 +21,14 @@ from gendeploy.trainer.checkpoint import (
     load_generator,
     save_checkpoint,
 )
+from gendeploy.trainer.config import PRESETS, TrainConfig, with_overrides
 from gendeploy.trainer.models import (
     ModelConfig,
     build_discriminator,
     build_generator,
     recalibrate_batchnorm,
 )
-from gendeploy.trainer.train import (
-    PRESETS,
-    TrainConfig,
-    resumed_configs,
-    train,
-    with_overrides,
-)
+from gendeploy.trainer.train import resumed_configs, train
 
 GENDEPLOY = [sys.executable, "-m", "gendeploy"]
 CONFIGS = [
@@ -96,7 +91,7 @@ def test_unknown_dataset_and_preset_names_are_usage_errors() -> None:
     with pytest.raises(UsageError, match="unknown dataset 'imagenet'"):
         TrainConfig(dataset="imagenet")  # type: ignore[arg-type]
     with pytest.raises(UsageError, match="unknown preset"):
-        from gendeploy.trainer.train import preset
+        from gendeploy.trainer.config import preset
 
         preset("nope")
 

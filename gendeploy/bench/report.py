@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from gendeploy.bench.markdown import render_markdown
+from gendeploy.bench.plots import write_plots
 from gendeploy.errors import GendeployError
 from gendeploy.fileio import atomic_write_bytes
 
@@ -213,8 +215,6 @@ def load_report(path: Path | str) -> dict[str, Any]:
 
 def write_report(report: dict[str, Any], out: Path) -> list[Path]:
     """Judge the goals, then write the JSON, the plots and the Markdown that shows them."""
-    from gendeploy.bench.markdown import render_markdown
-    from gendeploy.bench.plots import write_plots
 
     report["goals"] = evaluate_goals(report)
     plots = write_plots(report, out)

@@ -24,11 +24,14 @@ from gendeploy.bench import machine, peak
 from gendeploy.bench.flops import flops_per_image
 from gendeploy.bench.markdown import contended
 from gendeploy.bench.quality import runner_quality
+from gendeploy.bench.report import write_report
+from gendeploy.bench.results import CellResult
 from gendeploy.bench.suites import BenchModel, Suite
-from gendeploy.bench.sweep import CellResult, sweep_batch
-from gendeploy.errors import QualityError
+from gendeploy.bench.sweep import sweep_batch
+from gendeploy.errors import QualityError, UsageError
 from gendeploy.export.int8 import int8_tools_missing
 from gendeploy.runtime.base import Runner
+from gendeploy.runtime.inputs import WithDefaults
 from gendeploy.runtime.registry import RunnerContext, RunnerUnavailable, build_runner, describe
 
 Log = Callable[[str], None]
@@ -39,7 +42,6 @@ def run_bench(
     suite: Suite, out: Path, work_dir: Path | None = None, log: Log | None = None
 ) -> dict[str, Any]:
     """Run ``suite`` and write ``out``/bench.json, bench.md and the plots; returns the report."""
-    from gendeploy.bench.report import write_report
 
     say = log or (lambda _msg: None)
     threads = suite.threads or machine.machine_info()["physical_cores"] or 1
@@ -141,7 +143,7 @@ def prepare_checkpoint(model: BenchModel, work: Path) -> tuple[Path, str]:
 
 def prepare_spec(model: BenchModel, work: Path) -> tuple[Any, str]:
     """The ``ModelSpec`` to export and where its weights came from."""
-    from gendeploy.export.api import ModelSpec
+    from gendeploy.export.options import ModelSpec
 
     user = model.user_model
     if user is None:
@@ -149,7 +151,6 @@ def prepare_spec(model: BenchModel, work: Path) -> tuple[Any, str]:
         return ModelSpec(checkpoint=checkpoint), origin
     from safetensors.torch import save_file
 
-    from gendeploy.errors import UsageError
     from gendeploy.export.source import build_user_model
 
     if not user.path().is_file():
@@ -183,9 +184,9 @@ def bench_model(
     peaks: dict[str, float],
     say: Log,
 ) -> dict[str, Any]:
-    from gendeploy.export.api import ExportOptions, export
+    from gendeploy.export.api import export
+    from gendeploy.export.options import ExportOptions
     from gendeploy.export.source import load_eager
-    from gendeploy.runtime.inputs import WithDefaults
 
     spec, origin = prepare_spec(model, work)
     export_dir = work / "exports" / model.name

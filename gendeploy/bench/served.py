@@ -16,16 +16,22 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from gendeploy.bench.loadloop import load_loop
+from gendeploy.bench.results import ServedResult
+from gendeploy.bench.sweep import make_feeds
 from gendeploy.bench.timing import StabilityRule
-from gendeploy.errors import ServeError
+from gendeploy.errors import GendeployError, ServeError
 from gendeploy.fileio import cache_dir
 from gendeploy.runtime.base import Feeds
+from gendeploy.runtime.eager import EagerRunner
+from gendeploy.runtime.triton import TritonRunner
+from gendeploy.serve.repo import RepoOptions, write_repo
+from gendeploy.serve.server import TritonServer
 
 PERF_ANALYZER_ENV = "GENDEPLOY_PERF_ANALYZER"
 # perf_analyzer's CSV splits the mean latency into these parts (microseconds)
@@ -38,25 +44,6 @@ BREAKDOWN = (
     "Server Compute Output",
     "Client Recv",
 )
-
-
-@dataclass
-class ServedResult:
-    protocol: str
-    concurrency: int
-    batch: int
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-    mean_ms: float
-    images_per_s: float
-    stable: bool
-    tool: str  # "perf_analyzer" or "tritonclient load loop"
-    note: str = ""
-    breakdown_ms: dict[str, float] = field(default_factory=dict)  # perf_analyzer's mean parts
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def find_perf_analyzer() -> Path | None:
@@ -190,13 +177,6 @@ def served_sweep(
     say: Any,
 ) -> dict[str, Any]:
     """Serve the export's python-backend model and sweep concurrency over HTTP and gRPC."""
-    from gendeploy.bench.sweep import make_feeds
-    from gendeploy.errors import GendeployError
-    from gendeploy.runtime.eager import EagerRunner
-    from gendeploy.runtime.triton import TritonRunner
-    from gendeploy.serve.repo import RepoOptions, write_repo
-    from gendeploy.serve.server import TritonServer
-
     model = manifest.name
     exe = find_perf_analyzer()
     pa_version = perf_analyzer_version(exe) if exe else ""
@@ -267,8 +247,6 @@ def _one_level(
             )
         except ServeError as e:
             errors.append(f"{protocol} concurrency {concurrency}: {e}; used the load loop")
-    from gendeploy.bench.loadloop import load_loop
-
     result = load_loop(url, model, protocol, concurrency, feeds, suite.served_rule)
     if exe is not None:
         result.note = "perf_analyzer failed at this level"

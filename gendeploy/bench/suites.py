@@ -9,8 +9,8 @@ from typing import Any
 from gendeploy.bench.timing import StabilityRule
 from gendeploy.errors import UsageError
 from gendeploy.runtime.registry import runner_names
+from gendeploy.trainer.config import DEFAULT_PRESET, PRESETS
 from gendeploy.trainer.models import Arch, ModelConfig
-from gendeploy.trainer.train import DEFAULT_PRESET, PRESETS
 
 DEMO_CHECKPOINT = Path("runs/demo/checkpoint.pt")
 REPO_ROOT = Path(__file__).resolve().parents[2]  # examples/ lives there in a checkout

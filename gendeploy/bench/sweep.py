@@ -5,12 +5,11 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from gendeploy.bench.results import CellResult
 from gendeploy.bench.timing import Clock, Measurement, StabilityRule, measure_alternating
 from gendeploy.errors import GendeployError
 from gendeploy.runtime.base import Feeds, Runner
@@ -18,31 +17,6 @@ from gendeploy.runtime.base import Feeds, Runner
 Log = Callable[[str], None]
 # A reduced-precision runner whose output equals FP32 this closely did not compute in it.
 SAME_AS_FP32 = 1e-6
-
-
-@dataclass
-class CellResult:
-    """One runner at one batch size: the row of the report."""
-
-    runner: str
-    precision: str
-    batch: int
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-    mean_ms: float
-    images_per_s: float
-    gflops: float  # achieved, from the counted FLOPs
-    peak_fraction: float  # of the FP32 matmul peak measured in this run (bf16 may pass 1.0)
-    speedup: float  # over eager fp32 at the same batch, same run
-    max_abs_diff: float  # against eager fp32 on the same inputs
-    peak_rss_mib: float  # process high-water mark while this runner ran (weights of all included)
-    stable: bool
-    windows: int
-    calls: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def make_feeds(batch: int, latent_dim: int, num_classes: int, seed: int = 0) -> Feeds:

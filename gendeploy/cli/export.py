@@ -88,7 +88,8 @@ def export_command(
     ] = "const",
 ) -> None:
     """Export a generator to gated ONNX (FP32, uint8, FP16, INT8) and TensorRT, with a manifest."""
-    from gendeploy.export.api import ExportOptions, ModelSpec, OutputKind, export
+    from gendeploy.export.api import export
+    from gendeploy.export.options import ExportOptions, ModelSpec, OutputKind
     from gendeploy.export.signature import NoiseMode, parse_forward_kwargs
 
     if output not in {k.value for k in OutputKind}:

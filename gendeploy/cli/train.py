@@ -15,7 +15,7 @@ from gendeploy.errors import UsageError
 Opt = typer.Option
 
 
-DEFAULT_PRESET = "digits-cdcgan"  # gendeploy.trainer.train.DEFAULT_PRESET, checked by a test
+DEFAULT_PRESET = "digits-cdcgan"  # gendeploy.trainer.config.DEFAULT_PRESET, checked by a test
 # train flags whose default is the preset's value -> (config, field)
 PRESET_DEFAULTS = {
     "arch": ("model", "arch"),
@@ -39,7 +39,7 @@ class TrainHelp(LateHelp):
     """``--steps`` and the like default to the preset's value: help shows the default preset's."""
 
     def fill(self, params: Params) -> None:
-        from gendeploy.trainer.train import preset
+        from gendeploy.trainer.config import preset
 
         chosen = preset(DEFAULT_PRESET)
         for name, (config, field) in PRESET_DEFAULTS.items():
@@ -90,8 +90,9 @@ def train_command(
     With --resume the run in --out (default runs/<preset>) continues with its own settings (flags
     may repeat them); only --steps, --sample-every, --checkpoint-every and --no-eval may change.
     """
-    from gendeploy.trainer.train import preset as get_preset
-    from gendeploy.trainer.train import resumed_configs, train, with_overrides
+    from gendeploy.trainer.config import preset as get_preset
+    from gendeploy.trainer.config import with_overrides
+    from gendeploy.trainer.train import resumed_configs, train
 
     if channels is not None and channels not in (1, 3):
         raise UsageError(f"--channels must be 1 or 3, got {channels}")

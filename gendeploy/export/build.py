@@ -13,10 +13,11 @@ import onnx
 
 from gendeploy.errors import ValidationError
 from gendeploy.export import fp16_islands, gate, int8, onnx_graph
-from gendeploy.export.api import ExportOptions, OutputKind, make_artifact
 from gendeploy.export.manifest import Artifact, ArtifactKind, Precision
+from gendeploy.export.options import ExportOptions, OutputKind
 from gendeploy.export.quality_gate import QualityConfig, QualityGate, QualityResult, model_facts
-from gendeploy.export.source import LoadedModel
+from gendeploy.export.source import LoadedModel, make_artifact
+from gendeploy.export.tensorrt_build import build_engine
 from gendeploy.runtime.base import Runner
 from gendeploy.runtime.eager import EagerRunner
 from gendeploy.runtime.inputs import WithDefaults, complete_feeds
@@ -187,7 +188,6 @@ def _fp16_acceptance(
     """The checks that decide whether a candidate FP16 model is good enough, run with FP16
     storage emulated: the tensor gate (values, NaN/Inf, PSNR, batch invariance), then the quality
     gate on what it draws (per-seed PSNR over 1,000 seeds, the distribution check)."""
-    from gendeploy.runtime.onnxrt import OnnxRuntimeRunner
 
     def accept(model: onnx.ModelProto) -> str | None:
         artifact = make_artifact(loaded, "fp16", ArtifactKind.onnx, ".fp16-candidate.onnx")
@@ -220,8 +220,6 @@ def _build_engine(
     say: Callable[[str], None],
     float_outputs: dict[str, list[np.ndarray]],
 ) -> Artifact:
-    from gendeploy.export.tensorrt_build import build_engine
-
     artifact = make_artifact(loaded, name, ArtifactKind.tensorrt, f"{name}.plan")
     with clock(f"build_{name}"):
         artifact.extra = build_engine(

@@ -21,6 +21,8 @@ import numpy as np
 
 from gendeploy.errors import GendeployError, MissingDependencyError
 from gendeploy.runtime.base import Feeds, Runner
+from gendeploy.runtime.tensorrt import TensorRTRunner, tensorrt_availability
+from gendeploy.serve.backend_model import _TrtEngine
 
 BATCHES = (1, 8, 64)
 MIN_SECONDS = 1.0  # per measurement
@@ -30,9 +32,9 @@ MAX_ITERS = 300
 def run(out: Path) -> dict[str, Any]:
     import torch
 
-    from gendeploy.export.api import ExportOptions, ModelSpec, OutputKind, export
+    from gendeploy.export.api import export
+    from gendeploy.export.options import ExportOptions, ModelSpec, OutputKind
     from gendeploy.runtime.eager import EagerRunner
-    from gendeploy.runtime.tensorrt import TensorRTRunner, tensorrt_availability
     from gendeploy.trainer.models import Arch, ModelConfig, build_generator, init_weights
 
     out.mkdir(parents=True, exist_ok=True)
@@ -91,7 +93,8 @@ def run(out: Path) -> dict[str, Any]:
 
 def _train_on_cuda(run_dir: Path) -> dict[str, Any]:
     """The default preset, 200 steps on the GPU, scored at the end like any digits run."""
-    from gendeploy.trainer.train import PRESETS, train, with_overrides
+    from gendeploy.trainer.config import PRESETS, with_overrides
+    from gendeploy.trainer.train import train
 
     model, config = with_overrides(PRESETS["digits-cdcgan"], steps=200, sample_every=100)
     started = time.perf_counter()
@@ -108,8 +111,6 @@ def _train_on_cuda(run_dir: Path) -> dict[str, Any]:
 def _other_paths(trt: Runner, export_dir: Path, manifest: Any, latent: int) -> dict[str, Any]:
     """The GPU paths the timing does not take: the Triton model's own engine wrapper on both
     plans, and a batch above the profile, which must be refused."""
-    from gendeploy.runtime.tensorrt import TensorRTRunner
-    from gendeploy.serve.backend_model import _TrtEngine
 
     feeds = {"z": np.random.default_rng(1).standard_normal((5, latent)).astype(np.float32)}
     checked: dict[str, Any] = {}
