@@ -208,7 +208,7 @@ def test_a_uint8_head_must_be_within_one_level_of_its_float_graphs_rendering(
 def test_the_cli_on_a_failed_gate_exits_1_with_one_error_line_and_creates_nothing(
     broken_file: Path, tmp_path: Path
 ) -> None:
-    from test_export_user_model import cli
+    from cli_support import cli
 
     out = tmp_path / "exports" / "bn"
     code, _, stderr = cli(

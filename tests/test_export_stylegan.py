@@ -18,9 +18,9 @@ import onnx
 import pytest
 import stylegan_models as sm
 import torch
+from cli_support import cli
 from safetensors.torch import save_file
 from serve_support import require_tritonserver
-from test_export_user_model import cli
 from typer.testing import CliRunner
 
 from gendeploy.bench.flops import flops_per_image

@@ -67,7 +67,7 @@ def imports_of(name: str, path: Path, modules: dict[str, Path]) -> Iterator[Impo
     def resolve(dotted: str) -> str:
         if not dotted.startswith("gendeploy"):
             return dotted.partition(".")[0]
-        while dotted not in modules:
+        while dotted and dotted not in modules:
             dotted = dotted.rpartition(".")[0]
         return dotted
 
@@ -222,3 +222,15 @@ def test_a_local_import_is_allowed_only_when_the_module_pulls_a_heavy_dependency
     assert unjustified_local_imports(import_graph(root)) == [
         "gendeploy.run:3 imports gendeploy.light inside a function"
     ]
+
+
+def test_no_test_module_imports_another() -> None:
+    """Shared helpers live in *_support.py modules or conftest.py, not in a test module."""
+    tests = Path(__file__).parent
+    found = [
+        f"{path.name} imports {i.target}"
+        for path in sorted(tests.glob("*.py"))
+        for i in imports_of(path.stem, path, module_names())
+        if i.target.startswith("test_")
+    ]
+    assert found == []

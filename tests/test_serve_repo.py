@@ -408,7 +408,8 @@ def test_a_forced_re_export_of_the_same_model_adds_no_version(
     exports: dict[str, Path], tmp_path: Path
 ) -> None:
     from gendeploy.export.api import export
-    from gendeploy.export.options import ExportOptions, ModelSpec, OutputKind
+    from gendeploy.export.manifest import OutputKind
+    from gendeploy.export.options import ExportOptions, ModelSpec
 
     first = load_manifest(exports["cond"])
     repo = tmp_path / "repo"

@@ -21,9 +21,8 @@ from gendeploy.trainer.checkpoint import (
     load_generator,
     save_checkpoint,
 )
-from gendeploy.trainer.config import PRESETS, TrainConfig, with_overrides
+from gendeploy.trainer.config import PRESETS, ModelConfig, TrainConfig, with_overrides
 from gendeploy.trainer.models import (
-    ModelConfig,
     build_discriminator,
     build_generator,
     recalibrate_batchnorm,
@@ -377,9 +376,10 @@ def test_cli_smoke_run_on_fake_data(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--preset", "nope"], "unknown preset 'nope'"),
-        (["--dataset", "nope"], "unknown dataset 'nope'"),
-        (["--arch", "nope"], "unknown model 'nope'"),
+        (["--preset", "nope"], "'nope' is not one of 'digits-cdcgan', 'digits-dcgan', 'seed-mlp'"),
+        (["--dataset", "nope"], "Invalid value for '--dataset': Value error, 'nope' is not one of"),
+        (["--arch", "nope"], "'nope' is not one of 'mlp', 'dcgan'"),
+        (["--no-such-flag"], "No such option: --no-such-flag"),
         (["--dataset", "mnist"], "pass --data-path"),
         (["--dataset", "mnist", "--data-path", "missing"], "does not exist"),
         (["--resume"], "no run in run; start without --resume"),  # plain substring match
@@ -400,8 +400,8 @@ def test_cli_bad_input_gets_one_line_and_nonzero_exit(
 
 
 def test_eval_takes_a_run_directory_like_export(tmp_path: Path) -> None:
+    from cli_support import cli
     from conftest import TINY_MLP, write_checkpoint
-    from test_export_user_model import cli
 
     run = write_checkpoint(TINY_MLP, tmp_path / "runs" / "mlp" / "checkpoint.pt").parent
     code, stdout, stderr = cli("eval", str(run))
@@ -413,7 +413,7 @@ def test_eval_takes_a_run_directory_like_export(tmp_path: Path) -> None:
 def test_a_run_config_json_is_named_as_json_not_as_a_checkpoint(
     command: str, tmp_path: Path
 ) -> None:
-    from test_export_user_model import cli
+    from cli_support import cli
 
     config = tmp_path / "run" / "config.json"
     config.parent.mkdir()

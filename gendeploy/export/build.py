@@ -13,8 +13,8 @@ import onnx
 
 from gendeploy.errors import ValidationError
 from gendeploy.export import fp16_islands, gate, int8, onnx_graph
-from gendeploy.export.manifest import Artifact, ArtifactKind, Precision
-from gendeploy.export.options import ExportOptions, OutputKind
+from gendeploy.export.manifest import Artifact, ArtifactKind, OutputKind, Precision
+from gendeploy.export.options import ExportOptions
 from gendeploy.export.quality_gate import QualityConfig, QualityGate, QualityResult, model_facts
 from gendeploy.export.source import LoadedModel, make_artifact
 from gendeploy.export.tensorrt_build import build_engine

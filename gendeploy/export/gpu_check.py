@@ -20,9 +20,11 @@ from typing import Any
 import numpy as np
 
 from gendeploy.errors import GendeployError, MissingDependencyError
+from gendeploy.export.manifest import OutputKind
 from gendeploy.runtime.base import Feeds, Runner
 from gendeploy.runtime.tensorrt import TensorRTRunner, tensorrt_availability
 from gendeploy.serve.backend_model import _TrtEngine
+from gendeploy.trainer.config import PRESETS, Arch, ModelConfig, with_overrides
 
 BATCHES = (1, 8, 64)
 MIN_SECONDS = 1.0  # per measurement
@@ -33,9 +35,9 @@ def run(out: Path) -> dict[str, Any]:
     import torch
 
     from gendeploy.export.api import export
-    from gendeploy.export.options import ExportOptions, ModelSpec, OutputKind
+    from gendeploy.export.options import ExportOptions, ModelSpec
     from gendeploy.runtime.eager import EagerRunner
-    from gendeploy.trainer.models import Arch, ModelConfig, build_generator, init_weights
+    from gendeploy.trainer.models import build_generator, init_weights
 
     out.mkdir(parents=True, exist_ok=True)
     status = tensorrt_availability()
@@ -93,7 +95,6 @@ def run(out: Path) -> dict[str, Any]:
 
 def _train_on_cuda(run_dir: Path) -> dict[str, Any]:
     """The default preset, 200 steps on the GPU, scored at the end like any digits run."""
-    from gendeploy.trainer.config import PRESETS, with_overrides
     from gendeploy.trainer.train import train
 
     model, config = with_overrides(PRESETS["digits-cdcgan"], steps=200, sample_every=100)

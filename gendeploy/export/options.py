@@ -4,18 +4,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from gendeploy.errors import UsageError
 from gendeploy.export.int8 import DEFAULT_CALIBRATION_SAMPLES, check_calibration_samples
+from gendeploy.export.manifest import OutputKind
 from gendeploy.export.quality_gate import QualityConfig
-
-
-class OutputKind(str, Enum):
-    float = "float"  # float32 NCHW in [-1, 1]
-    uint8 = "uint8"  # also ship uint8 NHWC variants: post-processing baked into the graph
 
 
 @dataclass(frozen=True)

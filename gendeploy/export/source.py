@@ -30,12 +30,13 @@ from gendeploy.export.manifest import (
     ArtifactKind,
     Interface,
     Manifest,
+    NoiseMode,
     Precision,
     Source,
     TensorSpec,
     sha256_file,
 )
-from gendeploy.export.signature import NoiseMode, inspect_generator, serving_module
+from gendeploy.export.signature import inspect_generator, serving_module
 from gendeploy.trainer.checkpoint import FORMAT, load_generator, load_state_into
 
 CHECKPOINT_NAMES = ("checkpoint.pt", "checkpoint_final.pt", "last.pt")

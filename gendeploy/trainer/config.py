@@ -1,16 +1,78 @@
-"""What a training run is: its ``TrainConfig``, the presets pairing a model with one, and how
-flags override them. Shared by the training loop, the run directory and the CLI."""
+"""What a training run is: the model (``ModelConfig``), the training (``TrainConfig``), the presets
+pairing them, and how flags override them. Shared by the networks, the training loop, the run
+directory and the CLI; light on purpose (no torch), so the CLI's choices come from here."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from enum import Enum
 from typing import Any
 
 from gendeploy.errors import CheckpointError, UsageError
-from gendeploy.trainer.checkpoint import Checkpoint
-from gendeploy.trainer.data import DatasetName
-from gendeploy.trainer.models import ModelConfig
+
+
+class Arch(str, Enum):
+    mlp = "mlp"
+    dcgan = "dcgan"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild the networks; stored in every checkpoint."""
+
+    arch: Arch = Arch.dcgan
+    latent_dim: int = 100
+    image_channels: int = 1
+    image_size: int = 32
+    num_classes: int = 0  # 0: unconditional
+    width: int = 64  # DCGAN: feature maps at the widest stage (ngf/ndf); MLP: first hidden size
+    embed_dim: int = 50  # conditional models: size of the label embedding
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "arch", Arch(self.arch))
+        except ValueError:
+            choices = ", ".join(a.value for a in Arch)
+            raise ValueError(f"unknown model {self.arch!r}; choose one of: {choices}") from None
+        if self.arch is Arch.dcgan and self.image_size not in (32, 64):
+            raise ValueError(f"dcgan supports image_size 32 or 64, got {self.image_size}")
+        if self.image_size < 4 or self.image_channels not in (1, 3):
+            raise ValueError(
+                f"image must be 1 or 3 channels and at least 4x4, got "
+                f"{self.image_channels}x{self.image_size}x{self.image_size}"
+            )
+        if self.latent_dim < 1 or self.width < 1 or self.num_classes < 0:
+            raise ValueError("latent_dim and width must be positive, num_classes >= 0")
+
+    @property
+    def conditional(self) -> bool:
+        return self.num_classes > 0
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (self.image_channels, self.image_size, self.image_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["arch"] = self.arch.value
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        known = set(cls.__dataclass_fields__)
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model config fields: {sorted(unknown)}")
+        return cls(**d)
+
+
+class DatasetName(str, Enum):
+    digits = "digits"
+    mnist = "mnist"
+    fashion_mnist = "fashion-mnist"
+    cifar10 = "cifar10"
+    folder = "folder"
+    fake = "fake"
 
 
 @dataclass(frozen=True)
@@ -77,47 +139,46 @@ class Preset:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
+class PresetName(str, Enum):
+    digits_cdcgan = "digits-cdcgan"
+    digits_dcgan = "digits-dcgan"
+    seed_mlp = "seed-mlp"
+    dcgan64 = "dcgan64"
+
+
 PRESETS: dict[str, Preset] = {
-    "digits-cdcgan": Preset(
+    PresetName.digits_cdcgan.value: Preset(
         "conditional DCGAN 32x32 on digits (the default)",
         ModelConfig(arch="dcgan", image_size=32, num_classes=10, width=32),  # type: ignore[arg-type]
         TrainConfig(
             steps=2000, batch_size=64, ema_decay=0.999, diversity_weight=0.5, translate=0.125
         ),
     ),
-    "digits-dcgan": Preset(
+    PresetName.digits_dcgan.value: Preset(
         "unconditional DCGAN 32x32 on digits",
         ModelConfig(arch="dcgan", image_size=32, width=32),  # type: ignore[arg-type]
         TrainConfig(
             steps=3000, batch_size=64, ema_decay=0.999, diversity_weight=0.5, translate=0.125
         ),
     ),
-    "seed-mlp": Preset(
+    PresetName.seed_mlp.value: Preset(
         "the classic MLP GAN (latent 100 -> 256 -> 512 -> 1024), fixed, on digits 32x32",
         ModelConfig(arch="mlp", image_size=32, width=64),  # type: ignore[arg-type]
         TrainConfig(steps=3000, batch_size=64),
     ),
-    "dcgan64": Preset(
+    PresetName.dcgan64.value: Preset(
         "the reference DCGAN-64 (pytorch/examples), RGB 64x64; pair with --dataset",
         ModelConfig(arch="dcgan", image_size=64, image_channels=3, width=64),  # type: ignore[arg-type]
         TrainConfig(steps=5000, batch_size=64),
     ),
 }
-DEFAULT_PRESET = "digits-cdcgan"
+DEFAULT_PRESET = PresetName.digits_cdcgan.value
 
 
 def preset(name: str) -> Preset:
     if name not in PRESETS:
         raise UsageError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
     return PRESETS[name]
-
-
-def saved_train_config(ckpt: Checkpoint, source: Path) -> TrainConfig:
-    """The checkpoint's train config; fields it predates take their defaults."""
-    try:
-        return TrainConfig.from_dict(ckpt.train_config)
-    except (CheckpointError, TypeError, ValueError, UsageError) as e:
-        raise CheckpointError(f"{source} has an invalid train config: {e}") from None
 
 
 def with_overrides(base: Preset, **overrides: Any) -> tuple[ModelConfig, TrainConfig]:

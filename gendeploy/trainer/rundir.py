@@ -18,9 +18,8 @@ from gendeploy.errors import CheckpointError, UsageError
 from gendeploy.fileio import atomic_write
 from gendeploy.trainer import plots
 from gendeploy.trainer.checkpoint import Checkpoint, save_checkpoint
-from gendeploy.trainer.config import TrainConfig
-from gendeploy.trainer.data import DatasetName
-from gendeploy.trainer.models import ModelConfig, recalibrate_batchnorm
+from gendeploy.trainer.config import DatasetName, ModelConfig, TrainConfig
+from gendeploy.trainer.models import recalibrate_batchnorm
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
