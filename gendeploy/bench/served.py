@@ -16,13 +16,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from gendeploy.bench.loadloop import load_loop
-from gendeploy.bench.results import ServedResult
+from gendeploy.bench.results import ServedResult, ServedSweep
 from gendeploy.bench.sweep import make_feeds
 from gendeploy.bench.timing import StabilityRule
 from gendeploy.errors import GendeployError, ServeError
@@ -175,50 +176,47 @@ def served_sweep(
     threads: int,
     module: Any,
     say: Any,
-) -> dict[str, Any]:
+) -> ServedSweep:
     """Serve the export's python-backend model and sweep concurrency over HTTP and gRPC."""
     model = manifest.name
     exe = find_perf_analyzer()
     pa_version = perf_analyzer_version(exe) if exe else ""
     tool = "perf_analyzer" if exe else "tritonclient load loop"
-    result: dict[str, Any] = {
-        "model": f"{model} (python backend, ONNX Runtime CPU inside, {threads} threads)",
-        "tool": tool,
-        "perf_analyzer": str(exe) if exe else f"not found (set {PERF_ANALYZER_ENV})",
-        "perf_analyzer_version": pa_version,
-        "results": [],
-        "errors": [],
-    }
+    result = ServedSweep(
+        model=f"{model} (python backend, ONNX Runtime CPU inside, {threads} threads)",
+        tool=tool,
+        perf_analyzer=str(exe) if exe else f"not found (set {PERF_ANALYZER_ENV})",
+        perf_analyzer_version=pa_version,
+    )
     repo = work / "triton_repo" / model
     try:
-        options = RepoOptions(intra_op_threads=threads)
+        options = RepoOptions(intra_op_threads=threads, instances=suite.instances)
         if suite.queue_delay_us is not None:
-            options = RepoOptions(intra_op_threads=threads, queue_delay_us=suite.queue_delay_us)
-        result["queue_delay_us"] = options.queue_delay_us
+            options = replace(options, queue_delay_us=suite.queue_delay_us)
+        result.queue_delay_us, result.instances = options.queue_delay_us, options.instances
         write_repo(manifest, repo, options, export_dir=export_dir)
         # the launcher loads only what this server's backends can serve (not <name>_onnx here)
         with TritonServer(repo, log_path=work / f"{model}-tritonserver.log") as srv:
-            result["triton_version"] = triton_version(srv.http_url)
-            say(f"[{model}] tritonserver {result['triton_version']} up; load from {tool}")
+            result.triton_version = triton_version(srv.http_url)
+            say(f"[{model}] tritonserver {result.triton_version} up; load from {tool}")
             check_batch = min(8, manifest.batch.max)
             check = make_feeds(check_batch, manifest.latent_dim, manifest.num_classes, seed=1)
             reference = EagerRunner(module, threads=threads).run(check)
-            result["max_abs_diff"] = {}
             for protocol in ("http", "grpc"):
                 url = srv.http_url if protocol == "http" else srv.grpc_url
                 with TritonRunner(url, model, protocol) as client:
                     out = client.run(check)
-                result["max_abs_diff"][protocol] = float(f"{np.max(np.abs(out - reference)):.3g}")
+                result.max_abs_diff[protocol] = float(f"{np.max(np.abs(out - reference)):.3g}")
                 one = make_feeds(1, manifest.latent_dim, manifest.num_classes, seed=2)
                 for c in suite.concurrencies:
-                    r = _one_level(exe, url, model, protocol, c, one, suite, result["errors"])
-                    result["results"].append(r.to_dict())
+                    r = _one_level(exe, url, model, protocol, c, one, suite, result.errors)
+                    result.results.append(r)
                     say(
                         f"  served {protocol:<4} concurrency {c}: {r.images_per_s:8.1f} img/s"
                         f"  p50 {r.p50_ms:7.3f} ms ({r.tool}{'' if r.stable else ', not stable'})"
                     )
     except GendeployError as e:
-        result["skipped"] = str(e)
+        result.skipped = str(e)
         say(f"[{model}] served sweep skipped: {e}")
     return result
 

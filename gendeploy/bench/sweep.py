@@ -47,7 +47,6 @@ def sweep_batch(
     latent_dim: int,
     num_classes: int,
     flops_per_image: int,
-    peaks: dict[str, float],
     rule: StabilityRule,
     clock: Clock = time.perf_counter,
     log: Log | None = None,
@@ -90,9 +89,7 @@ def sweep_batch(
     cells = []
     for name, m in results.items():
         precision = runners[name].precision
-        cells.append(
-            _cell(name, precision, batch, m, flops_per_image, peaks, eager_ips, diffs, memory)
-        )
+        cells.append(_cell(name, precision, batch, m, flops_per_image, eager_ips, diffs, memory))
         if log:
             c = cells[-1]
             log(
@@ -108,14 +105,12 @@ def _cell(
     batch: int,
     m: Measurement,
     flops_per_image: int,
-    peaks: dict[str, float],
     eager_ips: float,
     diffs: dict[str, float],
     memory: dict[str, float],
 ) -> CellResult:
     ips = batch * m.calls_per_s
     gflops = ips * flops_per_image / 1e9
-    peak = peaks.get("fp32", 0.0)
     return CellResult(
         runner=name,
         precision=precision,
@@ -123,7 +118,6 @@ def _cell(
         **m.latency_fields(),
         images_per_s=round(ips, 2),
         gflops=round(gflops, 2),
-        peak_fraction=round(gflops / peak, 4) if peak else 0.0,
         speedup=round(ips / eager_ips, 3) if eager_ips else 0.0,
         max_abs_diff=float(f"{diffs[name]:.3g}"),
         peak_rss_mib=memory[name],
