@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from gendeploy.errors import UsageError
 from gendeploy.runtime.tensorrt import tensorrt_availability
 
 
+@pytest.mark.slow  # end to end, over 10 s here
 @pytest.mark.triton
 def test_tiny_bench_runs_every_path_including_the_served_one(tmp_path: Path) -> None:
     from gendeploy.bench.run import run_bench
@@ -103,7 +105,7 @@ def test_perf_analyzer_input_data_sends_one_request_with_rank1_tensors_as_one_el
 def test_served_load_is_measured_by_perf_analyzer_and_by_the_fallback_loop(tmp_path: Path) -> None:
     from gendeploy.bench.loadloop import load_loop
     from gendeploy.bench.run import prepare_checkpoint
-    from gendeploy.bench.served import find_perf_analyzer, run_perf_analyzer
+    from gendeploy.bench.served import find_perf_analyzer, run_perf_analyzer, triton_version
     from gendeploy.bench.suites import TINY
     from gendeploy.bench.sweep import make_feeds
     from gendeploy.bench.timing import StabilityRule
@@ -125,6 +127,7 @@ def test_served_load_is_measured_by_perf_analyzer_and_by_the_fallback_loop(tmp_p
     # perf_analyzer 2.49 needs trials to spare to call 3 windows stable, more so on a busy host
     rule = StabilityRule(window_s=0.2, max_windows=12, tolerance=0.5)
     with TritonServer(tmp_path / "repo") as server:
+        assert re.fullmatch(r"\d+\.\d+\.\d+", triton_version(server.http_url))  # its metadata
         looped = load_loop(server.grpc_url, "tiny", "grpc", 2, feeds, rule)
         assert looped.tool == "tritonclient load loop" and looped.concurrency == 2
         assert looped.images_per_s > 0 and 0 < looped.p50_ms <= looped.p99_ms

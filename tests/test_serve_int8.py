@@ -22,6 +22,7 @@ from gendeploy.serve.server import TritonServer
 pytestmark = pytest.mark.triton
 
 
+@pytest.mark.slow  # end to end, over 10 s here
 def test_the_int8_model_is_served_with_openvino_and_matches_it_in_process(tmp_path: Path) -> None:
     require_tritonserver()
     checkpoint = make_checkpoint(TINY_CONDITIONAL, tmp_path / "c.pt")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 from gendeploy.bench.flops import flops_per_image
 from gendeploy.bench.suites import STYLEGAN32, BenchModel, Suite, UserModel, get_suite
 from gendeploy.bench.timing import StabilityRule
@@ -26,6 +28,7 @@ def test_the_default_bench_suite_has_the_stylegan_example() -> None:
     assert (EXAMPLE / "run.sh").is_file()
 
 
+@pytest.mark.slow  # end to end, over 10 s here
 def test_the_bench_exports_and_times_the_example_with_its_truncation_input(tmp_path: Path) -> None:
     from gendeploy.bench.run import run_bench
 

@@ -303,6 +303,7 @@ def test_a_checkpoint_from_before_a_train_setting_existed_still_resumes(tmp_path
     assert load_checkpoint(path).step == 4
 
 
+@pytest.mark.slow  # end to end, over 10 s here
 def test_resume_keeps_the_runs_own_settings(tmp_path: Path) -> None:
     common = ["train", "--dataset", "fake", "--batch-size", "8", "--width", "8", "--out", "run"]
     common += ["--no-eval", "--no-progress", "--checkpoint-every", "2"]
@@ -426,6 +427,7 @@ def test_a_run_config_json_is_named_as_json_not_as_a_checkpoint(
     ]
 
 
+@pytest.mark.slow  # end to end, over 10 s here
 def test_a_killed_run_loses_at_most_one_checkpoint_interval(tmp_path: Path) -> None:
     args = [
         "train",
@@ -471,6 +473,7 @@ def test_a_killed_run_loses_at_most_one_checkpoint_interval(tmp_path: Path) -> N
     assert steps == list(range(1, int(target) + 1))  # no step logged twice after the kill
 
 
+@pytest.mark.slow  # end to end, over 10 s here
 def test_two_process_ddp_training_with_torchrun(tmp_path: Path) -> None:
     torchrun = Path(sys.executable).with_name("torchrun")
     result = subprocess.run(

@@ -30,7 +30,7 @@ from gendeploy.errors import GendeployError, ServeError
 from gendeploy.fileio import cache_dir
 from gendeploy.runtime.base import Feeds
 from gendeploy.runtime.eager import EagerRunner
-from gendeploy.runtime.triton import TritonRunner
+from gendeploy.runtime.triton import TritonRunner, connect
 from gendeploy.serve.repo import RepoOptions, write_repo
 from gendeploy.serve.server import TritonServer
 
@@ -159,13 +159,16 @@ def run_perf_analyzer(
 
 
 def triton_version(http_url: str) -> str:
-    import urllib.request
+    """The server's version from its metadata ('' where it does not say)."""
+    from tritonclient.utils import InferenceServerException
 
+    client = connect(http_url, "http", timeout_s=5.0)
     try:
-        with urllib.request.urlopen(f"http://{http_url}/v2", timeout=5) as r:
-            return str(json.loads(r.read()).get("version", ""))
-    except (OSError, ValueError):
+        return str(client.get_server_metadata().get("version", ""))
+    except (OSError, InferenceServerException):
         return ""
+    finally:
+        client.close()
 
 
 def served_sweep(
