@@ -36,7 +36,20 @@ class ValidationError(ExportError):
 
 class QualityError(ValidationError):
     """A reduced-precision artifact draws differently from FP32 (per-seed PSNR, distribution, digits
-    score), or a generator cannot be scored: nothing is published."""
+    score): nothing is published. ``artifact`` names the refused artifact ("int8", "fp16"...)."""
+
+    def __init__(self, message: str, artifact: str | None = None) -> None:
+        super().__init__(message)
+        self.artifact = artifact
+
+
+class UnscorableError(QualityError):
+    """The quality gate cannot score this generator (FP32's samples have no noise floor or are not
+    finite), so no reduced precision can be gated."""
+
+
+class QuantizationError(ExportError):
+    """INT8 post-training quantization itself failed (NNCF could not quantize the graph)."""
 
 
 class MissingDependencyError(GendeployError):

@@ -2,8 +2,9 @@
 # The prepared GPU check: on a machine with a CUDA GPU and TensorRT (10.x or 11.x), export the
 # DCGAN-64 generator with TensorRT FP16 and INT8 (explicit, from the QDQ ONNX) engines, gate them
 # against eager PyTorch (tensors + quality gate), time them beside eager CUDA, and run the tests
-# marked `gpu` (StyleGAN-class engines with FP32 islands included). Writes everything under
-# OUT_DIR. ~3-7 minutes.
+# marked `gpu` (StyleGAN-class engines with FP32 islands included); each engine's per-layer
+# precision is read back with TensorRT's engine inspector (INT8 / FP16 must show). Writes
+# everything under OUT_DIR. ~3-7 minutes.
 #   usage: bash scripts/gpu_check.sh OUT_DIR      (make gpu-check OUT=dir)
 #   PYTHON=/path/to/python overrides the interpreter (default .venv/bin/python, else python3).
 set -uo pipefail

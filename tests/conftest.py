@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -46,3 +50,46 @@ def make_checkpoint(tmp_path: Path) -> MakeCheckpoint:
         return write_checkpoint(config, tmp_path / "runs" / run / "checkpoint.pt", seed)
 
     return make
+
+
+def _descendants(root: int) -> dict[int, str]:
+    """Live (not zombie) processes under ``root``, by pid, with their command lines."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if fields[0] != "Z":
+                parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found: dict[int, str] = {}
+    todo = [root]
+    while todo:
+        for pid in parents.get(todo.pop(), []):
+            with contextlib.suppress(OSError):
+                found[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            todo.append(pid)
+    return found
+
+
+def _strays() -> dict[int, str]:
+    # Python's own multiprocessing helpers (the resource tracker, a forkserver) live as long
+    # as the interpreter that started them, by design
+    return {
+        pid: cmd
+        for pid, cmd in _descendants(os.getpid()).items()
+        if "from multiprocessing." not in cmd
+    }
+
+
+@pytest.fixture(autouse=True, scope="module")
+def no_stray_processes() -> Iterator[None]:
+    """Every server, stub and client a test module starts is stopped by its end: a stray one
+    would eat the CPU that later modules measure with (and is a leak the product must not
+    have). Stragglers get a few seconds, then are killed and reported as an error."""
+    yield
+    deadline = time.monotonic() + 10
+    while (left := _strays()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for pid in left:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    assert not left, f"processes left running by this module: {left}"

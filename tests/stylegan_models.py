@@ -212,3 +212,126 @@ class Overflowing(nn.Module):
         x = F.conv2d(x, w.reshape(-1, 4, 3, 3), padding=1, groups=n).reshape(n, 4, 8, 8)
         x = torch.tanh((x * 30000.0) / 30000.0)
         return torch.tanh(self.torgb(x))
+
+
+def nvlabs_modulated_conv(
+    x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, demodulate: bool, fused: bool
+) -> torch.Tensor:
+    """The order of operations of NVlabs' eval-mode ``modulated_conv2d``: the batch size is made
+    a Python int before the grouped convolution, so tracing specializes it."""
+    batch_size = x.shape[0]
+    _, in_channels, kh, kw = weight.shape
+    w = weight.unsqueeze(0) * styles.reshape(batch_size, 1, -1, 1, 1)  # N x O x I x k x k
+    dcoefs = (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt() if demodulate else None  # N x O
+    if not fused:
+        x = F.conv2d(x * styles.reshape(batch_size, -1, 1, 1), weight, padding=kh // 2)
+        return x * dcoefs.reshape(batch_size, -1, 1, 1) if dcoefs is not None else x
+    if dcoefs is not None:
+        w = w * dcoefs.reshape(batch_size, -1, 1, 1, 1)
+    batch_size = int(batch_size)
+    x = x.reshape(1, -1, *x.shape[2:])
+    w = w.reshape(-1, in_channels, kh, kw)
+    x = F.conv2d(x, w, padding=kh // 2, groups=batch_size)
+    return x.reshape(batch_size, -1, *x.shape[2:])
+
+
+class NVLayer(nn.Module):
+    def __init__(self, cin: int, cout: int, k: int, demodulate: bool) -> None:
+        super().__init__()
+        self.affine = nn.Linear(LATENT, cin)
+        self.weight = nn.Parameter(torch.randn(cout, cin, k, k))
+        self.demodulate = demodulate
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor, fused: bool) -> torch.Tensor:
+        return nvlabs_modulated_conv(x, self.weight, self.affine(w) + 1, self.demodulate, fused)
+
+
+class NVLabsStyle(nn.Module):
+    """Mapping, constant, a modulated 3x3 and a 1x1 toRGB through ``nvlabs_modulated_conv``;
+    ``fused_modconv=False`` is the non-fused path NVlabs' code has too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mapping = nn.Sequential(nn.Linear(LATENT, LATENT), nn.LeakyReLU(0.2))
+        self.const = nn.Parameter(torch.randn(4, 8, 8))
+        self.conv0 = NVLayer(4, 4, 3, demodulate=True)
+        self.torgb = NVLayer(4, 3, 1, demodulate=False)
+
+    def forward(self, z: torch.Tensor, fused_modconv: bool = True) -> torch.Tensor:
+        w = self.mapping(z)
+        x = self.const.unsqueeze(0).repeat([w.shape[0], 1, 1, 1])
+        x = F.leaky_relu(self.conv0(x, w, fused_modconv), 0.2)
+        return torch.tanh(self.torgb(x, w, fused_modconv))
+
+
+class BatchBranch(NVLabsStyle):
+    """Branches in Python on the batch size it made an int: not the same graph at 2 and 3."""
+
+    def forward(self, z: torch.Tensor, fused_modconv: bool = True) -> torch.Tensor:
+        out = super().forward(z, fused_modconv)
+        return out * 1.0 if int(z.shape[0]) % 2 else out
+
+
+class DataDependentBranch(FusedModulated):
+    """A Python branch on a tensor's value: torch.export cannot capture it."""
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        w = self.mapping(z)
+        if float(w.abs().max()) > 1000.0:
+            w = w / 2
+        return self.synthesis(w)
+
+
+class MisalignedProduct(nn.Module):
+    """A product of a shared weight and per-sample styles laid out [N, 2, 8, 3, 3] but convolved
+    as [N*4, 4, 3, 3]: its axes are not the convolution's, so only the batched form is right."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.const = nn.Parameter(torch.randn(4, 8, 8))
+        self.affine = nn.Linear(LATENT, 8)
+        self.weight = nn.Parameter(torch.randn(2, 8, 3, 3) * 0.3)
+        self.torgb = nn.Conv2d(4, 3, 1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        n = z.shape[0]
+        w = self.weight.unsqueeze(0) * self.affine(z).reshape(n, 1, -1, 1, 1)  # N x 2 x 8 x 3 x 3
+        x = self.const.unsqueeze(0).expand(n, -1, -1, -1).reshape(1, -1, 8, 8)
+        x = F.conv2d(x, w.reshape(-1, 4, 3, 3), padding=1, groups=n).reshape(n, 4, 8, 8)
+        return torch.tanh(self.torgb(x))
+
+
+class ChunkedByFour(NVLabsStyle):
+    """Runs its batch in chunks of at most 4 (a ``split(batch_gpu)`` loop)."""
+
+    def forward(self, z: torch.Tensor, fused_modconv: bool = True) -> torch.Tensor:
+        parts = [super(ChunkedByFour, self).forward(part, fused_modconv) for part in z.split(4)]
+        return torch.cat(parts)
+
+
+class CountsBatches(FusedModulated):
+    """Records the batch sizes it runs at outside of a capture."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[int] = []
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if not torch.compiler.is_exporting():
+            self.seen.append(int(z.shape[0]))
+        return super().forward(z)
+
+
+class IgnoresTruncation(FusedModulated):
+    """Takes ``truncation_psi`` and does nothing with it."""
+
+    def forward(self, z: torch.Tensor, truncation_psi: float = 0.7) -> torch.Tensor:
+        return super().forward(z)
+
+
+class RandomWithNoiseBuffer(ConstantNoise):
+    """Has a noise buffer (so --noise seeded finds one) and also draws random numbers in forward."""
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        noise = self.noise_const * self.noise_strength + torch.randn(z.shape[0], 1, 8, 8)
+        return self.synthesis(self.mapping(z), [noise])

@@ -4,6 +4,7 @@ export with truncation and noise, and ``gendeploy.export_generator`` on a module
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -29,10 +30,16 @@ from gendeploy.export.manifest import (
     TensorSpec,
     load_manifest,
 )
-from gendeploy.export.onnx_graph import sample_inputs
-from gendeploy.export.rewrite import batched_conv2d, modulated_conv2d, rewrite_batch_grouped
+from gendeploy.export.onnx_graph import export_fp32, sample_inputs
+from gendeploy.export.rewrite import (
+    batched_conv2d,
+    modulated_conv2d,
+    rewrite_batch_grouped,
+    verify,
+)
 from gendeploy.export.signature import parse_forward_kwargs
 from gendeploy.export.source import load_eager
+from gendeploy.runtime.onnxrt import OnnxRuntimeRunner
 from gendeploy.serve.backend_model import RequestError, draw_latents, draw_noise, parse_extras
 from gendeploy.serve.repo import RepoOptions, model_config
 
@@ -97,6 +104,42 @@ def test_the_rewrite_finds_each_batch_grouped_convolution_and_its_form() -> None
             assert torch.allclose(graph(z), model(z), atol=1e-5)
 
 
+def test_a_rewrite_is_checked_against_eager_at_1_2_3_and_the_max_batch(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    module = sm.CountsBatches().eval()
+    exported = export_fp32(module, tmp_path / "fp32.onnx", sm.LATENT, 0, max_batch=16)
+    assert [r.form for r in exported.rewrites] == ["modulated"] * 3
+    assert {1, 2, 3, 16} <= set(module.seen)
+
+
+def test_a_per_sample_product_whose_axes_are_not_the_convolutions_gets_the_batched_form(
+    tmp_path: Path,
+) -> None:
+    """[N, 2, 8, 3, 3] viewed as [N*4, 4, 3, 3]: the style's axis spans two convolution channels,
+    so modulating the input would be wrong; the batched form is exact."""
+    torch.manual_seed(0)
+    module = sm.MisalignedProduct().eval()
+    exported = export_fp32(module, tmp_path / "fp32.onnx", sm.LATENT, 0, max_batch=16)
+    assert [(r.form, r.kernel) for r in exported.rewrites] == [("batched", [4, 4, 3, 3])]
+    runner = OnnxRuntimeRunner(tmp_path / "fp32.onnx")
+    for batch in (1, 3, 16):
+        z = draw_latents(list(range(batch)), sm.LATENT)
+        with torch.no_grad():
+            eager = module(torch.from_numpy(z)).numpy()
+        assert np.abs(runner.run({"z": z}) - eager).max() <= 1e-4
+
+
+def test_a_rewritten_graph_that_fails_to_run_is_a_one_line_export_error() -> None:
+    def broken(z: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("shape '[2, 4, 3, 3]' is invalid for input of size 144\nTraceback")
+
+    with pytest.raises(ExportError, match=r"^rewriting x does not run at batch 1 \(RuntimeError: "):
+        verify(torch.tanh, broken, lambda n: (torch.randn(n, 2),), "rewriting x", [1, 2])
+    with pytest.raises(ExportError, match="rewriting x changed the output by 1 at batch 2"):
+        verify(torch.tanh, lambda z: torch.tanh(z) + (len(z) > 1), lambda n: (torch.randn(n, 2),),
+               "rewriting x", [1, 2])  # fmt: skip
+
+
 def test_forward_kwargs_parse_to_typed_values_and_bad_ones_are_refused() -> None:
     parsed = parse_forward_kwargs("noise_mode=const, fused_modconv=false,psi=0.7,n=3,x=none")
     assert parsed == {
@@ -141,6 +184,15 @@ def test_requests_get_the_models_truncation_and_noise_or_a_clear_refusal() -> No
     ]:
         with pytest.raises(RequestError, match=message):
             parse_extras(*args)
+    # psi: within the manifest's truncation_range, both ends included; unchecked without one
+    psi = np.array([[-1.0], [2.0]], np.float32)
+    ranged = {**interface, "truncation_range": [-1.0, 2.0]}
+    np.testing.assert_array_equal(
+        parse_extras(psi, None, np.array([1, 2]), 2, ranged)["truncation"], psi
+    )
+    with pytest.raises(RequestError, match=r"truncation 2.5 is out of range \[-1, 2\]"):
+        parse_extras(psi + 0.5, None, np.array([1, 2]), 2, ranged)
+    assert parse_extras(psi * 3, None, np.array([1, 2]), 2, interface)["truncation"].max() == 6.0
 
 
 def test_triton_configs_of_an_export_with_truncation_and_seeded_noise() -> None:
@@ -196,6 +248,51 @@ def test_export_generator_on_a_module_in_memory(tmp_path: Path) -> None:
         gendeploy.export_generator(
             module, latent_dim=8, image_shape=(3, 8, 8), forward_kwargs={"mode": [1]}
         )
+
+
+GENERATOR_SOURCE = """
+import torch
+from torch import nn
+
+
+class Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 3 * 4 * 4)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.linear(z)).reshape(-1, 3, 4, 4){edit}
+"""
+
+
+def _import_tiny(path: Path, edit: str) -> torch.nn.Module:
+    path.write_text(GENERATOR_SOURCE.format(edit=edit))
+    spec = importlib.util.spec_from_file_location("notebook_tiny", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.Tiny()
+
+
+def test_an_in_memory_export_is_not_up_to_date_once_the_models_code_changed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    torch.manual_seed(0)
+    first = _import_tiny(tmp_path / "tiny.py", "")
+    out = tmp_path / "tiny"
+    gendeploy.export_generator(first, latent_dim=4, image_shape=(3, 4, 4), out=out, max_batch=2)
+    assert capsys.readouterr().out.splitlines()[-1].startswith(f"published {out}")  # default log
+    same = _import_tiny(tmp_path / "tiny.py", "")
+    same.load_state_dict(first.state_dict())
+    gendeploy.export_generator(same, latent_dim=4, image_shape=(3, 4, 4), out=out, max_batch=2)
+    assert capsys.readouterr().out.startswith(f"up to date: {out}")
+    edited = _import_tiny(tmp_path / "tiny.py", " * 0.5")  # the same weights, another forward
+    edited.load_state_dict(first.state_dict())
+    with pytest.raises(UsageError, match="holds another export"):
+        gendeploy.export_generator(
+            edited, latent_dim=4, image_shape=(3, 4, 4), out=out, max_batch=2, log=None
+        )
+    assert capsys.readouterr().out == ""  # log=None is silent
 
 
 def test_import_gendeploy_does_not_import_torch() -> None:

@@ -9,6 +9,8 @@ line.
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +30,8 @@ from gendeploy.cli import app
 from gendeploy.errors import ValidationError
 from gendeploy.export import fp16_islands, gate
 from gendeploy.export.inmemory import export_generator
-from gendeploy.export.manifest import ArtifactKind, Manifest, load_manifest
-from gendeploy.export.signature import serving_module
+from gendeploy.export.manifest import ArtifactKind, Manifest, Precision, load_manifest
+from gendeploy.export.signature import TRUNCATION_RANGE, serving_module
 from gendeploy.export.source import load_eager, load_module, make_artifact
 from gendeploy.runtime.eager import EagerRunner
 from gendeploy.runtime.onnxrt import OnnxRuntimeRunner
@@ -52,6 +54,7 @@ class Case:
     form: str  # the rewrite every batch-grouped convolution gets
     classes: int = 0
     noise: str = "const"
+    fp16: bool = False
 
 
 CASES = {
@@ -59,9 +62,11 @@ CASES = {
     "nodemod": Case(sm.FusedModulatedNoDemod, "modulated"),
     "constnoise": Case(sm.ConstantNoise, "modulated"),
     "seedednoise": Case(sm.ConstantNoise, "modulated", noise="seeded"),
-    "truncation": Case(sm.Truncated, "modulated"),
+    "truncation": Case(sm.Truncated, "modulated", fp16=True),
     "onehot": Case(sm.OneHotConditional, "modulated", classes=sm.CLASSES),
     "persample": Case(sm.PerSampleToRGB, "batched"),
+    # NVlabs' int(batch_size) before the grouped convolution: made symbolic again, then rewritten
+    "nvlabs": Case(sm.NVLabsStyle, "modulated"),
 }
 
 
@@ -92,6 +97,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Exported]:
             name=name,
             max_batch=MAX_BATCH,
             noise=case.noise,
+            fp16=case.fp16,
         )
         found[name] = Exported(module, manifest, root / name)
     return found
@@ -237,6 +243,121 @@ def test_truncation_is_optional_per_request_and_generate_takes_it(
     assert "takes no truncation: drop --truncation" in str(refused.exception)
 
 
+def test_psi_range_is_recorded_and_the_gate_runs_its_ends(exported: dict[str, Exported]) -> None:
+    interface = exported["truncation"].manifest.interface
+    assert interface.truncation_range == list(TRUNCATION_RANGE)
+    assert exported["modulated"].manifest.interface.truncation_range == []  # takes no psi
+    feeds = gate.gate_inputs(sm.LATENT, 0, interface=interface)
+    psi = set(np.concatenate([f["truncation"].ravel() for f in feeds]).tolist())
+    expected = [interface.truncation_default, 1.0, *TRUNCATION_RANGE]
+    assert psi >= set(np.array(expected, np.float32).tolist())
+    # the FP16 range probe runs on the same inputs, plus z from the tails
+    probe = fp16_islands.range_feeds(gate.gate_inputs(sm.LATENT, 0, interface=interface))
+    assert np.abs(probe[-1]["z"]).max() > np.abs(probe[0]["z"]).max()
+
+
+def test_fp16_keeps_the_demodulation_chain_fp32_by_pattern(exported: dict[str, Exported]) -> None:
+    """rsqrt(sum(w^2) + eps) and where it is applied stay FP32 in the FP16 ONNX although their
+    values on the gate's inputs are far below the limits the range probe keeps FP32 for."""
+    item = exported["truncation"]
+    fp16 = item.manifest.artifact("fp16")
+    assert fp16.validation["passed"] is True
+    kept = {i["node"]: i for i in fp16.extra["fp32_layers"] if i["reason"] == "normalization"}
+    graph = onnx.shape_inference.infer_shapes(onnx.load(str(item.export_dir / fp16.path))).graph
+    dtype = {v.name: v.type.tensor_type.elem_type for v in graph.value_info}
+    demod = [n for n in graph.node if n.op_type in ("Pow", "ReduceSum", "Sqrt", "Reciprocal")]
+    # conv0 and conv1 demodulate (the toRGB does not): square, sum, sqrt, reciprocal each
+    assert sorted(n.op_type for n in demod) == sorted(
+        ["Pow", "ReduceSum", "Sqrt", "Reciprocal"] * 2
+    )
+    for node in demod:
+        assert node.name in kept, node.name
+        assert dtype[node.output[0]] == onnx.TensorProto.FLOAT, node.name
+        assert kept[node.name]["max_abs"] < fp16_islands.LIMITS[-1]  # not chosen by the probe
+    applied = [kept[n] for n in kept if kept[n]["op"] == "Mul"]
+    assert len(applied) >= 2  # the demodulation applied to each conv's output, in FP32
+    fp32 = {n.name for n in graph.node if n.op_type == "Conv"}
+    assert fp32 and not fp32 & set(kept)  # the convolutions themselves run in FP16
+
+
+def test_fp16_normalization_chains_are_found_by_pattern_not_every_reduction() -> None:
+    """x * rsqrt(sum(x^2) + eps) is a chain; x - mean(x) and a plain sum are not."""
+    h = onnx.helper
+    nodes = [
+        h.make_node("Mul", ["x", "x"], ["sq"], name="square"),
+        h.make_node("ReduceSum", ["sq", "axes"], ["ss"], name="sum_sq"),
+        h.make_node("Add", ["ss", "eps"], ["sse"], name="add_eps"),
+        h.make_node("Sqrt", ["sse"], ["norm"], name="sqrt"),
+        h.make_node("Reciprocal", ["norm"], ["inv"], name="rsqrt"),
+        h.make_node("Mul", ["x", "inv"], ["demod"], name="apply"),
+        h.make_node("ReduceMean", ["x", "axes"], ["mean"], name="mean"),
+        h.make_node("Sub", ["demod", "mean"], ["centred"], name="centre"),
+        h.make_node("ReduceSum", ["centred", "axes"], ["total"], name="plain_sum"),
+        h.make_node("Mul", ["total", "eps"], ["y"], name="scale"),
+    ]
+    x = h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 4])
+    y = h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 1])
+    inits = [
+        onnx.numpy_helper.from_array(np.array([1], np.int64), "axes"),
+        onnx.numpy_helper.from_array(np.array(1e-8, np.float32), "eps"),
+    ]
+    model = h.make_model(h.make_graph(nodes, "g", [x], [y], inits))
+    found = {n.name for n in fp16_islands.normalization_chains(model)}
+    assert found == {"square", "sum_sq", "add_eps", "sqrt", "rsqrt", "apply"}
+
+
+def test_fp16_at_the_ends_of_the_psi_range_stays_finite(exported: dict[str, Exported]) -> None:
+    """With FP16 storage emulated (ONNX Runtime CPU computes FP16 nodes in FP32 otherwise)."""
+    item = exported["truncation"]
+    emulated = item.export_dir.parent / "truncation_fp16_storage.onnx"
+    fp16 = onnx.load(str(item.export_dir / item.manifest.artifact("fp16").path))
+    onnx.save(fp16_islands.emulate_fp16_storage(fp16), str(emulated))
+    fp32 = OnnxRuntimeRunner(item.export_dir / "fp32.onnx")
+    tolerance = gate.TOLERANCES[Precision.fp16].max_abs
+    with OnnxRuntimeRunner(emulated, optimize=False) as runner:
+        for psi in (*item.manifest.interface.truncation_range, 1.0):
+            feeds = full_feeds(item, list(range(16)), [psi] * 16)
+            out = runner.run(feeds)
+            assert np.isfinite(out).all(), psi
+            assert np.abs(out - fp32.run(feeds)).max() <= tolerance, psi
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_served_psi_outside_the_checked_range_is_refused(
+    exported: dict[str, Exported], server: TritonServer, protocol: str
+) -> None:
+    item = exported["truncation"]
+    lo, hi = item.manifest.interface.truncation_range
+    url = server.http_url if protocol == "http" else server.grpc_url
+    seeds = [1, 2, 3]
+    with TritonRunner(url, "truncation", protocol) as runner:
+        for bad in (hi + 0.5, lo - 0.5):
+            request = {
+                "seed": np.array(seeds),
+                "truncation": np.array([[0.5], [bad], [1.0]], np.float32),
+            }
+            with pytest.raises(InferenceError, match=rf"truncation {bad:g} is out of range") as e:
+                runner.run(request)
+            assert e.value.status == (
+                "400" if protocol == "http" else "StatusCode.INVALID_ARGUMENT"
+            )
+        at_max = runner.run(
+            {"seed": np.array(seeds), "truncation": np.full((3, 1), hi, np.float32)}
+        )
+    assert np.isfinite(at_max).all()
+    in_process = OnnxRuntimeRunner(item.export_dir / "fp32.onnx").run(
+        full_feeds(item, seeds, [hi] * 3)
+    )
+    np.testing.assert_allclose(at_max, in_process, atol=1e-6)
+    args = ["generate", "--url", server.http_url, "--model", "truncation", "--truncation"]
+    refused = CliRunner().invoke(
+        app, [*args, str(hi + 1), "-o", str(item.export_dir.parent / "x.png")]
+    )
+    assert refused.exit_code != 0
+    assert f"out of range [{lo:g}, {hi:g}]" in str(refused.exception)
+
+
 @pytest.mark.triton
 def test_a_one_hot_model_serves_integer_labels(
     exported: dict[str, Exported], server: TritonServer
@@ -285,8 +406,17 @@ def test_forward_kwargs_from_the_cli_are_applied_and_recorded(tmp_path: Path) ->
          "batch, and gendeploy rewrites only plain 2-d convolutions; options: the model's own "
          "non-fused path (--forward-kwargs, e.g. fused_modconv=false), or a static batch "
          "(--max-batch 1)"),
-        ("BatchAsInt", "error: the model turns the batch size into a constant while it is traced"),
+        ("BatchBranch", "error: the model turns the batch size into a constant while it is traced "
+         "(int(x.shape[0]), a Python branch or assert on it), and gendeploy cannot make it "
+         "symbolic again: its graph differs between batch 2 and 3 (a Python branch on the batch "
+         "size); its batch-grouped convolutions ('conv0', 'torgb': groups = batch over a [1, N*C, "
+         "H, W] view) cannot be exported with a dynamic batch as written; options: the model's "
+         "own non-fused path (NVlabs: --forward-kwargs fused_modconv=false), keep the batch "
+         "symbolic (x.shape[0], no int()), or a static batch (--max-batch 1)"),
         ("FusedModulated --forward-kwargs fused=true", "error: --forward-kwargs fused: "),
+        # randomness is what is wrong, not how the noise buffers broadcast
+        ("RandomWithNoiseBuffer --noise seeded", "error: the generator draws random numbers in "
+         "forward: the same input twice gives images"),
     ],
 )  # fmt: skip
 def test_generators_export_cannot_take_are_refused_with_one_line(
@@ -302,6 +432,83 @@ def test_generators_export_cannot_take_are_refused_with_one_line(
     assert len(stderr.strip().splitlines()) == 1, stderr
     assert stderr.startswith(message), stderr
     assert not out.exists()
+
+
+def test_a_model_that_makes_the_batch_an_int_gets_it_made_symbolic_again(tmp_path: Path) -> None:
+    """NVlabs' modulated_conv2d does int(batch_size): the export says so, records it, and the
+    ONNX takes any batch (the "nvlabs" case above serves it); the recorded layers are the
+    model's."""
+    torch.manual_seed(0)
+    weights = tmp_path / "int.safetensors"
+    save_file(sm.BatchAsInt().state_dict(), str(weights))
+    code, stdout, stderr = cli(
+        "export", "--model", f"{MODELS_FILE}:BatchAsInt", "--weights", str(weights),
+        "--latent-dim", "8", "--image-shape", "3,8,8", "--max-batch", "8",
+        "--out", str(tmp_path / "int"),
+    )  # fmt: skip
+    assert code == 0, stderr
+    assert "turns the batch size into a constant (int(x.shape[0])): captured at batch 2" in stdout
+    fp32 = load_manifest(tmp_path / "int").artifact("fp32")
+    assert "symbolic_batch" in fp32.extra
+    layers = [r["layer"] for r in fp32.extra["rewrites"]]
+    assert layers == ["synthesis.conv0", "synthesis.conv1", "synthesis.torgb"]
+    module = load_eager(load_manifest(tmp_path / "int"))
+    runner = OnnxRuntimeRunner(tmp_path / "int" / fp32.path)
+    for batch in (1, 5, 8):
+        feeds = {"z": draw_latents(list(range(batch)), sm.LATENT)}
+        assert np.abs(runner.run(feeds) - EagerRunner(module).run(feeds)).max() <= FP32_ATOL
+
+
+def test_a_graph_made_symbolic_that_holds_only_up_to_batch_4_is_refused(tmp_path: Path) -> None:
+    """Chunks of 4: at batch 2 and 3 the one chunk is the whole batch, so the graph made
+    symbolic from those captures holds up to batch 4 only; --max-batch 8 is refused."""
+    out = tmp_path / "chunked"
+    code, _, stderr = cli(
+        "export", "--model", f"{MODELS_FILE}:ChunkedByFour", "--latent-dim", "8",
+        "--image-shape", "3,8,8", "--max-batch", "8", "--out", str(out),
+    )  # fmt: skip
+    assert code != 0
+    assert len(stderr.strip().splitlines()) == 1, stderr
+    assert stderr.startswith("error: the model turns the batch size into a constant"), stderr
+    assert "<= 4" in stderr and "('conv0', 'torgb'" in stderr
+    assert not out.exists()
+
+
+def test_a_data_dependent_branch_before_a_grouped_convolution_is_one_line(tmp_path: Path) -> None:
+    """torch.export fails (a Python branch on a value), TorchScript then fails on the grouped
+    convolution and prints its IR from C++: the user sees one line naming the layers, nothing
+    else (a real process, so output written to the file descriptors counts too)."""
+    out = tmp_path / "branch"
+    result = subprocess.run(
+        [
+            sys.executable, "-c", "from gendeploy.cli import main; main()", "export", "--model",
+            f"{MODELS_FILE}:DataDependentBranch", "--latent-dim", "8", "--image-shape", "3,8,8",
+            "--max-batch", "4", "--out", str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: layers "), (
+        result.stderr[-2000:]
+    )
+    named = "'synthesis.conv0', 'synthesis.conv1', 'synthesis.torgb': a convolution with groups"
+    assert named in result.stderr and "GuardOnDataDependentSymNode" in result.stderr
+    assert "fused_modconv=false" in result.stderr and "--max-batch 1" in result.stderr
+    assert result.stdout == ""
+    assert not out.exists()
+
+
+def test_a_truncation_argument_the_model_ignores_is_not_served(tmp_path: Path) -> None:
+    messages: list[str] = []
+    manifest = export_generator(
+        sm.IgnoresTruncation(), latent_dim=8, image_shape=(3, 8, 8), out=tmp_path / "ignores",
+        max_batch=4, log=messages.append,
+    )  # fmt: skip
+    assert manifest.interface.truncation_arg == ""
+    assert [t.name for t in manifest.artifact("fp32").inputs] == ["z"]
+    assert any("truncation_psi does not change the output" in m for m in messages), messages
 
 
 def test_the_static_batch_option_exports_a_transposed_fused_convolution(tmp_path: Path) -> None:
@@ -328,7 +535,7 @@ def test_fp16_keeps_overflowing_layers_in_fp32_islands_listed_in_the_manifest(
     assert fp16.validation["passed"] is True
     islands = fp16.extra["fp32_layers"]
     assert {i["op"] for i in islands} >= {"Mul", "ReduceSum", "Div"}
-    assert all(i["max_abs"] > fp16_islands.LIMITS[0] for i in islands)
+    assert all(i["max_abs"] > fp16_islands.LIMITS[0] for i in islands if i["reason"] == "range")
     # without the islands, FP16 storage overflows: the same gate refuses the plain conversion
     loaded = load_module(module, 8, 0, (3, 8, 8))
     reference = gate.eager_reference(loaded.module, 8, 0, max_batch=8)

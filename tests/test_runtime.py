@@ -70,3 +70,36 @@ def test_availability_checks_are_registered_with_reasons() -> None:
         with pytest.raises(MissingDependencyError, match=trt.reason):
             TensorRTRunner("engine.plan")
     assert not available("no-such-backend").ok
+
+
+# The engine inspector's JSON at ProfilingVerbosity.DETAILED, as TensorRT's documentation shows
+# it (a fused INT8 convolution, a reformat, an FP16 deconvolution, a layer-names-only entry)
+INSPECTOR_JSON = """{"Layers": [
+ {"Name": "conv0 + relu0", "LayerType": "CaskConvolution",
+  "Inputs": [{"Name": "x", "Dimensions": [16,512,28,28],
+              "Format/Datatype": "Thirty-two wide channel vectorized row major Int8 format."}],
+  "Outputs": [{"Name": "y",
+               "Format/Datatype": "Thirty-two wide channel vectorized row major Int8 format."}],
+  "ParameterType": "Convolution"},
+ {"Name": "Reformatting CopyNode", "LayerType": "Reformat",
+  "Inputs": [{"Name": "y", "Format/Datatype": "Row major linear FP32 format"}]},
+ {"Name": "up1", "LayerType": "CaskDeconvolution",
+  "Inputs": [{"Name": "y2", "Format/Datatype": "Channel major FP16 format where channel % 8 == 0"}],
+  "ParameterType": "Deconvolution"},
+ {"Name": "proj", "LayerType": "gemm", "Inputs": [{"Name": "z", "Format/Datatype": "Float"}]},
+ "a layer name only"
+], "Bindings": ["x", "images"]}"""
+
+
+def test_tensorrt_precision_is_read_from_the_engine_inspectors_layers() -> None:
+    """The parser of what a TensorRT engine runs (its runner's precision; the engines themselves
+    run in tests marked gpu): weighted layers by their input datatype, reformats not counted."""
+    from gendeploy.runtime.base import executed_precision
+    from gendeploy.runtime.tensorrt import layer_precisions
+
+    counts = layer_precisions(INSPECTOR_JSON)
+    assert counts == {"int8": 1, "fp16": 1, "fp32": 1}
+    assert executed_precision({"int8": 3, "fp32": 1}) == "int8+fp32"
+    # an engine built without DETAILED verbosity shows names only: nothing is claimed
+    assert layer_precisions('{"Layers": ["conv0", "up1"], "Bindings": []}') == {}
+    assert executed_precision({}, default="unknown") == "unknown"

@@ -44,6 +44,9 @@ def test_require_engine_builds_a_gated_strongly_typed_fp16_engine(
     assert engine.extra["profile"] == {"min": 1, "opt": 4, "max": 16}
     assert engine.extra["gpu"] and engine.extra["compute_capability"]
     assert engine.extra["strongly_typed"]
+    # read back from the engine (inspector), not stated: its weighted layers run FP16
+    assert engine.extra["executed"].get("fp16", 0) > 0
+    assert engine.validation["runner"].startswith("tensorrt (fp16")
     assert manifest.versions["tensorrt"] == engine.extra["tensorrt"]
     assert Path(engine.extra["timing_cache"]).is_file()
     assert manifest.artifact("trt_fp16_uint8").output.dtype == "uint8"
@@ -82,4 +85,7 @@ def test_int8_builds_a_gated_explicit_int8_engine_from_the_qdq_onnx(
     expected = EagerRunner(load_eager(manifest)).run(feeds)
     with TensorRTRunner(out / engine.path) as runner:
         images = runner.run(feeds)
+        # the engine inspector shows its weighted layers in INT8 (as the manifest recorded)
+        assert runner.layer_precisions == engine.extra["executed"]
+        assert runner.layer_precisions.get("int8", 0) > 0 and "int8" in runner.precision
     assert np.abs(images - expected).max() <= TOLERANCES[Precision.int8].max_abs

@@ -192,3 +192,22 @@ def test_the_backoff_doubles_up_to_its_cap_within_the_window(tmp_path: Path) -> 
         waits.append(supervisor.backoff_s(time.monotonic()))
     assert waits == [0.5, 1.0, 2.0, 3.0, 3.0]
     assert supervisor.backoff_s(time.monotonic() + 61) == 0.5  # old crashes left the window
+
+
+@pytest.mark.triton
+def test_a_flag_tritonserver_refuses_is_named_not_a_line_of_its_usage(
+    repo: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """tritonserver prints its usage after a bad flag: the error names the flag."""
+    from gendeploy.errors import ServeError
+    from gendeploy.serve.server import TritonServer
+
+    server = TritonServer(
+        repo[0], log_path=tmp_path / "server.log", extra_args=("--no-such-flag=1",)
+    )
+    try:
+        with pytest.raises(ServeError, match=r"unrecognized option '--no-such-flag=1'") as caught:
+            server.start()
+    finally:
+        server.stop()
+    assert "address" not in str(caught.value)

@@ -53,9 +53,13 @@ def test_engines_of_rewritten_generators_take_any_batch_and_pass_the_gate(
         assert manifest.artifact("fp16").extra["fp32_layers"]
     eager = EagerRunner(serving_module(module, manifest.interface, 0))
     with TensorRTRunner(out / engine.path) as runner:
-        for batch in (1, 3, 16):
-            feeds = {"z": draw_latents(list(range(batch)), sm.LATENT)}
-            if manifest.interface.truncation_arg:
-                feeds["truncation"] = np.full((batch, 1), 0.8, np.float32)
-            diff = np.abs(runner.run(feeds) - eager.run(feeds)).max()
-            assert diff <= TOLERANCES[Precision.fp16].max_abs, (batch, diff)
+        # psi: the default and both ends of what the server accepts (real FP16 arithmetic)
+        for psi in [0.8, *manifest.interface.truncation_range]:
+            for batch in (1, 3, 16):
+                feeds = {"z": draw_latents(list(range(batch)), sm.LATENT)}
+                if manifest.interface.truncation_arg:
+                    feeds["truncation"] = np.full((batch, 1), psi, np.float32)
+                out = runner.run(feeds)
+                assert np.isfinite(out).all(), (psi, batch)
+                diff = np.abs(out - eager.run(feeds)).max()
+                assert diff <= TOLERANCES[Precision.fp16].max_abs, (psi, batch, diff)

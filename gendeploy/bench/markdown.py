@@ -228,6 +228,14 @@ def _architecture(cfg: dict[str, Any]) -> str:
     return f"{c}x{h}x{w}, latent {cfg['latent_dim']}"
 
 
+UNTRAINED = [
+    "**Untrained weights**: the quality column compares each runner with this random-weight"
+    " generator's own FP32 (what the precision changes); it says nothing of a trained model's"
+    " quality, and no quality goal is judged on it.",
+    "",
+]
+
+
 def model_section(model: ModelReport) -> list[str]:
     name = model.name
     out = [
@@ -237,6 +245,7 @@ def model_section(model: ModelReport) -> list[str]:
         f" {model.source}; {model.flops_per_image / 1e6:.1f} MFLOP per image (2 per"
         " multiply-add).",
         "",
+        *(UNTRAINED if model.trained is False else []),
         *summary_table(model),
         f"![throughput]({name}_throughput.png) ![latency]({name}_latency.png)"
         f" ![speed vs quality]({name}_quality.png)",

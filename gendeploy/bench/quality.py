@@ -46,7 +46,7 @@ def runner_quality(
         precision = entry.precision if entry else Precision(runner.precision.split("+")[0])
         try:
             result = gate.judge(runner.run, precision)
-        except (GendeployError, ValueError) as e:
+        except GendeployError as e:  # the gate's own refusals (a runner's crash is a bug)
             results[name] = {"error": str(e)}
             continue
         results[name] = result.to_dict()

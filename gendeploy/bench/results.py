@@ -129,6 +129,9 @@ class ModelReport:
     source: str  # where the weights came from
     flops_per_image: float
     cells: list[CellResult] = field(default_factory=list)
+    # trained weights (its checkpoint exists), not random ones: only then do its quality figures
+    # say anything about a trained model; None in reports from before this was recorded
+    trained: bool | None = None
     goals_model: bool = False
     quality_goals_model: bool = False
     export: ExportSummary = field(default_factory=ExportSummary)

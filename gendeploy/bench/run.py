@@ -36,7 +36,7 @@ from gendeploy.bench.results import (
 )
 from gendeploy.bench.suites import BenchModel, Suite
 from gendeploy.bench.sweep import sweep_batch
-from gendeploy.errors import QualityError, UsageError
+from gendeploy.errors import UnscorableError, UsageError
 from gendeploy.export.int8 import int8_tools_missing
 from gendeploy.runtime.base import Runner
 from gendeploy.runtime.inputs import WithDefaults
@@ -137,7 +137,7 @@ def prepare_checkpoint(model: BenchModel, work: Path) -> tuple[Path, str]:
     from gendeploy.trainer.checkpoint import Checkpoint, save_checkpoint
     from gendeploy.trainer.models import build_generator, init_weights
 
-    if model.checkpoint is not None and model.checkpoint.is_file():
+    if model.checkpoint is not None and trained_weights(model):
         return model.checkpoint, str(model.checkpoint)
     torch.manual_seed(0)
     generator = build_generator(model.config)
@@ -145,6 +145,12 @@ def prepare_checkpoint(model: BenchModel, work: Path) -> tuple[Path, str]:
     path = work / model.name / "checkpoint.pt"
     save_checkpoint(Checkpoint(model.config, 0, generator.state_dict()), path)
     return path, "random weights (seed 0): speed does not depend on training"
+
+
+def trained_weights(model: BenchModel) -> bool:
+    """The bench runs ``model`` with trained weights (its checkpoint exists), not random ones:
+    only then do its quality figures say anything about a trained model."""
+    return model.user_model is None and model.checkpoint is not None and model.checkpoint.is_file()
 
 
 def prepare_spec(model: BenchModel, work: Path) -> tuple[Any, str]:
@@ -199,8 +205,13 @@ def bench_model(
     int8_missing = int8_tools_missing()
     if int8_missing:
         say(f"[{model.name}] no INT8 export: {int8_missing}")
+    # INT8 the quality gate refuses is skipped by the export itself (int8_optional): the bench
+    # benches the rest with the export's decision and its reason, never a second export
     options = ExportOptions(
-        fp16=torch.cuda.is_available(), int8=not int8_missing, max_batch=max(suite.batches)
+        fp16=torch.cuda.is_available(),
+        int8=not int8_missing,
+        int8_optional=True,
+        max_batch=max(suite.batches),
     )
 
     def export_with(options: ExportOptions) -> Any:
@@ -216,12 +227,16 @@ def bench_model(
 
     try:
         manifest = export_with(options)
-    except QualityError as e:  # INT8 refused by the quality gate: bench the rest, say why
-        if not options.int8 or "'int8'" not in str(e):
+    except UnscorableError as e:  # no noise floor: no reduced precision can be judged
+        if not (options.int8 or options.fp16):
             raise
-        int8_missing = f"the quality gate refused INT8 for this model ({e})"
-        say(f"[{model.name}] {int8_missing}; exporting without it")
-        manifest = export_with(replace(options, int8=False))
+        int8_missing = f"the quality gate cannot score this model ({e})"
+        say(f"[{model.name}] {int8_missing}; exporting FP32 only")
+        manifest = export_with(replace(options, int8=False, fp16=False))
+    refused = next((s["reason"] for s in manifest.skipped if s["name"] == "int8"), None)
+    if refused is not None:
+        int8_missing = f"the quality gate refused INT8 for this model ({refused})"
+        say(f"[{model.name}] {int8_missing}; benching the rest")
     module = load_eager(manifest)
     flops = flops_per_image(module, manifest.latent_dim, manifest.num_classes)
     runners: dict[str, Runner] = {}
@@ -257,7 +272,8 @@ def bench_model(
                 failed=failed,
             )
         say(f"[{model.name}] quality: what each runner draws vs eager FP32 (the export's gate)")
-        quality = runner_quality(runners, manifest, module, say)
+        judged = {name: r for name, r in runners.items() if name not in failed}
+        quality = runner_quality(judged, manifest, module, say)
     finally:
         for r in runners.values():
             r.close()
@@ -268,6 +284,7 @@ def bench_model(
         name=model.name,
         config=manifest.source.model_config or model.config.to_dict(),
         source=origin,
+        trained=trained_weights(model),
         goals_model=model.goals,
         quality_goals_model=model.quality_goals,
         flops_per_image=flops,

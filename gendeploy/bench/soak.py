@@ -226,10 +226,24 @@ def _sample(result: ServedResult, start: float) -> LoadSample:
     )
 
 
-def server_counts(server: TritonServer) -> tuple[int, int]:
+def server_counts(server: TritonServer, timeout_s: float = 10.0) -> tuple[int, int]:
     """(requests, failed requests) over every model, as the server saw them: Triton's statistics
     (an open API) count what failed in Triton or the backend, and gendeploy's python model
-    counts, in a metric of its own, the requests it refused (Triton counts those as successes)."""
+    counts, in a metric of its own, the requests it refused (Triton counts those as successes).
+
+    Triton updates its statistics after it sends the response, so the count is read until two
+    reads a moment apart agree (or ``timeout_s`` passes)."""
+    counts = _counts_now(server)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        time.sleep(0.3)
+        counts, last = _counts_now(server), counts
+        if counts == last:
+            break
+    return counts
+
+
+def _counts_now(server: TritonServer) -> tuple[int, int]:
     client = server.admin_client()
     try:
         stats = client.get_inference_statistics()

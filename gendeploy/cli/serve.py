@@ -165,7 +165,11 @@ def generate_command(
         bool, typer.Option(help="Draw z here (same RNG) instead of on the server.")
     ] = False,
     truncation: Annotated[
-        float | None, typer.Option(help="Truncation psi (models that take it; default theirs).")
+        float | None,
+        typer.Option(
+            help="Truncation psi (models that take it; default theirs). The server refuses psi "
+            "outside the export's interface.truncation_range."
+        ),
     ] = None,
 ) -> None:
     """Ask a served model for N images and write them as a PNG grid."""

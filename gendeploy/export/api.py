@@ -207,6 +207,10 @@ def _fingerprint(loaded: LoadedModel, options: ExportOptions, name: str) -> str:
 def _options_dict(options: ExportOptions) -> dict[str, Any]:
     d = asdict(options)
     d["output"] = options.output.value
+    if options.int8_fallback:  # the defaults: absent, so fingerprints from before them stay
+        del d["int8_fallback"]
+    if not options.int8_optional:
+        del d["int8_optional"]
     return d
 
 

@@ -11,11 +11,17 @@ from typing import Any
 import numpy as np
 import onnx
 
-from gendeploy.errors import ValidationError
+from gendeploy.errors import QualityError, ValidationError
 from gendeploy.export import fp16_islands, gate, int8, onnx_graph
 from gendeploy.export.manifest import Artifact, ArtifactKind, OutputKind, Precision
 from gendeploy.export.options import ExportOptions
-from gendeploy.export.quality_gate import QualityConfig, QualityGate, QualityResult, model_facts
+from gendeploy.export.quality_gate import (
+    NONFINITE,
+    QualityConfig,
+    QualityGate,
+    QualityResult,
+    model_facts,
+)
 from gendeploy.export.source import LoadedModel, make_artifact
 from gendeploy.export.tensorrt_build import build_engine
 from gendeploy.runtime.base import Runner
@@ -24,6 +30,9 @@ from gendeploy.runtime.inputs import WithDefaults, complete_feeds
 from gendeploy.runtime.onnxrt import OnnxRuntimeRunner
 from gendeploy.runtime.openvino import OpenVINORunner
 from gendeploy.runtime.tensorrt import TensorRTRunner
+
+# where FP16 ONNX artifacts are judged: ORT's CPU provider would compute them in FP32
+FP16_EMULATED = "onnxruntime CPU, FP16 storage emulated (fp16_islands.emulate_fp16_storage)"
 
 
 def build_artifacts(
@@ -69,7 +78,11 @@ def build_artifacts(
         model: onnx.ModelProto | None,
         extra: dict[str, Any],
         kind: ArtifactKind = ArtifactKind.onnx,
+        judged: QualityResult | None = None,
     ) -> Artifact:
+        """Save, gate and add one ONNX / IR artifact. ``judged``: the quality gate's verdict on
+        this very model from the run that decided it (FP16 storage emulated; INT8 on OpenVINO),
+        recorded instead of judging it again."""
         suffix = ".xml" if kind is ArtifactKind.openvino else ".onnx"
         artifact = make_artifact(loaded, name, kind, f"{name}{suffix}")
         path = staged / artifact.path
@@ -95,11 +108,24 @@ def build_artifacts(
                         f"{runner.precision}, none in INT8; nothing published"
                     )
             else:
-                artifact.validation["runner"] = f"onnxruntime {runner.providers[0]}"
+                provider = runner.providers[0]
+                artifact.validation["runner"] = f"onnxruntime {provider}" + (
+                    " (computes the FP16 graph in FP32: FP16's figures are quality_runner's)"
+                    if artifact.precision is Precision.fp16 and provider == "CPUExecutionProvider"
+                    else ""
+                )
             if uint8 and not name.endswith("uint8"):
                 float_outputs[name] = gate.outputs(runner, reference, options.max_batch)
             if quality is not None and artifact.precision.reduced:
-                _judge(quality, WithDefaults(runner, loaded.interface), artifact, say)
+                if artifact.precision is Precision.fp16:
+                    artifact.validation["quality_runner"] = FP16_EMULATED
+                    if judged is None:
+                        assert model is not None
+                        judged = _judge_fp16_storage(quality, model, staged, loaded)
+                if judged is not None:
+                    _record(judged, artifact, say)
+                else:
+                    _judge(quality, WithDefaults(runner, loaded.interface), artifact, say)
         artifacts.append(artifact)
         return artifact
 
@@ -112,6 +138,11 @@ def build_artifacts(
             options.max_batch,
             inputs=loaded.interface.input_specs(loaded.latent_dim, loaded.num_classes),
         )
+    if exported.symbolic_batch:
+        say(
+            "the model turns the batch size into a constant (int(x.shape[0])): captured at batch "
+            "2 and 3 and made symbolic again"
+        )
     for rewrite in exported.rewrites:
         say(f"rewrote the batch-grouped convolution {rewrite.layer} ({rewrite.form} form)")
     say(f"exported fp32.onnx ({exported.exporter} exporter)")
@@ -120,33 +151,60 @@ def build_artifacts(
         fp32_extra["rewrites"] = [asdict(r) for r in exported.rewrites]
     if exported.static_batch:
         fp32_extra["static_batch"] = 1
+    if exported.symbolic_batch:
+        fp32_extra["symbolic_batch"] = "made symbolic again (symbolic_batch.py)"
     add_onnx("fp32", None, fp32_extra)
     fp32 = onnx.load(str(staged / "fp32.onnx"))
     if uint8:
         add_onnx("uint8", onnx_graph.add_uint8_head(fp32), {"derived_from": "fp32"})
     if options.fp16:
+        decided: list[tuple[dict[str, Any], QualityResult | None]] = []
         with clock("convert_fp16"):
             fp16, islands = fp16_islands.convert(
                 fp32,
-                reference.feeds,
-                _fp16_acceptance(loaded, options, staged, reference, quality),
+                fp16_islands.range_feeds(reference.feeds),
+                _fp16_acceptance(loaded, options, staged, reference, quality, decided),
             )
-        if islands:
-            shown = ", ".join(sorted({f"{i.layer or 'top level'} {i.op}" for i in islands}))
-            say(f"fp16: {len(islands)} nodes kept in FP32 (values beyond FP16's range): {shown}")
-        fp16_extra = {
+        for reason, why in [
+            ("normalization", "normalization chains"),
+            ("range", "values beyond FP16's range"),
+        ]:
+            kept = [i for i in islands if i.reason == reason]
+            if kept:
+                shown = ", ".join(sorted({f"{i.layer or 'top level'} {i.op}" for i in kept}))
+                say(f"fp16: {len(kept)} nodes kept in FP32 ({why}): {shown}")
+        emulated_figures, emulated_quality = decided[-1]  # the run that accepted this model
+        fp16_extra: dict[str, Any] = {
             "derived_from": "fp32",
             "fp32_ops": onnx_graph.FP32_OPS,
             "fp32_decided_by": "gate on FP16 storage emulated with ONNX Runtime CPU",
+            # the deciding run's tensor figures and (validation.quality) its quality figures:
+            # ORT's own CPU run of fp16.onnx (validation) computes the FP16 graph in FP32
+            "fp16_storage_emulated_gate": emulated_figures,
         }
-        add_onnx("fp16", fp16, {**fp16_extra, "fp32_layers": [asdict(i) for i in islands]})
+        add_onnx(
+            "fp16",
+            fp16,
+            {**fp16_extra, "fp32_layers": [asdict(i) for i in islands]},
+            judged=emulated_quality,
+        )
         if uint8:
             add_onnx("fp16_uint8", onnx_graph.add_uint8_head(fp16), {"derived_from": "fp16"})
+    skipped: list[dict[str, str]] = []
     if options.int8:
         assert quality is not None
-        _add_int8(loaded, options, staged, fp32, quality, reference, add_onnx, clock, say)
-
-    skipped: list[dict[str, str]] = []
+        before = len(artifacts)
+        try:
+            _add_int8(loaded, options, staged, fp32, quality, reference, add_onnx, clock, say)
+        except QualityError as e:
+            if not options.int8_optional:
+                raise
+            for added in artifacts[before:]:  # an INT8 variant gated before the refused one
+                for file in added.files():
+                    (staged / file).unlink(missing_ok=True)
+            del artifacts[before:]
+            skipped.append({"name": "int8", "reason": str(e)})
+            say(f"skipped int8: {e}")
     versions: dict[str, str] = {}
     sources = ("fp16", "fp16_uint8", "int8", "int8_uint8")
     engines = [a.name for a in artifacts if a.name in sources]
@@ -184,29 +242,49 @@ def _fp16_acceptance(
     staged: Path,
     reference: gate.Reference,
     quality: QualityGate | None,
+    decided: list[tuple[dict[str, Any], QualityResult | None]],
 ) -> fp16_islands.Accept:
     """The checks that decide whether a candidate FP16 model is good enough, run with FP16
     storage emulated: the tensor gate (values, NaN/Inf, PSNR, batch invariance), then the quality
-    gate on what it draws (per-seed PSNR over 1,000 seeds, the distribution check)."""
+    gate on what it draws (per-seed PSNR over 1,000 seeds, the distribution check). The figures of
+    the run that accepts a model are appended to ``decided``: they are the FP16 figures recorded
+    (ONNX Runtime's CPU provider otherwise computes the FP16 graph in FP32)."""
 
-    def accept(model: onnx.ModelProto) -> str | None:
+    def accept(model: onnx.ModelProto) -> fp16_islands.Refusal | None:
         artifact = make_artifact(loaded, "fp16", ArtifactKind.onnx, ".fp16-candidate.onnx")
         path = staged / artifact.path
         onnx_graph.save(fp16_islands.emulate_fp16_storage(model), path)
         try:
             with OnnxRuntimeRunner(path, optimize=False) as runner:
-                gate.validate(runner, artifact, reference, options.max_batch)
+                figures = gate.validate(runner, artifact, reference, options.max_batch)
                 candidate = WithDefaults(runner, loaded.interface)
                 judged = quality.judge(candidate.run, Precision.fp16) if quality else None
         except ValidationError as e:
-            return str(e)
+            return fp16_islands.Refusal(e, overflow="NaN/Inf" in str(e))
         finally:
             path.unlink(missing_ok=True)
         if judged is not None and not judged.passed:
-            return f"quality gate: {'; '.join(judged.failures)}"
+            try:
+                judged.check("fp16")
+            except QualityError as e:
+                return fp16_islands.Refusal(e, overflow=NONFINITE in judged.failures)
+        decided.append((figures, judged))
         return None
 
     return accept
+
+
+def _judge_fp16_storage(
+    quality: QualityGate, model: onnx.ModelProto, staged: Path, loaded: LoadedModel
+) -> QualityResult:
+    """The quality gate on an FP16 model with FP16 storage emulated (what an FP16 engine does)."""
+    path = staged / ".fp16-emulated.onnx"
+    onnx_graph.save(fp16_islands.emulate_fp16_storage(model), path)
+    try:
+        with OnnxRuntimeRunner(path, optimize=False) as runner:
+            return quality.judge(WithDefaults(runner, loaded.interface).run, Precision.fp16)
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def _build_engine(
@@ -233,7 +311,15 @@ def _build_engine(
     runner = TensorRTRunner(staged / artifact.path)
     with clock(f"validate_{name}"), runner:
         artifact.validation = _gate(runner, artifact, reference, options, say, float_outputs)
-        artifact.validation["runner"] = "tensorrt"
+        artifact.validation["runner"] = f"tensorrt ({runner.precision})"
+        artifact.extra["executed"] = runner.layer_precisions
+        wanted = artifact.precision.value  # "fp16" / "int8": what the label promises
+        if runner.layer_precisions and wanted not in runner.precision.split("+"):
+            raise ValidationError(
+                f"gate failed for {name!r}: TensorRT's engine inspector shows its weighted "
+                f"layers in {runner.precision} ({runner.layer_precisions}), none in {wanted}; "
+                "nothing published"
+            )
         if options.output is OutputKind.uint8 and not name.endswith("uint8"):
             float_outputs[name] = gate.outputs(runner, reference, options.max_batch)
     return artifact
@@ -252,10 +338,11 @@ def _add_int8(
 ) -> None:
     """int8.onnx (QDQ, gated, with the layer-by-layer fallback), its uint8 head, and the IR when
     OpenVINO runs the IR measurably faster than the QDQ ONNX."""
+    batch = int8.calibration_batch(options.max_batch)
     items = [  # truncation and noise inputs, where the generator has them, as served by default
         complete_feeds(item, loaded.interface)
         for item in int8.calibration_feeds(
-            loaded.latent_dim, loaded.num_classes, options.calibration
+            loaded.latent_dim, loaded.num_classes, options.calibration, batch
         )
     ]
     candidate = staged / ".candidate_int8.onnx"
@@ -274,23 +361,41 @@ def _add_int8(
                 result = replace(result, failures=(*result.failures, failure))
         return result
 
+    def error(model: onnx.ModelProto) -> float:
+        """The fallback's ranking measure: normalized MSE against FP32 on a few seeds."""
+        onnx.save_model(model, str(candidate), save_as_external_data=False)
+        with OpenVINORunner(candidate) as runner:
+            return quality.nmse(WithDefaults(runner, loaded.interface).run, int8.RANKING_SEEDS)
+
     with clock("int8_quantize"):
-        result = int8.quantize_gated(fp32, items, judge, say)
-    candidate.unlink(missing_ok=True)
+        try:
+            result = int8.quantize_gated(
+                fp32, items, judge, error, say, fallback=options.int8_fallback
+            )
+        finally:
+            candidate.unlink(missing_ok=True)
     say(f"quantized int8 ({options.calibration} calibration samples): {result.quality.summary()}")
+    model = result.model
     extra = {
         "derived_from": "fp32",
         "calibration": {
             "samples": options.calibration,
-            "batch": int8.CALIBRATION_BATCH,
+            "batch": batch,
             "seed": int8.CALIBRATION_SEED,
             "inputs": "z ~ N(0, I), labels uniform",
-            "preset": "performance (symmetric)",
+            "preset": "performance (symmetric), weighted layers only",
         },
-        "float_layers": int8.describe_layers(fp32, result.float_layers),
+        # read from the published graph: exactly which layers run INT8 and which stayed float
+        "int8_layers": int8.describe_layers(model, int8.int8_layers(model)),
+        "float_layers": int8.describe_layers(model, int8.float_layers(model)),
+        "other_quantized_nodes": int8.other_quantized(model),
         "fallback": result.attempts if len(result.attempts) > 1 else [],
+        "fallback_ranking": result.ranking,
     }
-    artifact = add_onnx("int8", result.model, extra)
+    if not options.int8_fallback:
+        extra["fallback_skipped"] = "asked for (ExportOptions.int8_fallback=False)"
+    # the fallback's last gate pass ran this very model on OpenVINO: its verdict is recorded
+    artifact = add_onnx("int8", model, extra, judged=result.quality)
     if options.output is OutputKind.uint8:
         add_onnx("int8_uint8", onnx_graph.add_uint8_head(result.model), {"derived_from": "int8"})
     with clock("int8_ir"):
@@ -329,7 +434,10 @@ def _judge(
     quality: QualityGate, runner: Runner, artifact: Artifact, say: Callable[[str], None]
 ) -> None:
     """The quality gate on what the artifact draws; raises ``QualityError`` (nothing published)."""
-    result = quality.judge(runner.run, artifact.precision)
+    _record(quality.judge(runner.run, artifact.precision), artifact, say)
+
+
+def _record(result: QualityResult, artifact: Artifact, say: Callable[[str], None]) -> None:
     artifact.validation["quality"] = result.to_dict()
     result.check(artifact.name)
     say(f"quality gate passed {artifact.name}: {result.summary()}")

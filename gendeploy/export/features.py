@@ -6,7 +6,12 @@
 - ``RandomConvFeatures``: for any other generator, an embedded network that needs no download: three
   stride-2 3x3 convolutions with ReLU (32, 64, 64 channels) on the image resized to 32x32, then a
   fixed projection to 64 dimensions. Its weights are drawn from numpy's PCG64 with a fixed seed
-  (He scaling), so every machine and every torch version computes the same features.
+  (He scaling), so every machine and every torch version computes the same features. Any image
+  is scored: smaller than 32 pixels it is upsampled (bilinear), larger downsampled (antialiased);
+  the network reads 3 channels, so an RGB image goes in as it is, a grey one repeated, and any
+  other channel count (2, 4: RGBA, ...) as groups of 3 channels (RGB, then every channel left over
+  repeated as grey), each group through the same network, their features side by side: a change
+  in any channel moves the features.
 
 Why the random network is a fair judge here: the gate compares a generator with *itself* (FP32 vs
 a reduced-precision artifact), and divides by FP32's own distance between two seed sets, so only
@@ -31,7 +36,6 @@ from gendeploy.errors import UsageError
 from gendeploy.trainer.quality import DigitsClassifier, load_classifier, to_classifier_input
 
 FEATURE_SIZE = 32  # images are resized to this side before the random network
-MIN_SIDE = 8  # smaller images carry too little layout for three stride-2 stages
 
 
 class FeatureSpace(Protocol):
@@ -50,11 +54,10 @@ class RandomConvFeatures:
     dims = 64
 
     def __init__(self, image_channels: int, seed: int = 0) -> None:
-        if image_channels not in (1, 3):
-            raise UsageError(
-                f"the distribution gate scores 1- or 3-channel images, this generator makes "
-                f"{image_channels} channels: it cannot be scored, so no reduced precision is gated"
-            )
+        if image_channels < 1:
+            raise UsageError(f"images need at least one channel, got {image_channels}")
+        self.image_channels = image_channels
+        self.groups = channel_groups(image_channels)
         rng = np.random.default_rng(seed)
         self.weights = []
         cin = 3
@@ -70,17 +73,16 @@ class RandomConvFeatures:
 
     @torch.inference_mode()
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        if min(images.shape[-2:]) < MIN_SIDE:
-            raise UsageError(
-                f"the distribution gate needs images of at least {MIN_SIDE}x{MIN_SIDE}, got "
-                f"{images.shape[-2]}x{images.shape[-1]}: this generator cannot be scored"
-            )
         x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
+        if x.shape[1] != self.image_channels:
+            raise UsageError(f"expected {self.image_channels}-channel images, got {x.shape[1]}")
         if x.shape[-1] != FEATURE_SIZE or x.shape[-2] != FEATURE_SIZE:
-            down = x.shape[-1] > FEATURE_SIZE
+            # antialiasing only helps downsampling; a side below 32 (even 1 pixel) is upsampled
+            down = x.shape[-1] > FEATURE_SIZE and x.shape[-2] > FEATURE_SIZE
             x = F.interpolate(x, size=(FEATURE_SIZE,) * 2, mode="bilinear", antialias=down)
+        return np.concatenate([self._features(x[:, list(g)]) for g in self.groups], axis=1)
+
+    def _features(self, x: torch.Tensor) -> np.ndarray:
         rows = []
         for i in range(0, len(x), 256):
             h = x[i : i + 256]
@@ -88,6 +90,16 @@ class RandomConvFeatures:
                 h = F.relu(F.conv2d(h, w, stride=2, padding=1))
             rows.append(h.flatten(1) @ self.projection)
         return torch.cat(rows).numpy().astype(np.float64)
+
+
+def channel_groups(channels: int) -> list[tuple[int, int, int]]:
+    """The 3-channel inputs of the feature network for an image of ``channels`` channels: grey
+    repeated, RGB as it is, else groups of three (RGB of RGBA) and each channel left over repeated
+    as grey. 1 -> [(0, 0, 0)]; 3 -> [(0, 1, 2)]; 4 -> [(0, 1, 2), (3, 3, 3)];
+    2 -> [(0, 0, 0), (1, 1, 1)]."""
+    whole = channels // 3
+    groups = [(3 * i, 3 * i + 1, 3 * i + 2) for i in range(whole)]
+    return groups + [(c, c, c) for c in range(3 * whole, channels)]
 
 
 class DigitsFeatures:

@@ -1,23 +1,30 @@
-"""FP16 where it is safe: FP32 islands around the values FP16 cannot hold, chosen by measurement.
+"""FP16 where it is safe: FP32 islands around values FP16 cannot hold, by structure and measure.
 
 FP16's largest finite value is 65504 and its step near 16384 is already 16. Generators overflow it
 in a few places: a demodulation's sum of squares (a modulated weight above 256 squares past the
 limit), activations that grow through unnormalised layers, and rescalings by large gains. Op types
-known to be sensitive stay FP32 anyway (``onnx_graph.FP32_OPS``); on top of those, ``convert``
-runs the FP32 model on the gate's inputs, finds every node whose output exceeds a limit, and keeps
-those nodes and every node that reads such a value in FP32 (an island: FP16 casts at its edges
-only). The gate then decides (``accept``: NaN/Inf, values, PSNR, batch invariance, and any other
-check plugged in there); if it refuses, the islands grow (a lower limit) before giving up.
+known to be sensitive stay FP32 anyway (``onnx_graph.FP32_OPS``). On top of those, by structure:
+every normalization chain (a reduction, then the ops up to a square root or reciprocal, and the
+multiply or divide that applies it: StyleGAN2's demodulation, pixel norm), with the square that
+feeds its reduction, whatever values the gate happened to see there. And by measurement:
+``convert`` runs the FP32 model on the gate's inputs (psi at the model's default, 0.5, 0.75, 1 and
+both ends of the served range) plus z at twice its spread (``range_feeds``), finds every node
+whose output exceeds a limit, and keeps those nodes and every node that reads such a value in
+FP32 (an island: FP16 casts at its edges only). The gate then decides (``accept``: NaN/Inf,
+values, PSNR, batch invariance, and any other check plugged in there); if it refuses, the islands
+grow (a lower limit) before giving up.
 
 The gate sees FP16 overflow only where values are really stored in FP16: ONNX Runtime's CPU
 provider computes FP16 nodes in FP32 and drops the casts between them, so an overflow never shows
 there. ``emulate_fp16_storage`` makes every FP16 value a stored tensor (an Identity after each
-node, run without graph optimizations): FP32 arithmetic, FP16 storage, as FP16 engines run, and a
-value past 65504 becomes inf as it would on the GPU.
+node, also a graph output, run without graph optimizations): FP32 arithmetic, FP16 storage, as
+FP16 engines run, and a value past 65504 becomes inf as it would on the GPU.
 """
 
 from __future__ import annotations
 
+import ast
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,7 +32,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from gendeploy.errors import ValidationError
+from gendeploy.errors import QualityError, ValidationError
 from gendeploy.export import onnx_graph
 from gendeploy.export.signature import WRAPPED
 from gendeploy.runtime.base import Feeds
@@ -33,7 +40,23 @@ from gendeploy.runtime.base import Feeds
 # Values above the first limit stay FP32 (4x headroom under 65504 for inputs the gate did not
 # try); if the gate still refuses, everything above the second (FP16's step there is 0.5).
 LIMITS = (2.0**14, 2.0**10)
-Accept = Callable[[onnx.ModelProto], "str | None"]  # None: passed; else why it failed
+TAIL_Z = 2.0  # range_feeds: z scaled by this stands for latents from the tails clients may send
+_REDUCTIONS = {"ReduceSum", "ReduceSumSquare", "ReduceL2", "ReduceMean"}
+# ops a normalization passes through between its reduction and where it is applied
+_NORM_CHAIN = {
+    "Add", "Sqrt", "Reciprocal", "Pow", "Div", "Max", "Clip",
+    "Reshape", "Unsqueeze", "Squeeze", "Expand", "Cast", "Identity",
+}  # fmt: skip
+_ROOTS = {"Sqrt", "Reciprocal", "Pow"}  # what makes a reduction a normalization
+Accept = Callable[[onnx.ModelProto], "Refusal | None"]  # None: the gate passed it
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why the gate refused a candidate FP16 model."""
+
+    error: ValidationError  # what the gate raised: a QualityError for what it draws
+    overflow: bool  # NaN/Inf appeared: a value passed FP16's range (else lost precision)
 
 
 @dataclass(frozen=True)
@@ -43,7 +66,8 @@ class Island:
     node: str  # the ONNX node's name
     op: str  # its op type
     layer: str  # the torch module it came from ("" when the exporter did not record it)
-    max_abs: float  # the largest |value| it read or wrote on the gate's inputs
+    max_abs: float  # the largest |value| it read or wrote on the range feeds
+    reason: str = "range"  # "range": measured beyond a limit; "normalization": by structure
 
 
 def convert(
@@ -52,17 +76,73 @@ def convert(
     """The FP16 model the gate accepts, and the nodes kept in FP32 (beyond ``FP32_OPS``)."""
     model = _named(fp32)
     ranges = value_ranges(model, feeds)
-    failure: str | None = None
+    structural = [
+        Island(n.name, n.op_type, node_layer(n), _touched(n, ranges), "normalization")
+        for n in normalization_chains(model)
+    ]
+    refusal: Refusal | None = None
     chosen: list[Island] = []
     for limit in LIMITS:
-        chosen = islands(model, ranges, limit)
+        measured = islands(model, ranges, limit)
+        by_value = {i.node for i in measured}
+        chosen = measured + [i for i in structural if i.node not in by_value]
         fp16 = fold_cast_pairs(onnx_graph.convert_fp16(model, [i.node for i in chosen]))
-        failure = accept(fp16)
-        if failure is None:
+        refusal = accept(fp16)
+        if refusal is None:
             return fp16, chosen
-    raise ValidationError(
-        f"{failure} (after keeping {len(chosen)} nodes whose values pass {LIMITS[-1]:g} in FP32)"
-    )
+    assert refusal is not None
+    kept = f"{len(chosen)} nodes kept in FP32 (normalizations, values past {LIMITS[-1]:g})"
+    if refusal.overflow:
+        cause = f"FP16 overflows (NaN/Inf) even with {kept}"
+    else:
+        cause = f"FP16 loses precision (no value overflowed; {kept} did not help)"
+    if isinstance(refusal.error, QualityError):
+        raise QualityError(f"{cause}: {refusal.error}", artifact=refusal.error.artifact)
+    raise ValidationError(f"{cause}: {refusal.error}")
+
+
+def range_feeds(feeds: list[Feeds]) -> list[Feeds]:
+    """What value ranges are measured on: the gate's inputs (which mix psi up to both ends of the
+    served range) and the first of them with z scaled by ``TAIL_Z``."""
+    return [*feeds, {**feeds[0], "z": feeds[0]["z"] * np.float32(TAIL_Z)}]
+
+
+def normalization_chains(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """Nodes of every reduction -> (add eps) -> sqrt / reciprocal -> multiply chain, with the
+    square feeding the reduction: a sum of squares overflows FP16 long before the values squared
+    do, and its inverse square root is applied to values that are themselves fine in FP16."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    found: dict[str, onnx.NodeProto] = {}
+    for reduce in (n for n in model.graph.node if n.op_type in _REDUCTIONS):
+        chain, applied, rooted = [reduce], [], False
+        frontier = list(reduce.output)
+        for _ in range(8):  # a normalization is a few ops long; stop before wandering the graph
+            step = []
+            for value in frontier:
+                for user in consumers.get(value, []):
+                    divides = user.op_type == "Div" and user.input[1] == value
+                    if user.op_type == "Mul" or divides:
+                        applied.append(user)
+                        rooted |= divides
+                    elif user.op_type in _NORM_CHAIN:
+                        chain.append(user)
+                        rooted |= user.op_type in _ROOTS
+                        step += list(user.output)
+            frontier = step
+        if not (rooted and applied):
+            continue  # a mean or a sum used as such, not a normalization
+        square = producer.get(reduce.input[0]) if reduce.input else None
+        if square is not None and (
+            square.op_type == "Pow"
+            or (square.op_type == "Mul" and square.input[0] == square.input[1])
+        ):
+            chain.append(square)
+        found.update({n.name: n for n in [*chain, *applied]})
+    return list(found.values())
 
 
 def value_ranges(model: onnx.ModelProto, feeds: list[Feeds]) -> dict[str, float]:
@@ -102,23 +182,35 @@ def value_ranges(model: onnx.ModelProto, feeds: list[Feeds]) -> dict[str, float]
 
 def islands(model: onnx.ModelProto, ranges: dict[str, float], limit: float) -> list[Island]:
     """Nodes that write or read a value above ``limit``."""
-    found = []
-    for node in model.graph.node:
-        touched = [ranges.get(t, 0.0) for t in [*node.input, *node.output]]
-        if touched and max(touched) > limit:
-            found.append(Island(node.name, node.op_type, node_layer(node), max(touched)))
-    return found
+    return [
+        Island(node.name, node.op_type, node_layer(node), _touched(node, ranges))
+        for node in model.graph.node
+        if _touched(node, ranges) > limit
+    ]
+
+
+def _touched(node: onnx.NodeProto, ranges: dict[str, float]) -> float:
+    return max((ranges.get(t, 0.0) for t in [*node.input, *node.output]), default=0.0)
 
 
 def node_layer(node: onnx.NodeProto) -> str:
-    """The module path the dynamo exporter recorded for ``node`` (its name scopes)."""
+    """The module path the dynamo exporter recorded for ``node`` (its name scopes), without the
+    serving wrapper's prefix: the one parser of that metadata (FP16 islands, INT8 layers).
+
+    The scopes list the enclosing modules, outermost first, then the op: either as qualified
+    names (['', 'generator', 'generator.mapping', 'generator.mapping.net.0', 'linear'] is
+    ``mapping.net.0`` inside the wrapper) or as one name per level (['', 'net', '0', 'conv']).
+    """
     for prop in node.metadata_props:
         if prop.key == "pkg.torch.onnx.name_scopes":
-            scopes = [s.strip(" '\"") for s in prop.value.strip("[]").split(",")]
+            try:
+                scopes = [str(s) for s in ast.literal_eval(prop.value)]
+            except (ValueError, SyntaxError):
+                return ""
             path = [s for s in scopes[:-1] if s]  # the last scope is the op itself
-            if path and path[0] == WRAPPED:
-                path = path[1:]
-            return ".".join(path)
+            qualified = all(b.startswith(f"{a}.") for a, b in itertools.pairwise(path))
+            name = path[-1] if qualified and path else ".".join(path)
+            return name.removeprefix(f"{WRAPPED}.") if name != WRAPPED else ""
     return ""
 
 
@@ -182,6 +274,13 @@ def emulate_fp16_storage(model: onnx.ModelProto) -> onnx.ModelProto:
                 )
     del out.graph.node[:]
     out.graph.node.extend(nodes)
+    # ...and a graph output (after the image, which stays output 0): ORT's CPU provider otherwise
+    # runs an unobserved FP16 Identity between FP32-only kernels in FP32 too (InsertCastTransformer
+    # avoids the casts), so a chain such as (x + 1000) - 1000 never rounded to FP16 here
+    infos = {v.name: v for v in inferred.graph.value_info}  # typed and shaped (onnx.checker)
+    outputs = {o.name for o in out.graph.output}
+    stored = [n.output[0] for n in nodes if n.name.endswith("__stored")]
+    out.graph.output.extend(infos[n] for n in stored if n in infos and n not in outputs)
     return out
 
 

@@ -25,7 +25,12 @@ from torch import nn
 
 from gendeploy.errors import ValidationError
 from gendeploy.export.manifest import Artifact, Interface, Precision
-from gendeploy.export.signature import WRAPPED
+from gendeploy.export.signature import (
+    DETERMINISM_ATOL,
+    NondeterministicModelError,
+    first_differing_layer,
+    randomness_message,
+)
 from gendeploy.runtime.base import Feeds, Runner
 from gendeploy.runtime.eager import EagerRunner
 
@@ -61,12 +66,10 @@ PSNR_IDENTICAL = 100.0  # reported when the renderings are identical (JSON has n
 SEEDS = (0, 1)
 BATCH = 8  # samples per seed; conditional models use at least one sample per label
 INVARIANCE_SAMPLES = 3
-DETERMINISM_ATOL = 1e-6  # the same input twice: eager CPU kernels repeat bit for bit
-OTHER_PSI = (0.5, 0.75)  # truncation values the second seed mixes with the model's default
-
-
-class NondeterministicModelError(ValidationError):
-    """The eager generator gives another image for the same input (random numbers in forward)."""
+# truncation values the second seed mixes with the model's default: two usual ones and none (1),
+# then both ends of what requests may send (the manifest's truncation_range): every artifact, FP16
+# included, must pass there too
+OTHER_PSI = (0.5, 0.75, 1.0)
 
 
 class IgnoresLatentError(ValidationError):
@@ -90,7 +93,8 @@ def gate_inputs(
     interface: Interface | None = None,
 ) -> list[Feeds]:
     """Fixed inputs per seed. Truncation: the model's default for the first seed, mixed with
-    ``OTHER_PSI`` for the others; noise inputs: drawn from the seed like z."""
+    ``OTHER_PSI`` and both ends of ``truncation_range`` for the others; noise inputs: drawn from
+    the seed like z."""
     interface = interface or Interface()
     n = max(BATCH, num_classes)
     feeds = []
@@ -100,9 +104,9 @@ def gate_inputs(
         if num_classes > 0:
             f["labels"] = (np.arange(n) % num_classes).astype(np.int64)  # every label
         if interface.truncation_arg:
-            psi = (
-                [interface.truncation_default, *OTHER_PSI] if k else [interface.truncation_default]
-            )
+            psi = [interface.truncation_default]
+            if k:
+                psi += [*OTHER_PSI, *interface.truncation_range]
             f["truncation"] = np.resize(np.array(psi, np.float32), (n, 1))
         for noise in interface.noise:
             f[noise.name] = rng.standard_normal((n, *noise.shape)).astype(np.float32)
@@ -142,13 +146,11 @@ def eager_reference(
     again = _run_chunked(runner, feeds[0], max_batch)
     moved = float(np.nan_to_num(np.abs(again - outputs[0]), nan=np.inf).max())
     if moved > DETERMINISM_ATOL:
-        where = _first_differing_layer(module, {k: v[:max_batch] for k, v in feeds[0].items()})
-        raise NondeterministicModelError(
-            f"the generator draws random numbers in forward: the same input twice gives images "
-            f"{moved:.3g} apart (first at layer {where}); make its noise a buffer or an input "
-            "(e.g. --forward-kwargs noise_mode=const) so served images are reproducible; nothing "
-            "exported"
+        first = {k: v[:max_batch] for k, v in feeds[0].items()}
+        where = first_differing_layer(
+            module, lambda: EagerRunner(module, eval_mode=False).run(first)
         )
+        raise NondeterministicModelError(randomness_message(moved, where))
     other_z = {**feeds[0], "z": feeds[1]["z"]}
     if not _depends_on_z(outputs[0], _run_chunked(runner, other_z, max_batch)):
         raise IgnoresLatentError(_ignores_z_message("the generator's output", len(outputs[0])))
@@ -286,31 +288,6 @@ def _ignores_z_message(what: str, n: int) -> str:
         f"{what} does not depend on z: {n} samples with other latents give the same images "
         "(a traced-away latent, a constant image); nothing published"
     )
-
-
-def _first_differing_layer(module: nn.Module, feeds: Feeds) -> str:
-    """The first module (in call order) whose output differs between two runs on ``feeds``."""
-    runs: list[list[tuple[str, torch.Tensor]]] = []
-
-    def hook(name: str) -> Callable[[nn.Module, object, object], None]:
-        def fn(_m: nn.Module, _i: object, out: object) -> None:
-            if isinstance(out, torch.Tensor):
-                runs[-1].append((name, out.detach().clone()))
-
-        return fn
-
-    handles = [m.register_forward_hook(hook(n)) for n, m in module.named_modules() if n]
-    try:
-        for _ in range(2):
-            runs.append([])
-            EagerRunner(module, eval_mode=False).run(feeds)
-    finally:
-        for h in handles:
-            h.remove()
-    for (name, a), (_, b) in zip(runs[0], runs[1], strict=False):
-        if a.shape != b.shape or not torch.equal(a, b):
-            return repr(name.removeprefix(f"{WRAPPED}."))
-    return "(unknown)"
 
 
 def _not_invariant_message(module: nn.Module, diff: float, k: int) -> str:

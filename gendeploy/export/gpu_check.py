@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from gendeploy.errors import GendeployError, MissingDependencyError
+from gendeploy.errors import ExportError, GendeployError, MissingDependencyError
 from gendeploy.export.manifest import OutputKind
 from gendeploy.runtime.base import Feeds, Runner
 from gendeploy.runtime.tensorrt import TensorRTRunner, tensorrt_availability
@@ -75,6 +75,13 @@ def run(out: Path) -> dict[str, Any]:
     trt = TensorRTRunner(out / "export" / engine.path)
     trt_int8 = TensorRTRunner(out / "export" / manifest.artifact("trt_int8").path)
     results["int8_quality"] = manifest.artifact("trt_int8").validation.get("quality")
+    # what the engines really run, read back with TensorRT's engine inspector
+    results["executed"] = {"trt_fp16": trt.layer_precisions, "trt_int8": trt_int8.layer_precisions}
+    if not trt_int8.layer_precisions.get("int8") or not trt.layer_precisions.get("fp16"):
+        raise ExportError(
+            f"the engine inspector does not show the engines' precisions: {results['executed']} "
+            "(expected INT8 layers in trt_int8, FP16 layers in trt_fp16)"
+        )
     for batch in BATCHES:
         feeds: Feeds = {"z": rng.standard_normal((batch, config.latent_dim)).astype(np.float32)}
         e, t, i = _time(eager, feeds), _time(trt, feeds), _time(trt_int8, feeds)
@@ -176,6 +183,7 @@ def _markdown(results: dict[str, Any]) -> str:
     lines += ["", *(f"- {k}: {v}" for k, v in results["paths"].items())]
     lines += [f"- train on CUDA (default preset, 200 steps): {results['train_cuda']}"]
     lines += [f"- TensorRT INT8 quality gate: {results.get('int8_quality')}"]
+    lines += [f"- weighted layers by precision (engine inspector): {results.get('executed')}"]
     lines += [
         "",
         "| batch | eager p50 ms | TRT FP16 p50 ms | speedup | TRT INT8 p50 ms | speedup |",

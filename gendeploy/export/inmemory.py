@@ -39,11 +39,14 @@ def export_generator(
     forward_kwargs: dict[str, Any] | None = None,
     noise: str = "const",
     force: bool = False,
-    log: Callable[[str], None] | None = None,
+    log: Callable[[str], None] | None = print,
     source: Source | None = None,
     command: str | None = None,
 ) -> Manifest:
     """Export, gate and publish ``module``; returns the manifest.
+
+    Each step is reported to ``log`` (default ``print``: a notebook shows what happened, "up to
+    date" or "published" last; ``log=None`` is silent).
 
     ``module`` is put in eval mode. ``forward_kwargs`` are passed to every call (recorded in the
     manifest); ``noise="seeded"`` serves buffers named ``*noise*`` as per-request inputs drawn

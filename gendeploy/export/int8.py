@@ -3,25 +3,35 @@
 A generator's input distribution is known exactly: z ~ N(0, I) and uniform labels. So calibration
 needs no data set: ``calibration_feeds`` draws ``samples`` inputs from a fixed seed (deterministic),
 NNCF collects activation ranges on them (batches of ``CALIBRATION_BATCH``) and writes a QDQ ONNX
-(QuantizeLinear/DequantizeLinear pairs around every weighted layer, symmetric "performance"
-preset): the portable INT8 form that OpenVINO runs on CPU and TensorRT builds explicit-INT8
-engines from.
+(QuantizeLinear/DequantizeLinear pairs on the inputs and weights of the weighted layers only,
+symmetric "performance" preset): the portable INT8 form that OpenVINO runs on CPU and TensorRT
+builds explicit-INT8 engines from.
+
+Only weighted layers (``WEIGHTED_OPS``) are quantized: NNCF by default also puts quantizers on
+element-wise ops, Concat, Gather (embeddings) and, in a StyleGAN, the whole demodulation chain
+(Pow, ReduceSum, Sqrt, Reciprocal, Mul, Resize, Add: 99 quantizers on the example), which gain
+nothing from INT8 kernels and which a layer-by-layer fallback over weighted layers could never
+take back. So every other op type is in NNCF's ``IgnoredScope``, every quantization point is a
+weighted layer, and ``int8_layers`` / ``float_layers`` read from the graph exactly which layers
+run INT8 (the manifest lists both).
 
 ``quantize_gated`` runs the quality gate (``quality_gate.py``) on the result. When it fails, it
-falls back layer by layer, as NNCF's ``quantize_with_accuracy_control`` does with a user metric but
-with the gate itself as the metric: every weighted layer is tried alone in floating point
-(``nncf.IgnoredScope``), ranked by how much that helps, and layers are then kept in floating point
-in that order until the gate passes. The layers kept in floating point are recorded in the
-manifest. If even all but one layer in floating point fails, nothing is published.
+falls back layer by layer as NNCF's ``quantize_with_accuracy_control`` does: quantizers are
+reverted from the quantized model (``revert``), each layer alone is ranked by the normalized MSE
+its reversion leaves against FP32 on ``RANKING_SEEDS`` seeds (NNCF's ranking without a metric: one
+cheap pass per layer), then the full gate decides: the most-float model first (all but one layer
+reverted; if that fails, nothing will pass), then a bisection over the ranking for the fewest
+layers in floating point that pass. 2 + log2(L) gate passes instead of one per layer. If even all
+but one layer in floating point fails, nothing is published.
 """
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import importlib.util
 import io
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -30,19 +40,30 @@ from typing import Any
 
 import numpy as np
 import onnx
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from gendeploy.errors import ExportError, MissingDependencyError, QualityError, UsageError
-from gendeploy.export.manifest import Precision
-from gendeploy.export.quality_gate import PSNR_BOUNDS, QualityResult
+from gendeploy.errors import (
+    ExportError,
+    MissingDependencyError,
+    QualityError,
+    QuantizationError,
+    UsageError,
+)
+from gendeploy.export.fp16_islands import node_layer
+from gendeploy.export.quality_gate import QualityResult
 from gendeploy.runtime.base import Feeds
 from gendeploy.runtime.openvino import OpenVINORunner
 
 DEFAULT_CALIBRATION_SAMPLES = 256
-CALIBRATION_BATCH = 32
+CALIBRATION_BATCH = 32  # at most: a graph exported with a smaller max batch gets that (min)
 CALIBRATION_SEED = 20_240_611  # a stream apart from the gate's per-seed latents
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+SHAPE_ONLY_OPS = ("Shape", "Size")  # read a tensor's shape, not its values
+RANKING_SEEDS = 128  # seeds the fallback ranks layers on (the full gate then decides on 1,000)
 
-Judge = Callable[[onnx.ModelProto], QualityResult]
+Judge = Callable[[onnx.ModelProto], QualityResult]  # the full quality gate (and tensor gate)
+Error = Callable[[onnx.ModelProto], float]  # normalized MSE against FP32 on a few seeds
 
 
 def int8_tools_missing() -> str:
@@ -78,48 +99,76 @@ def check_calibration_samples(samples: int) -> None:
         )
 
 
-def calibration_feeds(latent_dim: int, num_classes: int, samples: int) -> list[Feeds]:
-    """``samples`` inputs, z ~ N(0, I), labels uniform over the classes, in batches."""
+def calibration_batch(max_batch: int) -> int:
+    """Samples per calibration item: NNCF runs the graph on each item, so never more than the
+    export's max batch (an export at ``--max-batch 1`` may be a static batch-1 graph)."""
+    return min(CALIBRATION_BATCH, max_batch)
+
+
+def calibration_feeds(
+    latent_dim: int, num_classes: int, samples: int, batch: int = CALIBRATION_BATCH
+) -> list[Feeds]:
+    """``samples`` inputs, z ~ N(0, I), labels uniform over the classes, ``batch`` per item (the
+    same samples whatever the batch)."""
     check_calibration_samples(samples)
     rng = np.random.default_rng(CALIBRATION_SEED)
     z = rng.standard_normal((samples, latent_dim), dtype=np.float32)
     labels = rng.permutation(np.arange(samples) % max(num_classes, 1)).astype(np.int64)
     items = []
-    for i in range(0, samples, CALIBRATION_BATCH):
-        item: Feeds = {"z": z[i : i + CALIBRATION_BATCH]}
+    for i in range(0, samples, batch):
+        item: Feeds = {"z": z[i : i + batch]}
         if num_classes > 0:
-            item["labels"] = labels[i : i + CALIBRATION_BATCH]
+            item["labels"] = labels[i : i + batch]
         items.append(item)
     return items
 
 
 def weighted_layers(model: onnx.ModelProto) -> list[str]:
-    """Names of the layers NNCF quantizes (weighted ops), in graph order."""
+    """Names of the weighted layers (the only ones quantized), in graph order."""
     return [n.name for n in model.graph.node if n.op_type in WEIGHTED_OPS]
 
 
 def describe_layers(model: onnx.ModelProto, names: list[str]) -> list[dict[str, str]]:
-    """ONNX node names with the PyTorch module each came from (the dynamo exporter records it in
-    ``pkg.torch.onnx.name_scopes``: ['', 'net', '0', 'convolution'] is module ``net.0``)."""
-    scopes: dict[str, str] = {}
-    for node in model.graph.node:
-        for prop in node.metadata_props:
-            if prop.key == "pkg.torch.onnx.name_scopes":
-                with contextlib.suppress(ValueError, SyntaxError):
-                    parts = [str(p) for p in ast.literal_eval(prop.value) if p]
-                    scopes[node.name] = ".".join(parts[:-1])
-    return [{"onnx_node": name, "module": scopes.get(name, "")} for name in names]
+    """ONNX node names with their op type and the PyTorch module each came from."""
+    nodes = {n.name: n for n in model.graph.node}
+    return [
+        {"onnx_node": name, "op": nodes[name].op_type, "module": node_layer(nodes[name])}
+        for name in names
+    ]
 
 
-def float_layers(quantized: onnx.ModelProto) -> list[str]:
-    """Weighted layers of a QDQ model whose weight is not dequantized from INT8 (stayed float)."""
-    dequantized = {
-        o for n in quantized.graph.node if n.op_type == "DequantizeLinear" for o in n.output
-    }
+def _dequantized(model: onnx.ModelProto) -> set[str]:
+    return {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+
+
+def int8_layers(quantized: onnx.ModelProto) -> list[str]:
+    """Weighted layers of a QDQ model that run in INT8: their input and their weight (the second
+    input: a MatMul's other operand) are both dequantized from INT8, so a runtime fuses them into
+    an integer kernel."""
+    dequantized = _dequantized(quantized)
     return [
         n.name
         for n in quantized.graph.node
-        if n.op_type in WEIGHTED_OPS and not (len(n.input) > 1 and n.input[1] in dequantized)
+        if n.op_type in WEIGHTED_OPS and len(n.input) > 1 and set(n.input[:2]) <= dequantized
+    ]
+
+
+def float_layers(quantized: onnx.ModelProto) -> list[str]:
+    """Weighted layers of a QDQ model that do not run in INT8 (stayed in floating point)."""
+    quantized_layers = set(int8_layers(quantized))
+    return [n for n in weighted_layers(quantized) if n not in quantized_layers]
+
+
+def other_quantized(quantized: onnx.ModelProto) -> list[str]:
+    """Nodes other than weighted layers that read an INT8-rounded tensor's values (none is
+    expected: ``quantize`` puts quantizers on weighted layers only; the manifest says so if one
+    appears). Shape and Size read only its shape, which rounding does not change."""
+    dequantized = _dequantized(quantized)
+    return [
+        n.name
+        for n in quantized.graph.node
+        if n.op_type not in (*WEIGHTED_OPS, *SHAPE_ONLY_OPS, "QuantizeLinear", "DequantizeLinear")
+        and dequantized.intersection(n.input)
     ]
 
 
@@ -135,13 +184,13 @@ def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     return folded
 
 
-def quantize(
-    model: onnx.ModelProto, items: list[Feeds], keep_float: list[str] | None = None
-) -> onnx.ModelProto:
-    """NNCF post-training quantization of an ONNX model to QDQ; ``keep_float`` layers untouched."""
+def quantize(model: onnx.ModelProto, items: list[Feeds]) -> onnx.ModelProto:
+    """NNCF post-training quantization of an ONNX model to QDQ, weighted layers only."""
     import nncf
 
-    ignored = nncf.IgnoredScope(names=list(keep_float)) if keep_float else None
+    others = sorted({n.op_type for n in model.graph.node} - set(WEIGHTED_OPS))
+    # validate=False: an op type listed here need not be one NNCF would have quantized
+    ignored = nncf.IgnoredScope(types=others, validate=False)
     try:
         with _quiet_nncf():
             quantized: onnx.ModelProto = nncf.quantize(
@@ -153,19 +202,70 @@ def quantize(
             )
     except Exception as e:  # NNCF's own errors, or a graph it cannot read
         first = " ".join(str(e).split())[:200]
-        raise ExportError(
+        raise QuantizationError(
             f"NNCF could not quantize this graph ({type(e).__name__}: {first}); export without "
             "--int8, or report the model"
         ) from None
     return quantized
 
 
+def revert(quantized: onnx.ModelProto, fp32: onnx.ModelProto, layers: list[str]) -> onnx.ModelProto:
+    """``quantized`` with ``layers`` back in floating point, as NNCF's accuracy control reverts
+    quantizers: each reads its FP32 inputs again (activation, weight and bias as in ``fp32``, the
+    graph NNCF was given); Q/DQ nodes and initializers nothing reads any more are dropped."""
+    out = onnx.ModelProto()
+    out.CopyFrom(quantized)
+    if not layers:
+        return out
+    original = {n.name: n for n in fp32.graph.node}
+    fp32_inits = {i.name: i for i in fp32.graph.initializer}
+    restored: dict[str, str] = {}  # fp32 initializer -> its name in ``out``
+    for node in out.graph.node:
+        if node.name not in layers:
+            continue
+        inputs = []
+        for name in original[node.name].input:
+            if name in fp32_inits:  # NNCF replaced or corrected it: the FP32 value under a new name
+                if name not in restored:
+                    restored[name] = f"{name}__float"
+                    copy = onnx.TensorProto()
+                    copy.CopyFrom(fp32_inits[name])
+                    copy.name = restored[name]
+                    out.graph.initializer.append(copy)
+                name = restored[name]
+            inputs.append(name)
+        node.input[:] = inputs
+    return _prune(out)
+
+
+def _prune(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Drop Q/DQ nodes whose outputs nothing reads, then initializers nothing reads."""
+    graph = model.graph
+    while True:
+        read = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+        dead = [
+            n
+            for n in graph.node
+            if n.op_type in ("QuantizeLinear", "DequantizeLinear") and n.output[0] not in read
+        ]
+        if not dead:
+            break
+        for node in dead:
+            graph.node.remove(node)
+    read = {i for n in graph.node for i in n.input}
+    unused = [i for i in graph.initializer if i.name not in read]
+    for init in unused:
+        graph.initializer.remove(init)
+    return model
+
+
 @dataclass
 class Int8Result:
     model: onnx.ModelProto
     quality: QualityResult
-    float_layers: list[str]
-    attempts: list[dict[str, Any]] = field(default_factory=list)  # the fallback's steps
+    float_layers: list[str]  # kept in floating point by the fallback
+    attempts: list[dict[str, Any]] = field(default_factory=list)  # the gate passes, in order
+    ranking: list[dict[str, Any]] = field(default_factory=list)  # the fallback's layer ranking
     seconds: float = 0.0
 
 
@@ -173,6 +273,7 @@ def quantize_gated(
     fp32: onnx.ModelProto,
     items: list[Feeds],
     judge: Judge,
+    error: Error,
     say: Callable[[str], None],
     fallback: bool = True,
 ) -> Int8Result:
@@ -183,60 +284,68 @@ def quantize_gated(
     first = judge(quantized)
     attempts = [_attempt([], first)]
     if first.passed:
-        return Int8Result(quantized, first, [], attempts, time.perf_counter() - started)
-    layers = weighted_layers(fp32)
-    if not fallback or len(layers) < 2:  # one layer in float would leave nothing in INT8
+        return Int8Result(quantized, first, [], attempts, [], time.perf_counter() - started)
+    layers = int8_layers(quantized)
+    if not fallback:
         first.check("int8")
-    say(f"int8 fails the quality gate ({'; '.join(first.failures)}): falling back layer by layer")
-    alone: dict[str, tuple[onnx.ModelProto, QualityResult]] = {}
-    for layer in layers:
-        model = quantize(fp32, items, [layer])
-        alone[layer] = (model, judge(model))
-        attempts.append(_attempt([layer], alone[layer][1]))
-        say(f"  {layer} alone in float: {_attempt_text(alone[layer][1])}")
-    ranked = sorted(alone, key=lambda name: _badness(alone[name][1]))
-
-    def with_float(count: int) -> tuple[onnx.ModelProto, QualityResult]:
-        """The ``count`` most helpful layers kept in float, judged."""
-        if count == 1:
-            return alone[ranked[0]]
-        model = quantize(fp32, items, ranked[:count])
-        result = judge(model)
-        attempts.append(_attempt(ranked[:count], result))
-        say(f"  {count} layers in float {ranked[:count]}: {_attempt_text(result)}")
-        return model, result
-
-    # the most float that still leaves one layer in INT8 first: if that fails, nothing will
-    most = len(layers) - 1
-    best = with_float(most)
-    if not best[1].passed:
+    if len(layers) < 2:  # one layer in float would leave nothing in INT8
         raise QualityError(
-            f"quality gate failed for 'int8' even with {most} of {len(layers)} weighted layers "
-            f"kept in floating point ({'; '.join(best[1].failures)}; with every layer INT8: "
-            f"{'; '.join(first.failures)}); this generator does not quantize: export it without "
-            "--int8; nothing published"
+            f"quality gate failed for 'int8' ({'; '.join(first.failures)}) and the generator has "
+            f"{len(layers)} INT8 layer(s): no layer-by-layer fallback; export it without --int8; "
+            "nothing published",
+            artifact="int8",
         )
-    # then the fewest that pass, by bisection over the ranking (the quality gate decides)
-    low, high = 0, most  # low fails (0 = every layer INT8), high passes
-    while high - low > 1:
-        middle = (low + high) // 2
-        judged = with_float(middle)
-        if judged[1].passed:
-            high, best = middle, judged
-        else:
-            low = middle
+    say(
+        f"int8 fails the quality gate ({'; '.join(first.failures)}): falling back layer by layer "
+        f"({len(layers)} layers ranked on {RANKING_SEEDS} seeds, then the gate decides)"
+    )
+    errors: dict[str, float] = {}
+    with _progress("int8 fallback: ranking layers", len(layers)) as advance:
+        for layer in layers:
+            errors[layer] = error(revert(quantized, fp32, [layer]))
+            advance()
+    ranked = sorted(layers, key=lambda name: errors[name])  # stable: graph order on ties
+    ranking = [{"layer": name, "nmse": errors[name]} for name in ranked]
+    say("  alone in float, normalized MSE vs FP32: " + _ranking_text(ranking))
+
+    most = len(layers) - 1  # all but one in float: if that fails, nothing will pass
+    with _progress("int8 fallback: gate passes", 1 + math.ceil(math.log2(most))) as advance:
+
+        def with_float(count: int) -> tuple[onnx.ModelProto, QualityResult]:
+            """The ``count`` best-ranked layers back in float, judged by the full gate."""
+            model = revert(quantized, fp32, ranked[:count])
+            result = judge(model)
+            attempts.append(_attempt(ranked[:count], result))
+            say(f"  {count} layer(s) in float {ranked[:count]}: {_attempt_text(result)}")
+            advance()
+            return model, result
+
+        best = with_float(most)
+        if not best[1].passed:
+            raise QualityError(
+                f"quality gate failed for 'int8' even with {most} of {len(layers)} weighted "
+                f"layers kept in floating point ({'; '.join(best[1].failures)}; with every layer "
+                f"INT8: {'; '.join(first.failures)}); this generator does not quantize: export "
+                "it without --int8; nothing published",
+                artifact="int8",
+            )
+        # then the fewest that pass, by bisection over the ranking (the quality gate decides)
+        low, high = 0, most  # low fails (0 = every layer INT8), high passes
+        while high - low > 1:
+            middle = (low + high) // 2
+            judged = with_float(middle)
+            if judged[1].passed:
+                high, best = middle, judged
+            else:
+                low = middle
     keep = ranked[:high]
     say(f"int8 passes with {high} of {len(layers)} layers kept in float: {keep}")
-    return Int8Result(best[0], best[1], keep, attempts, time.perf_counter() - started)
+    return Int8Result(best[0], best[1], keep, attempts, ranking, time.perf_counter() - started)
 
 
-def _badness(result: QualityResult) -> float:
-    """The worst of the gate's figures relative to its bound (<= 1: within bounds)."""
-    bounds = PSNR_BOUNDS[Precision.int8]
-    worst = result.frechet_ratio / result.max_frechet_ratio
-    worst = max(worst, bounds.min_p1_db / max(result.psnr.p1_db, 1e-3))
-    worst = max(worst, bounds.min_median_db / max(result.psnr.median_db, 1e-3))
-    return worst + 10.0 * len(result.failures)
+def _ranking_text(ranking: list[dict[str, Any]]) -> str:
+    shown = ", ".join(f"{r['layer']} {r['nmse']:.3g}" for r in ranking[:8])
+    return shown + (f" (+{len(ranking) - 8} more)" if len(ranking) > 8 else "")
 
 
 def _attempt_text(result: QualityResult) -> str:
@@ -253,6 +362,19 @@ def _attempt(keep: list[str], result: QualityResult) -> dict[str, Any]:
     }
 
 
+@contextlib.contextmanager
+def _progress(label: str, total: int) -> Iterator[Callable[[], None]]:
+    """A progress bar on stderr while the fallback works (nothing when stderr is no terminal)."""
+    console = Console(stderr=True)
+    if not console.is_terminal:  # a log or a pipe: the say() lines are the progress
+        yield lambda: None
+        return
+    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda: bar.advance(task)
+
+
 def signed_for_tensorrt(model: onnx.ModelProto) -> onnx.ModelProto:
     """The QDQ model with every activation quantizer in signed INT8, as TensorRT's explicit
     quantization requires (INT8, zero point 0). NNCF quantizes non-negative activations (after
@@ -262,26 +384,43 @@ def signed_for_tensorrt(model: onnx.ModelProto) -> onnx.ModelProto:
     out = onnx.ModelProto()
     out.CopyFrom(model)
     inits = {i.name: i for i in out.graph.initializer}
-    doubled: set[str] = set()
-    for node in out.graph.node:
-        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(node.input) < 3:
-            continue
-        zero = inits.get(node.input[2])
-        if zero is None or zero.data_type != onnx.TensorProto.UINT8:
-            continue
-        values = onnx.numpy_helper.to_array(zero)
+    quantizers = [
+        n
+        for n in out.graph.node
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2
+    ]
+    # decided on the original types first: a Q and its DQ may share a zero point or a scale
+    unsigned = [
+        n
+        for n in quantizers
+        if n.input[2] in inits and inits[n.input[2]].data_type == onnx.TensorProto.UINT8
+    ]
+    scales = {n.input[1] for n in unsigned}
+    shared = [n.name for n in quantizers if n not in unsigned and n.input[1] in scales]
+    if shared:
+        raise ExportError(
+            f"{shared[0]}: a signed quantizer shares its scale with an unsigned one; TensorRT's "
+            "INT8 needs them apart: export without TensorRT INT8, or report the model"
+        )
+    for name in sorted({n.input[2] for n in unsigned}):
+        values = onnx.numpy_helper.to_array(inits[name])
         if values.any():
             raise ExportError(
-                f"{node.name}: asymmetric UINT8 quantizer (zero point {values.max()}); TensorRT "
-                "needs symmetric INT8"
+                f"{name}: asymmetric UINT8 quantizer (zero point {values.max()}); TensorRT needs "
+                "symmetric INT8"
             )
-        zero.CopyFrom(onnx.numpy_helper.from_array(values.astype(np.int8), zero.name))
-        scale = inits[node.input[1]]
-        if scale.name not in doubled:
-            doubled.add(scale.name)
-            scale.CopyFrom(
-                onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(scale) * 2, scale.name)
-            )
+        inits[name].CopyFrom(onnx.numpy_helper.from_array(values.astype(np.int8), name))
+    # the types NNCF recorded (value_info) for the zero points and the quantized tensors
+    now_signed = {n.input[2] for n in unsigned}
+    now_signed |= {n.output[0] for n in unsigned if n.op_type == "QuantizeLinear"}
+    for info in [*out.graph.value_info, *out.graph.output]:
+        if info.name in now_signed:
+            info.type.tensor_type.elem_type = onnx.TensorProto.INT8
+    for name in sorted(scales):
+        values = onnx.numpy_helper.to_array(inits[name])
+        # keep the scale's dtype: numpy 1.x makes a 0-d float32 array times 2 a float64, which
+        # QuantizeLinear does not accept (an invalid model)
+        inits[name].CopyFrom(onnx.numpy_helper.from_array((values * 2).astype(values.dtype), name))
     return out
 
 

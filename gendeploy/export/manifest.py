@@ -123,6 +123,9 @@ class Interface:
     class_input: str = "labels"  # labels as they are; onehot: gendeploy builds c; empty: [N, 0]
     truncation_arg: str = ""  # forward's truncation parameter; "" when not a served input
     truncation_default: float = 1.0  # the model's own default psi
+    # [lo, hi]: the psi requests may send, the range the gate (FP16 too) ran the model at; the
+    # server refuses psi outside it. [] (manifests before it): not checked
+    truncation_range: list[float] = field(default_factory=list)
     noise: list[NoiseInput] = field(default_factory=list)
     forward_kwargs: dict[str, Any] = field(default_factory=dict)  # --forward-kwargs, as parsed
 

@@ -10,8 +10,10 @@ import contextlib
 import inspect
 import io
 import logging
+import os
+import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,8 +25,15 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from gendeploy.errors import ExportError
+from gendeploy.export import symbolic_batch
 from gendeploy.export.manifest import Interface, TensorSpec
-from gendeploy.export.rewrite import Rewrite, rewrite_batch_grouped, verify
+from gendeploy.export.rewrite import (
+    Rewrite,
+    describe,
+    rewrite_batch_grouped,
+    verify,
+    verify_batches,
+)
 from gendeploy.export.signature import WRAPPED, ServedGenerator
 
 OUTPUT = "images"
@@ -59,18 +68,47 @@ FP32_OPS = [
 
 @contextlib.contextmanager
 def _quiet_exporter() -> Iterator[None]:
-    """The exporter logs torchvision notes and deprecation chatter unrelated to our model."""
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo")]
+    """The exporter logs torchvision notes and deprecation chatter unrelated to our model; failed
+    captures log the graph they stopped in (symbolic_shapes), which the one-line error replaces."""
+    names = ("torch.onnx", "torch.export", "torch._dynamo", "torch.fx.experimental.symbolic_shapes")
+    loggers = [logging.getLogger(n) for n in names]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        with (
+            warnings.catch_warnings(),
+            contextlib.redirect_stdout(io.StringIO()),
+            contextlib.redirect_stderr(io.StringIO()),  # torch.export prints failed graphs there
+        ):
             warnings.simplefilter("ignore")
             yield
     finally:
         for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
+
+
+@contextlib.contextmanager
+def _silenced_descriptors() -> Iterator[None]:
+    """File descriptors 1 and 2 to /dev/null: the TorchScript exporter prints its IR from C++ when
+    it fails, past Python's ``sys.stdout``."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    saved = [os.dup(1), os.dup(2)]
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        yield
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, null):
+            os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -80,6 +118,7 @@ class Exported:
     exporter: str  # "dynamo" or "torchscript"
     rewrites: list[Rewrite] = field(default_factory=list)  # batch-grouped convolutions replaced
     static_batch: bool = False  # exported at batch 1 only (--max-batch 1)
+    symbolic_batch: bool = False  # the model made the batch a constant; gendeploy undid it
 
 
 def sample_inputs(specs: list[TensorSpec], batch: int) -> tuple[torch.Tensor, ...]:
@@ -122,28 +161,38 @@ def export_fp32(
     """
     specs = inputs or Interface().input_specs(latent_dim, num_classes)
     static = max_batch == 1
-    args = sample_inputs(specs, 1 if static else 2)
+
+    def make_inputs(batch: int) -> tuple[torch.Tensor, ...]:
+        return sample_inputs(specs, batch)
+
+    args = make_inputs(1 if static else 2)
     names = [s.name for s in specs]
     module = module.eval()
     batch = torch.export.Dim("batch", min=1, max=max(max_batch, 2))
     dynamic = None if static else _dynamic_shapes(module, len(args), batch)
     errors = []
     rewrites: list[Rewrite] = []
+    generalized = False
     with _quiet_exporter():
         target: Any = module
+        captured = None
         try:
             captured = torch.export.export(module, args, dynamic_shapes=dynamic, strict=False)
         except Exception as e:  # fall back to torch.onnx's own strategies below
-            if "specialized it to be a constant" in str(e):
-                raise ExportError(_specialized_message()) from None
-            errors.append(f"torch.export: {_first_line(e)}")
-        else:
+            if "specialized it to be a constant" not in str(e):
+                errors.append(f"torch.export: {_first_line(e)}")
+            else:
+                captured = _capture_symbolic_batch(module, make_inputs, args, batch)
+                generalized = True
+        if captured is not None:
             target = captured
             graph = captured.module()
             prefix = f"{WRAPPED}." if isinstance(module, ServedGenerator) else ""
             rewrites = rewrite_batch_grouped(graph, prefix)
-            if rewrites:
-                verify(module, graph, lambda n: sample_inputs(specs, n), rewrites)
+            if rewrites or generalized:
+                changes = ["making the batch symbolic again"] if generalized else []
+                changes += [describe(rewrites)] if rewrites else []
+                verify(module, graph, make_inputs, " and ".join(changes), verify_batches(max_batch))
                 target = graph
         try:
             torch.onnx.export(
@@ -162,27 +211,32 @@ def export_fp32(
             if disk is not None:  # no other exporter can write to a full or read-only disk
                 raise OSError(disk.errno, disk.strerror, str(path)) from None
             errors.append(f"dynamo: {_first_line(e)}")
-            if rewrites:
+            if rewrites or generalized:
                 raise ExportError(f"torch.onnx.export failed: {'; '.join(errors)}") from None
             try:
-                torch.onnx.export(
-                    module,
-                    args,
-                    str(path),
-                    input_names=names,
-                    output_names=[OUTPUT],
-                    dynamic_axes=None if static else {n: {0: "batch"} for n in [*names, OUTPUT]},
-                    dynamo=False,
-                )
+                with _silenced_descriptors():
+                    torch.onnx.export(
+                        module,
+                        args,
+                        str(path),
+                        input_names=names,
+                        output_names=[OUTPUT],
+                        dynamic_axes=(
+                            None if static else {n: {0: "batch"} for n in [*names, OUTPUT]}
+                        ),
+                        dynamo=False,
+                    )
                 exporter = "torchscript"
             except Exception as e2:
+                if "kernel of unknown shape" in str(e2):
+                    raise ExportError(_grouped_message(module, make_inputs, errors[0])) from None
                 errors.append(f"torchscript: {_first_line(e2)}")
                 raise ExportError(f"torch.onnx.export failed: {'; '.join(errors)}") from None
     sidecar = path.with_name(path.name + ".data")
     if sidecar.exists():
         raise ExportError(f"the exporter wrote external data {sidecar.name}; expected one file")
     check(path)
-    return Exported(exporter, rewrites, static)
+    return Exported(exporter, rewrites, static, generalized)
 
 
 def _target_shapes(target: Any, dynamic: Any, n: int, batch: Any) -> Any:
@@ -202,12 +256,41 @@ def _dynamic_shapes(module: nn.Module, n: int, batch: Any) -> tuple[Any, ...]:
     return each
 
 
-def _specialized_message() -> str:
+def _capture_symbolic_batch(
+    module: nn.Module,
+    make_inputs: Callable[[int], tuple[torch.Tensor, ...]],
+    args: tuple[torch.Tensor, ...],
+    batch: Any,
+) -> torch.export.ExportedProgram:
+    """The model's graph with its batch made symbolic again (``symbolic_batch.py``), captured
+    with a dynamic batch; a one-line ``BatchConstantError`` when that cannot be done."""
+    general = symbolic_batch.generalized_graph(module, make_inputs)
+    try:
+        return torch.export.export(
+            general, args, dynamic_shapes=_dynamic_shapes(general, len(args), batch), strict=False
+        )
+    except Exception as e:
+        why = f"its graph made symbolic does not capture ({_first_line(e)})"
+        raise symbolic_batch.BatchConstantError(
+            symbolic_batch.specialized_message(module, make_inputs, why)
+        ) from None
+
+
+def _grouped_message(
+    module: nn.Module, make_inputs: Callable[[int], tuple[torch.Tensor, ...]], why: str
+) -> str:
+    """TorchScript's "convolution for kernel of unknown shape", said as what it means: a
+    batch-grouped convolution, which only a torch.export capture lets gendeploy rewrite."""
+    layers = symbolic_batch.batch_grouped_layers(module, make_inputs(2))
+    shown = ", ".join(repr(n) for n in layers[:4]) + (", ..." if len(layers) > 4 else "")
+    where = f"layer{'s' if len(layers) > 1 else ''} {shown}: " if layers else ""
     return (
-        "the model turns the batch size into a constant while it is traced (int(x.shape[0]), a "
-        "Python branch or assert on it), so it cannot be exported with a dynamic batch; keep the "
-        "batch symbolic (x.shape[0]), use the model's own non-fused path (--forward-kwargs), or "
-        "export a static batch (--max-batch 1)"
+        f"{where}a convolution with groups = batch (per-sample weights over a [1, N*C, H, W] "
+        "view) cannot be exported with a dynamic batch as written, and gendeploy rewrites it only "
+        f"on a torch.export capture, which failed ({why}); options: make torch.export succeed "
+        "(e.g. torch.where instead of a Python branch on a tensor's value), the model's own "
+        "non-fused path (--forward-kwargs, e.g. fused_modconv=false), or a static batch "
+        "(--max-batch 1)"
     )
 
 

@@ -26,6 +26,10 @@ class ExportOptions:
     calibration_samples: int | None = None  # --int8: inputs NNCF calibrates on (None: default)
     max_frechet_ratio: float = 1.10  # the quality gate's distribution bound (quality_gate.py)
     quality_seeds: int = 1000  # seeds per set of the quality gate (FP16 and INT8 artifacts)
+    int8_fallback: bool = True  # --int8 that fails the gate: fall back layer by layer (int8.py)
+    # INT8 the quality gate refuses is recorded in the manifest's ``skipped`` and the export goes
+    # on (the bench: the export's decision is reused, not re-run); False: the export fails
+    int8_optional: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "output", OutputKind(self.output))

@@ -25,6 +25,7 @@ NCHW in [-1, 1], or uint8 NHWC): a ``Runner.run``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -33,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from gendeploy.errors import QualityError, UsageError
+from gendeploy.errors import QualityError, UnscorableError, UsageError
 from gendeploy.export.features import DigitsFeatures, FeatureSpace, RandomConvFeatures
 from gendeploy.export.gate import PSNR_IDENTICAL, render
 from gendeploy.export.manifest import Precision, Source
@@ -44,6 +45,7 @@ from gendeploy.trainer.quality import evaluate_generator, frechet_distance, scor
 
 ImageFn = Callable[[Feeds], np.ndarray]
 MIN_SEEDS = 1000
+NONFINITE = "values: NaN/Inf in the samples"  # the failure an overflow gives
 
 
 @dataclass(frozen=True)
@@ -76,10 +78,10 @@ class QualityConfig:
     def __post_init__(self) -> None:
         if self.seeds < MIN_SEEDS:
             raise UsageError(f"the quality gate needs at least {MIN_SEEDS} seeds, got {self.seeds}")
-        if not self.max_frechet_ratio >= 1.0:
+        if not (math.isfinite(self.max_frechet_ratio) and self.max_frechet_ratio >= 1.0):
             raise UsageError(
-                f"--max-frechet-ratio must be >= 1.0 (1.0: identical to FP32's own noise), got "
-                f"{self.max_frechet_ratio}"
+                f"--max-frechet-ratio must be a finite number >= 1.0 (1.0: identical to FP32's "
+                f"own noise; default 1.10), got {self.max_frechet_ratio}"
             )
         if self.batch < 1:
             raise UsageError(f"quality gate batch must be >= 1, got {self.batch}")
@@ -157,7 +159,8 @@ class QualityResult:
         if self.failures:
             raise QualityError(
                 f"quality gate failed for {name!r}: {'; '.join(self.failures)} "
-                f"[{self.feature_space} features, {self.seeds} seeds]; nothing published"
+                f"[{self.feature_space} features, {self.seeds} seeds]; nothing published",
+                artifact=name,
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -248,7 +251,10 @@ class QualityGate:
         self.images_b = draw(reference, self.feeds_b, self.config.batch)
         for images in (self.images_a, self.images_b):
             if not np.isfinite(images).all():
-                raise QualityError("FP32 samples contain NaN/Inf: the generator cannot be scored")
+                raise UnscorableError(
+                    "FP32 samples contain NaN/Inf: the generator cannot be scored; export it "
+                    "without --int8 / --fp16"
+                )
         self._spaces = {False: self._space(self.images_a, self.images_b)}
         self.digits_fp32: DigitsScore | None = None
         if facts.digits_config is not None:
@@ -265,7 +271,7 @@ class QualityGate:
         floor = frechet_distance(self.features(images_b), features_a)
         scale = float(np.trace(np.cov(features_a, rowvar=False)))
         if not floor > 1e-9 * max(scale, 1e-12):
-            raise QualityError(
+            raise UnscorableError(
                 "the quality gate cannot score this generator: FP32 draws the same samples for "
                 "two disjoint seed sets (its output does not depend on z), so there is no noise "
                 "floor to compare a reduced precision with; export it without --int8 / --fp16"
@@ -277,6 +283,15 @@ class QualityGate:
             as_rendered = [as_float_nchw(render(x)) for x in (self.images_a, self.images_b)]
             self._spaces[rendered] = self._space(*as_rendered)
         return self._spaces[rendered]
+
+    def nmse(self, candidate: ImageFn, seeds: int) -> float:
+        """The candidate's normalized mean squared error against FP32 on the first ``seeds`` seeds
+        of set B (NNCF's ranking measure): a cheap sensitivity figure, not a verdict."""
+        feeds = {k: v[:seeds] for k, v in self.feeds_b.items()}
+        reference = self.images_b[:seeds].astype(np.float64)
+        raw = draw(candidate, feeds, self.config.batch)
+        images = np.nan_to_num(raw, nan=1e3, posinf=1e3, neginf=-1e3)  # NaN/Inf: ranked last
+        return float(((images - reference) ** 2).sum() / max((reference**2).sum(), 1e-12))
 
     def judge(self, candidate: ImageFn, precision: Precision | str) -> QualityResult:
         precision = Precision(precision)
@@ -295,7 +310,7 @@ class QualityGate:
         )
         frechet = frechet_distance(self.features(images), space.features_a)
         ratio = frechet / space.floor
-        failures: list[str] = [] if finite else ["values: NaN/Inf in the samples"]
+        failures: list[str] = [] if finite else [NONFINITE]
         bounds = PSNR_BOUNDS.get(precision)
         if bounds is not None and stats.p1_db < bounds.min_p1_db:
             failures.append(

@@ -62,7 +62,6 @@ _VIEWS = {
 }
 _MUL = {aten.mul.Tensor, aten.mul.Scalar}
 _DIV = {aten.div.Tensor, aten.div.Scalar}
-VERIFY_BATCHES = (1, 3)
 VERIFY_ATOL = 1e-4  # the gate's FP32 tolerance
 
 
@@ -103,7 +102,7 @@ def rewrite_batch_grouped(gm: fx.GraphModule, prefix: str = "") -> list[Rewrite]
         if not all(isinstance(d, int) for d in shape[1:]) or not _constant_geometry(params):
             raise RewriteError(unsupported_message(layer, "convolution with symbolic kernel"))
         out_per_sample, _, kh, kw = _per_sample_kernel(weight, groups)
-        factors = _modulation(weight, groups)
+        factors = _modulation(weight, groups, [out_per_sample, shape[1], kh, kw])
         conv_args = (
             params["input"],
             params.get("bias"),
@@ -147,28 +146,49 @@ def layer_name(node: fx.Node) -> str:
     return (paths[-1] if paths else "") or "<top level>"
 
 
+def verify_batches(max_batch: int) -> list[int]:
+    """Where a changed graph is compared with the model: 1 (groups of one), 2 (the capture's
+    batch), 3 (odd) and the largest batch the export takes."""
+    top = max(max_batch, 2)
+    return sorted({b for b in (1, 2, 3, top) if b <= top})
+
+
 def verify(
     original: Callable[..., torch.Tensor],
     rewritten: Callable[..., torch.Tensor],
     make_inputs: Callable[[int], Sequence[torch.Tensor]],
-    rewrites: list[Rewrite],
-    batches: tuple[int, ...] = VERIFY_BATCHES,
+    what: str,
+    batches: Sequence[int],
 ) -> float:
-    """Largest difference between the two at each batch size; raises above the FP32 tolerance."""
+    """Largest difference between the two at each batch size; raises a one-line ``ExportError``
+    above the FP32 tolerance or when the changed graph does not run (``what`` names the change)."""
     worst = 0.0
     for batch in batches:
         inputs = make_inputs(batch)
-        with torch.no_grad():
-            diff = float((original(*inputs) - rewritten(*inputs)).abs().max())
+        try:
+            with torch.no_grad():
+                diff = float((original(*inputs) - rewritten(*inputs)).abs().max())
+        except Exception as e:  # a changed graph that fails to run is a failed change, not a crash
+            detail = " ".join(str(e).split())[:160]
+            raise ExportError(
+                f"{what} does not run at batch {batch} ({type(e).__name__}: {detail}); export "
+                "the model's non-fused path (--forward-kwargs) or a static batch (--max-batch 1), "
+                "and report this model"
+            ) from None
         worst = max(worst, diff if math.isfinite(diff) else math.inf)
         if not worst <= VERIFY_ATOL:
-            layers = ", ".join(f"{r.layer} ({r.form})" for r in rewrites)
             raise ExportError(
-                f"rewriting the batch-grouped convolutions of {layers} changed the output by "
-                f"{worst:.3g} at batch {batch} (> {VERIFY_ATOL:g}); export the model's non-fused "
-                "path (--forward-kwargs) and report this model"
+                f"{what} changed the output by {worst:.3g} at batch {batch} (> {VERIFY_ATOL:g}); "
+                "export the model's non-fused path (--forward-kwargs) or a static batch "
+                "(--max-batch 1), and report this model"
             )
     return worst
+
+
+def describe(rewrites: list[Rewrite]) -> str:
+    """How ``verify`` names a rewrite in its errors."""
+    layers = ", ".join(f"{r.layer} ({r.form})" for r in rewrites)
+    return f"rewriting the batch-grouped convolutions of {layers}"
 
 
 # --- the replacements: called by the rewritten graph, traced again by torch.export ------------
@@ -295,9 +315,14 @@ def _per_sample_kernel(weight: fx.Node, groups: fx.Node) -> tuple[int, int, int,
     return int(expr), channels, kh, kw
 
 
-def _modulation(weight: fx.Node, groups: fx.Node) -> tuple[list, list, list] | None:
+def _modulation(
+    weight: fx.Node, groups: fx.Node, kernel: list[int]
+) -> tuple[list, list, list] | None:
     """(shared, per-input-channel, per-output-channel) factors of the per-sample weight, or None
-    when it is not such a product."""
+    when it is not such a product. ``kernel``: [O, I, kh, kw], what each sample's convolution
+    sees; the product must be laid out [G, O, I, kh, kw] exactly, else its axes are not the
+    convolution's (a [G, 2, 8, 3, 3] product viewed as [G*4, 4, 3, 3]: its "input channel" axis
+    spans two convolution channels) and only the batched form is right."""
     source = weight
     while (
         isinstance(source, fx.Node)
@@ -308,6 +333,8 @@ def _modulation(weight: fx.Node, groups: fx.Node) -> tuple[list, list, list] | N
         source = source.args[0]  # type: ignore[assignment]
     target = _shape(source)
     if len(target) != 5 or not _same(target[0], _group_count(groups)):
+        return None
+    if not all(_same(size, want) for size, want in zip(target[1:], kernel, strict=True)):
         return None
     groups_of: dict[str, list[Any]] = {"shared": [], "in": [], "out": []}
     for leaf, divides in _factors(source):

@@ -8,7 +8,9 @@ Every export serves one calling convention, ``(z[, labels][, truncation][, noise
   unconditional model whose ``forward(z, c)`` still wants ``c`` gets an empty ``[N, 0]`` one.
 - truncation: a ``forward`` parameter named ``truncation_psi`` / ``truncation`` / ``psi`` with a
   numeric default becomes the per-sample input ``truncation`` ``[N, 1]`` (requests may omit it: the
-  server fills the model's default), unless ``--forward-kwargs`` fixes it.
+  server fills the model's default), unless ``--forward-kwargs`` fixes it. Requests may send psi
+  within ``TRUNCATION_RANGE`` (widened to take the default), recorded in the manifest: the gate
+  runs every artifact at both ends, and the server refuses psi outside.
 - noise (``--noise seeded``): buffers named ``*noise*`` become per-sample inputs, which the server
   draws from each request's seed (``backend_model.draw_noise``); by default they stay constants,
   as the model computes them in eager mode.
@@ -27,14 +29,23 @@ from typing import Any
 import torch
 from torch import nn
 
-from gendeploy.errors import UsageError
+from gendeploy.errors import UsageError, ValidationError
 from gendeploy.export.manifest import Interface, NoiseInput, NoiseMode
 
 TRUNCATION_ARGS = ("truncation_psi", "truncation", "psi")
+# The psi a served request may send: 0 (the average image) to 1 (no truncation) and beyond on both
+# sides for those who extrapolate. The gate checks every artifact at both ends, so an FP16 one is
+# known finite there; outside, nothing is known, so the server refuses it.
+TRUNCATION_RANGE = (-1.0, 2.0)
 WRAPPED = "generator"  # ServedGenerator's attribute holding the model
 SHAPE_PROBE_BATCH = 2  # the first call: does it run, what shape does it return
 PROBE_BATCH = 3  # odd, so a per-sample input that broadcasts wrongly cannot pass for a size of 2
+DETERMINISM_ATOL = 1e-6  # the same input twice: eager CPU kernels repeat bit for bit
 _KWARG = re.compile(r"^([A-Za-z_]\w*)=(.*)$")
+
+
+class NondeterministicModelError(ValidationError):
+    """The eager generator gives another image for the same input (random numbers in forward)."""
 
 
 class ClassInput(str, Enum):
@@ -130,12 +141,16 @@ def inspect_generator(
     kwargs = dict(forward_kwargs or {})
     _check_kwargs(generator, kwargs, label)
     interface = _class_input(generator, latent_dim, num_classes, image_shape, kwargs, label)
+    # before the probes below, which compare outputs and would blame randomness on what they probe
+    _check_deterministic(generator, interface, latent_dim, num_classes)
     truncation = _truncation(generator, interface, latent_dim, num_classes, kwargs)
     if isinstance(truncation, str):
         if truncation:
             say(truncation)
     else:
         interface.truncation_arg, interface.truncation_default = truncation
+        lo, hi = TRUNCATION_RANGE
+        interface.truncation_range = [min(lo, truncation[1]), max(hi, truncation[1])]
     buffers = noise_buffers(generator)
     if NoiseMode(noise) is NoiseMode.seeded:
         interface.noise = _seeded_noise(generator, interface, buffers, latent_dim, num_classes)
@@ -145,6 +160,62 @@ def inspect_generator(
             "constants; --noise seeded draws them per request from its seed"
         )
     return interface
+
+
+def randomness_message(moved: float, where: str) -> str:
+    return (
+        f"the generator draws random numbers in forward: the same input twice gives images "
+        f"{moved:.3g} apart (first at layer {where}); make its noise a buffer or an input "
+        "(e.g. --forward-kwargs noise_mode=const) so served images are reproducible; nothing "
+        "exported"
+    )
+
+
+def first_differing_layer(module: nn.Module, run: Callable[[], object]) -> str:
+    """The first module (in call order) whose output differs between two calls of ``run``."""
+    runs: list[list[tuple[str, torch.Tensor]]] = []
+
+    def hook(name: str) -> Callable[[nn.Module, object, object], None]:
+        def fn(_m: nn.Module, _i: object, out: object) -> None:
+            if isinstance(out, torch.Tensor):
+                runs[-1].append((name, out.detach().clone()))
+
+        return fn
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in module.named_modules() if n]
+    try:
+        for _ in range(2):
+            runs.append([])
+            run()
+    finally:
+        for h in handles:
+            h.remove()
+    for (name, a), (_, b) in zip(runs[0], runs[1], strict=False):
+        if a.shape != b.shape or not torch.equal(a, b):
+            return repr(name.removeprefix(f"{WRAPPED}."))
+    return "(unknown)"
+
+
+def _check_deterministic(
+    generator: nn.Module, interface: Interface, latent_dim: int, num_classes: int
+) -> None:
+    module = ServedGenerator(generator, interface, num_classes)
+    inputs = probe_inputs(latent_dim, num_classes, interface, SHAPE_PROBE_BATCH)
+
+    def run() -> torch.Tensor:
+        with torch.inference_mode():
+            out: torch.Tensor = module(*inputs)
+        return out
+
+    first, second = run(), run()
+    # NaN where NaN was, or inf where inf was, is the same output: the gate names such a layer
+    same = torch.isclose(first, second, rtol=0.0, atol=DETERMINISM_ATOL, equal_nan=True)
+    same |= first == second
+    if not bool(same.all()):
+        moved = float(torch.nan_to_num((first - second).abs()[~same], nan=float("inf")).max())
+        raise NondeterministicModelError(
+            randomness_message(moved, first_differing_layer(module, run))
+        )
 
 
 def noise_buffers(generator: nn.Module) -> dict[str, list[int]]:
@@ -265,6 +336,14 @@ def _truncation(
         return (
             f"truncation: {name} as a [N, 1] tensor mixes samples; served with its default "
             f"{default} only"
+        )
+    inputs[-1] = torch.full_like(psi, float(default))
+    with torch.inference_mode():
+        fixed = module(*inputs)
+    if torch.equal(together, fixed):
+        return (
+            f"truncation: {name} does not change the output (psi from 0.25 to 1.0 gives the "
+            "images of its default); not served as an input"
         )
     return name, float(default)
 

@@ -7,6 +7,7 @@ module later from the manifest alone (bench's eager row, serving's reference).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
@@ -14,6 +15,7 @@ import inspect
 import pickle
 import re
 import sys
+import types
 import warnings
 import zipfile
 from collections.abc import Callable
@@ -390,7 +392,7 @@ def load_module(
         source = Source(
             kind="in_memory",
             path=f"{cls.__module__}:{cls.__qualname__}",
-            sha256=state_digest(module),
+            sha256=module_digest(module),
             model_config={
                 "latent_dim": latent_dim,
                 "num_classes": num_classes,
@@ -433,3 +435,49 @@ def make_artifact(loaded: LoadedModel, name: str, kind: ArtifactKind, path: str)
         inputs=loaded.interface.input_specs(loaded.latent_dim, loaded.num_classes),
         output=output_spec(loaded.image_shape, uint8=name.endswith("uint8")),
     )
+
+
+def module_digest(module: nn.Module) -> str:
+    """What an in-memory export is "the same module" by: its weights and its code (an edited
+    ``forward`` must not find the earlier export up to date)."""
+    return hashlib.sha256(f"{state_digest(module)}:{code_digest(module)}".encode()).hexdigest()
+
+
+def code_digest(module: nn.Module) -> str:
+    """sha256 over the code of every class in ``module`` that is not torch's own (torch's version
+    is recorded anyway), best effort: each class's source, or where Python cannot show it (a
+    class typed into a notebook) its methods' byte code; plus the whole file each class comes
+    from, which holds the helper functions its ``forward`` calls."""
+    digest = hashlib.sha256()
+    files: set[str] = set()
+    classes = {type(m) for m in module.modules()}
+    for cls in sorted(classes, key=lambda c: f"{c.__module__}.{c.__qualname__}"):
+        if cls.__module__.split(".")[0] == "torch":
+            continue
+        digest.update(f"{cls.__module__}.{cls.__qualname__}:".encode())
+        try:
+            digest.update(inspect.getsource(cls).encode())
+        except (OSError, TypeError):
+            for name, attr in sorted(vars(cls).items()):
+                code = getattr(getattr(attr, "__func__", attr), "__code__", None)
+                if isinstance(code, types.CodeType):
+                    digest.update(name.encode() + _code_bytes(code))
+        with contextlib.suppress(OSError, TypeError):
+            path = inspect.getsourcefile(cls)
+            if path and Path(path).is_file():
+                files.add(path)
+    for path in sorted(files):
+        with contextlib.suppress(OSError):
+            digest.update(Path(path).read_bytes())
+    return digest.hexdigest()
+
+
+def _code_bytes(code: types.CodeType) -> bytes:
+    """A function's byte code, names and constants (not its file name or line numbers, which a
+    notebook changes on every run of the same cell)."""
+    parts = [code.co_code, repr(code.co_names).encode()]
+    for const in code.co_consts:
+        parts.append(
+            _code_bytes(const) if isinstance(const, types.CodeType) else repr(const).encode()
+        )
+    return b"".join(parts)

@@ -62,3 +62,11 @@ def available(name: str) -> Availability:
 
 def registered() -> list[str]:
     return list(_CHECKS)
+
+
+def executed_precision(counts: dict[str, int], default: str = "fp32") -> str:
+    """One label for what the compute layers ran in, read from the engine: "int8", "bf16", or a
+    mix like "int8+fp32" (most layers first); ``default`` when the engine told nothing."""
+    if not counts:
+        return default
+    return "+".join(sorted(counts, key=lambda p: (-counts[p], p)))

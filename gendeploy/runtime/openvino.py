@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from gendeploy.errors import ExportError, MissingDependencyError
-from gendeploy.runtime.base import Availability, Feeds, Runner, register_check
+from gendeploy.runtime.base import Availability, Feeds, Runner, executed_precision, register_check
 
 PRECISIONS = ("f32", "bf16")
 # the runtime graph's layer types that carry the arithmetic (the rest reorders and casts)
@@ -90,13 +90,6 @@ def runtime_precisions(compiled: Any) -> dict[str, int]:
             raw = info["runtimePrecision"].astype(str)
             counts[_RUNTIME_NAMES.get(raw, raw)] += 1
     return dict(counts)
-
-
-def executed_precision(counts: dict[str, int]) -> str:
-    """One label for what the compute layers ran in: "int8", "bf16", or a mix like "int8+fp32"."""
-    if not counts:
-        return "fp32"
-    return "+".join(sorted(counts, key=lambda p: (-counts[p], p)))
 
 
 if openvino_availability().ok:

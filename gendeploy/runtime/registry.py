@@ -272,10 +272,8 @@ class _TensorRT(RunnerEntry):
         return _availability_reason(tensorrt.tensorrt_availability())
 
     def create(self, ctx: RunnerContext) -> Runner:
-        runner = tensorrt.TensorRTRunner(self.artifact_path(ctx))
-        # strongly typed engines run the precision their ONNX graph spells out
-        runner.precision = self.precision.value
-        return runner
+        # its precision is read back from the engine (TensorRTRunner.layer_precisions)
+        return tensorrt.TensorRTRunner(self.artifact_path(ctx))
 
 
 @register

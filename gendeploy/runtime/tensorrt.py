@@ -9,13 +9,32 @@ exercised only by tests marked ``gpu``.
 from __future__ import annotations
 
 import importlib.util
+import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from gendeploy.errors import ExportError, MissingDependencyError
-from gendeploy.runtime.base import Availability, Feeds, Runner, register_check
+from gendeploy.runtime.base import Availability, Feeds, Runner, executed_precision, register_check
+
+# What a layer's "Format/Datatype" (engine inspector JSON, DETAILED verbosity) names, in the order
+# checked: "Thirty-two wide channel vectorized row major Int8 format", "Row major linear FP16
+# format", "Half", "Float"...
+_DATATYPES = (
+    ("int8", "int8"),
+    ("fp8", "fp8"),
+    ("int4", "int4"),
+    ("bf16", "bf16"),
+    ("fp16", "fp16"),
+    ("half", "fp16"),
+    ("fp32", "fp32"),
+    ("float", "fp32"),
+)
+# layers that compute with weights: what "the engine runs INT8" means (a StyleGAN's demodulation
+# or a reformat in FP32 beside INT8 convolutions is still an INT8 engine)
+_WEIGHTED = ("convolution", "deconvolution", "gemm", "matrixmultiply", "fullyconnected")
 
 
 def tensorrt_availability() -> Availability:
@@ -74,6 +93,20 @@ class TensorRTRunner(Runner):
         self.output_names = [n for n in names if not is_input[n]]
         torch_dtypes = _torch_dtypes(trt, torch)
         self._dtypes = {n: torch_dtypes[self.engine.get_tensor_dtype(n)] for n in names}
+        # read back from the built engine, never stated: what its layers really run in
+        self.layer_precisions = self._inspect(trt)
+        self.precision = executed_precision(self.layer_precisions, default="unknown")
+
+    def _inspect(self, trt: Any) -> dict[str, int]:
+        """Per-layer precision from TensorRT's engine inspector. Formats are shown only for
+        concrete shapes, so the context gets every input at the profile's smallest batch."""
+        profile = 0
+        for name in self.input_names:
+            smallest = self.engine.get_tensor_profile_shape(name, profile)[0]
+            self.context.set_input_shape(name, tuple(smallest))
+        inspector = self.engine.create_engine_inspector()
+        inspector.execution_context = self.context
+        return layer_precisions(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
 
     def run(self, feeds: Feeds) -> np.ndarray:
         torch = self._torch
@@ -121,3 +154,28 @@ def _torch_dtypes(trt: Any, torch: Any) -> dict[Any, Any]:
 
 
 register_check("tensorrt", tensorrt_availability)
+
+
+def layer_precisions(engine_information: str) -> dict[str, int]:
+    """How many weighted layers (convolutions, matrix products) of an engine run in each
+    precision, from the engine inspector's JSON (``get_engine_information``; an engine built with
+    ``ProfilingVerbosity.DETAILED``): a layer's precision is its first input's datatype. Empty
+    when the engine shows no weighted layer with a datatype (no per-layer detail, or layers fused
+    past recognition): then nothing is claimed."""
+    try:
+        layers = json.loads(engine_information).get("Layers", [])
+    except (json.JSONDecodeError, AttributeError):
+        return {}
+    counts: Counter[str] = Counter()
+    for layer in layers:
+        if not isinstance(layer, dict):  # LAYER_NAMES_ONLY: names only
+            continue
+        kind = str(layer.get("LayerType", "")) + str(layer.get("ParameterType", ""))
+        if not any(w in kind.lower() for w in _WEIGHTED):
+            continue
+        inputs = layer.get("Inputs") or [{}]
+        datatype = str(inputs[0].get("Format/Datatype", "")).lower()
+        found = next((p for word, p in _DATATYPES if word in datatype), None)
+        if found is not None:
+            counts[found] += 1
+    return dict(counts)

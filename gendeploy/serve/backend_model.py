@@ -16,9 +16,10 @@ models, ``labels`` INT64 [N, 1]. With ``seed`` the server draws z with :func:`dr
 clients use too, so "image 42" is the same image everywhere.
 
 Exports whose generator takes more (the manifest's ``interface``): ``truncation`` FP32 [N, 1],
-optional, the model's default where left out; and, for per-sample noise (``--noise seeded``),
-the noise each image gets is drawn from its seed with :func:`draw_noise`, or from ``noise_seed``
-INT64 [N, 1] when the request sends z.
+optional, the model's default where left out, within the manifest's ``truncation_range`` (the
+psi the export's gate ran it at; outside it a request is refused); and, for per-sample
+noise (``--noise seeded``), the noise each image gets is drawn from its seed with
+:func:`draw_noise`, or from ``noise_seed`` INT64 [N, 1] when the request sends z.
 """
 
 from __future__ import annotations
@@ -116,6 +117,15 @@ def parse_extras(
                 raise RequestError(f"truncation has batch {psi.shape[0]} but z has batch {n}")
             if not np.isfinite(psi).all():
                 raise RequestError("truncation contains NaN or Inf; send finite values")
+            # refused rather than clamped: a clamped psi would return another image than asked
+            judged = interface.get("truncation_range") or [-np.inf, np.inf]
+            lo, hi = float(judged[0]), float(judged[1])
+            if psi.size and (psi.min() < lo or psi.max() > hi):
+                bad = float(psi[(psi < lo) | (psi > hi)][0])
+                raise RequestError(
+                    f"truncation {bad:g} is out of range [{lo:g}, {hi:g}], the psi this export "
+                    "was checked at; send a value within it"
+                )
         feeds["truncation"] = psi.reshape(n, 1)
     noise = interface.get("noise") or []
     if noise:

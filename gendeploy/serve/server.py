@@ -55,6 +55,10 @@ SHM_DIR = Path("/dev/shm")
 STACK_FRAME = re.compile(r"^\s*\d+# ")  # the backtrace tritonserver prints when it aborts
 
 
+# what tritonserver prints (before or after its usage text) for a flag it cannot take
+BAD_FLAG = re.compile(r"Bad option|.*unrecognized option|Invalid option")
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -333,10 +337,14 @@ class TritonServer:
             if self.cancel is not None and self.cancel.is_set():
                 raise StartCancelled("stopped while tritonserver was starting")
             if self.process.poll() is not None:
-                lines = self._log_tail(80).splitlines()
-                errors = [line for line in lines if "failed to load" in line] or [
-                    line for line in lines if line.startswith("error") or "address" in line
-                ]
+                # log lines, not its usage text (indented), which it prints after a bad flag
+                lines = [line for line in self._log_tail(2000).splitlines() if line[:1].strip()]
+                bad = [" ".join(lines[n : n + 2]) for n, x in enumerate(lines) if BAD_FLAG.match(x)]
+                errors = (
+                    [line for line in lines if "failed to load" in line]
+                    or bad
+                    or [line for line in lines if line.startswith("error") or "address" in line]
+                )
                 detail = errors[0].split("] ", 1)[-1].strip('"') if errors else self.exit_status()
                 raise ServeError(
                     f"tritonserver exited during startup: {detail} (log: {self.log_path})"

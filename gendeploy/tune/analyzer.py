@@ -43,6 +43,8 @@ ANALYZER_MAIN = "gendeploy.tune.analyzer_main"
 MODEL_ANALYZER_VERSION = "1.58.0"
 SERVER_VERSION = re.compile(r"^\|\s*server_version\s*\|\s*(\S+)\s*\|", re.MULTILINE)
 # what Model Analyzer's progress lines look like, and the ones worth showing
+# Model Analyzer's words when it stops a run whose first measurements all failed
+MEASUREMENTS_FAILED = "attempts to acquire measurements have failed"
 SHOWN = re.compile(r"Profiling \S+: |load failed|Creating model config: |error", re.IGNORECASE)
 
 
@@ -214,16 +216,20 @@ class AnalyzerRun:
                 remove_shm_regions(self.shm_prefix)
         if timed_out.is_set():
             raise TuneError(f"Model Analyzer ran past {self.timeout_s:.0f}s (log: {log_path})")
-        if process.returncode != 0:
-            tail = problems[-1] if problems else f"exit code {process.returncode}"
-            server = _last_line(ws / "tritonserver.log")
-            why = f"; tritonserver: {server}" if server else ""
-            raise TuneError(f"Model Analyzer failed: {tail}{why} (log: {log_path})")
         pa_log = ws / "export" / "perf_analyzer_error.log"
         pa_text = pa_log.read_text(errors="replace") if pa_log.is_file() else ""
         failed = [line for line in pa_text.splitlines() if line.startswith("Failed to obtain")]
         if failed:  # perf_analyzer gave up on a level: the measurement it had is not kept
-            problems.append(f"perf_analyzer: {failed[0]}")
+            problems.append(f"perf_analyzer: {failed[-1]}")
+        # Model Analyzer stops a run whose first two measurements failed: on a busy machine that
+        # is perf_analyzer finding no stable window, a failed measurement of those candidates
+        # (what was measured before stays in the checkpoint), not a failed tuning run
+        gave_up = any(MEASUREMENTS_FAILED in line for line in problems)
+        if process.returncode != 0 and not gave_up:
+            tail = problems[-1] if problems else f"exit code {process.returncode}"
+            server = _last_line(ws / "tritonserver.log")
+            why = f"; tritonserver: {server}" if server else ""
+            raise TuneError(f"Model Analyzer failed: {tail}{why} (log: {log_path})")
         return problems
 
 
@@ -247,6 +253,7 @@ def _follow(
         if (
             "load failed" in text
             or "Model Analyzer encountered an error" in text
+            or MEASUREMENTS_FAILED in text
             or text.startswith("gendeploy:")
         ):
             problems.append(text)
