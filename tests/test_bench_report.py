@@ -311,15 +311,15 @@ def test_an_untrained_default_preset_is_said_so_and_its_quality_goals_are_not_ju
     report = with_quality()
     digits = next(m for m in report["models"] if m["name"] == "digits_cdcgan32")
     digits["trained"] = False  # runs/demo/checkpoint.pt was missing: random weights benched
-    goals = {g["goal"]: g for g in evaluate_goals(report)}
+    goals = judged(report)
     for goal in (
         "digits_cdcgan32 INT8 label accuracy within 0.5 points of FP32",
         "digits_cdcgan32 INT8 Frechet ratio to real digits within 5% of FP32's",
         "digits_cdcgan32 INT8 distribution gate <= 1.10",
     ):
-        assert goals[goal]["met"] is None and "untrained" in goals[goal]["detail"]
-    assert goals["digits_cdcgan32: --int8 adds <= 30 s to the export"]["met"] is True
-    write_report(report, tmp_path)
+        assert goals[goal].met is None and "untrained" in goals[goal].detail
+    assert goals["digits_cdcgan32: --int8 adds <= 30 s to the export"].met is True
+    write_report(BenchReport.from_dict(report), tmp_path)
     md = (tmp_path / "bench.md").read_text()
     digits_section = md[md.index("## `digits_cdcgan32`") :]
     assert "**Untrained weights**" in digits_section
