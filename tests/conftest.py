@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from gendeploy.trainer.checkpoint import Checkpoint, save_checkpoint
-from gendeploy.trainer.models import Arch, ModelConfig, build_generator, init_weights
+from gendeploy.trainer.config import Arch, ModelConfig
+from gendeploy.trainer.models import build_generator, init_weights
 
 # Small enough that an export + gate takes about two seconds on one core.
 TINY_CONDITIONAL_DCGAN = ModelConfig(

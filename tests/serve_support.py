@@ -24,7 +24,9 @@ from conftest import TINY_MLP as TINY_UNCONDITIONAL  # noqa: F401
 from conftest import write_checkpoint as make_checkpoint  # noqa: F401
 
 from gendeploy.errors import MissingDependencyError
-from gendeploy.export.api import ExportOptions, ModelSpec, OutputKind, export
+from gendeploy.export.api import export
+from gendeploy.export.manifest import OutputKind
+from gendeploy.export.options import ExportOptions, ModelSpec
 from gendeploy.serve.readyfile import ServeState
 from gendeploy.trainer.checkpoint import load_generator
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +13,9 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from gendeploy.bench.machine import contended
 from gendeploy.bench.report import evaluate_goals, load_report, write_report
+from gendeploy.bench.results import BenchReport, Goal
 from gendeploy.cli import app
 from gendeploy.errors import GendeployError
 
@@ -116,23 +121,43 @@ def recorded(served_ips: float = 500.0) -> dict[str, Any]:
     }
 
 
+def judged(data: dict[str, Any]) -> dict[str, Goal]:
+    """The goals of a recorded report, read back as ``--from-json`` reads it."""
+    return {g.goal: g for g in evaluate_goals(BenchReport.from_dict(data))}
+
+
+def table_rows(md: str) -> list[list[str]]:
+    """Every Markdown table row as its cells (split on unescaped '|', '\\|' unescaped)."""
+    return [
+        [cell.strip().replace("\\|", "|") for cell in re.split(r"(?<!\\)\|", line)[1:-1]]
+        for line in md.splitlines()
+        if line.startswith("|")
+    ]
+
+
 def test_goals_are_judged_from_the_recorded_ratios() -> None:
-    goals = {g["goal"]: g for g in evaluate_goals(recorded(served_ips=500.0))}
+    goals = judged(recorded(served_ips=500.0))
     batch1 = goals["best engine >= 6.0x eager at batch 1"]
-    assert batch1["measured"] == 3.0 and batch1["by"] == "eager_bf16" and batch1["met"] is False
-    assert goals["best engine >= 1.5x eager at batch 64"]["met"] is True
+    assert batch1.measured == 3.0 and batch1.by == "eager_bf16" and batch1.met is False
+    assert goals["best engine >= 1.5x eager at batch 64"].met is True
     peak = goals["best FP32 engine >= 85% of the FP32 matmul peak at batch >= 64"]
-    assert peak["by"] == "onnxruntime"  # bf16 is faster but is not an FP32 engine
-    assert peak["measured"] == pytest.approx(800 * FLOPS / 1e9 / 100.0, abs=1e-3)
+    assert peak.by == "onnxruntime"  # bf16 is faster but is not an FP32 engine
+    assert peak.measured == pytest.approx(800 * FLOPS / 1e9 / 100.0, abs=1e-3)
     served = goals["served at concurrency 4 >= 0.9x in-process batch-1 throughput"]
-    assert served["measured"] == pytest.approx(500.0 / 400.0)  # over onnxruntime at batch 1
-    assert served["met"] is True
+    assert served.measured == pytest.approx(500.0 / 400.0)  # over onnxruntime at batch 1
+    assert served.met is True
 
 
 def test_a_slow_server_misses_its_goal() -> None:
-    goals = {g["goal"]: g for g in evaluate_goals(recorded(served_ips=100.0))}
+    goals = judged(recorded(served_ips=100.0))
     served = goals["served at concurrency 4 >= 0.9x in-process batch-1 throughput"]
-    assert served["met"] is False and served["measured"] == pytest.approx(0.25)
+    assert served.met is False and served.measured == pytest.approx(0.25)
+
+
+def test_goal_targets_come_from_the_report_the_suite_made() -> None:
+    strict = {**recorded(served_ips=500.0), "targets": {"served_ratio": 2.0}}
+    served = judged(strict)["served at concurrency 4 >= 2.0x in-process batch-1 throughput"]
+    assert served.target == 2.0 and served.met is False
 
 
 def quality(ratio: float, passed: bool, digits: tuple[float, float] | None = None) -> dict:
@@ -169,26 +194,26 @@ def with_quality() -> dict[str, Any]:
 
 
 def test_quality_goals_judge_gated_engines_and_the_default_presets_int8() -> None:
-    goals = {g["goal"]: g for g in evaluate_goals(with_quality())}
+    goals = judged(with_quality())
     gated = goals["best gated engine >= 6x eager at batch 64"]
-    assert gated["by"] == "onnxruntime" and gated["measured"] == 2.0 and gated["met"] is False
+    assert gated.by == "onnxruntime" and gated.measured == 2.0 and gated.met is False
     labels = goals["digits_cdcgan32 INT8 label accuracy within 0.5 points of FP32"]
-    assert labels["measured"] == pytest.approx(0.3) and labels["met"] is True
+    assert labels.measured == pytest.approx(0.3) and labels.met is True
     frechet = goals["digits_cdcgan32 INT8 Frechet ratio to real digits within 5% of FP32's"]
-    assert frechet["measured"] == pytest.approx(1.76 / 1.70 - 1, abs=1e-4) and frechet["met"]
-    assert goals["digits_cdcgan32 INT8 distribution gate <= 1.10"]["measured"] == 1.02
+    assert frechet.measured == pytest.approx(1.76 / 1.70 - 1, abs=1e-4) and frechet.met
+    assert goals["digits_cdcgan32 INT8 distribution gate <= 1.10"].measured == 1.02
     timing = goals["digits_cdcgan32: --int8 adds <= 30 s to the export"]
-    assert timing["measured"] == 14.0 and timing["met"] is True  # export_fp32 is not INT8's
+    assert timing.measured == 14.0 and timing.met is True  # export_fp32 is not INT8's
 
 
 def test_the_report_shows_quality_beside_speed_a_quality_plot_and_the_matrix_units(
     tmp_path: Path,
 ) -> None:
-    write_report(with_quality(), tmp_path)
+    write_report(BenchReport.from_dict(with_quality()), tmp_path)
     md = (tmp_path / "bench.md").read_text()
     assert "- Matrix extensions: AMX (int8, bf16 tiles): no; AVX-512 VNNI" in md
     assert "AVX-512 bf16: yes" in md
-    assert "| 1.000 |" in md and "3.000 **failed**" in md
+    assert any("1.000" in row for row in table_rows(md)) and "3.000 **failed**" in md
     assert "1.020 (98.70% labels)" in md
     with Image.open(tmp_path / "dcgan64_quality.png") as image:
         assert image.format == "PNG"
@@ -202,25 +227,28 @@ def test_report_markdown_and_plots_are_rebuilt_from_a_recorded_json(tmp_path: Pa
     result = CliRunner().invoke(app, ["bench", "--from-json", str(source), "--out", str(out)])
     assert result.exit_code == 0, result.output
     md = (out / "bench.md").read_text()
-    assert "| best engine >= 6.0x eager at batch 1 | 6.0 | 3.0 | eager_bf16 | **missed** |" in md
+    rows = table_rows(md)
+    goal = ["best engine >= 6.0x eager at batch 1", "6.0", "3.0", "eager_bf16", "**missed**"]
+    assert [row[:5] for row in rows if row[0] == goal[0]] == [goal]
     assert "**met**" in md
-    assert "| `tensorrt` | tensorrt not installed |" in md  # skipped, with its reason
-    assert "| grpc | 4 | 500.0 |" in md
+    assert ["`tensorrt`", "tensorrt not installed"] in rows  # skipped, with its reason
+    assert ["grpc", "4", "500.0"] in [row[:3] for row in rows]
     assert "aten::_convolution 80%" in md
     for name in ("dcgan64_throughput.png", "dcgan64_latency.png", "dcgan64_served.png"):
         with Image.open(out / name) as image:
             assert image.format == "PNG" and image.size[0] > 300
         assert f"]({name})" in md
     again = load_report(out)
-    assert again["plots"] == ["dcgan64_throughput.png", "dcgan64_latency.png", "dcgan64_served.png"]
+    assert again.plots == ["dcgan64_throughput.png", "dcgan64_latency.png", "dcgan64_served.png"]
+    assert json.loads((out / "bench.json").read_text())["schema_version"] == 2
     assert not list(out.glob(".*"))  # no temporary files left behind
 
 
 def test_a_run_on_a_busy_machine_says_its_ratios_are_not_trustworthy(tmp_path: Path) -> None:
-    report = recorded()
+    report = BenchReport.from_dict(recorded())
     write_report(report, tmp_path / "quiet")
     assert "not trustworthy" not in (tmp_path / "quiet" / "bench.md").read_text()
-    report["busy"]["other_processes_cpu_share"] = 0.4
+    report.busy.other_processes_cpu_share = 0.4
     write_report(report, tmp_path / "busy")
     md = (tmp_path / "busy" / "bench.md").read_text()
     assert "Other processes took 40% of this machine's CPU time" in md
@@ -228,10 +256,11 @@ def test_a_run_on_a_busy_machine_says_its_ratios_are_not_trustworthy(tmp_path: P
 
 
 def test_a_report_without_a_goals_model_judges_nothing(tmp_path: Path) -> None:
-    report = recorded()
-    report["models"][0]["goals_model"] = False
+    data = recorded()
+    data["models"][0]["goals_model"] = False
+    report = BenchReport.from_dict(data)
     write_report(report, tmp_path)
-    assert report["goals"] == []
+    assert report.goals == []
     assert "## Goals" not in (tmp_path / "bench.md").read_text()
 
 
@@ -244,9 +273,33 @@ def test_a_file_that_is_not_a_bench_report_gets_one_line(tmp_path: Path) -> None
     assert result.exit_code != 0
 
 
-def test_a_run_is_contended_only_when_others_needed_the_cores_its_threads_used() -> None:
-    from gendeploy.bench.markdown import contended
+def test_a_report_of_an_unknown_schema_version_is_refused_with_the_fix(tmp_path: Path) -> None:
+    newer = tmp_path / "bench.json"
+    newer.write_text(json.dumps({**recorded(), "schema_version": 99}))
+    cmd = [sys.executable, "-m", "gendeploy", "bench", "--from-json", str(newer)]
+    result = subprocess.run([*cmd, "--out", str(tmp_path)], capture_output=True, text=True)
+    assert result.returncode != 0
+    (line,) = result.stderr.strip().splitlines()  # one line, naming the version and the fix
+    assert "schema_version 99" in line and "re-run `gendeploy bench`" in line
+    assert not (tmp_path / "bench.md").exists()
 
+
+def test_a_report_with_a_field_of_the_wrong_type_is_refused_naming_the_field() -> None:
+    bad = recorded()
+    bad["models"][0]["cells"][0]["batch"] = "many"
+    with pytest.raises(GendeployError, match=r"at models\.0\.cells\.0\.batch"):
+        BenchReport.from_dict(bad)
+
+
+def test_a_reason_with_a_pipe_stays_in_its_cell(tmp_path: Path) -> None:
+    data = recorded()
+    data["models"][0]["skipped"] = [{"runner": "tensorrt", "reason": "needs a GPU | CUDA"}]
+    write_report(BenchReport.from_dict(data), tmp_path)
+    rows = table_rows((tmp_path / "bench.md").read_text())
+    assert ["`tensorrt`", "needs a GPU | CUDA"] in rows
+
+
+def test_a_run_is_contended_only_when_others_needed_the_cores_its_threads_used() -> None:
     assert contended(0.5, threads=2, cores=2)  # one core busy elsewhere, two threads here
     assert not contended(0.5, threads=1, cores=2)  # the other core was free for our one thread
     assert not contended(0.05, threads=2, cores=2)  # background noise
@@ -258,15 +311,15 @@ def test_an_untrained_default_preset_is_said_so_and_its_quality_goals_are_not_ju
     report = with_quality()
     digits = next(m for m in report["models"] if m["name"] == "digits_cdcgan32")
     digits["trained"] = False  # runs/demo/checkpoint.pt was missing: random weights benched
-    goals = {g["goal"]: g for g in evaluate_goals(report)}
+    goals = judged(report)
     for goal in (
         "digits_cdcgan32 INT8 label accuracy within 0.5 points of FP32",
         "digits_cdcgan32 INT8 Frechet ratio to real digits within 5% of FP32's",
         "digits_cdcgan32 INT8 distribution gate <= 1.10",
     ):
-        assert goals[goal]["met"] is None and "untrained" in goals[goal]["detail"]
-    assert goals["digits_cdcgan32: --int8 adds <= 30 s to the export"]["met"] is True
-    write_report(report, tmp_path)
+        assert goals[goal].met is None and "untrained" in goals[goal].detail
+    assert goals["digits_cdcgan32: --int8 adds <= 30 s to the export"].met is True
+    write_report(BenchReport.from_dict(report), tmp_path)
     md = (tmp_path / "bench.md").read_text()
     digits_section = md[md.index("## `digits_cdcgan32`") :]
     assert "**Untrained weights**" in digits_section

@@ -26,17 +26,36 @@ from gendeploy.runtime.registry import (
     build_runner,
     get_entry,
 )
-from gendeploy.trainer.models import Arch, ModelConfig, build_generator
+from gendeploy.trainer.config import Arch, ModelConfig
+from gendeploy.trainer.models import build_generator
 
 # bf16 keeps 8 bits of mantissa: outputs in [-1, 1] land within a few 1e-2 of FP32; INT8 rounds
 # activations to 256 levels per tensor: the export's INT8 tensor bound.
 TOLERANCE = {"fp32": 1e-4, "bf16": 0.1, "fp16": 0.02, "int8": 0.5}
 
 
+# What a runner's skip reason must name: the library, device or CPU unit it lacks (by family),
+# the export artifact it runs, or the precision its engine did not execute.
+MISSING = {
+    "eager": ("bf16", "bfloat16", "fp16", "float16", "CUDA"),
+    "torch_compile": ("C++ compiler",),
+    "onnxruntime": ("onnxruntime", "ExecutionProvider"),
+    "tensorrt": ("tensorrt", "TensorRT", "CUDA"),
+    "openvino": ("openvino", "OpenVINO"),
+}
+
+
+def _missing_pieces(name: str) -> tuple[str, ...]:
+    family = max((f for f in MISSING if name.startswith(f)), key=len)
+    artifact = get_entry(name).artifact
+    return (*MISSING[family], *((repr(artifact), f" {artifact}:") if artifact else ()), "executed")
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Manifest, Path, nn.Module]:
     from gendeploy.bench.run import prepare_checkpoint
-    from gendeploy.export.api import ExportOptions, ModelSpec, export
+    from gendeploy.export.api import export
+    from gendeploy.export.options import ExportOptions, ModelSpec
     from gendeploy.export.source import load_eager
 
     work = tmp_path_factory.mktemp("bench")
@@ -63,10 +82,13 @@ def test_every_runner_agrees_with_eager_or_says_why_it_cannot_run_here(
         built = build_runner(name, _context(exported))
     except RunnerUnavailable as e:
         # the only reasons to skip: the machine lacks it, or the engine did not run the precision
-        assert reason is not None or "executed" in str(e) or "skipped" in str(e), str(e)
+        why = str(e)
+        assert reason is not None or "executed" in why or "skipped" in why, why
         if reason is not None:
-            assert str(e) == reason
-        return
+            assert why == reason
+        missing = _missing_pieces(name)
+        assert any(piece in why for piece in missing), f"{why!r} names none of {missing}"
+        pytest.skip(f"{name} cannot run here: {why}")
     assert reason is None
     feeds = make_feeds(4, manifest.latent_dim, manifest.num_classes)
     with built:
@@ -185,7 +207,7 @@ def test_a_runner_that_fails_at_its_first_call_is_dropped_with_its_reason() -> N
     }
     failed: dict[str, str] = {}
     rule = StabilityRule(window_s=0.01, max_windows=3, warmup_calls=0)
-    cells = sweep_batch(runners, 2, 8, 0, 1000, {"fp32": 1.0}, rule, failed=failed)
+    cells = sweep_batch(runners, 2, 8, 0, 1000, rule, failed=failed)
     assert [c.runner for c in cells] == ["eager"]
     assert set(runners) == {"eager"}
     assert failed == {"broken": "failed at batch 2: RuntimeError: no C++ compiler for this graph"}
@@ -213,6 +235,6 @@ def test_a_bf16_runner_whose_output_equals_fp32_is_dropped_not_reported_as_bf16(
     }
     failed: dict[str, str] = {}
     rule = StabilityRule(window_s=0.01, max_windows=3, warmup_calls=0)
-    cells = sweep_batch(runners, 2, 8, 0, 1000, {"fp32": 1.0}, rule, failed=failed)
+    cells = sweep_batch(runners, 2, 8, 0, 1000, rule, failed=failed)
     assert [c.runner for c in cells] == ["eager"]
     assert "equals eager FP32 within 1e-06" in failed["fake_bf16"]

@@ -6,11 +6,11 @@ from __future__ import annotations
 import re
 
 import pytest
-from test_export_user_model import cli
+from cli_support import cli
 
 from gendeploy.cli.train import DEFAULT_PRESET, PRESET_DEFAULTS
 from gendeploy.runtime.registry import runner_names
-from gendeploy.trainer import train
+from gendeploy.trainer import config
 
 
 @pytest.fixture(autouse=True)
@@ -37,8 +37,7 @@ def test_flags_are_not_labelled_as_taking_a_value(command: tuple[str, ...]) -> N
 
 def test_train_options_from_the_preset_show_the_presets_value() -> None:
     text = _help("train")
-    assert DEFAULT_PRESET == train.DEFAULT_PRESET
-    chosen = train.PRESETS[DEFAULT_PRESET]
+    chosen = config.PRESETS[DEFAULT_PRESET]
     assert f"from --preset; {DEFAULT_PRESET}: {chosen.train.steps}" in _line(text, "--steps")
     assert f"{DEFAULT_PRESET}: {chosen.model.num_classes}" in _line(text, "--num-classes")
     assert f"{DEFAULT_PRESET}: {chosen.train.lr}" in _line(text, "--lr")
@@ -55,3 +54,24 @@ def test_opt_batch_shows_its_real_default() -> None:
 def test_bench_runners_help_lists_every_runner() -> None:
     text = " ".join(_help("bench").replace("│", " ").split())  # the list may wrap
     assert "Known: " + ", ".join(runner_names()) + "." in text
+
+
+@pytest.mark.parametrize(
+    ("command", "option", "choices"),
+    [
+        (("train",), "--preset", [p.value for p in config.PresetName]),
+        (("train",), "--dataset", [d.value for d in config.DatasetName]),
+        (("train",), "--arch", [a.value for a in config.Arch]),
+        (("export",), "--output", ["float", "uint8"]),
+        (("export",), "--noise", ["const", "seeded"]),
+        (("generate",), "--protocol", ["http", "grpc"]),
+    ],
+)
+def test_choices_are_shown_by_typer_from_their_enum(
+    command: tuple[str, ...], option: str, choices: list[str]
+) -> None:
+    assert f"<{'|'.join(choices)}>" in _line(_help(*command), option)
+
+
+def test_every_preset_has_a_name_the_cli_offers() -> None:
+    assert [p.value for p in config.PresetName] == list(config.PRESETS)

@@ -14,8 +14,8 @@ from PIL import Image
 from torch import nn
 
 from gendeploy.errors import DataError, UsageError
+from gendeploy.trainer.config import ModelConfig
 from gendeploy.trainer.data import digits_split, load_dataset
-from gendeploy.trainer.models import ModelConfig
 from gendeploy.trainer.quality import COVERAGE_SHARE, evaluate_generator
 
 

@@ -17,9 +17,10 @@ import torch
 from conftest import TINY_CONDITIONAL_DCGAN, TINY_MLP, MakeCheckpoint
 
 from gendeploy.errors import ExportError, UsageError
-from gendeploy.export.api import ExportOptions, ModelSpec, export
+from gendeploy.export.api import export
 from gendeploy.export.gate import render
 from gendeploy.export.manifest import load_manifest, sha256_file
+from gendeploy.export.options import ExportOptions, ModelSpec
 from gendeploy.export.publish import STAGING_PREFIX, publish, set_aside, staging_dir
 from gendeploy.export.source import load_eager
 from gendeploy.runtime.base import available

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_export_user_model import cli
+from cli_support import cli
 
 from gendeploy.bench.served import find_perf_analyzer
 from gendeploy.export.doctor import Finding, Report, diagnose

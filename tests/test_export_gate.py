@@ -13,9 +13,10 @@ from torch import nn
 
 from gendeploy.errors import ValidationError
 from gendeploy.export import gate, onnx_graph
-from gendeploy.export.api import ExportOptions, ModelSpec, export, make_artifact
+from gendeploy.export.api import export
 from gendeploy.export.manifest import ArtifactKind, Precision
-from gendeploy.export.source import LoadedModel
+from gendeploy.export.options import ExportOptions, ModelSpec
+from gendeploy.export.source import LoadedModel, make_artifact
 from gendeploy.runtime.onnxrt import OnnxRuntimeRunner
 
 BROKEN_MODELS = '''
@@ -207,7 +208,7 @@ def test_a_uint8_head_must_be_within_one_level_of_its_float_graphs_rendering(
 def test_the_cli_on_a_failed_gate_exits_1_with_one_error_line_and_creates_nothing(
     broken_file: Path, tmp_path: Path
 ) -> None:
-    from test_export_user_model import cli
+    from cli_support import cli
 
     out = tmp_path / "exports" / "bn"
     code, _, stderr = cli(

@@ -26,10 +26,11 @@ from typer.testing import CliRunner
 from gendeploy.cli import app
 from gendeploy.errors import MissingDependencyError, QualityError, UsageError, ValidationError
 from gendeploy.export import fp16_islands, int8, onnx_graph
-from gendeploy.export.api import ExportOptions, ModelSpec, export
+from gendeploy.export.api import export
 from gendeploy.export.build import FP16_EMULATED
 from gendeploy.export.inmemory import export_generator
 from gendeploy.export.manifest import ArtifactKind, Manifest, Precision, load_manifest
+from gendeploy.export.options import ExportOptions, ModelSpec
 from gendeploy.export.quality_gate import (
     ModelFacts,
     QualityConfig,
@@ -43,7 +44,8 @@ from gendeploy.fileio import cache_dir
 from gendeploy.runtime.eager import EagerRunner
 from gendeploy.runtime.onnxrt import OnnxRuntimeRunner
 from gendeploy.runtime.openvino import OpenVINORunner
-from gendeploy.trainer.train import DEFAULT_PRESET, PRESETS, train, with_overrides
+from gendeploy.trainer.config import DEFAULT_PRESET, PRESETS, with_overrides
+from gendeploy.trainer.train import train
 
 MODELS = Path(__file__).with_name("int8_models.py")
 # The default preset trained for a fifth of its steps: the real architecture, recipe and digits

@@ -20,20 +20,19 @@ import onnx
 import pytest
 import stylegan_models as sm
 import torch
+from cli_support import cli
 from safetensors.torch import save_file
 from serve_support import require_tritonserver
-from test_export_user_model import cli
 from typer.testing import CliRunner
 
 from gendeploy.bench.flops import flops_per_image
 from gendeploy.cli import app
 from gendeploy.errors import ValidationError
 from gendeploy.export import fp16_islands, gate
-from gendeploy.export.api import make_artifact
-from gendeploy.export.inmemory import export_generator, load_module
+from gendeploy.export.inmemory import export_generator
 from gendeploy.export.manifest import ArtifactKind, Manifest, Precision, load_manifest
 from gendeploy.export.signature import TRUNCATION_RANGE, serving_module
-from gendeploy.export.source import load_eager
+from gendeploy.export.source import load_eager, load_module, make_artifact
 from gendeploy.runtime.eager import EagerRunner
 from gendeploy.runtime.onnxrt import OnnxRuntimeRunner
 from gendeploy.runtime.triton import InferenceError, TritonRunner

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_support import cli
 from conftest import MakeCheckpoint
 from safetensors.torch import save_file
 
@@ -80,27 +81,6 @@ def _load_user_module(user_file: Path, attr: str) -> torch.nn.Module:
     torch.manual_seed(3)
     generator: torch.nn.Module = getattr(module, attr)()
     return generator
-
-
-def cli(*args: str) -> tuple[int, str, str]:
-    """Run the real CLI entry point in-process; returns (exit code, stdout, stderr)."""
-    import contextlib
-    import io
-
-    from gendeploy.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    argv = sys.argv
-    sys.argv = ["gendeploy", *args]
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            main()
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    finally:
-        sys.argv = argv
-    return code, out.getvalue(), err.getvalue()
 
 
 def test_unconditional_upsample_instancenorm_generator_from_a_file(
@@ -183,7 +163,8 @@ def test_conditional_two_input_generator_from_a_factory_with_pt_weights(
           "--weights", "{wrong}"], "do not fit UpsampleDecoder"),
         (["{ckpt}", "--latent-dim", "4"], "--latent-dim: only with --model"),
         (["{ckpt}", "--require-engine"], "--require-engine needs --fp16"),
-        (["{ckpt}", "--output", "png"], "--output must be float or uint8"),
+        (["{ckpt}", "--output", "png"], "'png' is not one of 'float', 'uint8'"),
+        (["--model", "{file}:UpsampleDecoder", "--noise", "random"], "'random' is not one of"),
         (["{ckpt}", "--name", "a b"], "--name 'a b'"),
         (["{ckpt}", "--out", "{not_export}"], "is not a gendeploy export"),
     ],

@@ -10,8 +10,9 @@ import torch
 from conftest import TINY_CONDITIONAL_DCGAN, MakeCheckpoint
 
 from gendeploy.errors import ExportError, MissingDependencyError
-from gendeploy.export.api import ExportOptions, ModelSpec, export
+from gendeploy.export.api import export
 from gendeploy.export.manifest import load_manifest
+from gendeploy.export.options import ExportOptions, ModelSpec
 from gendeploy.export.source import load_eager
 from gendeploy.runtime.base import available
 from gendeploy.runtime.eager import EagerRunner

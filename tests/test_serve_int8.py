@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from serve_support import TINY_CONDITIONAL, make_checkpoint, require_tritonserver
 
-from gendeploy.export.api import ExportOptions, ModelSpec, export
+from gendeploy.export.api import export
 from gendeploy.export.manifest import load_manifest
+from gendeploy.export.options import ExportOptions, ModelSpec
 from gendeploy.runtime.openvino import OpenVINORunner
 from gendeploy.runtime.triton import TritonRunner
 from gendeploy.serve.backend_model import draw_latents
@@ -21,6 +22,7 @@ from gendeploy.serve.server import TritonServer
 pytestmark = pytest.mark.triton
 
 
+@pytest.mark.slow  # end to end, over 10 s here
 def test_the_int8_model_is_served_with_openvino_and_matches_it_in_process(tmp_path: Path) -> None:
     require_tritonserver()
     checkpoint = make_checkpoint(TINY_CONDITIONAL, tmp_path / "c.pt")

@@ -109,7 +109,8 @@ def test_configs_round_trip_through_triton_protobuf_and_match_golden_files(
 def test_an_int8_export_adds_an_openvino_python_model_and_an_openvino_backend_model(
     tmp_path: Path,
 ) -> None:
-    from gendeploy.export.api import ExportOptions, ModelSpec, export
+    from gendeploy.export.api import export
+    from gendeploy.export.options import ExportOptions, ModelSpec
 
     checkpoint = make_checkpoint(TINY_CONDITIONAL, tmp_path / "c.pt")
     out = tmp_path / "export"
@@ -406,7 +407,9 @@ def test_generate_without_a_server_is_a_one_line_error(protocol: str, tmp_path: 
 def test_a_forced_re_export_of_the_same_model_adds_no_version(
     exports: dict[str, Path], tmp_path: Path
 ) -> None:
-    from gendeploy.export.api import ExportOptions, ModelSpec, OutputKind, export
+    from gendeploy.export.api import export
+    from gendeploy.export.manifest import OutputKind
+    from gendeploy.export.options import ExportOptions, ModelSpec
 
     first = load_manifest(exports["cond"])
     repo = tmp_path / "repo"

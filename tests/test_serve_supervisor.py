@@ -155,6 +155,7 @@ def test_repeated_crashes_end_in_a_clear_give_up_with_nothing_left_running(
         assert shm_regions(first.serve_pid) == set()
 
 
+@pytest.mark.slow  # end to end, over 10 s here
 @pytest.mark.parametrize("watch", [False, True])
 def test_a_restart_serves_what_was_served_not_a_version_written_since(
     repo: tuple[Path, Path], tmp_path: Path, watch: bool

@@ -14,6 +14,7 @@ from serve_support import TINY_CONDITIONAL, build_export, make_checkpoint, requi
 pytestmark = pytest.mark.triton
 
 
+@pytest.mark.slow  # end to end, over 10 s here
 def test_a_short_soak_fails_no_request_and_records_memory_and_load(tmp_path: Path) -> None:
     require_tritonserver()
     export_dir = build_export(

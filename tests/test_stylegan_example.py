@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 from gendeploy.bench.flops import flops_per_image
 from gendeploy.bench.suites import STYLEGAN32, BenchModel, Suite, UserModel, get_suite
 from gendeploy.bench.timing import StabilityRule
@@ -26,6 +28,7 @@ def test_the_default_bench_suite_has_the_stylegan_example() -> None:
     assert (EXAMPLE / "run.sh").is_file()
 
 
+@pytest.mark.slow  # end to end, over 10 s here
 def test_the_bench_exports_and_times_the_example_with_its_truncation_input(tmp_path: Path) -> None:
     from gendeploy.bench.run import run_bench
 
@@ -50,13 +53,13 @@ def test_the_bench_exports_and_times_the_example_with_its_truncation_input(tmp_p
         profile=False,
     )
     report = run_bench(suite, tmp_path / "out", work_dir=tmp_path / "work")
-    model = report["models"][0]
+    model = report.models[0]
     example = _example()
-    assert model["flops_per_image"] == flops_per_image(example.tiny(), 16, 0)  # type: ignore[attr-defined]
-    cells = {(c["runner"], c["batch"]): c for c in model["cells"]}
+    assert model.flops_per_image == flops_per_image(example.tiny(), 16, 0)  # type: ignore[attr-defined]
+    cells = {(c.runner, c.batch): c for c in model.cells}
     assert set(cells) == {(r, b) for r in ("eager", "onnxruntime") for b in (1, 4)}
     # the export takes z and truncation; the bench fed truncation at the model's default
-    assert all(c["max_abs_diff"] < 1e-4 for c in cells.values())
+    assert all(c.max_abs_diff < 1e-4 for c in cells.values())
     manifest_dir = tmp_path / "work" / "exports" / "stylegan_tiny"
     from gendeploy.export.manifest import load_manifest
 

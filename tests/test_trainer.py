@@ -21,19 +21,13 @@ from gendeploy.trainer.checkpoint import (
     load_generator,
     save_checkpoint,
 )
+from gendeploy.trainer.config import PRESETS, ModelConfig, TrainConfig, with_overrides
 from gendeploy.trainer.models import (
-    ModelConfig,
     build_discriminator,
     build_generator,
     recalibrate_batchnorm,
 )
-from gendeploy.trainer.train import (
-    PRESETS,
-    TrainConfig,
-    resumed_configs,
-    train,
-    with_overrides,
-)
+from gendeploy.trainer.train import resumed_configs, train
 
 GENDEPLOY = [sys.executable, "-m", "gendeploy"]
 CONFIGS = [
@@ -96,7 +90,7 @@ def test_unknown_dataset_and_preset_names_are_usage_errors() -> None:
     with pytest.raises(UsageError, match="unknown dataset 'imagenet'"):
         TrainConfig(dataset="imagenet")  # type: ignore[arg-type]
     with pytest.raises(UsageError, match="unknown preset"):
-        from gendeploy.trainer.train import preset
+        from gendeploy.trainer.config import preset
 
         preset("nope")
 
@@ -309,6 +303,7 @@ def test_a_checkpoint_from_before_a_train_setting_existed_still_resumes(tmp_path
     assert load_checkpoint(path).step == 4
 
 
+@pytest.mark.slow  # end to end, over 10 s here
 def test_resume_keeps_the_runs_own_settings(tmp_path: Path) -> None:
     common = ["train", "--dataset", "fake", "--batch-size", "8", "--width", "8", "--out", "run"]
     common += ["--no-eval", "--no-progress", "--checkpoint-every", "2"]
@@ -382,9 +377,10 @@ def test_cli_smoke_run_on_fake_data(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--preset", "nope"], "unknown preset 'nope'"),
-        (["--dataset", "nope"], "unknown dataset 'nope'"),
-        (["--arch", "nope"], "unknown model 'nope'"),
+        (["--preset", "nope"], "'nope' is not one of 'digits-cdcgan', 'digits-dcgan', 'seed-mlp'"),
+        (["--dataset", "nope"], "Invalid value for '--dataset': Value error, 'nope' is not one of"),
+        (["--arch", "nope"], "'nope' is not one of 'mlp', 'dcgan'"),
+        (["--no-such-flag"], "No such option: --no-such-flag"),
         (["--dataset", "mnist"], "pass --data-path"),
         (["--dataset", "mnist", "--data-path", "missing"], "does not exist"),
         (["--resume"], "no run in run; start without --resume"),  # plain substring match
@@ -405,8 +401,8 @@ def test_cli_bad_input_gets_one_line_and_nonzero_exit(
 
 
 def test_eval_takes_a_run_directory_like_export(tmp_path: Path) -> None:
+    from cli_support import cli
     from conftest import TINY_MLP, write_checkpoint
-    from test_export_user_model import cli
 
     run = write_checkpoint(TINY_MLP, tmp_path / "runs" / "mlp" / "checkpoint.pt").parent
     code, stdout, stderr = cli("eval", str(run))
@@ -418,7 +414,7 @@ def test_eval_takes_a_run_directory_like_export(tmp_path: Path) -> None:
 def test_a_run_config_json_is_named_as_json_not_as_a_checkpoint(
     command: str, tmp_path: Path
 ) -> None:
-    from test_export_user_model import cli
+    from cli_support import cli
 
     config = tmp_path / "run" / "config.json"
     config.parent.mkdir()
@@ -431,6 +427,7 @@ def test_a_run_config_json_is_named_as_json_not_as_a_checkpoint(
     ]
 
 
+@pytest.mark.slow  # end to end, over 10 s here
 def test_a_killed_run_loses_at_most_one_checkpoint_interval(tmp_path: Path) -> None:
     args = [
         "train",
@@ -476,6 +473,7 @@ def test_a_killed_run_loses_at_most_one_checkpoint_interval(tmp_path: Path) -> N
     assert steps == list(range(1, int(target) + 1))  # no step logged twice after the kill
 
 
+@pytest.mark.slow  # end to end, over 10 s here
 def test_two_process_ddp_training_with_torchrun(tmp_path: Path) -> None:
     torchrun = Path(sys.executable).with_name("torchrun")
     result = subprocess.run(

@@ -13,10 +13,11 @@ import time
 
 import numpy as np
 
-from gendeploy.bench.served import ServedResult
+from gendeploy.bench.results import ServedResult
 from gendeploy.bench.timing import Measurement, StabilityRule, Window, summarize, windows_agree
 from gendeploy.errors import ServeError
 from gendeploy.runtime.base import Feeds
+from gendeploy.runtime.triton import TritonRunner
 
 
 def load_loop(
@@ -69,8 +70,6 @@ class _LoadLoop:
             raise ServeError(f"served request failed: {self.errors[0]}")
 
     def _work(self) -> None:
-        from gendeploy.runtime.triton import TritonRunner
-
         client = None
         try:
             client = TritonRunner(*self.args)

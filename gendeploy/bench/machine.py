@@ -133,6 +133,14 @@ def load_average() -> list[float]:
     return [round(x, 2) for x in load]
 
 
+BUSY = 0.10  # slack: the share of the machine other processes may take from our threads
+
+
+def contended(share: float, threads: int, cores: int) -> bool:
+    """Did other processes need cores our ``threads`` needed? (more than BUSY of the machine)"""
+    return share * cores > (cores - threads) + BUSY * cores
+
+
 class BusyMeter:
     """How much of the machine's CPU time went to other processes while a bench ran.
 

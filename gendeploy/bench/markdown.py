@@ -1,28 +1,31 @@
-"""``bench.md``: the report people read, rendered from the report dictionary alone."""
+"""``bench.md``: the report people read, rendered from the ``BenchReport`` alone."""
 
 from __future__ import annotations
 
 from typing import Any
 
-BUSY = 0.10  # slack: the share of the machine other processes may take from our threads
+from pytablewriter import MarkdownTableWriter
+from pytablewriter.typehint import String
+
+from gendeploy.bench.machine import BUSY
+from gendeploy.bench.results import BenchReport, ModelReport
 
 
-def contended(share: float, threads: int, cores: int) -> bool:
-    """Did other processes need cores our ``threads`` needed? (more than BUSY of the machine)"""
-    return share * cores > (cores - threads) + BUSY * cores
-
-
-def _disturbed(report: dict[str, Any]) -> bool:
-    busy = report.get("busy", {})
-    if "disturbed" in busy:
-        return bool(busy["disturbed"])
-    return (busy.get("other_processes_cpu_share") or 0.0) > BUSY
+def _disturbed(report: BenchReport) -> bool:
+    if report.busy.disturbed is not None:
+        return report.busy.disturbed
+    return (report.busy.other_processes_cpu_share or 0.0) > BUSY
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(x) for x in row) + " |" for row in rows]
-    return [*lines, ""]
+    """A Markdown table; a '|' inside a cell is escaped, so it stays in its cell."""
+    writer = MarkdownTableWriter(
+        headers=header,
+        value_matrix=[[str(x) for x in row] for row in rows],
+        type_hints=[String] * len(header),  # cells are already formatted: print them as they are
+        margin=1,
+    )
+    return [*writer.dumps().rstrip("\n").split("\n"), ""]
 
 
 def _fmt(x: float, digits: int = 1) -> str:
@@ -33,11 +36,11 @@ def _met(value: bool | None) -> str:
     return {True: "**met**", False: "**missed**", None: "not judged"}[value]
 
 
-def quality_text(model: dict[str, Any], runner: str) -> str:
+def quality_text(model: ModelReport, runner: str) -> str:
     """The quality column: the gate's Frechet ratio (label accuracy for digits models)."""
     if runner == "eager":
         return "reference"
-    q = (model.get("quality") or {}).get(runner)
+    q = model.quality.get(runner)
     if not q:
         return ""
     if "error" in q:
@@ -49,26 +52,27 @@ def quality_text(model: dict[str, Any], runner: str) -> str:
     return text
 
 
-def summary_table(model: dict[str, Any]) -> list[str]:
+def summary_table(model: ModelReport) -> list[str]:
     """Runner x batch: images/s and the speed-up over eager in the same run, quality beside."""
-    batches = sorted({c["batch"] for c in model["cells"]})
-    runners = list(dict.fromkeys(c["runner"] for c in model["cells"]))
-    by = {(c["runner"], c["batch"]): c for c in model["cells"]}
+    batches = sorted({c.batch for c in model.cells})
+    runners = list(dict.fromkeys(c.runner for c in model.cells))
+    by = {(c.runner, c.batch): c for c in model.cells}
     rows = []
     for r in runners:
-        row: list[Any] = [f"`{r}`", by.get((r, batches[0]), {}).get("precision", "")]
+        first = by.get((r, batches[0]))
+        row: list[Any] = [f"`{r}`", first.precision if first else ""]
         for b in batches:
             c = by.get((r, b))
-            row.append(f"{_fmt(c['images_per_s'])} (x{c['speedup']:.2f})" if c else "")
+            row.append(f"{_fmt(c.images_per_s)} (x{c.speedup:.2f})" if c else "")
         row.append(quality_text(model, r))
         rows.append(row)
     header = ["runner", "precision (executed)", *[f"batch {b}: img/s (x eager)" for b in batches]]
     return _table([*header, "quality: Frechet ratio (max 1.10)"], rows)
 
 
-def quality_section(model: dict[str, Any]) -> list[str]:
+def quality_section(model: ModelReport) -> list[str]:
     """Every runner's quality figures: per-seed PSNR, the distribution gate, the digits score."""
-    quality = model.get("quality") or {}
+    quality = model.quality
     if not quality:
         return []
     rows = []
@@ -108,7 +112,7 @@ def quality_section(model: dict[str, Any]) -> list[str]:
     header = ["runner", "gated as", "PSNR min / p1 / median dB", "Frechet ratio"]
     header += ["digits: labels, ratio to real (runner vs FP32)", "passed", "why not"]
     out += _table(header, rows)
-    floats = (model.get("export") or {}).get("float_layers") or {}
+    floats = model.export.float_layers
     out += [f"- `{a}` kept in floating point by the INT8 fallback: {layers}" for a, layers in
             floats.items()]  # fmt: skip
     return [*out, ""] if floats else out
@@ -132,24 +136,24 @@ def matrix_line(flags: list[str]) -> str:
     return "- Matrix extensions: " + "; ".join(parts)
 
 
-def machine_lines(report: dict[str, Any]) -> list[str]:
-    m, busy = report["machine"], report.get("busy", {})
+def machine_lines(report: BenchReport) -> list[str]:
+    m, busy = report.machine, report.busy
     cpu = m["cpu"]
     gpus = ", ".join(g["name"] for g in m.get("gpus", [])) or "none"
     versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
-    share = busy.get("other_processes_cpu_share")
+    share = busy.other_processes_cpu_share
     lines = [
         f"- CPU: {cpu['model']}, {m['physical_cores']} physical / {m['logical_cores']} logical"
         f" cores, {m['memory_gib']} GiB; flags: {' '.join(cpu['flags'])}",
         matrix_line(cpu["flags"]),
         f"- GPU: {gpus}",
-        f"- Threads: {report['threads']} (torch intra-op, ONNX Runtime intra-op, OpenVINO,"
+        f"- Threads: {report.threads} (torch intra-op, ONNX Runtime intra-op, OpenVINO,"
         " Triton's ONNX Runtime), pinned for the whole run",
         f"- Load average at start {m['load_average_1m_5m_15m']}, at end "
-        f"{busy.get('load_average_end', '?')}; CPU taken by other processes: "
+        f"{busy.load_average_end or '?'}; CPU taken by other processes: "
         + (
-            f"{report['busy_before']:.0%} in the second before the run, "
-            if "busy_before" in report
+            f"{report.busy_before:.0%} in the second before the run, "
+            if report.busy_before is not None
             else ""
         )
         + "during the run: "
@@ -161,27 +165,24 @@ def machine_lines(report: dict[str, Any]) -> list[str]:
         ),
         f"- Versions: {versions}",
     ]
-    peaks = report.get("peaks", {})
+    peaks = report.peaks
     if peaks:
         lines.append(
             "- Matmul peak measured in this run (2048^2 matmul, fastest call of the best GEMM"
             " library, at the start and the end): "
-            + ", ".join(
-                f"{k} {v['gflops']:.1f} GFLOP/s ({v.get('by', '')})" for k, v in peaks.items()
-            )
+            + ", ".join(f"{k} {v.gflops:.1f} GFLOP/s ({v.by})" for k, v in peaks.items())
         )
     return lines
 
 
-def render_markdown(report: dict[str, Any]) -> str:
-    rule = report["rule"]
+def render_markdown(report: BenchReport) -> str:
+    rule = report.rule
     out = [
-        f"# gendeploy bench: suite `{report['suite']}`",
+        f"# gendeploy bench: suite `{report.suite}`",
         "",
-        f"Run {report['started']} in {report.get('duration_s', 0):.0f} s with"
-        f" `{report['command']}`.",
-        f"Each cell: warm-up, then windows of {rule['window_s']} s until {rule['stable_windows']}"
-        f" consecutive windows agree within {rule['tolerance']:.0%} (cap {rule['max_windows']}"
+        f"Run {report.started} in {report.duration_s:.0f} s with `{report.command}`.",
+        f"Each cell: warm-up, then windows of {rule.window_s} s until {rule.stable_windows}"
+        f" consecutive windows agree within {rule.tolerance:.0%} (cap {rule.max_windows}"
         " windows), runners timed in alternation. Speed-ups and max |diff| are against eager FP32"
         " from the same run.",
         "",
@@ -190,9 +191,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         *machine_lines(report),
         "",
     ]
-    if report.get("goals"):
+    if report.goals:
         out += ["## Goals (ratios from this run)", ""]
-        share = report.get("busy", {}).get("other_processes_cpu_share") or 0.0
+        share = report.busy.other_processes_cpu_share or 0.0
         if _disturbed(report):
             out += [
                 f"> **Other processes took {share:.0%} of this machine's CPU time during the run:"
@@ -203,18 +204,18 @@ def render_markdown(report: dict[str, Any]) -> str:
             ]
         rows = [
             [
-                g["goal"],
-                g["target"],
-                "" if g["measured"] is None else g["measured"],
-                g["by"],
-                _met(g["met"]),
-                g["detail"],
+                g.goal,
+                g.target,
+                "" if g.measured is None else g.measured,
+                g.by,
+                _met(g.met),
+                g.detail,
             ]
-            for g in report["goals"]
+            for g in report.goals
         ]
         out += _table(["goal", "target", "measured", "by", "result", "how"], rows)
-    for model in report["models"]:
-        out += model_section(model, report.get("runners", {}))
+    for model in report.models:
+        out += model_section(model)
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -235,16 +236,16 @@ UNTRAINED = [
 ]
 
 
-def model_section(model: dict[str, Any], runners: dict[str, Any]) -> list[str]:
-    name = model["name"]
+def model_section(model: ModelReport) -> list[str]:
+    name = model.name
     out = [
         f"## `{name}`",
         "",
-        f"{_architecture(model['config'])}, {model['config']['num_classes']} classes; weights:"
-        f" {model['source']}; {model['flops_per_image'] / 1e6:.1f} MFLOP per image (2 per"
+        f"{_architecture(model.config)}, {model.config['num_classes']} classes; weights:"
+        f" {model.source}; {model.flops_per_image / 1e6:.1f} MFLOP per image (2 per"
         " multiply-add).",
         "",
-        *(UNTRAINED if model.get("trained") is False else []),
+        *(UNTRAINED if model.trained is False else []),
         *summary_table(model),
         f"![throughput]({name}_throughput.png) ![latency]({name}_latency.png)"
         f" ![speed vs quality]({name}_quality.png)",
@@ -268,68 +269,68 @@ def model_section(model: dict[str, Any], runners: dict[str, Any]) -> list[str]:
     ]
     rows = [
         [
-            c["runner"],
-            c["batch"],
-            _fmt(c["p50_ms"], 3),
-            _fmt(c["p90_ms"], 3),
-            _fmt(c["p99_ms"], 3),
-            _fmt(c["images_per_s"]),
-            _fmt(c["gflops"]),
-            f"{c['peak_fraction']:.0%}",
-            f"{c['speedup']:.2f}",
-            f"{c['max_abs_diff']:.2g}",
-            _fmt(c["peak_rss_mib"], 0),
-            f"{'yes' if c['stable'] else 'NO'} ({c['windows']})",
+            c.runner,
+            c.batch,
+            _fmt(c.p50_ms, 3),
+            _fmt(c.p90_ms, 3),
+            _fmt(c.p99_ms, 3),
+            _fmt(c.images_per_s),
+            _fmt(c.gflops),
+            f"{c.peak_fraction:.0%}",
+            f"{c.speedup:.2f}",
+            f"{c.max_abs_diff:.2g}",
+            _fmt(c.peak_rss_mib, 0),
+            f"{'yes' if c.stable else 'NO'} ({c.windows})",
         ]
-        for c in model["cells"]
+        for c in model.cells
     ]
     out += [*_table(header, rows), "</details>", ""]
-    if model.get("skipped"):
+    if model.skipped:
         out += ["Skipped here (with the reason):", ""]
-        out += _table(
-            ["runner", "reason"], [[f"`{s['runner']}`", s["reason"]] for s in model["skipped"]]
-        )
+        out += _table(["runner", "reason"], [[f"`{s.runner}`", s.reason] for s in model.skipped])
     out += quality_section(model)
     out += served_section(model)
     out += profile_section(model)
     return out
 
 
-def served_section(model: dict[str, Any]) -> list[str]:
-    served = model.get("served")
+def served_section(model: ModelReport) -> list[str]:
+    served = model.served
     if not served:
         return []
-    out = [f"### Served through Triton: {served['model']}", ""]
-    if served.get("skipped"):
-        return [*out, f"Not measured: {served['skipped']}", ""]
+    out = [f"### Served through Triton: {served.model}", ""]
+    if served.skipped:
+        return [*out, f"Not measured: {served.skipped}", ""]
+    delay = "?" if served.queue_delay_us is None else served.queue_delay_us
     out.append(
-        f"Triton {served.get('triton_version', '?')}, load from {served['tool']}"
-        + (f" ({served['perf_analyzer_version']})" if served.get("perf_analyzer_version") else "")
-        + f"; batch 1 per request; dynamic batching delay {served.get('queue_delay_us', '?')} us."
+        f"Triton {served.triton_version or '?'}, load from {served.tool}"
+        + (f" ({served.perf_analyzer_version})" if served.perf_analyzer_version else "")
+        + f"; batch 1 per request; {served.instances} model instance(s); dynamic batching delay"
+        + f" {delay} us."
         + " Served output vs eager: max abs diff "
-        + ", ".join(f"{k} {v:.2g}" for k, v in served.get("max_abs_diff", {}).items())
+        + ", ".join(f"{k} {v:.2g}" for k, v in served.max_abs_diff.items())
         + "."
     )
     out.append("")
     rows = [
         [
-            r["protocol"],
-            r["concurrency"],
-            _fmt(r["images_per_s"]),
-            _fmt(r["p50_ms"], 3),
-            _fmt(r["p90_ms"], 3),
-            _fmt(r["p99_ms"], 3),
-            _parts(r.get("breakdown_ms") or {}),
-            "yes" if r["stable"] else "NO",
-            r["tool"] + (f" ({r['note']})" if r.get("note") else ""),
+            r.protocol,
+            r.concurrency,
+            _fmt(r.images_per_s),
+            _fmt(r.p50_ms, 3),
+            _fmt(r.p90_ms, 3),
+            _fmt(r.p99_ms, 3),
+            _parts(r.breakdown_ms),
+            "yes" if r.stable else "NO",
+            r.tool + (f" ({r.note})" if r.note else ""),
         ]
-        for r in served["results"]
+        for r in served.results
     ]
     header = ["protocol", "concurrency", "img/s", "p50 ms", "p90 ms", "p99 ms"]
     header += ["mean: queue / compute / rest ms", "stable", "measured by"]
     out += _table(header, rows)
-    out += [f"![served]({model['name']}_served.png)", ""]
-    out += [f"- {e}" for e in served.get("errors", [])]
+    out += [f"![served]({model.name}_served.png)", ""]
+    out += [f"- {e}" for e in served.errors]
     return out
 
 
@@ -343,8 +344,8 @@ def _parts(parts: dict[str, float]) -> str:
     return f"{queue:.2f} / {compute:.2f} / {rest:.2f}"
 
 
-def profile_section(model: dict[str, Any]) -> list[str]:
-    profiles = model.get("profile") or []
+def profile_section(model: ModelReport) -> list[str]:
+    profiles = model.profile
     if not profiles:
         return []
     out = ["### Where the time goes", ""]
@@ -360,7 +361,7 @@ def profile_section(model: dict[str, Any]) -> list[str]:
     ]
     header = ["runner", "batch", "profiled ms/call", "top ops (share of op time)", "top nodes"]
     out += _table(header, rows)
-    for lp in model.get("layers") or []:
+    for lp in model.layers:
         total = sum(r["ms"] for r in lp["layers"]) or 1.0
         out += [f"Eager, per layer, batch {lp['batch']} (forward hooks):", ""]
         rows = [

@@ -22,50 +22,59 @@ import torch
 
 from gendeploy.bench import machine, peak
 from gendeploy.bench.flops import flops_per_image
-from gendeploy.bench.markdown import contended
 from gendeploy.bench.quality import runner_quality
+from gendeploy.bench.report import write_report
+from gendeploy.bench.results import (
+    BenchReport,
+    Busy,
+    CellResult,
+    ExportSummary,
+    ModelReport,
+    PeakRecord,
+    RuleRecord,
+    Skipped,
+)
 from gendeploy.bench.suites import BenchModel, Suite
-from gendeploy.bench.sweep import CellResult, sweep_batch
-from gendeploy.errors import UnscorableError
+from gendeploy.bench.sweep import sweep_batch
+from gendeploy.errors import UnscorableError, UsageError
 from gendeploy.export.int8 import int8_tools_missing
 from gendeploy.runtime.base import Runner
+from gendeploy.runtime.inputs import WithDefaults
 from gendeploy.runtime.registry import RunnerContext, RunnerUnavailable, build_runner, describe
 
 Log = Callable[[str], None]
-SCHEMA_VERSION = 1
 
 
 def run_bench(
     suite: Suite, out: Path, work_dir: Path | None = None, log: Log | None = None
-) -> dict[str, Any]:
+) -> BenchReport:
     """Run ``suite`` and write ``out``/bench.json, bench.md and the plots; returns the report."""
-    from gendeploy.bench.report import write_report
 
     say = log or (lambda _msg: None)
     threads = suite.threads or machine.machine_info()["physical_cores"] or 1
     torch.set_num_threads(threads)
     started, meter = time.monotonic(), machine.BusyMeter()
-    report: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
-        "suite": suite.name,
-        "command": shlex.join(["gendeploy", *sys.argv[1:]]),
-        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine.machine_info(),
-        "threads": threads,
-        "rule": {
-            "window_s": suite.rule.window_s,
-            "stable_windows": suite.rule.windows,
-            "tolerance": suite.rule.tolerance,
-            "max_windows": suite.rule.max_windows,
-            "served_window_ms": suite.served_window_ms,
-            "served_max_windows": suite.served_max_windows,
-        },
-        "runners": describe(),
-    }
+    report = BenchReport(
+        suite=suite.name,
+        command=shlex.join(["gendeploy", *sys.argv[1:]]),
+        started=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        machine=machine.machine_info(),
+        threads=threads,
+        rule=RuleRecord(
+            window_s=suite.rule.window_s,
+            stable_windows=suite.rule.windows,
+            tolerance=suite.rule.tolerance,
+            max_windows=suite.rule.max_windows,
+            served_window_ms=suite.served_window_ms,
+            served_max_windows=suite.served_max_windows,
+        ),
+        runners=describe(),
+        targets=suite.goals,
+    )
     before = _other_share_now()
-    report["busy_before"] = before
-    cores = report["machine"]["logical_cores"] or 1
-    if contended(before, threads, cores):
+    report.busy_before = before
+    cores = report.machine["logical_cores"] or 1
+    if machine.contended(before, threads, cores):
         say(
             f"warning: other processes are using {before:.0%} of the CPU right now; eager PyTorch"
             f" with {threads} OpenMP threads slows down badly under contention (see the report)"
@@ -74,42 +83,41 @@ def run_bench(
     peaks_start = _peaks(threads)
     with tempfile.TemporaryDirectory(prefix="gendeploy-bench-") as tmp:
         work = work_dir or Path(tmp)
-        start = {k: p.gflops for k, p in peaks_start.items()}
-        models = [bench_model(m, suite, work, threads, start, say) for m in suite.models]
+        models = [bench_model(m, suite, work, threads, say) for m in suite.models]
     peaks_end = _peaks(threads)
-    report["peaks"] = {
-        k: {
-            "gflops": max(peaks_start[k].gflops, peaks_end[k].gflops),
-            "by": max((peaks_start[k], peaks_end[k]), key=lambda p: p.gflops).by,
-            "start": peaks_start[k].each,
-            "end": peaks_end[k].each,
-        }
+    report.peaks = {
+        k: PeakRecord(
+            gflops=max(peaks_start[k].gflops, peaks_end[k].gflops),
+            by=max((peaks_start[k], peaks_end[k]), key=lambda p: p.gflops).by,
+            start=peaks_start[k].each,
+            end=peaks_end[k].each,
+        )
         for k in peaks_start
     }
-    fp32_peak = report["peaks"]["fp32"]["gflops"]
+    fp32_peak = report.peaks["fp32"].gflops
     for m in models:  # fractions of the best FP32 peak seen in the whole run
-        for c in m["cells"]:
-            c["peak_fraction"] = round(c["gflops"] / fp32_peak, 4)
-    report["models"] = models
-    served = [m["served"] for m in models if m.get("served", {}).get("triton_version")]
+        for c in m.cells:
+            c.peak_fraction = round(c.gflops / fp32_peak, 4) if fp32_peak else 0.0
+    report.models = models
+    served = [m.served for m in models if m.served is not None and m.served.triton_version]
     if served:
-        report["machine"]["versions"]["tritonserver"] = served[0]["triton_version"]
-        report["machine"]["versions"]["perf_analyzer"] = (
-            served[0]["perf_analyzer_version"] or served[0]["perf_analyzer"]
+        report.machine["versions"]["tritonserver"] = served[0].triton_version
+        report.machine["versions"]["perf_analyzer"] = (
+            served[0].perf_analyzer_version or served[0].perf_analyzer
         )
-    report["duration_s"] = round(time.monotonic() - started, 1)
+    report.duration_s = round(time.monotonic() - started, 1)
     share = meter.other_share()
-    report["busy"] = {
-        "other_processes_cpu_share": share,
-        "disturbed": contended(share, threads, cores),
-        "load_average_end": machine.load_average(),
-    }
+    report.busy = Busy(
+        other_processes_cpu_share=share,
+        disturbed=machine.contended(share, threads, cores),
+        load_average_end=machine.load_average(),
+    )
     write_report(report, out)
-    if report["busy"]["disturbed"]:
+    if report.busy.disturbed:
         say(
             f"warning: other processes took {share:.0%} of the CPU during the run: ratios disturbed"
         )
-    say(f"wrote {out}/bench.json, bench.md and plots in {report['duration_s']:.0f}s")
+    say(f"wrote {out}/bench.json, bench.md and plots in {report.duration_s:.0f}s")
     return report
 
 
@@ -147,7 +155,7 @@ def trained_weights(model: BenchModel) -> bool:
 
 def prepare_spec(model: BenchModel, work: Path) -> tuple[Any, str]:
     """The ``ModelSpec`` to export and where its weights came from."""
-    from gendeploy.export.api import ModelSpec
+    from gendeploy.export.options import ModelSpec
 
     user = model.user_model
     if user is None:
@@ -155,7 +163,6 @@ def prepare_spec(model: BenchModel, work: Path) -> tuple[Any, str]:
         return ModelSpec(checkpoint=checkpoint), origin
     from safetensors.torch import save_file
 
-    from gendeploy.errors import UsageError
     from gendeploy.export.source import build_user_model
 
     if not user.path().is_file():
@@ -186,12 +193,11 @@ def bench_model(
     suite: Suite,
     work: Path,
     threads: int,
-    peaks: dict[str, float],
     say: Log,
-) -> dict[str, Any]:
-    from gendeploy.export.api import ExportOptions, export
+) -> ModelReport:
+    from gendeploy.export.api import export
+    from gendeploy.export.options import ExportOptions
     from gendeploy.export.source import load_eager
-    from gendeploy.runtime.inputs import WithDefaults
 
     spec, origin = prepare_spec(model, work)
     export_dir = work / "exports" / model.name
@@ -234,7 +240,7 @@ def bench_model(
     module = load_eager(manifest)
     flops = flops_per_image(module, manifest.latent_dim, manifest.num_classes)
     runners: dict[str, Runner] = {}
-    skipped = []
+    skipped: list[Skipped] = []
     device = "cuda" if torch.cuda.is_available() else "cpu"
     context = RunnerContext(manifest, export_dir, module, threads, device)
     for name in suite.runners:
@@ -242,7 +248,7 @@ def bench_model(
             built = build_runner(name, context)
         except RunnerUnavailable as e:
             reason = int8_missing if int8_missing and name.endswith("int8") else str(e)
-            skipped.append({"runner": name, "reason": reason})
+            skipped.append(Skipped(name, reason))
             say(f"[{model.name}] skipped {name}: {reason}")
             continue
         # truncation and noise inputs, if any, as a request leaving them out gets them
@@ -261,7 +267,6 @@ def bench_model(
                 manifest.latent_dim,
                 manifest.num_classes,
                 flops,
-                peaks,
                 suite.rule,
                 log=say,
                 failed=failed,
@@ -273,42 +278,42 @@ def bench_model(
         for r in runners.values():
             r.close()
     for name, reason in failed.items():
-        skipped.append({"runner": name, "reason": reason})
+        skipped.append(Skipped(name, reason))
         say(f"[{model.name}] dropped {name}: {reason}")
-    result: dict[str, Any] = {
-        "name": model.name,
-        "config": manifest.source.model_config or model.config.to_dict(),
-        "source": origin,
-        "trained": trained_weights(model),
-        "goals_model": model.goals,
-        "quality_goals_model": model.quality_goals,
-        "flops_per_image": flops,
-        "export": {
-            "artifacts": [a.name for a in manifest.artifacts],
-            "skipped": manifest.skipped,
-            "timings_s": getattr(manifest, "timings", {}),
-            "float_layers": {
+    result = ModelReport(
+        name=model.name,
+        config=manifest.source.model_config or model.config.to_dict(),
+        source=origin,
+        trained=trained_weights(model),
+        goals_model=model.goals,
+        quality_goals_model=model.quality_goals,
+        flops_per_image=flops,
+        export=ExportSummary(
+            artifacts=[a.name for a in manifest.artifacts],
+            skipped=manifest.skipped,
+            timings_s=getattr(manifest, "timings", {}),
+            float_layers={
                 a.name: a.extra["float_layers"]
                 for a in manifest.artifacts
                 if a.extra.get("float_layers")
             },
-        },
-        "cells": [c.to_dict() for c in cells],
-        "quality": quality,
-        "skipped": skipped,
-    }
+        ),
+        cells=cells,
+        quality=quality,
+        skipped=skipped,
+    )
     if suite.served:
         from gendeploy.bench.served import served_sweep
 
-        result["served"] = served_sweep(manifest, export_dir, work, suite, threads, module, say)
+        result.served = served_sweep(manifest, export_dir, work, suite, threads, module, say)
     if suite.profile and model.goals:
         from gendeploy.bench.profile import layer_profile, profile_eager, profile_onnxruntime
 
         say(f"[{model.name}] profiling eager and ONNX Runtime at batch 1 and 64")
         fp32 = export_dir / manifest.artifact("fp32").path
         dims = (manifest.latent_dim, manifest.num_classes)
-        result["profile"] = [profile_eager(module, *dims, b) for b in (1, 64)] + [
+        result.profile = [profile_eager(module, *dims, b) for b in (1, 64)] + [
             profile_onnxruntime(fp32, *dims, b, threads) for b in (1, 64)
         ]
-        result["layers"] = [layer_profile(module, *dims, b) for b in (1, 64)]
+        result.layers = [layer_profile(module, *dims, b) for b in (1, 64)]
     return result

@@ -16,16 +16,23 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from gendeploy.bench.loadloop import load_loop
+from gendeploy.bench.results import ServedResult, ServedSweep
+from gendeploy.bench.sweep import make_feeds
 from gendeploy.bench.timing import StabilityRule
-from gendeploy.errors import ServeError
+from gendeploy.errors import GendeployError, ServeError
 from gendeploy.fileio import cache_dir
 from gendeploy.runtime.base import Feeds
+from gendeploy.runtime.eager import EagerRunner
+from gendeploy.runtime.triton import TritonRunner, connect
+from gendeploy.serve.repo import RepoOptions, write_repo
+from gendeploy.serve.server import TritonServer
 
 PERF_ANALYZER_ENV = "GENDEPLOY_PERF_ANALYZER"
 # perf_analyzer's CSV splits the mean latency into these parts (microseconds)
@@ -38,25 +45,6 @@ BREAKDOWN = (
     "Server Compute Output",
     "Client Recv",
 )
-
-
-@dataclass
-class ServedResult:
-    protocol: str
-    concurrency: int
-    batch: int
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-    mean_ms: float
-    images_per_s: float
-    stable: bool
-    tool: str  # "perf_analyzer" or "tritonclient load loop"
-    note: str = ""
-    breakdown_ms: dict[str, float] = field(default_factory=dict)  # perf_analyzer's mean parts
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def find_perf_analyzer() -> Path | None:
@@ -171,13 +159,16 @@ def run_perf_analyzer(
 
 
 def triton_version(http_url: str) -> str:
-    import urllib.request
+    """The server's version from its metadata ('' where it does not say)."""
+    from tritonclient.utils import InferenceServerException
 
+    client = connect(http_url, "http", timeout_s=5.0)
     try:
-        with urllib.request.urlopen(f"http://{http_url}/v2", timeout=5) as r:
-            return str(json.loads(r.read()).get("version", ""))
-    except (OSError, ValueError):
+        return str(client.get_server_metadata().get("version", ""))
+    except (OSError, InferenceServerException):
         return ""
+    finally:
+        client.close()
 
 
 def served_sweep(
@@ -188,57 +179,47 @@ def served_sweep(
     threads: int,
     module: Any,
     say: Any,
-) -> dict[str, Any]:
+) -> ServedSweep:
     """Serve the export's python-backend model and sweep concurrency over HTTP and gRPC."""
-    from gendeploy.bench.sweep import make_feeds
-    from gendeploy.errors import GendeployError
-    from gendeploy.runtime.eager import EagerRunner
-    from gendeploy.runtime.triton import TritonRunner
-    from gendeploy.serve.repo import RepoOptions, write_repo
-    from gendeploy.serve.server import TritonServer
-
     model = manifest.name
     exe = find_perf_analyzer()
     pa_version = perf_analyzer_version(exe) if exe else ""
     tool = "perf_analyzer" if exe else "tritonclient load loop"
-    result: dict[str, Any] = {
-        "model": f"{model} (python backend, ONNX Runtime CPU inside, {threads} threads)",
-        "tool": tool,
-        "perf_analyzer": str(exe) if exe else f"not found (set {PERF_ANALYZER_ENV})",
-        "perf_analyzer_version": pa_version,
-        "results": [],
-        "errors": [],
-    }
+    result = ServedSweep(
+        model=f"{model} (python backend, ONNX Runtime CPU inside, {threads} threads)",
+        tool=tool,
+        perf_analyzer=str(exe) if exe else f"not found (set {PERF_ANALYZER_ENV})",
+        perf_analyzer_version=pa_version,
+    )
     repo = work / "triton_repo" / model
     try:
-        options = RepoOptions(intra_op_threads=threads)
+        options = RepoOptions(intra_op_threads=threads, instances=suite.instances)
         if suite.queue_delay_us is not None:
-            options = RepoOptions(intra_op_threads=threads, queue_delay_us=suite.queue_delay_us)
-        result["queue_delay_us"] = options.queue_delay_us
+            options = replace(options, queue_delay_us=suite.queue_delay_us)
+        result.queue_delay_us, result.instances = options.queue_delay_us, options.instances
         write_repo(manifest, repo, options, export_dir=export_dir)
         # the launcher loads only what this server's backends can serve (not <name>_onnx here)
         with TritonServer(repo, log_path=work / f"{model}-tritonserver.log") as srv:
-            result["triton_version"] = triton_version(srv.http_url)
-            say(f"[{model}] tritonserver {result['triton_version']} up; load from {tool}")
+            result.triton_version = triton_version(srv.http_url)
+            say(f"[{model}] tritonserver {result.triton_version} up; load from {tool}")
             check_batch = min(8, manifest.batch.max)
             check = make_feeds(check_batch, manifest.latent_dim, manifest.num_classes, seed=1)
             reference = EagerRunner(module, threads=threads).run(check)
-            result["max_abs_diff"] = {}
             for protocol in ("http", "grpc"):
                 url = srv.http_url if protocol == "http" else srv.grpc_url
                 with TritonRunner(url, model, protocol) as client:
                     out = client.run(check)
-                result["max_abs_diff"][protocol] = float(f"{np.max(np.abs(out - reference)):.3g}")
+                result.max_abs_diff[protocol] = float(f"{np.max(np.abs(out - reference)):.3g}")
                 one = make_feeds(1, manifest.latent_dim, manifest.num_classes, seed=2)
                 for c in suite.concurrencies:
-                    r = _one_level(exe, url, model, protocol, c, one, suite, result["errors"])
-                    result["results"].append(r.to_dict())
+                    r = _one_level(exe, url, model, protocol, c, one, suite, result.errors)
+                    result.results.append(r)
                     say(
                         f"  served {protocol:<4} concurrency {c}: {r.images_per_s:8.1f} img/s"
                         f"  p50 {r.p50_ms:7.3f} ms ({r.tool}{'' if r.stable else ', not stable'})"
                     )
     except GendeployError as e:
-        result["skipped"] = str(e)
+        result.skipped = str(e)
         say(f"[{model}] served sweep skipped: {e}")
     return result
 
@@ -267,8 +248,6 @@ def _one_level(
             )
         except ServeError as e:
             errors.append(f"{protocol} concurrency {concurrency}: {e}; used the load loop")
-    from gendeploy.bench.loadloop import load_loop
-
     result = load_loop(url, model, protocol, concurrency, feeds, suite.served_rule)
     if exe is not None:
         result.note = "perf_analyzer failed at this level"

@@ -24,9 +24,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gendeploy.bench.loadloop import load_loop
 from gendeploy.bench.machine import machine_info
+from gendeploy.bench.results import ServedResult
 from gendeploy.bench.served import (
-    ServedResult,
     find_perf_analyzer,
     perf_analyzer_version,
     run_perf_analyzer,
@@ -209,8 +210,6 @@ def _one_sample(
                 exe, url, model, options.protocol, options.concurrency, feeds, window_ms, rule
             )
         else:
-            from gendeploy.bench.loadloop import load_loop
-
             result = load_loop(url, model, options.protocol, options.concurrency, feeds, rule)
     except (GendeployError, OSError) as e:
         return LoadSample(round(time.monotonic() - start, 1), 0.0, 0.0, 0.0, "", str(e)[:200])

@@ -6,11 +6,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from gendeploy.bench.results import Goals
 from gendeploy.bench.timing import StabilityRule
 from gendeploy.errors import UsageError
 from gendeploy.runtime.registry import runner_names
-from gendeploy.trainer.models import Arch, ModelConfig
-from gendeploy.trainer.train import DEFAULT_PRESET, PRESETS
+from gendeploy.trainer.config import DEFAULT_PRESET, PRESETS, Arch, ModelConfig
 
 DEMO_CHECKPOINT = Path("runs/demo/checkpoint.pt")
 REPO_ROOT = Path(__file__).resolve().parents[2]  # examples/ lives there in a checkout
@@ -59,8 +59,10 @@ class Suite:
     served_window_ms: int = 1000  # perf_analyzer --measurement-interval
     served_max_windows: int = 6  # perf_analyzer --max-trials (each level costs up to this many)
     queue_delay_us: int | None = None  # Triton dynamic batching delay; None: the repo's default
+    instances: int = 1  # the served model's instances (Triton instance_group count)
     threads: int = 0  # 0: all physical cores
     profile: bool = True  # profile eager where a goal is missed
+    goals: Goals = field(default_factory=Goals)  # targets the report judges the run against
 
     @property
     def served_rule(self) -> StabilityRule:
@@ -79,6 +81,8 @@ class Suite:
             raise UsageError(f"queue delay must be >= 0 us, got {self.queue_delay_us}")
         if self.threads < 0:
             raise UsageError(f"threads must be >= 0 (0: all physical cores), got {self.threads}")
+        if self.instances < 1:
+            raise UsageError(f"--instances must be >= 1, got {self.instances}")
         if unknown:
             raise UsageError(f"unknown runners {sorted(unknown)}; known: {', '.join(ALL_RUNNERS)}")
 
@@ -155,6 +159,7 @@ def with_overrides(
     threads: int | None = None,
     models: tuple[str, ...] | None = None,
     queue_delay_us: int | None = None,
+    instances: int | None = None,
 ) -> Suite:
     """The suite with command-line overrides applied (validated by ``Suite``)."""
     rule = replace(suite.rule, window_s=window_s) if window_s else suite.rule
@@ -177,4 +182,5 @@ def with_overrides(
         threads=suite.threads if threads is None else threads,
         models=chosen,
         queue_delay_us=suite.queue_delay_us if queue_delay_us is None else queue_delay_us,
+        instances=suite.instances if instances is None else instances,
     )

@@ -5,12 +5,11 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from gendeploy.bench.results import CellResult
 from gendeploy.bench.timing import Clock, Measurement, StabilityRule, measure_alternating
 from gendeploy.errors import GendeployError
 from gendeploy.runtime.base import Feeds, Runner
@@ -18,31 +17,6 @@ from gendeploy.runtime.base import Feeds, Runner
 Log = Callable[[str], None]
 # A reduced-precision runner whose output equals FP32 this closely did not compute in it.
 SAME_AS_FP32 = 1e-6
-
-
-@dataclass
-class CellResult:
-    """One runner at one batch size: the row of the report."""
-
-    runner: str
-    precision: str
-    batch: int
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-    mean_ms: float
-    images_per_s: float
-    gflops: float  # achieved, from the counted FLOPs
-    peak_fraction: float  # of the FP32 matmul peak measured in this run (bf16 may pass 1.0)
-    speedup: float  # over eager fp32 at the same batch, same run
-    max_abs_diff: float  # against eager fp32 on the same inputs
-    peak_rss_mib: float  # process high-water mark while this runner ran (weights of all included)
-    stable: bool
-    windows: int
-    calls: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def make_feeds(batch: int, latent_dim: int, num_classes: int, seed: int = 0) -> Feeds:
@@ -73,7 +47,6 @@ def sweep_batch(
     latent_dim: int,
     num_classes: int,
     flops_per_image: int,
-    peaks: dict[str, float],
     rule: StabilityRule,
     clock: Clock = time.perf_counter,
     log: Log | None = None,
@@ -116,9 +89,7 @@ def sweep_batch(
     cells = []
     for name, m in results.items():
         precision = runners[name].precision
-        cells.append(
-            _cell(name, precision, batch, m, flops_per_image, peaks, eager_ips, diffs, memory)
-        )
+        cells.append(_cell(name, precision, batch, m, flops_per_image, eager_ips, diffs, memory))
         if log:
             c = cells[-1]
             log(
@@ -134,14 +105,12 @@ def _cell(
     batch: int,
     m: Measurement,
     flops_per_image: int,
-    peaks: dict[str, float],
     eager_ips: float,
     diffs: dict[str, float],
     memory: dict[str, float],
 ) -> CellResult:
     ips = batch * m.calls_per_s
     gflops = ips * flops_per_image / 1e9
-    peak = peaks.get("fp32", 0.0)
     return CellResult(
         runner=name,
         precision=precision,
@@ -149,7 +118,6 @@ def _cell(
         **m.latency_fields(),
         images_per_s=round(ips, 2),
         gflops=round(gflops, 2),
-        peak_fraction=round(gflops / peak, 4) if peak else 0.0,
         speedup=round(ips / eager_ips, 3) if eager_ips else 0.0,
         max_abs_diff=float(f"{diffs[name]:.3g}"),
         peak_rss_mib=memory[name],

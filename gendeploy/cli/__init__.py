@@ -21,15 +21,28 @@ app = typer.Typer(
 for _module in (train, export, serve, bench, soak, tune, deploy):
     _module.register(app)
 
+# click's UsageError (bad choices, unknown options, missing arguments): typer vendors click and
+# exports only its subclass BadParameter
+UsageError: type[Exception] = typer.BadParameter.__mro__[1]
+
 
 def main() -> None:
     """Console entry point: a ``GendeployError`` or a file-system error becomes one line on
     stderr and a non-zero exit code."""
     try:
-        app()
+        code = app(standalone_mode=False)
+    except UsageError as e:  # a flag typer checked: a bad choice, an unknown option
+        if type(e).__name__ != "NoArgsIsHelpError":  # bare `gendeploy`: its help is shown already
+            print(f"error: {e.format_message()}", file=sys.stderr)  # type: ignore[attr-defined]
+        sys.exit(e.exit_code)  # type: ignore[attr-defined]
+    except typer.Abort:  # Ctrl-C at a prompt
+        print("aborted", file=sys.stderr)
+        sys.exit(1)
     except GendeployError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
     except OSError as e:  # disk full, read-only, permissions, a file in the way
         print(f"error: {describe_os_error(e)}", file=sys.stderr)
         sys.exit(1)
+    if isinstance(code, int) and code:  # typer.Exit(code) in a command (standalone_mode=False)
+        sys.exit(code)

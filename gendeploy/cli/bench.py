@@ -13,15 +13,15 @@ from gendeploy.errors import UsageError
 Opt = typer.Option
 
 
-def _ints(flag: str, text: str | None) -> tuple[int, ...] | None:
-    if not text:
-        return None
+def positive_ints(text: str) -> tuple[int, ...]:
+    """``1,8,64``: the type of a flag taking comma-separated integers >= 1 (typer reports a bad
+    value as it reports any flag's)."""
     try:
         values = tuple(int(x) for x in text.split(","))
     except ValueError:
-        raise UsageError(f"{flag} takes comma-separated integers, got {text!r}") from None
+        raise typer.BadParameter(f"{text!r} is not comma-separated integers, e.g. 1,8,64") from None
     if min(values) < 1:
-        raise UsageError(f"{flag} values must be >= 1, got {text!r}")
+        raise typer.BadParameter(f"{text!r}: every value must be >= 1")
     return values
 
 
@@ -44,9 +44,17 @@ def bench_command(
     out: Annotated[Path, Opt(help="Directory for bench.json, bench.md and the plots.")] = Path(
         "bench"
     ),
-    batches: Annotated[str | None, Opt(help="Override the batch sizes, e.g. 1,8,64.")] = None,
+    batches: Annotated[
+        tuple[int, ...] | None,
+        Opt(parser=positive_ints, metavar="N,N,...", help="Override the batch sizes, e.g. 1,8,64."),
+    ] = None,
     concurrency: Annotated[
-        str | None, Opt(help="Override the served concurrency levels, e.g. 1,4.")
+        tuple[int, ...] | None,
+        Opt(
+            parser=positive_ints,
+            metavar="N,N,...",
+            help="Override the served concurrency levels, e.g. 1,4.",
+        ),
     ] = None,
     runners: Annotated[str | None, Opt(help=RUNNERS_HELP)] = None,
     served: Annotated[
@@ -58,6 +66,9 @@ def bench_command(
     window: Annotated[float | None, Opt(help="Measurement window in seconds.")] = None,
     queue_delay_us: Annotated[
         int | None, Opt(help="Served model's dynamic-batching delay (default: the repo's).")
+    ] = None,
+    instances: Annotated[
+        int | None, Opt(help="Served model's instances (default: the suite's, 1).")
     ] = None,
     threads: Annotated[
         int | None, Opt(help="Threads for every runner (default: the suite's; 0: physical cores).")
@@ -86,14 +97,15 @@ def bench_command(
         raise UsageError(f"--window must be in (0, 60] seconds, got {window}")
     chosen = with_overrides(
         get_suite(suite),
-        batches=_ints("--batches", batches),
-        concurrencies=_ints("--concurrency", concurrency),
+        batches=batches,
+        concurrencies=concurrency,
         runners=names,
         served=served,
         window_s=window,
         threads=threads,
         models=tuple(models.split(",")) if models else None,
         queue_delay_us=queue_delay_us,
+        instances=instances,
     )
     from rich.console import Console
 
@@ -103,9 +115,9 @@ def bench_command(
     report = run_bench(
         chosen, out, work_dir, log=lambda msg: console.print(msg, highlight=False, markup=False)
     )
-    for goal in report.get("goals", []):
-        verdict = {True: "met", False: "MISSED", None: "not judged"}[goal["met"]]
-        typer.echo(f"goal: {goal['goal']}: {goal['measured']} ({goal['by']}) -> {verdict}")
+    for goal in report.goals:
+        verdict = {True: "met", False: "MISSED", None: "not judged"}[goal.met]
+        typer.echo(f"goal: {goal.goal}: {goal.measured} ({goal.by}) -> {verdict}")
     typer.echo(f"report: {out / 'bench.md'}")
 
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from gendeploy.errors import UsageError
+from gendeploy.export.manifest import NoiseMode, OutputKind
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -30,8 +31,8 @@ def export_command(
         bool, Opt("--fp16", help="Also an FP16 ONNX and, with TensorRT + CUDA, an FP16 engine.")
     ] = False,
     output: Annotated[
-        str, Opt(help="float: float32 NCHW in [-1,1]; uint8: also uint8 NHWC variants.")
-    ] = "float",
+        OutputKind, Opt(help="float: float32 NCHW in [-1,1]; uint8: also uint8 NHWC variants.")
+    ] = OutputKind.float,
     max_batch: Annotated[int, Opt(help="Largest batch (Triton's max_batch_size).")] = 64,
     opt_batch: Annotated[
         int, Opt(help="Batch TensorRT tunes for.", show_default="min(8, --max-batch)")
@@ -83,21 +84,18 @@ def export_command(
         Opt(help="--model: keyword arguments for every forward call, name=value,... (manifest)."),
     ] = None,
     noise: Annotated[
-        str,
+        NoiseMode,
         Opt(help="--model: const (noise buffers as they are) or seeded (drawn per request)."),
-    ] = "const",
+    ] = NoiseMode.const,
 ) -> None:
     """Export a generator to gated ONNX (FP32, uint8, FP16, INT8) and TensorRT, with a manifest."""
-    from gendeploy.export.api import ExportOptions, ModelSpec, OutputKind, export
-    from gendeploy.export.signature import NoiseMode, parse_forward_kwargs
+    from gendeploy.export.api import export
+    from gendeploy.export.options import ExportOptions, ModelSpec
+    from gendeploy.export.signature import parse_forward_kwargs
 
-    if output not in {k.value for k in OutputKind}:
-        raise UsageError(f"--output must be float or uint8, got {output!r}")
-    if noise not in {m.value for m in NoiseMode}:
-        raise UsageError(f"--noise must be const or seeded, got {noise!r}")
     options = ExportOptions(
         fp16=fp16,
-        output=OutputKind(output),
+        output=output,
         max_batch=max_batch,
         opt_batch=opt_batch,
         require_engine=require_engine,
@@ -113,7 +111,7 @@ def export_command(
         num_classes=num_classes,
         image_shape=_parse_shape(image_shape) if image_shape is not None else None,
         forward_kwargs=parse_forward_kwargs(forward_kwargs) if forward_kwargs else None,
-        noise=noise,
+        noise=noise.value,
         random_weights=random_weights,
     )
     manifest = export(

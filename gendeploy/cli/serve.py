@@ -11,7 +11,7 @@ import typer
 
 from gendeploy.errors import UsageError
 from gendeploy.serve.admin import KEY_ENV
-from gendeploy.serve.readyfile import DEFAULT_PORTS
+from gendeploy.serve.readyfile import DEFAULT_PORTS, Protocol
 
 DEFAULT_REPO = Path("triton_repo")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -154,7 +154,9 @@ def generate_command(
     wait_s: Annotated[
         float, typer.Option(help="Wait this long for --ready-file to appear (server starting).")
     ] = 0.0,
-    protocol: Annotated[str, typer.Option(help="http or grpc.")] = "http",
+    protocol: Annotated[
+        Protocol, typer.Option(help="What to speak to the server.")
+    ] = Protocol.http,
     label: Annotated[
         int | None, typer.Option(help="Class for every image (default: cycle classes).")
     ] = None,
@@ -171,20 +173,16 @@ def generate_command(
     ] = None,
 ) -> None:
     """Ask a served model for N images and write them as a PNG grid."""
-    from gendeploy.runtime.triton import PROTOCOLS
-
-    if protocol not in PROTOCOLS:
-        raise UsageError(f"--protocol must be one of {PROTOCOLS}, got {protocol!r}")
     if url is not None and ready_file is not None:
         raise UsageError("pass --url or --ready-file, not both")
     from gendeploy.serve.client import find_server, generate, save_grid
 
-    url, models = find_server(url, ready_file, protocol, wait_s)
+    url, models = find_server(url, ready_file, protocol.value, wait_s)
     images, info = generate(
         url,
         model,
         n,
-        protocol=protocol,
+        protocol=protocol.value,
         label=label,
         seed=seed,
         client_latents=client_latents,
@@ -193,7 +191,7 @@ def generate_command(
     )
     save_grid(images, out)
     typer.echo(
-        f"{out}: {n} images from {info.name} ({protocol} {url}), seeds {seed}..{seed + n - 1}"
+        f"{out}: {n} images from {info.name} ({protocol.value} {url}), seeds {seed}..{seed + n - 1}"
     )
 
 

@@ -11,11 +11,10 @@ import typer
 
 from gendeploy.cli.help import LateHelp, Params
 from gendeploy.errors import UsageError
+from gendeploy.trainer.config import DEFAULT_PRESET, Arch, DatasetName, PresetName, preset
 
 Opt = typer.Option
 
-
-DEFAULT_PRESET = "digits-cdcgan"  # gendeploy.trainer.train.DEFAULT_PRESET, checked by a test
 # train flags whose default is the preset's value -> (config, field)
 PRESET_DEFAULTS = {
     "arch": ("model", "arch"),
@@ -33,14 +32,14 @@ PRESET_DEFAULTS = {
     "sample_every": ("train", "sample_every"),
     "checkpoint_every": ("train", "checkpoint_every"),
 }
+# config field -> the flag that sets it, for messages (--channels sets image_channels)
+FLAGS = {field: "--" + flag.replace("_", "-") for flag, (_, field) in PRESET_DEFAULTS.items()}
 
 
 class TrainHelp(LateHelp):
     """``--steps`` and the like default to the preset's value: help shows the default preset's."""
 
     def fill(self, params: Params) -> None:
-        from gendeploy.trainer.train import preset
-
         chosen = preset(DEFAULT_PRESET)
         for name, (config, field) in PRESET_DEFAULTS.items():
             value = getattr(chosen.model if config == "model" else chosen.train, field)
@@ -49,19 +48,18 @@ class TrainHelp(LateHelp):
 
 
 def train_command(
-    preset: Annotated[
-        str | None,
+    preset_name: Annotated[
+        PresetName | None,
         Opt(
-            help="Preset: digits-cdcgan, digits-dcgan, seed-mlp, dcgan64. With --resume, the run "
-            "must be that preset (with the flags given).",
+            "--preset",
+            help="Model and training settings to start from. With --resume, the run must be that "
+            "preset (with the flags given).",
             show_default=DEFAULT_PRESET,
         ),
     ] = None,
     out: Annotated[Path | None, Opt(help="Run directory.", show_default="runs/<preset>")] = None,
-    arch: Annotated[str | None, Opt(help="Override the model: mlp or dcgan.")] = None,
-    dataset: Annotated[
-        str | None, Opt(help="digits, mnist, fashion-mnist, cifar10, folder, fake.")
-    ] = None,
+    arch: Annotated[Arch | None, Opt(help="Override the model's architecture.")] = None,
+    dataset: Annotated[DatasetName | None, Opt(help="Override the training images.")] = None,
     data_path: Annotated[Path | None, Opt(help="Directory of the dataset's files.")] = None,
     image_size: Annotated[int | None, Opt(help="Image side (dcgan: 32 or 64).")] = None,
     channels: Annotated[int | None, Opt(help="Image channels, 1 or 3.")] = None,
@@ -90,8 +88,8 @@ def train_command(
     With --resume the run in --out (default runs/<preset>) continues with its own settings (flags
     may repeat them); only --steps, --sample-every, --checkpoint-every and --no-eval may change.
     """
-    from gendeploy.trainer.train import preset as get_preset
-    from gendeploy.trainer.train import resumed_configs, train, with_overrides
+    from gendeploy.trainer.config import with_overrides
+    from gendeploy.trainer.train import resumed_configs, train
 
     if channels is not None and channels not in (1, 3):
         raise UsageError(f"--channels must be 1 or 3, got {channels}")
@@ -115,12 +113,13 @@ def train_command(
         "checkpoint_every": checkpoint_every,
         "eval_at_end": False if no_eval else None,
     }
-    run_dir = out or Path("runs") / (preset or DEFAULT_PRESET)
+    name = preset_name.value if preset_name else None
+    run_dir = out or Path("runs") / (name or DEFAULT_PRESET)
     if resume:  # the run's own settings; flags (and a named preset) that repeat them are fine
-        model, config, step = resumed_configs(run_dir, settings, schedule, preset)
+        model, config, step = resumed_configs(run_dir, settings, schedule, name, flags=FLAGS)
         typer.echo(f"resuming {run_dir} from step {step} (checkpoint.pt) to step {config.steps}")
     else:
-        model, config = with_overrides(get_preset(preset or DEFAULT_PRESET), **settings, **schedule)
+        model, config = with_overrides(preset(name or DEFAULT_PRESET), **settings, **schedule)
     result = train(
         model, config, run_dir, resume=resume, force=force, progress=progress, device=device
     )

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gendeploy.deploy.validate import check_manifest
 from gendeploy.errors import DeployError, ServeError, UsageError
 from gendeploy.fileio import atomic_write_bytes
 from gendeploy.serve.admin import KEY_ENV
@@ -346,7 +347,6 @@ def render(manifest: dict[str, Any]) -> str:
 def write_manifests(repo: Path, o: K8sOptions, out: Path, force: bool = False) -> list[Path]:
     """Check every manifest, then write them all under ``out`` (never over files unless
     ``force``)."""
-    from gendeploy.deploy.validate import check_manifest
 
     if not repo.is_dir():
         raise UsageError(f"model repository {repo} does not exist; run `gendeploy repo EXPORT_DIR`")

@@ -13,8 +13,8 @@ import onnx
 
 from gendeploy.errors import QualityError, ValidationError
 from gendeploy.export import fp16_islands, gate, int8, onnx_graph
-from gendeploy.export.api import ExportOptions, OutputKind, make_artifact
-from gendeploy.export.manifest import Artifact, ArtifactKind, Precision
+from gendeploy.export.manifest import Artifact, ArtifactKind, OutputKind, Precision
+from gendeploy.export.options import ExportOptions
 from gendeploy.export.quality_gate import (
     NONFINITE,
     QualityConfig,
@@ -22,7 +22,8 @@ from gendeploy.export.quality_gate import (
     QualityResult,
     model_facts,
 )
-from gendeploy.export.source import LoadedModel
+from gendeploy.export.source import LoadedModel, make_artifact
+from gendeploy.export.tensorrt_build import build_engine
 from gendeploy.runtime.base import Runner
 from gendeploy.runtime.eager import EagerRunner
 from gendeploy.runtime.inputs import WithDefaults, complete_feeds
@@ -297,8 +298,6 @@ def _build_engine(
     say: Callable[[str], None],
     float_outputs: dict[str, list[np.ndarray]],
 ) -> Artifact:
-    from gendeploy.export.tensorrt_build import build_engine
-
     artifact = make_artifact(loaded, name, ArtifactKind.tensorrt, f"{name}.plan")
     with clock(f"build_{name}"):
         artifact.extra = build_engine(

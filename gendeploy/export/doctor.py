@@ -9,7 +9,11 @@ import importlib.util
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 
+from gendeploy.errors import GendeployError
 from gendeploy.export.int8 import int8_tools_missing
+from gendeploy.runtime.onnxrt import providers
+from gendeploy.runtime.tensorrt import tensorrt_availability
+from gendeploy.serve.tritonserver import backend_names, locate_tritonserver
 
 
 @dataclass(frozen=True)
@@ -92,8 +96,6 @@ def _cuda() -> Finding:
 
 
 def _tensorrt() -> Finding:
-    from gendeploy.runtime.tensorrt import tensorrt_availability
-
     if importlib.util.find_spec("tensorrt") is None:
         return Finding("TensorRT", False, "tensorrt not installed")
     status = tensorrt_availability()
@@ -107,8 +109,6 @@ def _tensorrt() -> Finding:
 
 
 def _ort_providers() -> list[str]:
-    from gendeploy.runtime.onnxrt import providers
-
     return providers()
 
 
@@ -119,9 +119,6 @@ def _openvino() -> Finding:
 
 
 def _tritonserver() -> tuple[Finding, list[str]]:
-    from gendeploy.errors import GendeployError
-    from gendeploy.serve.tritonserver import backend_names, locate_tritonserver
-
     try:
         binary = locate_tritonserver()
     except GendeployError as e:

@@ -20,7 +20,11 @@ from typing import Any
 import numpy as np
 
 from gendeploy.errors import ExportError, GendeployError, MissingDependencyError
+from gendeploy.export.manifest import OutputKind
 from gendeploy.runtime.base import Feeds, Runner
+from gendeploy.runtime.tensorrt import TensorRTRunner, tensorrt_availability
+from gendeploy.serve.backend_model import _TrtEngine
+from gendeploy.trainer.config import PRESETS, Arch, ModelConfig, with_overrides
 
 BATCHES = (1, 8, 64)
 MIN_SECONDS = 1.0  # per measurement
@@ -30,10 +34,10 @@ MAX_ITERS = 300
 def run(out: Path) -> dict[str, Any]:
     import torch
 
-    from gendeploy.export.api import ExportOptions, ModelSpec, OutputKind, export
+    from gendeploy.export.api import export
+    from gendeploy.export.options import ExportOptions, ModelSpec
     from gendeploy.runtime.eager import EagerRunner
-    from gendeploy.runtime.tensorrt import TensorRTRunner, tensorrt_availability
-    from gendeploy.trainer.models import Arch, ModelConfig, build_generator, init_weights
+    from gendeploy.trainer.models import build_generator, init_weights
 
     out.mkdir(parents=True, exist_ok=True)
     status = tensorrt_availability()
@@ -98,7 +102,7 @@ def run(out: Path) -> dict[str, Any]:
 
 def _train_on_cuda(run_dir: Path) -> dict[str, Any]:
     """The default preset, 200 steps on the GPU, scored at the end like any digits run."""
-    from gendeploy.trainer.train import PRESETS, train, with_overrides
+    from gendeploy.trainer.train import train
 
     model, config = with_overrides(PRESETS["digits-cdcgan"], steps=200, sample_every=100)
     started = time.perf_counter()
@@ -115,8 +119,6 @@ def _train_on_cuda(run_dir: Path) -> dict[str, Any]:
 def _other_paths(trt: Runner, export_dir: Path, manifest: Any, latent: int) -> dict[str, Any]:
     """The GPU paths the timing does not take: the Triton model's own engine wrapper on both
     plans, and a batch above the profile, which must be refused."""
-    from gendeploy.runtime.tensorrt import TensorRTRunner
-    from gendeploy.serve.backend_model import _TrtEngine
 
     feeds = {"z": np.random.default_rng(1).standard_normal((5, latent)).astype(np.float32)}
     checked: dict[str, Any] = {}

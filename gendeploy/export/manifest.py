@@ -39,6 +39,17 @@ class ArtifactKind(str, Enum):
     openvino = "openvino"  # OpenVINO IR: ``<name>.xml`` (+ ``<name>.bin`` beside it)
 
 
+# The choices the CLI offers for an export (typer shows and checks them; no torch here).
+class OutputKind(str, Enum):
+    float = "float"  # float32 NCHW in [-1, 1]
+    uint8 = "uint8"  # also ship uint8 NHWC variants: post-processing baked into the graph
+
+
+class NoiseMode(str, Enum):
+    const = "const"  # noise buffers are constants of the graph (the model as given)
+    seeded = "seeded"  # noise buffers become per-sample inputs drawn from the request's seed
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     """A named tensor; ``-1`` marks the dynamic batch axis (always axis 0)."""

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from gendeploy.errors import UsageError, ValidationError
-from gendeploy.export.manifest import Interface, NoiseInput
+from gendeploy.export.manifest import Interface, NoiseInput, NoiseMode
 
 TRUNCATION_ARGS = ("truncation_psi", "truncation", "psi")
 # The psi a served request may send: 0 (the average image) to 1 (no truncation) and beyond on both
@@ -52,11 +52,6 @@ class ClassInput(str, Enum):
     labels = "labels"  # forward(z, labels): int64 labels
     onehot = "onehot"  # forward(z, c): a float one-hot [N, num_classes] built from labels
     empty = "empty"  # unconditional forward(z, c): an empty [N, 0] c
-
-
-class NoiseMode(str, Enum):
-    const = "const"  # noise buffers are constants of the graph (the model as given)
-    seeded = "seeded"  # noise buffers become per-sample inputs drawn from the request's seed
 
 
 def parse_forward_kwargs(text: str | None) -> dict[str, Any]:

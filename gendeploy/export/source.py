@@ -7,6 +7,7 @@ module later from the manifest alone (bench's eager row, serving's reference).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
@@ -14,6 +15,7 @@ import inspect
 import pickle
 import re
 import sys
+import types
 import warnings
 import zipfile
 from collections.abc import Callable
@@ -25,7 +27,18 @@ import torch
 from torch import nn
 
 from gendeploy.errors import CheckpointError, ExportError, UsageError
-from gendeploy.export.manifest import Interface, Manifest, Source, sha256_file
+from gendeploy.export.manifest import (
+    Artifact,
+    ArtifactKind,
+    Interface,
+    Manifest,
+    NoiseMode,
+    Precision,
+    Source,
+    TensorSpec,
+    sha256_file,
+)
+from gendeploy.export.signature import inspect_generator, serving_module
 from gendeploy.trainer.checkpoint import FORMAT, load_generator, load_state_into
 
 CHECKPOINT_NAMES = ("checkpoint.pt", "checkpoint_final.pt", "last.pt")
@@ -100,8 +113,6 @@ def load_user_model(
 ) -> LoadedModel:
     """``file.py:Class`` or ``package.module:factory``, called without arguments, plus weights;
     probed for its served interface like any module given to ``export_generator``."""
-    from gendeploy.export.inmemory import load_module
-
     module, source, default_name = build_user_model(
         spec, weights, latent_dim, num_classes, image_shape, random_weights
     )
@@ -217,8 +228,6 @@ def load_eager(manifest: Manifest) -> nn.Module:
             )
         return load_generator(src.path)[0]
     if src.kind == "user_model":
-        from gendeploy.export.signature import serving_module
-
         shape = manifest.image_shape
         module, source, _ = build_user_model(
             src.path,
@@ -338,3 +347,137 @@ def _import_file(path: Path) -> Any:
 
 def _snake(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower().replace("-", "_") or "model"
+
+
+_RECORDABLE = (bool, int, float, str, type(None))  # what the manifest's JSON can hold
+
+
+def load_module(
+    module: nn.Module,
+    latent_dim: int,
+    num_classes: int,
+    image_shape: tuple[int, int, int],
+    forward_kwargs: dict[str, Any] | None = None,
+    noise: str = "const",
+    source: Source | None = None,
+    default_name: str | None = None,
+    label: str | None = None,
+    log: Callable[[str], None] | None = None,
+) -> LoadedModel:
+    """Probe ``module`` (eval mode) and describe it for export."""
+    if latent_dim < 1 or num_classes < 0 or len(image_shape) != 3 or min(image_shape) < 1:
+        raise UsageError("latent_dim and image_shape (C, H, W) must be positive, num_classes >= 0")
+    if noise not in {m.value for m in NoiseMode}:
+        raise UsageError(f"--noise must be const or seeded, got {noise!r}")
+    kwargs = dict(forward_kwargs or {})
+    for key, value in kwargs.items():
+        if not isinstance(value, _RECORDABLE):
+            raise UsageError(
+                f"forward_kwargs[{key!r}] is a {type(value).__name__}; the manifest records only "
+                "numbers, booleans, strings and None"
+            )
+    module.eval()
+    cls = type(module)
+    interface = inspect_generator(
+        module,
+        latent_dim,
+        num_classes,
+        image_shape,
+        forward_kwargs=kwargs,
+        noise=NoiseMode(noise),
+        label=label or _label(source, cls),
+        log=log,
+    )
+    if source is None:
+        source = Source(
+            kind="in_memory",
+            path=f"{cls.__module__}:{cls.__qualname__}",
+            sha256=module_digest(module),
+            model_config={
+                "latent_dim": latent_dim,
+                "num_classes": num_classes,
+                "image_shape": list(image_shape),
+            },
+        )
+    return LoadedModel(
+        module=serving_module(module, interface, num_classes),
+        latent_dim=latent_dim,
+        num_classes=num_classes,
+        image_shape=(image_shape[0], image_shape[1], image_shape[2]),
+        source=source,
+        default_name=default_name or _snake(cls.__name__),
+        interface=interface,
+    )
+
+
+def _label(source: Source | None, cls: type) -> str:
+    """How messages name the model: ``--model file.py:Class`` when it came from the CLI."""
+    if source is not None and source.kind == "user_model":
+        return f"--model {source.path}"
+    return cls.__name__
+
+
+def output_spec(image_shape: tuple[int, int, int], uint8: bool) -> TensorSpec:
+    c, h, w = image_shape
+    if uint8:
+        return TensorSpec("images", "uint8", [-1, h, w, c], layout="NHWC", value_range=[0, 255])
+    return TensorSpec("images", "float32", [-1, c, h, w], layout="NCHW", value_range=[-1, 1])
+
+
+def make_artifact(loaded: LoadedModel, name: str, kind: ArtifactKind, path: str) -> Artifact:
+    tokens = name.split("_")  # "int8_uint8" is INT8, "uint8" (the FP32 graph's head) is not
+    precision = next((p for p in Precision if p.reduced and p.value in tokens), Precision.fp32)
+    return Artifact(
+        name=name,
+        kind=kind,
+        path=path,
+        precision=precision,
+        inputs=loaded.interface.input_specs(loaded.latent_dim, loaded.num_classes),
+        output=output_spec(loaded.image_shape, uint8=name.endswith("uint8")),
+    )
+
+
+def module_digest(module: nn.Module) -> str:
+    """What an in-memory export is "the same module" by: its weights and its code (an edited
+    ``forward`` must not find the earlier export up to date)."""
+    return hashlib.sha256(f"{state_digest(module)}:{code_digest(module)}".encode()).hexdigest()
+
+
+def code_digest(module: nn.Module) -> str:
+    """sha256 over the code of every class in ``module`` that is not torch's own (torch's version
+    is recorded anyway), best effort: each class's source, or where Python cannot show it (a
+    class typed into a notebook) its methods' byte code; plus the whole file each class comes
+    from, which holds the helper functions its ``forward`` calls."""
+    digest = hashlib.sha256()
+    files: set[str] = set()
+    classes = {type(m) for m in module.modules()}
+    for cls in sorted(classes, key=lambda c: f"{c.__module__}.{c.__qualname__}"):
+        if cls.__module__.split(".")[0] == "torch":
+            continue
+        digest.update(f"{cls.__module__}.{cls.__qualname__}:".encode())
+        try:
+            digest.update(inspect.getsource(cls).encode())
+        except (OSError, TypeError):
+            for name, attr in sorted(vars(cls).items()):
+                code = getattr(getattr(attr, "__func__", attr), "__code__", None)
+                if isinstance(code, types.CodeType):
+                    digest.update(name.encode() + _code_bytes(code))
+        with contextlib.suppress(OSError, TypeError):
+            path = inspect.getsourcefile(cls)
+            if path and Path(path).is_file():
+                files.add(path)
+    for path in sorted(files):
+        with contextlib.suppress(OSError):
+            digest.update(Path(path).read_bytes())
+    return digest.hexdigest()
+
+
+def _code_bytes(code: types.CodeType) -> bytes:
+    """A function's byte code, names and constants (not its file name or line numbers, which a
+    notebook changes on every run of the same cell)."""
+    parts = [code.co_code, repr(code.co_names).encode()]
+    for const in code.co_consts:
+        parts.append(
+            _code_bytes(const) if isinstance(const, types.CodeType) else repr(const).encode()
+        )
+    return b"".join(parts)

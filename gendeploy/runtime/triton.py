@@ -14,8 +14,9 @@ import numpy as np
 
 from gendeploy.errors import ServeError
 from gendeploy.runtime.base import Availability, Feeds, Runner, register_check
+from gendeploy.serve.readyfile import Protocol
 
-PROTOCOLS = ("http", "grpc")
+PROTOCOLS = tuple(p.value for p in Protocol)
 
 
 class InferenceError(ServeError):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from gendeploy.errors import ServeError
 from gendeploy.serve.admin import ADMIN_HEADER, KEY_ENV, LOCKED_APIS
+from gendeploy.serve.repo import parse_config
 
 # TensorRT major.minor -> NGC tritonserver container. UNVERIFIED beyond 10.0 -> 24.05: the release
 # notes read while writing this did not show each -py3 image's TensorRT. `tag_check` says how to
@@ -76,7 +77,6 @@ def container_models(repo_dir: Path) -> list[str]:
     """The models the NGC container runs with its own backends (ONNX Runtime, TensorRT).
 
     The python-backend models are left out: they import onnxruntime, which the image lacks."""
-    from gendeploy.serve.repo import parse_config
 
     return [
         config.parent.name

@@ -51,6 +51,7 @@ from gendeploy.export.manifest import (
     load_manifest,
     sha256_file,
 )
+from gendeploy.fileio import atomic_write
 
 BACKEND_MODEL = Path(__file__).with_name("backend_model.py")
 TRITON_DTYPES = {
@@ -375,7 +376,6 @@ def _same_tree(a: Path, b: Path) -> bool:
 
 def write_model(plan: ModelPlan, repo_dir: Path, keep_versions: int) -> WrittenModel:
     """Stage the version, rename it to N+1 (unless identical to the latest), then config.pbtxt."""
-    from gendeploy.fileio import atomic_write
 
     model_dir = repo_dir / plan.name
     model_dir.mkdir(parents=True, exist_ok=True)

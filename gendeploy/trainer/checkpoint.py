@@ -22,7 +22,8 @@ from torch import nn
 from gendeploy import __version__
 from gendeploy.errors import CheckpointError
 from gendeploy.fileio import atomic_write
-from gendeploy.trainer.models import ModelConfig, build_generator
+from gendeploy.trainer.config import ModelConfig
+from gendeploy.trainer.models import build_generator
 
 FORMAT = "gendeploy-checkpoint"
 SCHEMA_VERSION = 1

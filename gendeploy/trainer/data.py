@@ -12,7 +12,6 @@ import gzip
 import io
 import pickle
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 from typing import ClassVar
 
@@ -21,17 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from gendeploy.errors import DataError
+from gendeploy.trainer.config import DatasetName
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
-
-
-class DatasetName(str, Enum):
-    digits = "digits"
-    mnist = "mnist"
-    fashion_mnist = "fashion-mnist"
-    cifar10 = "cifar10"
-    folder = "folder"
-    fake = "fake"
 
 
 @dataclass(frozen=True)

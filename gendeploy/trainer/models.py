@@ -9,67 +9,11 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import asdict, dataclass
-from enum import Enum
-from typing import Any
 
 import torch
 from torch import nn
 
-
-class Arch(str, Enum):
-    mlp = "mlp"
-    dcgan = "dcgan"
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Everything needed to rebuild the networks; stored in every checkpoint."""
-
-    arch: Arch = Arch.dcgan
-    latent_dim: int = 100
-    image_channels: int = 1
-    image_size: int = 32
-    num_classes: int = 0  # 0: unconditional
-    width: int = 64  # DCGAN: feature maps at the widest stage (ngf/ndf); MLP: first hidden size
-    embed_dim: int = 50  # conditional models: size of the label embedding
-
-    def __post_init__(self) -> None:
-        try:
-            object.__setattr__(self, "arch", Arch(self.arch))
-        except ValueError:
-            choices = ", ".join(a.value for a in Arch)
-            raise ValueError(f"unknown model {self.arch!r}; choose one of: {choices}") from None
-        if self.arch is Arch.dcgan and self.image_size not in (32, 64):
-            raise ValueError(f"dcgan supports image_size 32 or 64, got {self.image_size}")
-        if self.image_size < 4 or self.image_channels not in (1, 3):
-            raise ValueError(
-                f"image must be 1 or 3 channels and at least 4x4, got "
-                f"{self.image_channels}x{self.image_size}x{self.image_size}"
-            )
-        if self.latent_dim < 1 or self.width < 1 or self.num_classes < 0:
-            raise ValueError("latent_dim and width must be positive, num_classes >= 0")
-
-    @property
-    def conditional(self) -> bool:
-        return self.num_classes > 0
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return (self.image_channels, self.image_size, self.image_size)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["arch"] = self.arch.value
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        known = set(cls.__dataclass_fields__)
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown model config fields: {sorted(unknown)}")
-        return cls(**d)
+from gendeploy.trainer.config import Arch, ModelConfig
 
 
 class _LabelInput(nn.Module):

@@ -23,8 +23,8 @@ from torch import nn
 
 from gendeploy.errors import UsageError
 from gendeploy.fileio import atomic_write, cache_dir
-from gendeploy.trainer.data import DatasetName, digits_split, load_dataset
-from gendeploy.trainer.models import ModelConfig
+from gendeploy.trainer.config import DatasetName, ModelConfig
+from gendeploy.trainer.data import digits_split, load_dataset
 
 CLASSIFIER_SIZE = 16  # generated images are resized to 16x16 grey before classification
 COVERAGE_SHARE = 0.05  # a class is covered when it holds at least 5% of unconditional samples

@@ -8,7 +8,7 @@ import copy
 import json
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -18,11 +18,8 @@ from gendeploy.errors import CheckpointError, UsageError
 from gendeploy.fileio import atomic_write
 from gendeploy.trainer import plots
 from gendeploy.trainer.checkpoint import Checkpoint, save_checkpoint
-from gendeploy.trainer.data import DatasetName
-from gendeploy.trainer.models import ModelConfig, recalibrate_batchnorm
-
-if TYPE_CHECKING:
-    from gendeploy.trainer.train import TrainConfig
+from gendeploy.trainer.config import DatasetName, ModelConfig, TrainConfig
+from gendeploy.trainer.models import recalibrate_batchnorm
 
 CHECKPOINT_NAME = "checkpoint.pt"
 

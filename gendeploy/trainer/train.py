@@ -11,7 +11,8 @@ import contextlib
 import copy
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,113 +23,21 @@ from torch import nn
 
 from gendeploy.errors import CheckpointError, UsageError
 from gendeploy.trainer.checkpoint import Checkpoint, load_checkpoint, load_state_into
-from gendeploy.trainer.data import DatasetName, load_dataset
-from gendeploy.trainer.models import (
+from gendeploy.trainer.config import (
+    RESUMABLE_CHANGES,
     ModelConfig,
+    Preset,
+    TrainConfig,
+    preset,
+    with_overrides,
+)
+from gendeploy.trainer.data import load_dataset
+from gendeploy.trainer.models import (
     build_discriminator,
     build_generator,
     init_weights,
 )
 from gendeploy.trainer.rundir import CHECKPOINT_NAME, RunWriter, check_run_dir, clear_run_dir
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    dataset: DatasetName = DatasetName.digits
-    data_path: str | None = None
-    steps: int = 2000
-    batch_size: int = 64
-    lr: float = 2e-4
-    betas: tuple[float, float] = (0.5, 0.999)
-    # 0 disables the generator EMA. The warm-up (1 + step) / (10 + step) caps the decay, so 0.999
-    # only takes effect after step ~9000: short runs average over roughly the last 200-300 steps.
-    ema_decay: float = 0.0
-    aux_weight: float = 1.0  # conditional models: weight of the auxiliary class loss (AC-GAN)
-    # Mode seeking (Mao et al., MSGAN): rewards different images for different z under one label;
-    # without it conditional generators here learn one image per class and ignore z.
-    diversity_weight: float = 0.0
-    # DiffAugment (Zhao et al.): random translations of every image the discriminator sees, real
-    # and fake alike, so a small dataset does not let it memorise; fraction of the image side.
-    translate: float = 0.0
-    seed: int = 0
-    sample_every: int = 250
-    checkpoint_every: int = 250
-    eval_at_end: bool = True
-
-    def __post_init__(self) -> None:
-        try:
-            object.__setattr__(self, "dataset", DatasetName(self.dataset))
-        except ValueError:
-            choices = ", ".join(d.value for d in DatasetName)
-            raise UsageError(
-                f"unknown dataset {self.dataset!r}; choose one of: {choices}"
-            ) from None
-        object.__setattr__(self, "betas", tuple(self.betas))
-        if self.steps < 1 or self.batch_size < 1:
-            raise UsageError("--steps and --batch-size must be at least 1")
-        if not 0 <= self.ema_decay < 1:
-            raise UsageError(f"--ema must be in [0, 1), got {self.ema_decay}")
-        if self.sample_every < 1 or self.checkpoint_every < 1:
-            raise UsageError("--sample-every and --checkpoint-every must be at least 1")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["dataset"] = self.dataset.value
-        d["betas"] = list(self.betas)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise CheckpointError(f"unknown train config fields: {sorted(unknown)}")
-        return cls(**d)
-
-
-# What may differ when a run is resumed: how long it goes on and how often it reports.
-RESUMABLE_CHANGES = ("steps", "sample_every", "checkpoint_every", "eval_at_end")
-
-
-@dataclass(frozen=True)
-class Preset:
-    description: str
-    model: ModelConfig
-    train: TrainConfig = field(default_factory=TrainConfig)
-
-
-PRESETS: dict[str, Preset] = {
-    "digits-cdcgan": Preset(
-        "conditional DCGAN 32x32 on digits (the default)",
-        ModelConfig(arch="dcgan", image_size=32, num_classes=10, width=32),  # type: ignore[arg-type]
-        TrainConfig(
-            steps=2000, batch_size=64, ema_decay=0.999, diversity_weight=0.5, translate=0.125
-        ),
-    ),
-    "digits-dcgan": Preset(
-        "unconditional DCGAN 32x32 on digits",
-        ModelConfig(arch="dcgan", image_size=32, width=32),  # type: ignore[arg-type]
-        TrainConfig(
-            steps=3000, batch_size=64, ema_decay=0.999, diversity_weight=0.5, translate=0.125
-        ),
-    ),
-    "seed-mlp": Preset(
-        "the classic MLP GAN (latent 100 -> 256 -> 512 -> 1024), fixed, on digits 32x32",
-        ModelConfig(arch="mlp", image_size=32, width=64),  # type: ignore[arg-type]
-        TrainConfig(steps=3000, batch_size=64),
-    ),
-    "dcgan64": Preset(
-        "the reference DCGAN-64 (pytorch/examples), RGB 64x64; pair with --dataset",
-        ModelConfig(arch="dcgan", image_size=64, image_channels=3, width=64),  # type: ignore[arg-type]
-        TrainConfig(steps=5000, batch_size=64),
-    ),
-}
-DEFAULT_PRESET = "digits-cdcgan"
-
-
-def preset(name: str) -> Preset:
-    if name not in PRESETS:
-        raise UsageError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
-    return PRESETS[name]
 
 
 @dataclass
@@ -199,6 +108,28 @@ def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
             p_ema.lerp_(p, 1 - decay)
 
 
+@dataclass
+class _Training:
+    """Everything the loop works on, built and checked by ``_setup`` before any step runs."""
+
+    model_config: ModelConfig
+    config: TrainConfig
+    dev: torch.device
+    dist: _Dist
+    images: torch.Tensor  # the whole dataset on the device
+    labels: torch.Tensor
+    generator: nn.Module
+    discriminator: nn.Module
+    g_train: nn.Module  # the same networks, wrapped for DDP under torchrun
+    d_train: nn.Module
+    ema: nn.Module | None
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    run: RunWriter
+    rng: torch.Generator
+    start_step: int
+
+
 def train(
     model_config: ModelConfig,
     train_config: TrainConfig,
@@ -212,6 +143,83 @@ def train(
 
     Everything is checked (run directory, checkpoint, dataset) before an existing run is replaced.
     """
+    t = _setup(model_config, train_config, out, resume, force, device)
+    run, last = t.run, train_config.steps
+    t0 = time.perf_counter()
+    bar = run.progress(t.start_step, last, progress)
+    for step in range(t.start_step + 1, last + 1):
+        metrics = _step(t, step)
+        elapsed = time.perf_counter() - t0
+        metrics["steps_per_s"] = (step - t.start_step) / elapsed if elapsed > 0 else 0.0
+        run.log(metrics, bar)
+        if run.main and (step % train_config.sample_every == 0 or step == last):
+            run.samples(run.deployable(t.generator, t.ema, step), step)
+        if step % train_config.checkpoint_every == 0 or step == last:
+            run.checkpoint(step, t.generator, t.discriminator, t.ema, t.opt_g, t.opt_d)
+    if bar is not None:
+        bar.stop()
+    result = run.finish()
+    if t.dist.world > 1:
+        # Rank 0 is still writing when the others finish: tearing gloo down under it aborts.
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    return result
+
+
+def _step(t: _Training, step: int) -> dict[str, float]:
+    """One discriminator and one generator update; the step's losses and D's outputs."""
+    config, rng, dev = t.config, t.rng, t.dev
+    bs, k = config.batch_size, t.model_config.num_classes
+    idx = torch.randint(0, len(t.images), (bs,), generator=rng).to(dev)
+    real, real_y = t.images[idx], t.labels[idx] if k else None
+    z = torch.randn(bs, t.model_config.latent_dim, generator=rng).to(dev)
+    fake_y = torch.randint(0, k, (bs,), generator=rng) if k else None
+    if fake_y is not None and config.diversity_weight:
+        fake_y[bs // 2 : 2 * (bs // 2)] = fake_y[: bs // 2]  # pairs of z under one label
+    fake_y = fake_y.to(dev) if fake_y is not None else None
+
+    # Discriminator: real -> 1, fake -> 0, in logits (softplus form is numerically stable).
+    fake = t.g_train(z, fake_y)
+    logit_real, cls_real = t.d_train(_augment(real, config.translate, rng), real_y)
+    loss_d_real = F.softplus(-logit_real).mean()
+    if cls_real is not None and real_y is not None:
+        loss_d_real = loss_d_real + config.aux_weight * F.cross_entropy(cls_real, real_y)
+    t.opt_d.zero_grad(set_to_none=True)
+    loss_d_real.backward()
+    logit_fake, _ = t.d_train(_augment(fake.detach(), config.translate, rng), fake_y)
+    loss_d_fake = F.softplus(logit_fake).mean()
+    loss_d_fake.backward()
+    t.opt_d.step()
+
+    # Generator: non-saturating loss -log D(G(z)) (the seed's log(1 - D) saturates).
+    # D's gradients from this pass are discarded: no DDP all-reduce for them.
+    with t.d_train.no_sync() if t.dist.world > 1 else contextlib.nullcontext():  # type: ignore[operator]
+        loss_g = _generator_loss(t.d_train, fake, fake_y, z, config, rng)
+        t.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+    t.opt_g.step()
+    if t.ema is not None:
+        # Warm-up: early on the average must not be dominated by the random initialisation.
+        _ema_update(t.ema, t.generator, min(config.ema_decay, (1 + step) / (10 + step)))
+    return {
+        "step": step,
+        "loss_d": float((loss_d_real + loss_d_fake).detach()),
+        "loss_g": float(loss_g.detach()),
+        "d_real": float(torch.sigmoid(logit_real.detach()).mean()),
+        "d_fake": float(torch.sigmoid(logit_fake.detach()).mean()),
+    }
+
+
+def _setup(
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    out: Path,
+    resume: bool,
+    force: bool,
+    device: str,
+) -> _Training:
+    """Device, DDP, data, networks, optimizers, the restored state of a resumed run, the run
+    directory: everything checked before an existing run is replaced."""
     dev = training_device(device)
     dist = _init_distributed(dev)
     check_run_dir(out, resume, force)
@@ -245,18 +253,7 @@ def train(
         discriminator.parameters(), lr=train_config.lr, betas=train_config.betas
     )
     if ckpt is not None:
-        source = str(out / CHECKPOINT_NAME)
-        load_state_into(generator, ckpt.generator, source)
-        if ckpt.discriminator is None or ckpt.optimizer_g is None or ckpt.optimizer_d is None:
-            raise CheckpointError(f"{source} holds no training state (was it exported only?)")
-        load_state_into(discriminator, ckpt.discriminator, source)
-        try:
-            opt_g.load_state_dict(ckpt.optimizer_g)
-            opt_d.load_state_dict(ckpt.optimizer_d)
-        except (KeyError, ValueError, TypeError) as e:
-            raise CheckpointError(f"{source} has a damaged optimizer state ({e})") from None
-        if ema is not None and ckpt.generator_ema is not None:
-            load_state_into(ema, ckpt.generator_ema, source)
+        _restore(ckpt, str(out / CHECKPOINT_NAME), generator, discriminator, ema, opt_g, opt_d)
     g_train, d_train = _ddp(generator, dist, dev), _ddp(discriminator, dist, dev)
 
     if dist.main and not resume:
@@ -264,66 +261,48 @@ def train(
     run = RunWriter(out, model_config, train_config, dist.main, start_step)
     # Each rank (and each resumed segment) draws its own batches, reproducibly.
     rng = torch.Generator().manual_seed(train_config.seed * 1000 + dist.rank + 7919 * start_step)
-    n, bs, k = len(data.images), train_config.batch_size, model_config.num_classes
     # Random numbers come from the CPU generator on every device, so a seed means one thing.
-    images, labels = data.images.to(dev), data.labels.to(dev)
-    t0 = time.perf_counter()
-    bar = run.progress(start_step, train_config.steps, progress)
-    for step in range(start_step + 1, train_config.steps + 1):
-        idx = torch.randint(0, n, (bs,), generator=rng).to(dev)
-        real, real_y = images[idx], labels[idx] if k else None
-        z = torch.randn(bs, model_config.latent_dim, generator=rng).to(dev)
-        fake_y = torch.randint(0, k, (bs,), generator=rng) if k else None
-        if fake_y is not None and train_config.diversity_weight:
-            fake_y[bs // 2 : 2 * (bs // 2)] = fake_y[: bs // 2]  # pairs of z under one label
-        fake_y = fake_y.to(dev) if fake_y is not None else None
+    return _Training(
+        model_config=model_config,
+        config=train_config,
+        dev=dev,
+        dist=dist,
+        images=data.images.to(dev),
+        labels=data.labels.to(dev),
+        generator=generator,
+        discriminator=discriminator,
+        g_train=g_train,
+        d_train=d_train,
+        ema=ema,
+        opt_g=opt_g,
+        opt_d=opt_d,
+        run=run,
+        rng=rng,
+        start_step=start_step,
+    )
 
-        # Discriminator: real -> 1, fake -> 0, in logits (softplus form is numerically stable).
-        fake = g_train(z, fake_y)
-        logit_real, cls_real = d_train(_augment(real, train_config.translate, rng), real_y)
-        loss_d_real = F.softplus(-logit_real).mean()
-        if cls_real is not None and real_y is not None:
-            loss_d_real = loss_d_real + train_config.aux_weight * F.cross_entropy(cls_real, real_y)
-        opt_d.zero_grad(set_to_none=True)
-        loss_d_real.backward()
-        logit_fake, _ = d_train(_augment(fake.detach(), train_config.translate, rng), fake_y)
-        loss_d_fake = F.softplus(logit_fake).mean()
-        loss_d_fake.backward()
-        opt_d.step()
 
-        # Generator: non-saturating loss -log D(G(z)) (the seed's log(1 - D) saturates).
-        # D's gradients from this pass are discarded: no DDP all-reduce for them.
-        with d_train.no_sync() if dist.world > 1 else contextlib.nullcontext():  # type: ignore[operator]
-            loss_g = _generator_loss(d_train, fake, fake_y, z, train_config, rng)
-            opt_g.zero_grad(set_to_none=True)
-            loss_g.backward()
-        opt_g.step()
-        if ema is not None:
-            # Warm-up: early on the average must not be dominated by the random initialisation.
-            _ema_update(ema, generator, min(train_config.ema_decay, (1 + step) / (10 + step)))
-
-        metrics = {
-            "step": step,
-            "loss_d": float((loss_d_real + loss_d_fake).detach()),
-            "loss_g": float(loss_g.detach()),
-            "d_real": float(torch.sigmoid(logit_real.detach()).mean()),
-            "d_fake": float(torch.sigmoid(logit_fake.detach()).mean()),
-        }
-        elapsed = time.perf_counter() - t0
-        metrics["steps_per_s"] = (step - start_step) / elapsed if elapsed > 0 else 0.0
-        run.log(metrics, bar)
-        if run.main and (step % train_config.sample_every == 0 or step == train_config.steps):
-            run.samples(run.deployable(generator, ema, step), step)
-        if step % train_config.checkpoint_every == 0 or step == train_config.steps:
-            run.checkpoint(step, generator, discriminator, ema, opt_g, opt_d)
-    if bar is not None:
-        bar.stop()
-    result = run.finish()
-    if dist.world > 1:
-        # Rank 0 is still writing when the others finish: tearing gloo down under it aborts.
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
-    return result
+def _restore(
+    ckpt: Checkpoint,
+    source: str,
+    generator: nn.Module,
+    discriminator: nn.Module,
+    ema: nn.Module | None,
+    opt_g: torch.optim.Optimizer,
+    opt_d: torch.optim.Optimizer,
+) -> None:
+    """A resumed run's networks, optimizers and EMA, from its checkpoint."""
+    load_state_into(generator, ckpt.generator, source)
+    if ckpt.discriminator is None or ckpt.optimizer_g is None or ckpt.optimizer_d is None:
+        raise CheckpointError(f"{source} holds no training state (was it exported only?)")
+    load_state_into(discriminator, ckpt.discriminator, source)
+    try:
+        opt_g.load_state_dict(ckpt.optimizer_g)
+        opt_d.load_state_dict(ckpt.optimizer_d)
+    except (KeyError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{source} has a damaged optimizer state ({e})") from None
+    if ema is not None and ckpt.generator_ema is not None:
+        load_state_into(ema, ckpt.generator_ema, source)
 
 
 def _saved_train_config(ckpt: Checkpoint, source: Path) -> TrainConfig:
@@ -391,25 +370,24 @@ def _generator_loss(
     return loss
 
 
-FLAGS = {"image_channels": "--channels", "ema_decay": "--ema"}  # where a flag is not the field
-
-
 def resumed_configs(
     out: Path,
     settings: dict[str, Any],
     schedule: dict[str, Any],
     preset_name: str | None = None,
+    flags: Mapping[str, str] | None = None,
 ) -> tuple[ModelConfig, TrainConfig, int]:
     """The configs of the run in ``out`` and its step, from its checkpoint. ``settings`` (flags,
     None = not given) must agree with them, and so must the preset named with them, if any;
-    ``schedule`` (``RESUMABLE_CHANGES``) is applied."""
+    ``schedule`` (``RESUMABLE_CHANGES``) is applied. ``flags`` names a setting in messages (the
+    CLI's flag for each field; default ``--field-name``)."""
     check_run_dir(out, resume=True, force=False)
     source = out / CHECKPOINT_NAME
     ckpt = load_checkpoint(source)
     saved = Preset("resumed", ckpt.model_config, _saved_train_config(ckpt, source))
     model, config = with_overrides(saved, **settings)
     differ = [
-        FLAGS.get(k, f"--{k.replace('_', '-')}")
+        (flags or {}).get(k, f"--{k.replace('_', '-')}")
         for k in settings
         if getattr(model, k, None) != getattr(saved.model, k, None)
         or getattr(config, k, None) != getattr(saved.train, k, None)
@@ -443,14 +421,3 @@ def _check_preset(out: Path, saved: Preset, name: str, settings: dict[str, Any])
             f"--resume: {out} is not a --preset {name} run: it differs in {', '.join(differ)}; "
             "drop --preset to continue it with its own settings, or start a new run"
         )
-
-
-def with_overrides(base: Preset, **overrides: Any) -> tuple[ModelConfig, TrainConfig]:
-    """Apply CLI flags (None = keep the preset's value) to a preset's configs."""
-    model_fields = set(ModelConfig.__dataclass_fields__)
-    model_kw = {k: v for k, v in overrides.items() if v is not None and k in model_fields}
-    train_kw = {k: v for k, v in overrides.items() if v is not None and k not in model_fields}
-    try:
-        return replace(base.model, **model_kw), replace(base.train, **train_kw)
-    except ValueError as e:
-        raise UsageError(str(e)) from None

@@ -25,8 +25,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gendeploy.bench.machine import BusyMeter, load_average
+from gendeploy.bench.sweep import make_feeds
+from gendeploy.bench.timing import StabilityRule, measure
 from gendeploy.errors import MissingDependencyError, TuneError, UsageError
+from gendeploy.export.manifest import MANIFEST_NAME, load_manifest
+from gendeploy.runtime.onnxrt import OnnxRuntimeRunner
+from gendeploy.serve.admin import new_key
+from gendeploy.serve.backend_model import draw_latents
 from gendeploy.serve.repo import config_text, parse_config
+from gendeploy.serve.server import free_port
+from gendeploy.serve.tritonserver import find_tritonserver
 from gendeploy.tune.analyzer import (
     MODEL_ANALYZER_VERSION,
     AnalyzerRun,
@@ -126,7 +135,6 @@ def command_line(repo: Path, o: TuneOptions, out: Path | None = None) -> str:
 
 def _require_tools(options: TuneOptions) -> tuple[Any, Path]:
     from gendeploy.bench.served import PERF_ANALYZER_ENV, find_perf_analyzer
-    from gendeploy.serve.tritonserver import find_tritonserver
 
     if importlib.util.find_spec("model_analyzer") is None:
         raise MissingDependencyError(
@@ -190,8 +198,6 @@ def input_data(config: Any, rows: int = 16) -> dict[str, Any]:
         if "seed" in names:
             step["seed"] = {"content": [i], "shape": [1]}
         elif "z" in names:
-            from gendeploy.serve.backend_model import draw_latents
-
             step["z"] = {"content": draw_latents([i], latent)[0].tolist(), "shape": [latent]}
         if "labels" in names:
             step["labels"] = {"content": [i % max(classes, 1)], "shape": [1]}
@@ -202,7 +208,6 @@ def input_data(config: Any, rows: int = 16) -> dict[str, Any]:
 def export_max_batch(version_dir: Path, config: Any) -> int:
     """The largest batch the export serves: its manifest's batch profile (and the TensorRT
     engine's profile, where there is one), not whatever the current config happens to allow."""
-    from gendeploy.export.manifest import MANIFEST_NAME, load_manifest
 
     path = version_dir / MANIFEST_NAME
     if not path.is_file():  # a repository not written by gendeploy: its config is all we know
@@ -234,9 +239,6 @@ def prepare_repo(repo: Path, model: str, work: Path) -> Path:
 
 def measure_baseline(version_dir: Path, config: Any) -> Baseline:
     """In-process batch-1 throughput of the same ONNX file with ONNX Runtime's own threads."""
-    from gendeploy.bench.sweep import make_feeds
-    from gendeploy.bench.timing import StabilityRule, measure
-    from gendeploy.runtime.onnxrt import OnnxRuntimeRunner
 
     onnx_file = config.parameters["onnx_file"].string_value or "model.onnx"
     feeds = make_feeds(
@@ -299,9 +301,6 @@ def tune(
 ) -> TuneReport:
     """Search, choose, write the winner as a new version of ``options.model`` and of its NGC
     siblings, report in ``out`` (refused if it holds an earlier run, unless ``force``)."""
-    from gendeploy.bench.machine import BusyMeter, load_average
-    from gendeploy.serve.admin import new_key
-    from gendeploy.serve.server import free_port
 
     if not repo.is_dir():
         raise UsageError(f"model repository {repo} does not exist; run `gendeploy repo EXPORT_DIR`")

@@ -1,0 +1,102 @@
+"""What shapes an export besides the model (``ExportOptions``) and where the model comes from
+(``ModelSpec``): flags checked up front, shared by the CLI, ``export()`` and the builder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gendeploy.errors import UsageError
+from gendeploy.export.int8 import DEFAULT_CALIBRATION_SAMPLES, check_calibration_samples
+from gendeploy.export.manifest import OutputKind
+from gendeploy.export.quality_gate import QualityConfig
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """Everything that shapes an export besides the model itself; part of its fingerprint."""
+
+    fp16: bool = False
+    output: OutputKind = OutputKind.float
+    max_batch: int = 64
+    opt_batch: int = 0  # 0: min(8, max_batch)
+    require_engine: bool = False
+    int8: bool = False  # NNCF post-training quantization, gated on what it draws (export/int8.py)
+    calibration_samples: int | None = None  # --int8: inputs NNCF calibrates on (None: default)
+    max_frechet_ratio: float = 1.10  # the quality gate's distribution bound (quality_gate.py)
+    quality_seeds: int = 1000  # seeds per set of the quality gate (FP16 and INT8 artifacts)
+    int8_fallback: bool = True  # --int8 that fails the gate: fall back layer by layer (int8.py)
+    # INT8 the quality gate refuses is recorded in the manifest's ``skipped`` and the export goes
+    # on (the bench: the export's decision is reused, not re-run); False: the export fails
+    int8_optional: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "output", OutputKind(self.output))
+        if self.calibration_samples is not None and not self.int8:
+            raise UsageError("--calibration-samples needs --int8")
+        if self.int8:
+            check_calibration_samples(
+                DEFAULT_CALIBRATION_SAMPLES
+                if self.calibration_samples is None
+                else self.calibration_samples
+            )
+        QualityConfig(seeds=self.quality_seeds, max_frechet_ratio=self.max_frechet_ratio)
+        if not 1 <= self.max_batch <= 4096:
+            raise UsageError(f"--max-batch must be in 1..4096, got {self.max_batch}")
+        if self.opt_batch == 0:
+            object.__setattr__(self, "opt_batch", min(8, self.max_batch))
+        if not 1 <= self.opt_batch <= self.max_batch:
+            raise UsageError(
+                f"--opt-batch must be in 1..--max-batch ({self.max_batch}), got {self.opt_batch}"
+            )
+        if self.require_engine and not (self.fp16 or self.int8):
+            raise UsageError(
+                "--require-engine needs --fp16 or --int8 (engines are built from the FP16 or the "
+                "INT8 ONNX)"
+            )
+
+    @property
+    def calibration(self) -> int:
+        """The calibration sample count in force."""
+        return self.calibration_samples or DEFAULT_CALIBRATION_SAMPLES
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where the generator comes from: a checkpoint, or ``--model`` with the facts it lacks."""
+
+    checkpoint: Path | None = None
+    model: str | None = None
+    weights: Path | None = None
+    latent_dim: int | None = None
+    num_classes: int | None = None
+    image_shape: tuple[int, int, int] | None = None
+    forward_kwargs: dict[str, Any] | None = None  # passed to every forward call
+    noise: str = "const"  # "seeded": noise buffers become per-request inputs
+    random_weights: bool = False  # --model without weights: export its untrained initialisation
+
+    def __post_init__(self) -> None:
+        given = [
+            n
+            for n in ("weights", "latent_dim", "num_classes", "image_shape", "forward_kwargs")
+            if getattr(self, n) is not None
+        ]
+        if self.noise != "const":
+            given.append("noise")
+        if self.random_weights:
+            given.append("random_weights")
+        if (self.checkpoint is None) == (self.model is None):
+            raise UsageError("pass either a CHECKPOINT or --model FILE.py:Class (not both)")
+        if self.checkpoint is not None and given:
+            flags = ", ".join("--" + n.replace("_", "-") for n in given)
+            raise UsageError(f"{flags}: only with --model; a checkpoint carries its own config")
+        if self.model is not None:
+            if self.latent_dim is None or self.image_shape is None:
+                raise UsageError("--model needs --latent-dim and --image-shape C,H,W")
+            if self.latent_dim < 1 or (self.num_classes or 0) < 0 or min(self.image_shape) < 1:
+                raise UsageError(
+                    "--latent-dim and --image-shape must be positive, --num-classes >= 0"
+                )
+            if self.weights is not None and self.random_weights:
+                raise UsageError("--weights and --random-weights contradict each other: pick one")
