@@ -17,7 +17,7 @@ from gendeploy.runtime.openvino import OpenVINORunner
 from gendeploy.runtime.triton import TritonRunner
 from gendeploy.serve.backend_model import draw_latents
 from gendeploy.serve.repo import write_repo
-from gendeploy.serve.server import TritonServer
+from gendeploy.serve.server import TritonServer, served_artifact
 
 pytestmark = pytest.mark.triton
 
@@ -40,6 +40,8 @@ def test_the_int8_model_is_served_with_openvino_and_matches_it_in_process(tmp_pa
         labels = np.array([0, 1, 2, 3], np.int64)
         with TritonRunner(server.http_url, "tq_int8") as client:
             served = client.run({"z": z, "labels": labels})
+        # what `gendeploy serve` prints for each model: the engine the model said it loaded
+        said = {m: served_artifact(server.repo_dir, m, server.log_text()) for m in server.loaded}
     finally:
         server.stop()
     with OpenVINORunner(out / manifest.artifact("int8").path) as local:
@@ -48,3 +50,5 @@ def test_the_int8_model_is_served_with_openvino_and_matches_it_in_process(tmp_pa
     assert np.abs(served - expected).max() <= 1e-5
     log = (tmp_path / "tritonserver.log").read_text()
     assert "tq_int8 runs on openvino" in log
+    assert said["tq_int8"] == "artifact int8 (runs on OpenVINO)"
+    assert said["tq"] == "artifact fp32 (runs on ONNX Runtime)"

@@ -108,14 +108,22 @@ def servable_models(repo_dir: Path, backend_dir: Path) -> tuple[list[str], dict[
     return load, skipped
 
 
-def served_artifact(repo_dir: Path, model: str) -> str:
-    """What ``model`` runs, from its config: the export artifact and the engine kind."""
+ENGINE_NAMES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO", "tensorrt": "TensorRT"}
+
+
+def served_artifact(repo_dir: Path, model: str, log: str = "") -> str:
+    """What ``model`` runs: the export artifact, and the engine gendeploy's python model says in
+    the server's ``log`` it loaded (else what its config asks for)."""
     config = parse_config((repo_dir / model / "config.pbtxt").read_text())
     params = {k: v.string_value for k, v in config.parameters.items()}
     artifact = params.get("gendeploy_artifact", "?")
-    if config.backend == "python":
-        return f"artifact {artifact} (ONNX Runtime; its TensorRT engine on a GPU with TensorRT)"
-    return f"artifact {artifact} ({config.platform or config.backend})"
+    if config.backend != "python":
+        return f"artifact {artifact} ({config.platform or config.backend})"
+    ran = re.findall(rf"gendeploy: {re.escape(model)} runs on (\w+)", log)
+    if ran:
+        return f"artifact {artifact} (runs on {ENGINE_NAMES.get(ran[-1], ran[-1])})"
+    wanted = "OpenVINO" if params.get("runtime") == "openvino" else "ONNX Runtime"
+    return f"artifact {artifact} ({wanted}; its TensorRT engine on a GPU with TensorRT)"
 
 
 class StartCancelled(ServeError):
@@ -301,6 +309,10 @@ class TritonServer:
         if not self.watch:
             return ["--model-control-mode=none"]
         return ["--model-control-mode=explicit", *(f"--load-model={m}" for m in self.loaded)]
+
+    def log_text(self) -> str:
+        """Everything this run of the server has logged so far."""
+        return self._log_tail(1_000_000)
 
     def _log_tail(self, lines: int = 15) -> str:
         """The last lines this run of the server wrote to the log."""

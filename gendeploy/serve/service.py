@@ -151,8 +151,9 @@ def _announce(server: TritonServer, state: ServeState, say: Callable[[str], None
         )
     if not server.watch:
         say("         models are fixed while serving (no --watch): nothing can load or unload")
+    log = server.log_text()
     for model in server.loaded:
-        say(f"model    {model}: {served_artifact(server.repo_dir, model)}")
+        say(f"model    {model}: {served_artifact(server.repo_dir, model, log)}")
     for model, why in server.skipped.items():
         say(f"skipped  {model}: {why}")
 
