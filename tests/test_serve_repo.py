@@ -467,3 +467,18 @@ def test_repo_writes_into_a_new_empty_readme_only_or_existing_repository(
         assert next(m.name for m in write_repo(exports["uncond"], repo)).startswith("tinyu")
     write_repo(exports["cond"], readme_only)  # a second export beside the first
     assert (readme_only / "tinyc" / "config.pbtxt").is_file()
+
+
+def test_the_served_onnx_runtime_session_sleeps_instead_of_spinning(tmp_path: Path) -> None:
+    """Spinning intra-op workers stalled served requests by 100 ms and more on 2 cores shared with
+    Triton and its clients: the python model's session must not spin."""
+    import torch
+
+    from gendeploy.serve.backend_model import ORT_SPINNING, _OrtEngine
+
+    path = tmp_path / "m.onnx"
+    torch.onnx.export(torch.nn.Linear(4, 2), (torch.zeros(1, 4),), path, dynamo=False)
+    engine = _OrtEngine(str(path), gpu=False, threads=2)
+    options = engine.session.get_session_options()
+    assert options.get_session_config_entry(ORT_SPINNING) == "0"
+    assert options.intra_op_num_threads == 2

@@ -145,6 +145,9 @@ def parse_extras(
     return feeds
 
 
+ORT_SPINNING = "session.intra_op.allow_spinning"
+
+
 class _OrtEngine:
     def __init__(self, path: str, gpu: bool, threads: int) -> None:
         import onnxruntime as ort
@@ -152,6 +155,10 @@ class _OrtEngine:
         options = ort.SessionOptions()
         if threads > 0:
             options.intra_op_num_threads = threads
+        # a waiting worker thread sleeps instead of spinning: the server shares the cores with
+        # Triton's own threads and its clients, and on a 2-core machine spinning workers stalled
+        # requests by 100 ms and more (perf_analyzer then finds no stable window)
+        options.add_session_config_entry(ORT_SPINNING, "0")
         providers = ["CPUExecutionProvider"]
         if gpu and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
