@@ -499,7 +499,7 @@ def test_the_report_has_a_row_per_measurement_the_ratio_at_concurrency_4_and_the
 
 
 def _tune_cli(
-    *args: str | Path, env: dict[str, str] | None = None, prelude: str = ""
+    *args: str | Path, env: dict[str, str] | None = None, prelude: str = "", cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
     """`gendeploy tune ARGS` in a subprocess (``prelude`` runs before the CLI starts)."""
     entry = ["-m", "gendeploy"]
@@ -508,6 +508,7 @@ def _tune_cli(
     return subprocess.run(
         [sys.executable, *entry, "tune", *map(str, args)],
         capture_output=True, text=True, timeout=300, check=False, env={**os.environ, **(env or {})},
+        cwd=cwd,
     )  # fmt: skip
 
 
@@ -632,9 +633,9 @@ def test_a_quick_search_over_grpc_that_meets_no_budget_reports_and_writes_nothin
         "--instances", "1", "--threads", "0,1", "--max-batch-sizes", "8",
         "--queue-delays-us", "0", "--preferred-batches", "0", "--concurrency", "1",
         "--max-configs", "3", "--window-ms", "1000", "--stability-percentage", "100",
-        "--max-trials", "10", "--no-baseline", "--p99-budget-ms", "0.001", "--out", out,
+        "--max-trials", "10", "--no-baseline", "--p99-budget-ms", "0.001", "--out", "out",
     ]  # fmt: skip
-    done = _tune_cli(*args)
+    done = _tune_cli(*args, cwd=tmp_path)  # a relative --out: Model Analyzer runs elsewhere
     assert done.returncode == 3, done.stdout[-3000:] + done.stderr
     assert "error: no configuration met the constraints" in done.stderr
     assert _tree(copy) == before  # nothing written to the repository
@@ -655,6 +656,6 @@ def test_a_quick_search_over_grpc_that_meets_no_budget_reports_and_writes_nothin
     assert (
         "client_protocol: grpc" in next((out / "work" / "analyzer-grpc").glob("*.yaml")).read_text()
     )
-    again = _tune_cli(*args)  # the same --out again: refused, the report kept
+    again = _tune_cli(*args, cwd=tmp_path)  # the same --out again: refused, the report kept
     assert again.returncode == 2 and "pass --force" in again.stderr
     assert json.loads((out / "tune.json").read_text()) == report

@@ -301,7 +301,7 @@ def tune(
 ) -> TuneReport:
     """Search, choose, write the winner as a new version of ``options.model`` and of its NGC
     siblings, report in ``out`` (refused if it holds an earlier run, unless ``force``)."""
-
+    repo, out = repo.absolute(), out.absolute()  # Model Analyzer runs in the work folder
     if not repo.is_dir():
         raise UsageError(f"model repository {repo} does not exist; run `gendeploy repo EXPORT_DIR`")
     config = _model_config(repo, options.model)
