@@ -37,12 +37,7 @@ from gendeploy.export.manifest import (
 )
 from gendeploy.export.options import ExportOptions, ModelSpec
 from gendeploy.export.publish import check_destination, publish, repair_interrupted, staging_dir
-from gendeploy.export.source import (
-    LoadedModel,
-    build_user_model,
-    load_checkpoint_model,
-    load_module,
-)
+from gendeploy.export.source import LoadedModel, load_checkpoint_model, load_user_model
 from gendeploy.runtime.tensorrt import tensorrt_availability
 
 Log = Callable[[str], None]
@@ -75,35 +70,22 @@ def export(
             command=command,
             log=log,
         )
-    assert spec.model is not None and spec.latent_dim is not None and spec.image_shape is not None
-    if name is not None and not _NAME.match(name):
-        raise UsageError(f"--name {name!r}: use letters, digits, '_', '.', '-'")
-    latent_dim, image_shape, num_classes = spec.latent_dim, spec.image_shape, spec.num_classes or 0
-    module, source, default_name = build_user_model(
-        spec.model,
-        spec.weights,
-        latent_dim,
-        num_classes,
-        image_shape,
-        random_weights=spec.random_weights,
-    )
-
-    def load(say: Log) -> LoadedModel:
-        return load_module(
-            module,
+    model, latent_dim, image_shape = spec.model, spec.latent_dim, spec.image_shape
+    assert model is not None and latent_dim is not None and image_shape is not None
+    return export_loaded(
+        lambda say: load_user_model(
+            model,
+            spec.weights,
             latent_dim,
-            num_classes,
+            spec.num_classes or 0,
             image_shape,
             forward_kwargs=spec.forward_kwargs,
             noise=spec.noise,
-            source=source,
             log=say,
-        )
-
-    return export_loaded(
-        load,
+            random_weights=spec.random_weights,
+        ),
         options,
-        name or _safe_name(default_name),
+        name,
         out,
         force=force,
         command=command,
