@@ -18,7 +18,7 @@ from serve_support import TINY_CONDITIONAL, build_export, make_checkpoint, requi
 from gendeploy.errors import TuneError
 from gendeploy.serve.admin import ADMIN_HEADER, LOCKED_APIS
 from gendeploy.serve.repo import ModelPlan, config_text, parse_config, write_model, write_repo
-from gendeploy.tune.analyzer import Constraints, Measurement
+from gendeploy.tune.analyzer import PA_ATTEMPTS, Constraints, Measurement
 from gendeploy.tune.report import TuneReport, markdown, measurement_row, write_report
 from gendeploy.tune.search import Goal, Trials, quick_search
 from gendeploy.tune.space import Block, Candidate, Objective, Protocol, SearchSpace
@@ -319,6 +319,8 @@ def test_tune_measures_on_a_locked_server_writes_the_winner_and_a_report(
     config_text = next((tmp_path / "out" / "work" / "analyzer-http").glob("config-*.yaml"))
     text = config_text.read_text()
     assert f"{','.join(LOCKED_APIS)}:{ADMIN_HEADER}=" in text and "0.0.0.0" not in text
+    # a measurement that finds no stable window is run again with longer windows, not dropped
+    assert f"perf_analyzer_max_auto_adjusts: {PA_ATTEMPTS}" in text and PA_ATTEMPTS > 1
     assert oct(config_text.stat().st_mode & 0o777) == "0o600"
 
 

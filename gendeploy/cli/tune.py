@@ -62,7 +62,9 @@ def tune_command(
     stability_percentage: Annotated[
         int, typer.Option(help="perf_analyzer: windows agree within this %.")
     ] = 15,
-    max_trials: Annotated[int, typer.Option(help="perf_analyzer: windows before giving up.")] = 8,
+    max_trials: Annotated[
+        int, typer.Option(help="perf_analyzer: windows per run (3 runs, 1 s longer each).")
+    ] = 8,
     out: Annotated[
         Path | None, typer.Option(help="Report directory (default: tune/<model>).")
     ] = None,

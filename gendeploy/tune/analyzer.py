@@ -42,10 +42,15 @@ ANALYZER_MAIN = "gendeploy.tune.analyzer_main"
 # read_measurements reads this version's checkpoint layout; analyzer_main keys its client
 MODEL_ANALYZER_VERSION = "1.58.0"
 SERVER_VERSION = re.compile(r"^\|\s*server_version\s*\|\s*(\S+)\s*\|", re.MULTILINE)
-# what Model Analyzer's progress lines look like, and the ones worth showing
 # Model Analyzer's words when it stops a run whose first measurements all failed
 MEASUREMENTS_FAILED = "attempts to acquire measurements have failed"
-SHOWN = re.compile(r"Profiling \S+: |load failed|Creating model config: |error", re.IGNORECASE)
+# perf_analyzer runs per measurement: one that finds no stable window (a busy machine) is run
+# again by Model Analyzer with a window 1 s longer (its "auto adjust"): this many runs in all
+PA_ATTEMPTS = 3
+# Model Analyzer's progress lines worth showing
+SHOWN = re.compile(
+    r"Profiling \S+: |load failed|window is too small|Creating model config: |error", re.IGNORECASE
+)
 
 
 @dataclass(frozen=True)
@@ -164,7 +169,7 @@ class AnalyzerRun:
             "perf_analyzer_path": str(self.perf_analyzer),
             # perf_analyzer shares 2 cores with the server here: never kill it for its CPU use
             "perf_analyzer_cpu_util": 1000.0,
-            "perf_analyzer_max_auto_adjusts": 1,
+            "perf_analyzer_max_auto_adjusts": PA_ATTEMPTS,
             "client_protocol": block.protocol.value,
             "skip_summary_reports": True,
             "objectives": {objective: 10},
