@@ -251,6 +251,25 @@ def test_a_failed_neighbour_is_recorded_and_the_climb_goes_on() -> None:
     assert end.instances == 2 and end != bad  # reached through another path
 
 
+def test_a_neighbour_that_could_not_be_measured_does_not_end_its_direction() -> None:
+    """Only the queue delay varies: 1000 us fails, so the climb from 2000 us measures 250 us
+    (past it), which is better, and goes on from there to 0 us (worse: it stays at 250)."""
+    space = SearchSpace((1,), (0,), (16,), (0, 250, 1000, 2000), (0,), (Protocol.http,))
+    start, bad = Candidate(1, 0, 16, 2000, 0), Candidate(1, 0, 16, 1000, 0)
+    end, trials, blocks, said = _climb(space, start, 100, fail={bad})
+    assert end == Candidate(1, 0, 16, 250, 0) and trials.failed == {bad: "load failed"}
+    assert Block.of(end) in blocks and set(trials.measurements) == {
+        start,
+        end,
+        Candidate(1, 0, 16, 0, 0),
+    }
+    assert f"round 1, queue_delay_us: trying {end.label()}, past one not measured" in said
+    # nothing past the end of a ladder, nor on an unordered axis
+    assert space.beyond(Candidate(1, 0, 16, 250, 0), Candidate(1, 0, 16, 0, 0), "protocol") is None
+    assert space.beyond(end, Candidate(1, 0, 16, 0, 0), "queue_delay_us") is None
+    assert space.beyond(end, bad, "queue_delay_us") == start
+
+
 def _check_report_files(out: Path, command: str, measurements: int) -> None:
     """tune.md: one table row per measurement and the command in its reproduce block; a PNG."""
     text = (out / "tune.md").read_text()

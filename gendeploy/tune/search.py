@@ -4,6 +4,8 @@
   quick mode climbs instance count and max batch size), over every axis of :mod:`tune.space`: the
   adjacent values of one axis are measured, the best configuration so far becomes the next
   starting point, until a whole round over the axes improves nothing or ``max_configs`` is spent.
+  A neighbour that could not be measured (it failed to load, or perf_analyzer found no stable
+  window) does not end its direction: the next value past it is measured instead.
 - **exhaustive**: every valid combination of the axes' values.
 
 The choice is Model Analyzer's: among measurements that meet the constraints (a p99 budget, a
@@ -95,6 +97,19 @@ def quick_search(
     if trials.score(goal, start) is None:
         why = trials.failed.get(start, "no measurement")
         raise TuneError(f"the repository's own configuration could not be measured: {why}")
+
+    def measure_all(blocks: list[Block]) -> bool:
+        """Measures what is new in ``blocks``; False when ``max_configs`` stops the climb."""
+        for block in blocks:
+            left = block.without(trials.tried())
+            if left is None:
+                continue
+            if len(trials.tried()) + len(left.candidates()) > max_configs:
+                say(f"stopping: --max-configs {max_configs} reached")
+                return False
+            measure(left)
+        return True
+
     current, rounds = start, 0
     improved = True
     while improved:
@@ -102,15 +117,19 @@ def quick_search(
         for axis in AXES:
             if axis == "protocol" and len(space.protocols) < 2:
                 continue
-            for block in space.step(current, axis):
-                left = block.without(trials.tried())
-                if left is None:
-                    continue
-                if len(trials.tried()) + len(left.candidates()) > max_configs:
-                    say(f"stopping: --max-configs {max_configs} reached")
-                    return current
-                measure(left)
-            best = _best_candidate(goal, trials, current, space.step(current, axis))
+            steps = space.step(current, axis)
+            if not measure_all(steps):
+                return current
+            # a neighbour that could not be measured does not end its direction: the value
+            # past it is measured instead
+            failed = [c for b in steps for c in b.candidates() if trials.score(goal, c) is None]
+            past = [p for c in failed if (p := space.beyond(current, c, axis))]
+            for p in past:
+                if p not in trials.tried():
+                    say(f"round {rounds}, {axis}: trying {p.label()}, past one not measured")
+            if not measure_all([Block.of(p) for p in past]):
+                return current
+            best = _best_candidate(goal, trials, current, steps + [Block.of(p) for p in past])
             if best != current:
                 say(f"round {rounds}, {axis}: better at {best.label()}")
                 current, improved = best, True

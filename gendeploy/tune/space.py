@@ -35,6 +35,14 @@ class SearchMode(str, Enum):
 
 
 AXES = ("instances", "max_batch_size", "queue_delay_us", "preferred_batch", "threads", "protocol")
+# the SearchSpace ladder of each ordered axis
+LADDERS = {
+    "instances": "instances",
+    "threads": "threads",
+    "max_batch_size": "max_batch_sizes",
+    "queue_delay_us": "queue_delays_us",
+    "preferred_batch": "preferred_batches",
+}
 
 
 @dataclass(frozen=True, order=True)
@@ -254,3 +262,16 @@ class SearchSpace:
         else:
             raise ValueError(f"unknown axis {axis!r}")
         return blocks
+
+    def beyond(self, c: Candidate, neighbour: Candidate, axis: str) -> Candidate | None:
+        """The next value past ``c``'s ``neighbour`` on ``axis``, away from ``c`` (None at the
+        end of the ladder, on an unordered axis, or where it is not a valid configuration)."""
+        if axis not in LADDERS:
+            return None
+        ladder = getattr(self, LADDERS[axis])
+        here, there = ladder.index(getattr(c, axis)), ladder.index(getattr(neighbour, axis))
+        past = there + (there > here) - (there < here)
+        if past == there or not 0 <= past < len(ladder):
+            return None
+        candidate = replace(neighbour, **{axis: ladder[past]})
+        return candidate if self.valid(candidate) else None
