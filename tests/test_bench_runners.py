@@ -3,6 +3,8 @@ FLOPs, peak and machine facts are real numbers."""
 
 from __future__ import annotations
 
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -171,6 +173,34 @@ def test_matmul_peak_is_the_best_gemm_library_here_and_machine_facts_are_recorde
     assert info["cpu"]["model"] and info["logical_cores"] >= 1
     assert info["versions"]["torch"] == torch.__version__
     assert 0.0 <= BusyMeter().other_share() <= 1.0
+
+
+def _busy_loop(seconds: float) -> str:
+    return f"python3 -c 'import time; t = time.time()\nwhile time.time() - t < {seconds}: pass'"
+
+
+def test_the_busy_meter_keeps_our_orphans_ours_and_counts_a_foreign_process() -> None:
+    """A descendant that outlives its parent (as Triton's stubs under Model Analyzer) stays ours;
+    the kernel's children times would lose it and call its work another process's. A process
+    that never was ours counts: about one core here."""
+    import psutil
+
+    cores = psutil.cpu_count() or 1
+    meter = BusyMeter(interval_s=0.5)  # sees the busy grandchild before its parent exits
+    subprocess.run(["bash", "-c", f"{_busy_loop(3)} & sleep 1.5; exit 0"], check=True)
+    time.sleep(2.0)  # the orphan works on, to its end
+    assert meter.other_share() * cores < 0.3
+    started = subprocess.run(  # orphaned at once: never seen as ours
+        ["bash", "-c", f"({_busy_loop(3)} >/dev/null 2>&1 & echo $!)"],
+        capture_output=True,
+        text=True,
+    )
+    foreign = psutil.Process(int(started.stdout))
+    meter = BusyMeter(interval_s=0.5)
+    time.sleep(2.0)
+    share = meter.other_share()
+    psutil.wait_procs([foreign], timeout=10)
+    assert share * cores > 0.5, share
 
 
 def test_cpu_flags_come_from_cpuinfo(tmp_path: Path) -> None:

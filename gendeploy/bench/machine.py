@@ -7,6 +7,8 @@ import os
 import platform
 import shutil
 import subprocess
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -145,42 +147,72 @@ class BusyMeter:
     """How much of the machine's CPU time went to other processes while a bench ran.
 
     A bench on a shared machine is only as good as this figure: 0.0 means the machine was ours.
+    A thread samples every process's CPU time each ``interval_s``: a process is ours once it is
+    seen with this one as an ancestor (servers, perf_analyzer, Model Analyzer, the python stubs)
+    and stays ours after its parent dies. The kernel's children times cannot do this: they lose
+    a descendant that outlives its parent (Triton's stubs under Model Analyzer), which then read
+    as another process's work. Another process that starts and ends between two samples is
+    missed.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, interval_s: float = 2.0) -> None:
         import psutil
 
-        self._proc = psutil.Process()
         self._cores = psutil.cpu_count() or 1
-        self._start = (self._busy(), self._own(), _monotonic())
+        self._since, self._wall0 = time.time(), time.monotonic()
+        self._ours: set[tuple[int, float]] = set()  # (pid, create time)
+        self._cpu: dict[tuple[int, float], float] = {}  # other processes' CPU s, last sample
+        self._other = 0.0
+        self._share: float | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._sample()
+        self._thread = threading.Thread(
+            target=self._run, args=(interval_s,), name="gendeploy-busy-meter", daemon=True
+        )
+        self._thread.start()
 
-    def _busy(self) -> float:
+    def _run(self, interval_s: float) -> None:
+        while not self._stop.wait(interval_s):
+            self._sample()
+
+    def _sample(self) -> None:
         import psutil
 
-        t = psutil.cpu_times()
-        return float(
-            t.user
-            + t.system
-            + getattr(t, "nice", 0.0)
-            + getattr(t, "irq", 0.0)
-            + getattr(t, "softirq", 0.0)
-        )
+        procs: dict[int, tuple[int, float, float]] = {}  # pid: (ppid, create time, CPU s)
+        for p in psutil.process_iter(["ppid", "create_time", "cpu_times"]):
+            i = p.info
+            if i["cpu_times"] is not None and i["create_time"] is not None:
+                procs[p.pid] = (i["ppid"], i["create_time"], i["cpu_times"][0] + i["cpu_times"][1])
+        me = os.getpid()
+        with self._lock:
+            for pid, (_, created, cpu) in procs.items():
+                key = (pid, created)
+                if key in self._ours or self._descends(pid, me, procs):
+                    self._ours.add(key)
+                    continue
+                # a process started before the meter counts from the first sample that saw it
+                before = self._cpu.get(key, 0.0 if created >= self._since else cpu)
+                self._other += max(cpu - before, 0.0)
+                self._cpu[key] = cpu
 
-    def _own(self) -> float:
-        t = self._proc.cpu_times()
-        return float(t.user + t.system + t.children_user + t.children_system)
+    def _descends(self, pid: int, me: int, procs: dict[int, tuple[int, float, float]]) -> bool:
+        seen = set()
+        while pid in procs and pid not in seen:
+            if pid == me or (pid, procs[pid][1]) in self._ours:
+                return True
+            seen.add(pid)
+            pid = procs[pid][0]
+        return False
 
     def other_share(self) -> float:
-        """Fraction of all cores' time used by other processes since construction."""
-        busy0, own0, wall0 = self._start
-        wall = (_monotonic() - wall0) * self._cores
-        if wall <= 0:
-            return 0.0
-        other = (self._busy() - busy0) - (self._own() - own0)
-        return round(min(max(other / wall, 0.0), 1.0), 3)
-
-
-def _monotonic() -> float:
-    import time
-
-    return time.monotonic()
+        """Fraction of all cores' time used by other processes since construction (the meter
+        stops at the first call; later calls return the same figure)."""
+        if self._share is None:
+            self._stop.set()
+            self._thread.join()
+            self._sample()
+            wall = (time.monotonic() - self._wall0) * self._cores
+            share = self._other / wall if wall > 0 else 0.0
+            self._share = round(min(max(share, 0.0), 1.0), 3)
+        return self._share
