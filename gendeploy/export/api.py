@@ -59,21 +59,13 @@ def export(
     module held in memory (``export_generator``).
     """
     options = options or ExportOptions()
-    if spec.checkpoint is not None:
-        checkpoint = spec.checkpoint
-        return export_loaded(
-            lambda _say: load_checkpoint_model(checkpoint),
-            options,
-            name,
-            out,
-            force=force,
-            command=command,
-            log=log,
-        )
-    model, latent_dim, image_shape = spec.model, spec.latent_dim, spec.image_shape
-    assert model is not None and latent_dim is not None and image_shape is not None
-    return export_loaded(
-        lambda say: load_user_model(
+
+    def load(say: Log) -> LoadedModel:
+        if spec.checkpoint is not None:
+            return load_checkpoint_model(spec.checkpoint)
+        model, latent_dim, image_shape = spec.model, spec.latent_dim, spec.image_shape
+        assert model is not None and latent_dim is not None and image_shape is not None
+        return load_user_model(
             model,
             spec.weights,
             latent_dim,
@@ -83,14 +75,9 @@ def export(
             noise=spec.noise,
             log=say,
             random_weights=spec.random_weights,
-        ),
-        options,
-        name,
-        out,
-        force=force,
-        command=command,
-        log=log,
-    )
+        )
+
+    return export_loaded(load, options, name, out, force=force, command=command, log=log)
 
 
 def export_loaded(

@@ -127,9 +127,10 @@ def quick_search(
             for p in past:
                 if p not in trials.tried():
                     say(f"round {rounds}, {axis}: trying {p.label()}, past one not measured")
-            if not measure_all([Block.of(p) for p in past]):
+            past_blocks = [Block.of(p) for p in past]
+            if not measure_all(past_blocks):
                 return current
-            best = _best_candidate(goal, trials, current, steps + [Block.of(p) for p in past])
+            best = _best_candidate(goal, trials, current, steps + past_blocks)
             if best != current:
                 say(f"round {rounds}, {axis}: better at {best.label()}")
                 current, improved = best, True
