@@ -324,3 +324,29 @@ def test_an_untrained_default_preset_is_said_so_and_its_quality_goals_are_not_ju
     digits_section = md[md.index("## `digits_cdcgan32`") :]
     assert "**Untrained weights**" in digits_section
     assert "**Untrained weights**" not in md[: md.index("## `digits_cdcgan32`")]
+
+
+def test_the_cotenant_report_judges_the_adaptive_setting_and_writes_its_picture(
+    tmp_path: Path,
+) -> None:
+    from gendeploy.bench.cotenant import CotenantReport, Phase, write_report
+    from gendeploy.bench.machine import machine_info
+
+    report = CotenantReport("2026-12-07T00:00:00+00:00", "cmd", machine_info(), steps=200)
+    for neighbour, share, train, export in (
+        ("quiet", 0.0, 20.0, 30.0),
+        ("one busy process", 0.5, 15.0, 40.0),
+    ):
+        report.phases.append(Phase("train", neighbour, "adaptive", train, share, [1, 2]))
+        report.phases.append(Phase("export", neighbour, "adaptive", export, share))
+        report.phases.append(
+            Phase("train", neighbour, "pinned 2", train / 4 if share else train, share, [2])
+        )
+        report.phases.append(
+            Phase("export", neighbour, "pinned 2", export * 3 if share else export, share)
+        )
+    written = write_report(report, tmp_path)
+    md = (tmp_path / "cotenant.md").read_text()
+    assert "| adaptive | 0.75 | 0.75 |" in md and "| pinned 2 | 0.19 | 0.25 |" in md
+    assert ">= 70% of its quiet steps/s with the same settings: 75% (met)" in md
+    assert all(p.stat().st_size > 0 for p in written) and written[-1].suffix == ".png"

@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gendeploy import cpus
+
 # The CPU flags that decide which kernels run (FP32 SIMD width, bf16/fp16/int8 units, AMX tiles).
 KERNEL_FLAGS = (
     "sse4_2",
@@ -121,6 +123,11 @@ def machine_info() -> dict[str, Any]:
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "load_average_1m_5m_15m": load_average(),
         "gpus": gpu_info(),
+        "available_cpus": {
+            "affinity": len(cpus.affinity_cpus()),
+            "cgroup_quota": cpus.cgroup_cpu_limit(),
+            "usable": cpus.available_cpus(),
+        },
         "threads": {
             "torch_intra_op": torch.get_num_threads(),
             "torch_inter_op": torch.get_num_interop_threads(),
@@ -162,6 +169,7 @@ class BusyMeter:
         self._since, self._wall0 = time.time(), time.monotonic()
         self._ours: set[tuple[int, float]] = set()  # (pid, create time)
         self._cpu: dict[tuple[int, float], float] = {}  # other processes' CPU s, last sample
+        self._taken: dict[tuple[int, float], float] = {}  # CPU s each other process took
         self._other = 0.0
         self._share: float | None = None
         self._lock = threading.Lock()
@@ -193,7 +201,9 @@ class BusyMeter:
                     continue
                 # a process started before the meter counts from the first sample that saw it
                 before = self._cpu.get(key, 0.0 if created >= self._since else cpu)
-                self._other += max(cpu - before, 0.0)
+                taken = max(cpu - before, 0.0)
+                self._other += taken
+                self._taken[key] = self._taken.get(key, 0.0) + taken
                 self._cpu[key] = cpu
 
     def _descends(self, pid: int, me: int, procs: dict[int, tuple[int, float, float]]) -> bool:
@@ -204,6 +214,16 @@ class BusyMeter:
             seen.add(pid)
             pid = procs[pid][0]
         return False
+
+    def is_ours(self, pid: int) -> bool:
+        """Whether process ``pid`` was counted as ours (this process or a descendant)."""
+        with self._lock:
+            return any(p == pid for p, _ in self._ours)
+
+    def taken_by(self, pid: int) -> float:
+        """CPU seconds process ``pid`` took as another process (0 for ours)."""
+        with self._lock:
+            return sum(s for (p, _), s in self._taken.items() if p == pid)
 
     def other_share(self) -> float:
         """Fraction of all cores' time used by other processes since construction (the meter

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from gendeploy import cpus
 from gendeploy.bench import machine, peak
 from gendeploy.bench.flops import flops_per_image
 from gendeploy.bench.quality import runner_quality
@@ -51,7 +52,7 @@ def run_bench(
     """Run ``suite`` and write ``out``/bench.json, bench.md and the plots; returns the report."""
 
     say = log or (lambda _msg: None)
-    threads = suite.threads or machine.machine_info()["physical_cores"] or 1
+    threads = suite.threads or cpus.available_cpus()
     torch.set_num_threads(threads)
     started, meter = time.monotonic(), machine.BusyMeter()
     report = BenchReport(

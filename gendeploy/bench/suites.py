@@ -60,7 +60,7 @@ class Suite:
     served_max_windows: int = 6  # perf_analyzer --max-trials (each level costs up to this many)
     queue_delay_us: int | None = None  # Triton dynamic batching delay; None: the repo's default
     instances: int = 1  # the served model's instances (Triton instance_group count)
-    threads: int = 0  # 0: all physical cores
+    threads: int = 0  # 0: the CPUs this process may use (gendeploy.cpus.available_cpus)
     profile: bool = True  # profile eager where a goal is missed
     goals: Goals = field(default_factory=Goals)  # targets the report judges the run against
 
@@ -80,7 +80,7 @@ class Suite:
         if self.queue_delay_us is not None and self.queue_delay_us < 0:
             raise UsageError(f"queue delay must be >= 0 us, got {self.queue_delay_us}")
         if self.threads < 0:
-            raise UsageError(f"threads must be >= 0 (0: all physical cores), got {self.threads}")
+            raise UsageError(f"threads must be >= 0 (0: the CPUs we may use), got {self.threads}")
         if self.instances < 1:
             raise UsageError(f"--instances must be >= 1, got {self.instances}")
         if unknown:

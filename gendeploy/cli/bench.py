@@ -71,7 +71,7 @@ def bench_command(
         int | None, Opt(help="Served model's instances (default: the suite's, 1).")
     ] = None,
     threads: Annotated[
-        int | None, Opt(help="Threads for every runner (default: the suite's; 0: physical cores).")
+        int | None, Opt(help="Threads per runner (default: the suite's; 0: the CPUs we may use).")
     ] = None,
     work_dir: Annotated[
         Path | None, Opt(help="Keep checkpoints, exports and the Triton repo here (default: temp).")

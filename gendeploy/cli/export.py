@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from gendeploy.cli.options import Threads, use_threads
 from gendeploy.errors import UsageError
 from gendeploy.export.manifest import NoiseMode, OutputKind
 
@@ -48,7 +49,7 @@ def export_command(
         Path | None,
         Opt(
             help="--model's state dict (.safetensors or .pt, weights only); not needed for a "
-            "factory marked `factory.gendeploy_loads_weights = True`."
+            "factory whose attribute gendeploy_loads_weights is True."
         ),
     ] = None,
     random_weights: Annotated[
@@ -87,6 +88,7 @@ def export_command(
         NoiseMode,
         Opt(help="--model: const (noise buffers as they are) or seeded (drawn per request)."),
     ] = NoiseMode.const,
+    threads: Threads = None,
 ) -> None:
     """Export a generator to gated ONNX (FP32, uint8, FP16, INT8) and TensorRT, with a manifest."""
     from gendeploy.export.api import export
@@ -114,6 +116,7 @@ def export_command(
         noise=noise.value,
         random_weights=random_weights,
     )
+    use_threads(threads)
     manifest = export(
         spec,
         options,

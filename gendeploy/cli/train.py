@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from gendeploy.cli.help import LateHelp, Params
+from gendeploy.cli.options import Threads, use_threads
 from gendeploy.errors import UsageError
 from gendeploy.trainer.config import DEFAULT_PRESET, Arch, DatasetName, PresetName, preset
 
@@ -82,6 +83,7 @@ def train_command(
     device: Annotated[
         str, Opt(help="auto (CUDA where present, else CPU), cpu, cuda or cuda:N.")
     ] = "auto",
+    threads: Threads = None,
 ) -> None:
     """Train a GAN generator; writes checkpoint, samples, loss curve and quality report.
 
@@ -120,6 +122,7 @@ def train_command(
         typer.echo(f"resuming {run_dir} from step {step} (checkpoint.pt) to step {config.steps}")
     else:
         model, config = with_overrides(preset(name or DEFAULT_PRESET), **settings, **schedule)
+    use_threads(threads)  # the progress bar and metrics.jsonl show the count each step ran with
     result = train(
         model, config, run_dir, resume=resume, force=force, progress=progress, device=device
     )

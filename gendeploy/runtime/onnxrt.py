@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from gendeploy import cpus
 from gendeploy.errors import ExportError, MissingDependencyError
 from gendeploy.runtime.base import Availability, Feeds, Runner, register_check
 
@@ -27,7 +28,8 @@ INT8_KERNELS = (
 
 
 class OnnxRuntimeRunner(Runner):
-    """One ``InferenceSession`` over an ONNX file. ``threads`` pins intra-op threads (bench);
+    """One ``InferenceSession`` over an ONNX file. ``threads`` pins intra-op threads (bench; else
+    ``gendeploy.cpus.current()``);
     ``optimize=False`` runs the graph as written (``fp16_islands.emulate_fp16_storage`` needs it:
     the optimizer would drop the FP16 stores again)."""
 
@@ -45,9 +47,12 @@ class OnnxRuntimeRunner(Runner):
         if not optimize:
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         options.log_severity_level = 3  # errors only: CPU-only machines log provider warnings
-        if threads is not None:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
+        if threads is None:  # sized to the CPUs we have, not the host's (gendeploy.cpus)
+            threads = cpus.current()
+            if not cpus.pinned():  # beside a co-tenant a spinning worker burns a shared core
+                options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
         wanted = providers or [CPU]
         missing = [p for p in wanted if p not in ort.get_available_providers()]
         if missing:

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from gendeploy import cpus
 from gendeploy.errors import ExportError, MissingDependencyError
 from gendeploy.runtime.base import Availability, Feeds, Runner, executed_precision, register_check
 
@@ -55,8 +56,7 @@ class OpenVINORunner(Runner):
             "INFERENCE_PRECISION_HINT": precision,
             "PERFORMANCE_HINT": "LATENCY",
         }
-        if threads is not None:
-            config["INFERENCE_NUM_THREADS"] = threads
+        config["INFERENCE_NUM_THREADS"] = threads or cpus.current()  # not the host's cores
         try:
             core = ov.Core()
             self.compiled = core.compile_model(str(model_path), device, config)

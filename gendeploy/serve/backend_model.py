@@ -63,6 +63,11 @@ def draw_noise(seeds: Any, shapes: list[list[int]]) -> list[np.ndarray]:
     ]
 
 
+def _env_threads() -> int:
+    value = os.environ.get("GENDEPLOY_THREADS", "").strip()
+    return int(value) if value.isdigit() else 0
+
+
 class RequestError(ValueError):
     """A request that cannot run: becomes that request's INVALID_ARGUMENT response."""
 
@@ -296,7 +301,8 @@ class TritonPythonModel:
         self.engine: Any
         has_engine = gpu and os.path.isfile(engine_path)
         why_not = _tensorrt_unusable() if has_engine else None
-        threads = int(params.get("intra_op_threads", "0"))
+        # the config's, else what `gendeploy serve` sized for this machine (gendeploy.cpus)
+        threads = int(params.get("intra_op_threads", "0")) or _env_threads()
         ir_path = os.path.join(version_dir, params.get("openvino_file", "model.xml"))
         onnx_path = os.path.join(version_dir, params.get("onnx_file", "model.onnx"))
         wants_openvino = params.get("runtime") == "openvino" and not has_engine

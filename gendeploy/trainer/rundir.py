@@ -134,6 +134,8 @@ class RunWriter:
                 f"loss_d {metrics['loss_d']:.3f} loss_g {metrics['loss_g']:.3f} "
                 f"{metrics['steps_per_s']:.1f} steps/s"
             )
+            if "threads" in metrics:
+                status += f" ({int(metrics['threads'])} threads)"
             bar.update(bar.task_ids[0], completed=int(metrics["step"]), status=status)
 
     def deployable(self, generator: nn.Module, ema: nn.Module | None, step: int) -> nn.Module:

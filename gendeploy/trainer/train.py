@@ -21,6 +21,7 @@ import torch.distributed
 import torch.nn.functional as F
 from torch import nn
 
+from gendeploy import cpus
 from gendeploy.errors import CheckpointError, UsageError
 from gendeploy.trainer.checkpoint import Checkpoint, load_checkpoint, load_state_into
 from gendeploy.trainer.config import (
@@ -148,9 +149,11 @@ def train(
     t0 = time.perf_counter()
     bar = run.progress(t.start_step, last, progress)
     for step in range(t.start_step + 1, last + 1):
+        threads = cpus.adapt()  # fewer while a co-tenant keeps a core busy (gendeploy.cpus)
         metrics = _step(t, step)
         elapsed = time.perf_counter() - t0
         metrics["steps_per_s"] = (step - t.start_step) / elapsed if elapsed > 0 else 0.0
+        metrics["threads"] = threads
         run.log(metrics, bar)
         if run.main and (step % train_config.sample_every == 0 or step == last):
             run.samples(run.deployable(t.generator, t.ema, step), step)
