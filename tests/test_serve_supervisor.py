@@ -1,8 +1,9 @@
 """`gendeploy serve` keeps a real tritonserver up: a request that crashes tritonserver 2.51 (an
 input shape of 10^12 elements: ``std::bad_alloc`` in its HTTP frontend, before any model code) is
-followed by correct images within 30 s without anyone's help; the crash is logged with its cause;
-the crashed server's shared memory is removed; repeated crashes end in a clear give-up error with
-no process left behind.
+followed by correct images within seconds without anyone's help, however often it is sent; the
+crash is logged with its cause and the client connected when it died; the crashed server's shared
+memory is removed; a server that cannot start again ends in a clear give-up error with no process
+left behind; gRPC only (`--no-http`) refuses the same request and stays up.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import socket
 import stat
 import time
 import urllib.error
@@ -131,28 +133,94 @@ def test_without_watch_not_even_the_key_can_load_or_unload(
     assert not key_file.exists(), "a generated key outlived its server"
 
 
-def test_repeated_crashes_end_in_a_clear_give_up_with_nothing_left_running(
+@pytest.mark.slow  # twelve crashes and restarts: about a minute
+def test_twelve_hostile_requests_in_a_row_never_switch_the_service_off(
     repo: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    with serving(repo, tmp_path, "--max-crashes", "2", "--crash-window-s", "300") as serve:
+    """Anyone who can reach the HTTP port can crash Triton 2.51; each crash costs seconds, never
+    the service: correct images come back within 10 s every time, and the log names the client
+    that had a connection open at every crash."""
+    z = draw_latents([3, 4], TINY_CONDITIONAL.latent_dim)
+    with serving(repo, tmp_path) as serve:
+        eager = eager_images(serve.checkpoint, z, np.array([1, 2]))
+        for n in range(1, 13):
+            crash(serve.state().http)
+            images, seconds = images_when_back(serve, deadline_s=10)
+            assert np.abs(images - eager).max() <= 1e-4
+            assert wait_serving(serve, restarts=n).restarts == n, serve.stderr.read_text()
+            print(f"crash {n}: images again {seconds:.1f}s later")
+        assert serve.process.poll() is None, "serve gave up"
+        log = serve.stderr.read_text()
+        assert log.count("tritonserver died (killed by SIGABRT)") == 12
+        assert "connections open when it died: 127.0.0.1 (http; at 12 of the last 12 crashes)" in (
+            log
+        )
+
+
+def test_a_server_that_cannot_start_again_gives_up_with_one_line(
+    repo: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """After a crash another process takes the server's gRPC port: every restart fails before
+    ready, and serve gives up after --max-failed-starts with one line and nothing running."""
+    with serving(repo, tmp_path, "--max-failed-starts", "2", "--crash-window-s", "300") as serve:
         first = serve.state()
+        port = int(first.grpc.rsplit(":", 1)[1])
         crash(first.http)
-        images_when_back(serve, deadline_s=30)
-        second = wait_serving(serve)
-        crash(second.http)
-        code = serve.process.wait(timeout=60)
-        pids = [first.pid, second.pid]
+        with socket.socket() as thief:
+            thief.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            # free once serve has reaped the dead server and its stubs; the restart waits 0.5 s
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    thief.bind(("127.0.0.1", port))
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline, "the dead server's port stayed taken"
+                    time.sleep(0.01)
+            thief.listen()
+            code = serve.process.wait(timeout=60)
         assert code == 1
         err = serve.stderr.read_text().strip().splitlines()
-        assert err[-1].startswith("error: tritonserver died 2 times in 300s (last: killed by")
-        assert "giving up" in err[-1]
+        assert err[-1].startswith(
+            "error: tritonserver failed to start 2 times in 300s (last: port "
+        )
+        assert "is in use" in err[-1] and "giving up" in err[-1]
         assert not serve.ready.exists(), "the state file must not claim a server that gave up"
-        for pid in pids:  # killed stubs are reaped by init: give it a moment
-            deadline = time.monotonic() + 20
-            while pid is not None and group_members(pid) and time.monotonic() < deadline:
-                time.sleep(0.25)
-            assert pid is not None and group_members(pid) == []
+        deadline = time.monotonic() + 20  # killed stubs are reaped by init: give it a moment
+        while first.pid is not None and group_members(first.pid) and time.monotonic() < deadline:
+            time.sleep(0.25)
+        assert first.pid is not None and group_members(first.pid) == []
         assert shm_regions(first.serve_pid) == set()
+
+
+def test_grpc_only_refuses_the_request_that_crashes_http_and_stays_up(
+    repo: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """`serve --no-http`: no HTTP port; the same 10^12-element shape over gRPC is refused with
+    INVALID_ARGUMENT and the server serves on, without a restart."""
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    with serving(repo, tmp_path, "--no-http") as serve:
+        state = serve.state()
+        assert state.http is None and state.url("grpc") == state.grpc
+        with pytest.raises(GendeployError, match="serves gRPC only: pass --protocol grpc"):
+            state.url("http")
+        request = service_pb2.ModelInferRequest(model_name="tinyc")
+        tensor = request.inputs.add(name="z", datatype="FP32", shape=[1, 10**12])
+        assert tensor is not None
+        request.raw_input_contents.append(b"\0\0\0\0")
+        with grpc.insecure_channel(state.grpc) as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.ModelInfer(request, timeout=30)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        z = draw_latents([3, 4], TINY_CONDITIONAL.latent_dim)
+        with TritonRunner(state.grpc, "tinyc", "grpc", timeout_s=30) as runner:
+            images = runner.run({"z": z, "labels": np.array([1, 2], np.int64)})
+        eager = eager_images(serve.checkpoint, z, np.array([1, 2]))
+        assert np.abs(images - eager).max() <= 1e-4
+        assert serve.state().restarts == 0 and serve.process.poll() is None
 
 
 @pytest.mark.slow  # end to end, over 10 s here
@@ -181,17 +249,23 @@ def test_a_restart_serves_what_was_served_not_a_version_written_since(
         assert wait_serving(serve).restarts == 1
 
 
-def test_the_backoff_doubles_up_to_its_cap_within_the_window(tmp_path: Path) -> None:
+def test_the_backoff_doubles_up_to_its_cap_and_only_failed_starts_give_up(
+    tmp_path: Path,
+) -> None:
+    from gendeploy.errors import ServeError
     from gendeploy.serve.server import TritonServer
 
-    policy = RestartPolicy(max_crashes=9, window_s=60, first_backoff_s=0.5, max_backoff_s=3)
+    policy = RestartPolicy(max_failed_starts=2, window_s=60, first_backoff_s=0.5, max_backoff_s=3)
     supervisor = Supervisor(TritonServer(tmp_path), policy, say=lambda _: None)
     waits = []
-    for _ in range(5):
-        supervisor.record("killed by SIGABRT", "cause")
+    for _ in range(20):  # crashes while serving: never a give-up
+        supervisor.record("killed by SIGABRT", "cause", started=True)
         waits.append(supervisor.backoff_s(time.monotonic()))
-    assert waits == [0.5, 1.0, 2.0, 3.0, 3.0]
+    assert waits[:5] == [0.5, 1.0, 2.0, 3.0, 3.0] and set(waits[5:]) == {3.0}
     assert supervisor.backoff_s(time.monotonic() + 61) == 0.5  # old crashes left the window
+    supervisor.record("did not start", "port in use", started=False)
+    with pytest.raises(ServeError, match=r"failed to start 2 times in 60s \(last: port in use\)"):
+        supervisor.record("did not start", "port in use", started=False)
 
 
 @pytest.mark.triton

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from gendeploy.cli.options import Threads
 from gendeploy.errors import UsageError
 from gendeploy.serve.admin import KEY_ENV
 from gendeploy.serve.readyfile import DEFAULT_PORTS, Protocol
@@ -79,10 +80,25 @@ def serve_command(
     watch: Annotated[
         bool, typer.Option("--watch", help="Load new versions and models as they are written.")
     ] = False,
-    max_crashes: Annotated[
-        int, typer.Option(help="Give up after this many tritonserver crashes in --crash-window-s.")
+    no_http: Annotated[
+        bool,
+        typer.Option(
+            "--no-http",
+            help="Serve gRPC only: Triton 2.51's HTTP frontend aborts on some malformed requests "
+            "(docs/security.md); use it where untrusted clients can reach the server.",
+        ),
+    ] = False,
+    max_failed_starts: Annotated[
+        int,
+        typer.Option(
+            help="Give up after this many starts that die before ready within --crash-window-s "
+            "(a server that crashes after it was ready is always restarted)."
+        ),
     ] = 5,
-    crash_window_s: Annotated[float, typer.Option(help="Window for --max-crashes.")] = 300.0,
+    crash_window_s: Annotated[
+        float, typer.Option(help="Window for --max-failed-starts and the restart backoff.")
+    ] = 300.0,
+    threads: Threads = None,
     docker: Annotated[
         bool, typer.Option("--docker", help="Print the NGC container command instead.")
     ] = False,
@@ -91,8 +107,9 @@ def serve_command(
     """Serve a model repository with a real tritonserver on 127.0.0.1 until Ctrl-C or SIGTERM;
     restart it if it dies."""
     if docker:
-        _print_docker_command(repo, docker_tag)
+        _print_docker_command(repo, docker_tag, http=not no_http)
         return
+    from gendeploy.cpus import requested_threads
     from gendeploy.serve.service import ServeOptions, serve
     from gendeploy.serve.supervisor import RestartPolicy
 
@@ -105,7 +122,9 @@ def serve_command(
         ready_file=ready_file,
         admin_key_file=admin_key_file,
         watch=watch,
-        policy=RestartPolicy(max_crashes=max_crashes, window_s=crash_window_s),
+        http=not no_http,
+        threads=requested_threads(threads)[0],
+        policy=RestartPolicy(max_failed_starts=max_failed_starts, window_s=crash_window_s),
     )
     stop = threading.Event()
     # handled explicitly: a shell's background job starts with SIGINT ignored
@@ -118,12 +137,12 @@ def serve_command(
         typer.echo("stopped")
 
 
-def _print_docker_command(repo: Path, docker_tag: str | None) -> None:
+def _print_docker_command(repo: Path, docker_tag: str | None, http: bool) -> None:
     from gendeploy.serve.docker import docker_command, tag_check
 
     if not repo.is_dir():
         raise UsageError(f"model repository {repo} does not exist; run `gendeploy repo EXPORT_DIR`")
-    command, why, tag = docker_command(repo, docker_tag)
+    command, why, tag = docker_command(repo, docker_tag, http=http)
     typer.echo("# the admin key locks model control, shared memory, trace and logging; keep it:")
     typer.echo(
         f"export {KEY_ENV}=\"$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')\""
@@ -168,7 +187,7 @@ def generate_command(
         float | None,
         typer.Option(
             help="Truncation psi (models that take it; default theirs). The server refuses psi "
-            "outside the export's interface.truncation_range."
+            "outside the range the export's gate checked (its manifest's truncation_range)."
         ),
     ] = None,
 ) -> None:

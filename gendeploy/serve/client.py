@@ -41,10 +41,10 @@ def find_server(
         return state.url(protocol), state.models
     running = running_servers()
     if url is not None:
-        same = [s for s in running if url.removeprefix("http://") == s.url(protocol)]
+        same = [s for s in running if url.removeprefix("http://") in (s.http, s.grpc)]
         return url, same[0].models if same else None
     if len(running) > 1:
-        ports = ", ".join(s.url(protocol) for s in running)
+        ports = ", ".join(s.http or s.grpc for s in running)
         raise UsageError(f"{len(running)} `gendeploy serve` are running ({ports}): pass --url")
     if running:
         return running[0].url(protocol), running[0].models

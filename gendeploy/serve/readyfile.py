@@ -41,7 +41,7 @@ def now_iso() -> str:
 
 @dataclass
 class ServeState:
-    http: str
+    http: str | None  # None: served over gRPC only (`gendeploy serve --no-http`)
     grpc: str
     metrics: str
     log: str
@@ -59,7 +59,11 @@ class ServeState:
     schema_version: int = SCHEMA_VERSION
 
     def url(self, protocol: str) -> str:
-        return self.grpc if protocol == "grpc" else self.http
+        if protocol == "grpc":
+            return self.grpc
+        if self.http is None:
+            raise UsageError(f"the server at {self.grpc} serves gRPC only: pass --protocol grpc")
+        return self.http
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
@@ -73,9 +77,10 @@ class ServeState:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-def state_path(http_port: int) -> Path:
-    """The well-known state file of the server whose HTTP port is ``http_port``."""
-    return runtime_dir() / f"serve-{http_port}.json"
+def state_path(port: int) -> Path:
+    """The well-known state file of the server whose HTTP port (gRPC's without HTTP) is
+    ``port``."""
+    return runtime_dir() / f"serve-{port}.json"
 
 
 def write_state(state: ServeState, paths: list[Path]) -> None:

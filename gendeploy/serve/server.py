@@ -151,6 +151,8 @@ class TritonServer:
         startup_timeout_s: float = 180.0,
         admin_key: str | None = None,
         watch: bool = False,
+        http: bool = True,
+        env: dict[str, str] | None = None,
         extra_args: tuple[str, ...] = (),
     ) -> None:
         self.repo_dir = Path(repo_dir).resolve()
@@ -165,6 +167,8 @@ class TritonServer:
         self.startup_timeout_s = startup_timeout_s
         self.extra_args = extra_args
         self.watch = watch
+        self.http = http  # False: gRPC only (Triton 2.51's HTTP frontend has crashes)
+        self.env = env or {}
         self.admin_key = check_key(admin_key) if admin_key else new_key()
         # python-backend stubs name their /dev/shm regions with this: a restart removes the
         # regions a crashed predecessor left, and only those
@@ -181,6 +185,8 @@ class TritonServer:
 
     @property
     def http_url(self) -> str:
+        if not self.http:
+            raise ServeError("this tritonserver serves gRPC only (started without HTTP)")
         return f"127.0.0.1:{self.http_port}"
 
     @property
@@ -191,9 +197,31 @@ class TritonServer:
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
+    @property
+    def port(self) -> int:
+        """The port that names this server (its state and key files): HTTP's, else gRPC's."""
+        return self.http_port if self.http else self.grpc_port
+
+    @property
+    def protocol(self) -> str:
+        """How gendeploy itself talks to it (readiness, the locked APIs)."""
+        return "http" if self.http else "grpc"
+
+    @property
+    def url(self) -> str:
+        """Where gendeploy itself talks to it (``protocol``)."""
+        return f"127.0.0.1:{self.port}"
+
+    def ports_by_number(self) -> dict[int, str]:
+        """The ports clients send requests to, and their protocol."""
+        ports = {self.grpc_port: "grpc"}
+        if self.http:
+            ports[self.http_port] = "http"
+        return ports
+
     def endpoints(self) -> dict[str, Any]:
         return {
-            "http": self.http_url,
+            "http": self.http_url if self.http else None,
             "grpc": self.grpc_url,
             "metrics": self.metrics_url,
             "pid": self.process.pid if self.process else None,
@@ -241,6 +269,8 @@ class TritonServer:
             "--grpc-port": self.grpc_port,
             "--metrics-port": self.metrics_port,
         }
+        if not self.http:
+            del ports["--http-port"]
         for flag, port in ports.items():
             if port_taken(port):
                 raise ServeError(
@@ -273,9 +303,8 @@ class TritonServer:
             f"--model-repository={pinned.root}",
             *self._model_control_args(),
             f"--backend-directory={binary.backend_dir}",
-            "--http-address=127.0.0.1",
+            *self._http_args(),
             "--grpc-address=127.0.0.1",
-            f"--http-port={self.http_port}",
             f"--grpc-port={self.grpc_port}",
             f"--metrics-port={self.metrics_port}",
             "--metrics-address=127.0.0.1",
@@ -297,10 +326,15 @@ class TritonServer:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env={**os.environ, **binary.env},
+                env={**os.environ, **binary.env, **self.env},
                 start_new_session=True,  # its own process group: stop() reaps the stubs too
                 preexec_fn=_child_setup(),
             )
+
+    def _http_args(self) -> list[str]:
+        if not self.http:
+            return ["--allow-http=false"]
+        return ["--http-address=127.0.0.1", f"--http-port={self.http_port}"]
 
     def _model_control_args(self) -> list[str]:
         """Without ``watch`` nothing may change what is served: model control "none", so no
@@ -369,15 +403,16 @@ class TritonServer:
         )
 
     def admin_client(self) -> Any:
-        """An HTTP tritonclient; pass ``headers=self.admin_headers()`` for locked APIs."""
-        return connect(self.http_url, "http", timeout_s=300.0)
+        """A tritonclient of ``self.protocol``; pass ``headers=self.admin_headers()`` for locked
+        APIs."""
+        return connect(self.url, self.protocol, timeout_s=300.0)
 
-    def admin_headers(self, protocol: str = "http") -> dict[str, str]:
-        return admin_headers(self.admin_key, protocol)
+    def admin_headers(self, protocol: str | None = None) -> dict[str, str]:
+        return admin_headers(self.admin_key, protocol or self.protocol)
 
     def is_ready(self) -> bool:
         try:
-            client = connect(self.http_url, "http", timeout_s=2.0)
+            client = connect(self.url, self.protocol, timeout_s=2.0)
         except OSError:
             return False
         try:
@@ -393,6 +428,11 @@ class TritonServer:
 
         client = self.admin_client()
         try:
+            if not self.http:
+                index = client.get_model_repository_index(
+                    headers=self.admin_headers(), as_json=True
+                )
+                return list(index.get("models", []))
             return list(client.get_model_repository_index(headers=self.admin_headers()))
         except InferenceServerException as e:
             raise ServeError(f"tritonserver refused the repository index: {e.message()}") from None

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from gendeploy import cpus
 from gendeploy.errors import ServeError, UsageError
 from gendeploy.serve.admin import (
     ADMIN_HEADER,
@@ -29,6 +30,8 @@ from gendeploy.serve.readyfile import DEFAULT_PORTS, ServeState, now_iso, state_
 from gendeploy.serve.server import StartCancelled, TritonServer, check_repository, served_artifact
 from gendeploy.serve.supervisor import RestartPolicy, Supervisor
 
+THREADS_ENV = cpus.ENV  # the python model's engine threads where its config sets none
+
 
 @dataclass(frozen=True)
 class ServeOptions:
@@ -40,6 +43,8 @@ class ServeOptions:
     ready_file: Path | None = None
     admin_key_file: Path | None = None  # default: a new key in the runtime dir, removed at stop
     watch: bool = False
+    http: bool = True  # False: gRPC only, for networks where the HTTP frontend's crashes matter
+    threads: int | None = None  # engine threads per model instance (None: the CPUs we have)
     policy: RestartPolicy = field(default_factory=RestartPolicy)
 
     def __post_init__(self) -> None:
@@ -77,6 +82,8 @@ def serve(
         log_path=options.log_file,
         admin_key=key,
         watch=options.watch,
+        http=options.http,
+        env={THREADS_ENV: str(options.threads or cpus.available_cpus())},
     )
     server.cancel = stop  # Ctrl-C or SIGTERM while tritonserver starts: give up at once
     supervisor = Supervisor(server, options.policy, say=warn)
@@ -90,12 +97,12 @@ def serve(
         except StartCancelled:
             return
         if options.admin_key_file is None:
-            generated_key = runtime_dir() / f"serve-{server.http_port}.key"
+            generated_key = runtime_dir() / f"serve-{server.port}.key"
             key_file = generated_key
         if key_file is not None:
             write_key_file(key_file, key)
         state = ServeState(
-            http=server.http_url,
+            http=server.http_url if server.http else None,
             grpc=server.grpc_url,
             metrics=server.metrics_url,
             log=str(server.log_path),
@@ -108,7 +115,7 @@ def serve(
             since=now_iso(),
             started=now_iso(),
         )
-        state_files = [state_path(server.http_port)]
+        state_files = [state_path(server.port)]
         if options.ready_file is not None:
             state_files.append(options.ready_file)
         _announce(server, state, say)
@@ -141,7 +148,7 @@ def serve(
 
 def _announce(server: TritonServer, state: ServeState, say: Callable[[str], None]) -> None:
     for key in ("http", "grpc", "metrics", "log"):
-        say(f"{key:8s} {getattr(state, key)}")
+        say(f"{key:8s} {getattr(state, key) or 'off (gRPC only)'}")
     locked = ", ".join(LOCKED_APIS)
     say(f"admin    key in {state.admin_key_file} (header {ADMIN_HEADER}; locks {locked})")
     if not proc_hides_commands():
