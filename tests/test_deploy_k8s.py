@@ -22,14 +22,23 @@ from serve_support import TINY_CONDITIONAL, build_export, make_checkpoint, requi
 from typer.testing import CliRunner
 
 from gendeploy.cli import app
-from gendeploy.deploy.k8s import KEY_REF, K8sOptions, manifests, render, write_manifests
+from gendeploy.deploy.k8s import (
+    KEY_REF,
+    K8sOptions,
+    http_advice,
+    manifests,
+    render,
+    write_manifests,
+)
 from gendeploy.deploy.validate import check_manifest
 from gendeploy.errors import DeployError, UsageError
 from gendeploy.serve.admin import ADMIN_HEADER, new_key
 from gendeploy.serve.docker import (
+    DEFAULT_TAG,
     SHELL_KEY,
     container_models,
     docker_command,
+    http_frontend_fixed,
     image,
     tritonserver_args,
 )
@@ -154,6 +163,67 @@ def test_kserve_declares_the_v2_protocol_it_exposes(repo: Path) -> None:
     assert runtime["protocolVersions"] == ["v2"]
     model = docs["kserve/inferenceservice.yaml"]["spec"]["predictor"]["model"]
     assert model["protocolVersion"] == "v2"
+
+
+@pytest.mark.parametrize(
+    ("tag", "fixed"),
+    [("26.04", True), ("26.08", True), ("27.01", True), ("26.03", False), ("25.06", False),
+     ("25.01", False), ("latest", False)],
+)  # fmt: skip
+def test_only_tags_from_26_04_have_every_http_frontend_fix(tag: str, fixed: bool) -> None:
+    assert http_frontend_fixed(tag) is fixed
+
+
+def test_a_tag_with_the_http_fixes_caps_requests_and_an_older_one_is_warned_of(
+    repo: Path, tmp_path: Path
+) -> None:
+    """No engine pins the tag: the newest checked one, with --http-max-input-size sized to the
+    models (1 MiB for a tiny generator). A tag before 26.04 gets no such flag (Triton 2.51-2.58
+    refuse it) and a warning that offers the gRPC-only Service."""
+    docs, _, tag = manifests(repo, PVC)
+    args = docs["deployment.yaml"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert tag == DEFAULT_TAG and "--http-max-input-size=1048576" in args
+    assert http_advice(PVC, tag) is None
+    old = K8sOptions(model_store="pvc:models", tag="25.01")
+    docs, _, _ = manifests(repo, old)
+    args = docs["deployment.yaml"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert not any(a.startswith("--http-max-input-size") for a in args)
+    advice = http_advice(old, "25.01")
+    assert advice is not None and "aborts the whole server" in advice and "--grpc-only" in advice
+    out = tmp_path / "k8s"
+    result = CliRunner().invoke(
+        app, ["deploy", "k8s", str(repo), "--model-store", "pvc:m", "--tag", "25.01", "--out", out]
+    )
+    assert result.exit_code == 0, result.output
+    assert "warning: the HTTP frontend of tag 25.01 aborts" in result.output
+
+
+def test_grpc_only_serves_no_http_anywhere(repo: Path) -> None:
+    """--grpc-only: tritonserver's HTTP frontend off, gRPC health probes, a Service without an
+    HTTP port, KServe on grpc-v2 through its h2c port; every manifest still passes the official
+    models."""
+    options = K8sOptions(model_store="pvc:models/triton_repo", name="gen", grpc_only=True)
+    docs, _, _ = manifests(repo, options)
+    for doc in docs.values():
+        if "apiVersion" in doc:
+            check_manifest(doc)
+    container = docs["deployment.yaml"]["spec"]["template"]["spec"]["containers"][0]
+    assert "--allow-http=false" in container["args"]
+    assert not any(a.startswith(("--http-", "--http_")) for a in container["args"])
+    assert [p["name"] for p in container["ports"]] == ["grpc", "metrics"]
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert container[probe]["grpc"] == {"port": 8001} and "httpGet" not in container[probe]
+    assert [p["name"] for p in docs["service.yaml"]["spec"]["ports"]] == ["grpc", "metrics"]
+    runtime = docs["kserve/servingruntime.yaml"]["spec"]
+    assert runtime["protocolVersions"] == ["grpc-v2"]
+    assert runtime["containers"][0]["ports"] == [
+        {"name": "h2c", "containerPort": 8001, "protocol": "TCP"}
+    ]
+    assert runtime["containers"][0]["readinessProbe"]["grpc"] == {"port": 8001}
+    model = docs["kserve/inferenceservice.yaml"]["spec"]["predictor"]["model"]
+    assert model["protocolVersion"] == "grpc-v2"
+    command, _, _ = docker_command(repo, http=False)
+    assert "-p127.0.0.1:8000:8000" not in command and "--allow-http=false" in command
 
 
 def test_the_deployment_leaves_its_replicas_to_the_autoscaler(repo: Path) -> None:

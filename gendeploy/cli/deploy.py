@@ -16,7 +16,8 @@ def k8s_command(
     model_store: Annotated[
         str,
         typer.Option(
-            help="Where the cluster reads the models: pvc:CLAIM[/path], s3://, gs://, az://."
+            help="Where the cluster reads the models: pvc:CLAIM or pvc:CLAIM/path, s3://, gs://, "
+            "az://."
         ),
     ],
     out: Annotated[Path, typer.Option(help="Directory for the manifests.")] = Path("k8s"),
@@ -38,12 +39,20 @@ def k8s_command(
             "gs://, a service-account file under the key key.json."
         ),
     ] = None,
+    grpc_only: Annotated[
+        bool,
+        typer.Option(
+            "--grpc-only",
+            help="Serve gRPC only (no HTTP frontend, gRPC probes and Service, KServe grpc-v2): "
+            "for untrusted networks where the tag's HTTP frontend has crashes (docs/security.md).",
+        ),
+    ] = False,
     force: Annotated[bool, typer.Option(help="Replace manifests already in --out.")] = False,
 ) -> None:
     """Write a Deployment of the NGC tritonserver (the `serve --docker` command, management locked
     by a Secret's key), a Service, a PodDisruptionBudget, an HPA on Triton's queue-to-compute ratio
     with its Prometheus adapter rule, and a KServe ServingRuntime + InferenceService."""
-    from gendeploy.deploy.k8s import K8sOptions, manifests, write_manifests
+    from gendeploy.deploy.k8s import K8sOptions, http_advice, manifests, write_manifests
 
     options = K8sOptions(
         model_store=model_store,
@@ -57,12 +66,16 @@ def k8s_command(
         max_replicas=max_replicas,
         queue_compute_ratio=queue_compute_ratio,
         storage_secret=storage_secret,
+        grpc_only=grpc_only,
     )
     paths = write_manifests(repo, options, out, force=force)
     _, models, image_tag = manifests(repo, options)
     for path in paths:
         typer.echo(str(path))
     typer.echo(f"# serves {', '.join(models)} from {model_store} (image tag {image_tag})")
+    advice = http_advice(options, image_tag)
+    if advice is not None:
+        typer.echo(f"warning: {advice}", err=True)
     typer.echo(
         f"# first: kubectl -n {namespace} create secret generic {options.secret} "
         "--from-literal=key=\"$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')\""

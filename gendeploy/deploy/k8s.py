@@ -29,7 +29,10 @@ from gendeploy.serve.docker import (
     container_models,
     container_tag,
     engine_tensorrt_version,
+    http_frontend_fixed,
+    http_warning,
     image,
+    max_input_bytes,
     tritonserver_args,
 )
 
@@ -57,6 +60,7 @@ class K8sOptions:
     max_replicas: int = 8
     queue_compute_ratio: float = 1.0  # HPA target: mean queue time per unit of compute time
     storage_secret: str | None = None  # the object store's credentials (env; gs://: a file)
+    grpc_only: bool = False  # no HTTP frontend: for tags whose HTTP frontend still crashes
 
     def __post_init__(self) -> None:
         for label, value in (("--name", self.name), ("--namespace", self.namespace)):
@@ -109,12 +113,18 @@ def _resources(o: K8sOptions) -> dict[str, Any]:
     return {"requests": {"cpu": o.cpu, "memory": o.memory}, "limits": limits}
 
 
-def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
-    return {
-        "httpGet": {"path": path, "port": "http"},
-        "periodSeconds": period,
-        "failureThreshold": failures,
-    }
+def _ports(o: K8sOptions) -> dict[str, int]:
+    """The container's ports: no HTTP for a gRPC-only server (metrics has its own listener)."""
+    return {n: p for n, p in PORTS.items() if not (o.grpc_only and n == "http")}
+
+
+def _probe(o: K8sOptions, path: str, period: int, failures: int) -> dict[str, Any]:
+    """Triton's health over HTTP; gRPC-only, the standard gRPC health service, which Triton
+    answers SERVING once live (its models are loaded before its endpoints open)."""
+    check: dict[str, Any] = {"httpGet": {"path": path, "port": "http"}}
+    if o.grpc_only:
+        check = {"grpc": {"port": PORTS["grpc"]}}
+    return {**check, "periodSeconds": period, "failureThreshold": failures}
 
 
 def _security() -> dict[str, Any]:
@@ -127,24 +137,30 @@ def _security() -> dict[str, Any]:
     }
 
 
-def deployment(o: K8sOptions, models: list[str], tag: str) -> dict[str, Any]:
+def _server_args(
+    o: K8sOptions, model_dir: str, models: list[str] | None, limit: int | None
+) -> list[str]:
+    return tritonserver_args(KEY_REF, model_dir, models, http=not o.grpc_only, max_input_size=limit)
+
+
+def deployment(o: K8sOptions, models: list[str], tag: str, limit: int | None) -> dict[str, Any]:
     pvc = o.pvc
     # a claim mounts only the served models; an object store holds the whole repository
     args = (
-        tritonserver_args(KEY_REF, "/models")
+        _server_args(o, "/models", None, limit)
         if pvc
-        else tritonserver_args(KEY_REF, o.model_store, models)
+        else _server_args(o, o.model_store, models, limit)
     )
     container: dict[str, Any] = {
         "name": "tritonserver",
         "image": image(tag),
         "args": args,
         "env": _env(o),
-        "ports": [{"name": n, "containerPort": p, "protocol": "TCP"} for n, p in PORTS.items()],
+        "ports": [{"name": n, "containerPort": p, "protocol": "TCP"} for n, p in _ports(o).items()],
         # loading engines can take minutes: liveness waits for the startup probe
-        "startupProbe": _probe("/v2/health/live", 10, 60),
-        "livenessProbe": _probe("/v2/health/live", 10, 3),
-        "readinessProbe": _probe("/v2/health/ready", 5, 3),
+        "startupProbe": _probe(o, "/v2/health/live", 10, 60),
+        "livenessProbe": _probe(o, "/v2/health/live", 10, 3),
+        "readinessProbe": _probe(o, "/v2/health/ready", 5, 3),
         "resources": _resources(o),
         "securityContext": _security(),
     }
@@ -192,7 +208,9 @@ def deployment(o: K8sOptions, models: list[str], tag: str) -> dict[str, Any]:
 
 
 def service(o: K8sOptions) -> dict[str, Any]:
-    ports = [{"name": n, "port": p, "targetPort": n, "protocol": "TCP"} for n, p in PORTS.items()]
+    ports = [
+        {"name": n, "port": p, "targetPort": n, "protocol": "TCP"} for n, p in _ports(o).items()
+    ]
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -262,19 +280,26 @@ def adapter_rules() -> dict[str, Any]:
     }
 
 
-def serving_runtime(o: K8sOptions, models: list[str], tag: str) -> dict[str, Any]:
+def serving_runtime(
+    o: K8sOptions, models: list[str], tag: str, limit: int | None
+) -> dict[str, Any]:
+    # Knative routes one port: HTTP/1 named http1, or gRPC (HTTP/2 cleartext) named h2c
+    port = {"name": "http1", "containerPort": PORTS["http"], "protocol": "TCP"}
+    probe = {
+        **_probe(o, "/v2/health/ready", 5, 3),
+        "httpGet": {"path": "/v2/health/ready", "port": PORTS["http"]},  # by number (http1)
+    }
+    if o.grpc_only:
+        port = {"name": "h2c", "containerPort": PORTS["grpc"], "protocol": "TCP"}
+        probe = _probe(o, "", 5, 3)
     container = {
         "name": "kserve-container",
         "image": image(tag),
         # KServe puts the whole storageUri at /mnt/models: load only the container's models
-        "args": tritonserver_args(KEY_REF, "/mnt/models", models),
+        "args": _server_args(o, "/mnt/models", models, limit),
         "env": _env(o),
-        "ports": [{"name": "http1", "containerPort": PORTS["http"], "protocol": "TCP"}],
-        # by number: Knative names the one port http1
-        "readinessProbe": {
-            **_probe("/v2/health/ready", 5, 3),
-            "httpGet": {"path": "/v2/health/ready", "port": PORTS["http"]},
-        },
+        "ports": [port],
+        "readinessProbe": probe,
         "resources": _resources(o),
         "securityContext": _security(),
     }
@@ -284,11 +309,15 @@ def serving_runtime(o: K8sOptions, models: list[str], tag: str) -> dict[str, Any
         "metadata": _meta(o, f"{o.name}-tritonserver"),
         "spec": {
             "supportedModelFormats": [{"name": "triton", "version": "2", "autoSelect": False}],
-            # the one port Knative routes is HTTP: declare only the protocol served there
-            "protocolVersions": ["v2"],
+            # the one port Knative routes: declare only the protocol served there
+            "protocolVersions": [_kserve_protocol(o)],
             "containers": [container],
         },
     }
+
+
+def _kserve_protocol(o: K8sOptions) -> str:
+    return "grpc-v2" if o.grpc_only else "v2"
 
 
 def inference_service(o: K8sOptions) -> dict[str, Any]:
@@ -306,7 +335,7 @@ def inference_service(o: K8sOptions) -> dict[str, Any]:
                     "name": "kserve-container",
                     "modelFormat": {"name": "triton"},
                     "runtime": f"{o.name}-tritonserver",
-                    "protocolVersion": "v2",
+                    "protocolVersion": _kserve_protocol(o),
                     "storageUri": uri,
                 },
             }
@@ -326,16 +355,25 @@ def manifests(repo: Path, o: K8sOptions) -> tuple[dict[str, Any], list[str], str
         tag = o.tag or container_tag(engine_tensorrt_version(repo))[0]
     except ServeError as e:  # its advice names serve's flag; here the flag is --tag
         raise DeployError(str(e).replace("--docker-tag", "--tag")) from None
+    limit = max_input_bytes(repo, models) if http_frontend_fixed(tag) else None
     out = {
-        "deployment.yaml": deployment(o, models, tag),
+        "deployment.yaml": deployment(o, models, tag, limit),
         "service.yaml": service(o),
         "pdb.yaml": disruption_budget(o),
         "hpa.yaml": autoscaler(o),
         "prometheus-adapter/values.yaml": adapter_rules(),
-        "kserve/servingruntime.yaml": serving_runtime(o, models, tag),
+        "kserve/servingruntime.yaml": serving_runtime(o, models, tag, limit),
         "kserve/inferenceservice.yaml": inference_service(o),
     }
     return out, models, tag
+
+
+def http_advice(o: K8sOptions, tag: str) -> str | None:
+    """A warning where the chosen tag's HTTP frontend still has the request crashes."""
+    if o.grpc_only or http_frontend_fixed(tag):
+        return None
+    why = "the engine's TensorRT pins it" if o.tag is None else "chosen with --tag"
+    return f"{http_warning(tag, '--grpc-only')} ({why})"
 
 
 def render(manifest: dict[str, Any]) -> str:
