@@ -199,6 +199,13 @@ def quantize(model: onnx.ModelProto, items: list[Feeds]) -> onnx.ModelProto:
                 preset=nncf.QuantizationPreset.PERFORMANCE,  # symmetric: TensorRT's Q/DQ need it
                 subset_size=len(items),
                 ignored_scope=ignored,
+                # weights in 7 bits on every layer: x86 CPUs without VNNI multiply u8 x s8 pairs
+                # into int16 with saturation (AVX2 vpmaddubsw), and 8-bit weights overflowed it:
+                # on a Zen 3 the gate refused layers a Zen 4 (VNNI) kept in INT8. The artifact
+                # must draw the same on whichever CPU serves it.
+                advanced_parameters=nncf.AdvancedQuantizationParameters(
+                    overflow_fix=nncf.OverflowFix.ENABLE
+                ),
             )
     except Exception as e:  # NNCF's own errors, or a graph it cannot read
         first = " ".join(str(e).split())[:200]
