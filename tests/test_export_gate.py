@@ -14,9 +14,9 @@ from torch import nn
 from gendeploy.errors import ValidationError
 from gendeploy.export import gate, onnx_graph
 from gendeploy.export.api import export
-from gendeploy.export.manifest import ArtifactKind, Precision
 from gendeploy.export.options import ExportOptions, ModelSpec
 from gendeploy.export.source import LoadedModel, make_artifact
+from gendeploy.manifest import ArtifactKind, Precision
 from gendeploy.runtime.onnxrt import OnnxRuntimeRunner
 
 BROKEN_MODELS = '''
@@ -113,7 +113,7 @@ def _tiny(seed: int) -> nn.Module:
 
 
 def _loaded(module: nn.Module) -> LoadedModel:
-    from gendeploy.export.manifest import Source
+    from gendeploy.manifest import Source
 
     return LoadedModel(module, 6, 0, (1, 8, 8), Source("user_model", "x:y", ""), "tiny")
 

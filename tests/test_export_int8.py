@@ -29,7 +29,6 @@ from gendeploy.export import fp16_islands, int8, onnx_graph
 from gendeploy.export.api import export
 from gendeploy.export.build import FP16_EMULATED
 from gendeploy.export.inmemory import export_generator
-from gendeploy.export.manifest import ArtifactKind, Manifest, Precision, load_manifest
 from gendeploy.export.options import ExportOptions, ModelSpec
 from gendeploy.export.quality_gate import (
     ModelFacts,
@@ -41,6 +40,7 @@ from gendeploy.export.quality_gate import (
 )
 from gendeploy.export.source import load_eager, load_user_model
 from gendeploy.fileio import cache_dir
+from gendeploy.manifest import ArtifactKind, Manifest, Precision, load_manifest
 from gendeploy.runtime.eager import EagerRunner
 from gendeploy.runtime.onnxrt import OnnxRuntimeRunner
 from gendeploy.runtime.openvino import OpenVINORunner

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from gendeploy.cli import app
 from gendeploy.errors import ExportError, ServeError
-from gendeploy.export.manifest import (
+from gendeploy.manifest import (
     Artifact,
     ArtifactKind,
     BatchProfile,
@@ -27,7 +27,8 @@ from gendeploy.export.manifest import (
     TensorSpec,
     load_manifest,
 )
-from gendeploy.serve.backend_model import RequestError, draw_latents, parse_request
+from gendeploy.seeds import draw_latents
+from gendeploy.serve.backend_model import RequestError, parse_request
 from gendeploy.serve.docker import container_tag, docker_command
 from gendeploy.serve.repo import RepoOptions, config_text, model_config, parse_config, write_repo
 
@@ -408,8 +409,8 @@ def test_a_forced_re_export_of_the_same_model_adds_no_version(
     exports: dict[str, Path], tmp_path: Path
 ) -> None:
     from gendeploy.export.api import export
-    from gendeploy.export.manifest import OutputKind
     from gendeploy.export.options import ExportOptions, ModelSpec
+    from gendeploy.manifest import OutputKind
 
     first = load_manifest(exports["cond"])
     repo = tmp_path / "repo"

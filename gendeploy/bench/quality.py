@@ -14,8 +14,8 @@ from typing import Any
 from torch import nn
 
 from gendeploy.errors import GendeployError
-from gendeploy.export.manifest import Manifest, Precision
 from gendeploy.export.quality_gate import QualityConfig, QualityGate, model_facts
+from gendeploy.manifest import Manifest, Precision
 from gendeploy.runtime.base import Runner
 from gendeploy.runtime.eager import EagerRunner
 from gendeploy.runtime.registry import REGISTRY

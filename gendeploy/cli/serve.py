@@ -10,8 +10,9 @@ from typing import Annotated
 import typer
 
 from gendeploy.errors import UsageError
+from gendeploy.protocol import Protocol
 from gendeploy.serve.admin import KEY_ENV
-from gendeploy.serve.readyfile import DEFAULT_PORTS, Protocol
+from gendeploy.serve.readyfile import DEFAULT_PORTS
 
 DEFAULT_REPO = Path("triton_repo")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)

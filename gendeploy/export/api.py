@@ -26,7 +26,10 @@ from gendeploy import __version__
 from gendeploy.errors import MissingDependencyError, UsageError
 from gendeploy.export.build import build_artifacts
 from gendeploy.export.int8 import require_int8_tools
-from gendeploy.export.manifest import (
+from gendeploy.export.options import ExportOptions, ModelSpec
+from gendeploy.export.publish import check_destination, publish, repair_interrupted, staging_dir
+from gendeploy.export.source import LoadedModel, load_checkpoint_model, load_user_model
+from gendeploy.manifest import (
     MANIFEST_NAME,
     ArtifactKind,
     BatchProfile,
@@ -35,9 +38,6 @@ from gendeploy.export.manifest import (
     load_manifest,
     sha256_file,
 )
-from gendeploy.export.options import ExportOptions, ModelSpec
-from gendeploy.export.publish import check_destination, publish, repair_interrupted, staging_dir
-from gendeploy.export.source import LoadedModel, load_checkpoint_model, load_user_model
 from gendeploy.runtime.tensorrt import tensorrt_availability
 
 Log = Callable[[str], None]

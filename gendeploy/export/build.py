@@ -13,7 +13,6 @@ import onnx
 
 from gendeploy.errors import QualityError, ValidationError
 from gendeploy.export import fp16_islands, gate, int8, onnx_graph
-from gendeploy.export.manifest import Artifact, ArtifactKind, OutputKind, Precision
 from gendeploy.export.options import ExportOptions
 from gendeploy.export.quality_gate import (
     NONFINITE,
@@ -24,6 +23,7 @@ from gendeploy.export.quality_gate import (
 )
 from gendeploy.export.source import LoadedModel, make_artifact
 from gendeploy.export.tensorrt_build import build_engine
+from gendeploy.manifest import Artifact, ArtifactKind, OutputKind, Precision
 from gendeploy.runtime.base import Runner
 from gendeploy.runtime.eager import EagerRunner
 from gendeploy.runtime.inputs import WithDefaults, complete_feeds

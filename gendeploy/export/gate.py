@@ -24,13 +24,13 @@ import torch
 from torch import nn
 
 from gendeploy.errors import ValidationError
-from gendeploy.export.manifest import Artifact, Interface, Precision
 from gendeploy.export.signature import (
     DETERMINISM_ATOL,
     NondeterministicModelError,
     first_differing_layer,
     randomness_message,
 )
+from gendeploy.manifest import Artifact, Interface, Precision
 from gendeploy.runtime.base import Feeds, Runner
 from gendeploy.runtime.eager import EagerRunner
 

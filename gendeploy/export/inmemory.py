@@ -15,9 +15,9 @@ from torch import nn
 
 from gendeploy.errors import UsageError
 from gendeploy.export.api import export_loaded
-from gendeploy.export.manifest import Manifest, OutputKind, Source
 from gendeploy.export.options import ExportOptions
 from gendeploy.export.source import LoadedModel, load_module
+from gendeploy.manifest import Manifest, OutputKind, Source
 
 
 def export_generator(

@@ -26,7 +26,6 @@ from torch import nn
 
 from gendeploy.errors import ExportError
 from gendeploy.export import symbolic_batch
-from gendeploy.export.manifest import Interface, TensorSpec
 from gendeploy.export.rewrite import (
     Rewrite,
     describe,
@@ -35,6 +34,7 @@ from gendeploy.export.rewrite import (
     verify_batches,
 )
 from gendeploy.export.signature import WRAPPED, ServedGenerator
+from gendeploy.manifest import Interface, TensorSpec
 
 OUTPUT = "images"
 _FLOAT_OUTPUT = "images_float"

@@ -9,8 +9,8 @@ from typing import Any
 
 from gendeploy.errors import UsageError
 from gendeploy.export.int8 import DEFAULT_CALIBRATION_SAMPLES, check_calibration_samples
-from gendeploy.export.manifest import OutputKind
 from gendeploy.export.quality_gate import QualityConfig
+from gendeploy.manifest import OutputKind
 
 
 @dataclass(frozen=True)

@@ -37,9 +37,9 @@ from torch import nn
 from gendeploy.errors import QualityError, UnscorableError, UsageError
 from gendeploy.export.features import DigitsFeatures, FeatureSpace, RandomConvFeatures
 from gendeploy.export.gate import PSNR_IDENTICAL, render
-from gendeploy.export.manifest import Precision, Source
+from gendeploy.manifest import Precision, Source
 from gendeploy.runtime.base import Feeds
-from gendeploy.serve.backend_model import draw_latents
+from gendeploy.seeds import draw_latents
 from gendeploy.trainer.models import ModelConfig
 from gendeploy.trainer.quality import evaluate_generator, frechet_distance, scorable
 

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from gendeploy.errors import UsageError, ValidationError
-from gendeploy.export.manifest import Interface, NoiseInput, NoiseMode
+from gendeploy.manifest import Interface, NoiseInput, NoiseMode
 
 TRUNCATION_ARGS = ("truncation_psi", "truncation", "psi")
 # The psi a served request may send: 0 (the average image) to 1 (no truncation) and beyond on both

@@ -27,7 +27,8 @@ import torch
 from torch import nn
 
 from gendeploy.errors import CheckpointError, ExportError, UsageError
-from gendeploy.export.manifest import (
+from gendeploy.export.signature import inspect_generator, serving_module
+from gendeploy.manifest import (
     Artifact,
     ArtifactKind,
     Interface,
@@ -38,7 +39,6 @@ from gendeploy.export.manifest import (
     TensorSpec,
     sha256_file,
 )
-from gendeploy.export.signature import inspect_generator, serving_module
 from gendeploy.trainer.checkpoint import FORMAT, load_generator, load_state_into
 
 CHECKPOINT_NAMES = ("checkpoint.pt", "checkpoint_final.pt", "last.pt")

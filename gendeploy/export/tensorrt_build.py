@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from gendeploy.errors import ExportError
-from gendeploy.export.manifest import TensorSpec
 from gendeploy.fileio import atomic_write, cache_dir
+from gendeploy.manifest import TensorSpec
 from gendeploy.runtime.tensorrt import import_tensorrt
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ import numpy as np
 
 from gendeploy.errors import ServeError, UsageError
 from gendeploy.runtime.triton import TritonRunner, as_inference_error, connect
-from gendeploy.serve.backend_model import MAX_SEED, draw_latents
+from gendeploy.seeds import MAX_SEED, draw_latents
 from gendeploy.serve.readyfile import DEFAULT_PORTS, read_state, running_servers
 
 SUFFIXES = ("_uint8", "_onnx", "_trt", "_int8", "_openvino")

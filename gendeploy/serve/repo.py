@@ -40,8 +40,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gendeploy import seeds as seeds_module
 from gendeploy.errors import ServeError
-from gendeploy.export.manifest import (
+from gendeploy.fileio import atomic_write
+from gendeploy.manifest import (
     MANIFEST_NAME,
     Artifact,
     ArtifactKind,
@@ -51,9 +53,10 @@ from gendeploy.export.manifest import (
     load_manifest,
     sha256_file,
 )
-from gendeploy.fileio import atomic_write
+from gendeploy.seeds import SERVED_MARK
 
 BACKEND_MODEL = Path(__file__).with_name("backend_model.py")
+SEEDS_IMPORT = "from gendeploy.seeds import MAX_SEED, draw_latents, draw_noise\n"
 TRITON_DTYPES = {
     "float32": "TYPE_FP32",
     "float16": "TYPE_FP16",
@@ -283,7 +286,7 @@ def plan_models(manifest: Manifest, export_dir: Path, options: RepoOptions) -> l
         if engine_name in names:  # run on GPU instead of the ONNX when TensorRT imports there
             files["model.plan"] = _artifact_file(export_dir, names[engine_name])
         config = model_config(manifest, artifact, model_name, "python", options, gpu)
-        texts = {"model.py": BACKEND_MODEL.read_text(), MANIFEST_NAME: manifest_text}
+        texts = {"model.py": served_model_source(), MANIFEST_NAME: manifest_text}
         plans.append(ModelPlan(model_name, config, files, texts))
     fp32 = names["fp32"]
     config = model_config(manifest, fp32, f"{base}_onnx", "onnx", options, gpu)
@@ -303,6 +306,18 @@ def plan_models(manifest: Manifest, export_dir: Path, options: RepoOptions) -> l
             ModelPlan(f"{base}_trt", config, {"model.plan": _artifact_file(export_dir, engine)})
         )
     return plans
+
+
+def served_model_source() -> str:
+    """The python model's ``model.py``: ``backend_model.py`` with its one gendeploy import (the
+    seed RNG) replaced by that code, so that it runs where gendeploy is not installed (the NGC
+    container) and draws exactly what every other path draws."""
+    source = BACKEND_MODEL.read_text()
+    if source.count(SEEDS_IMPORT) != 1:
+        raise ServeError(f"{BACKEND_MODEL.name} must import the seed RNG once: {SEEDS_IMPORT}")
+    seeds = Path(seeds_module.__file__ or "").read_text()
+    served = seeds[seeds.index(SERVED_MARK) + len(SERVED_MARK) :].strip("\n")
+    return source.replace(SEEDS_IMPORT, served + "\n")
 
 
 def _onnx_files(export_dir: Path, artifact: Artifact) -> dict[str, Path]:

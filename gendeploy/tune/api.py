@@ -29,10 +29,10 @@ from gendeploy.bench.machine import BusyMeter, load_average
 from gendeploy.bench.sweep import make_feeds
 from gendeploy.bench.timing import StabilityRule, measure
 from gendeploy.errors import MissingDependencyError, TuneError, UsageError
-from gendeploy.export.manifest import MANIFEST_NAME, load_manifest
+from gendeploy.manifest import MANIFEST_NAME, load_manifest
 from gendeploy.runtime.onnxrt import OnnxRuntimeRunner
+from gendeploy.seeds import draw_latents
 from gendeploy.serve.admin import new_key
-from gendeploy.serve.backend_model import draw_latents
 from gendeploy.serve.repo import config_text, parse_config
 from gendeploy.serve.server import free_port
 from gendeploy.serve.tritonserver import find_tritonserver
