@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-# served: this line is replaced by the code of gendeploy/seeds.py (serve.repo.served_model_source)
+# served: replaced by the code of gendeploy/seeds.py (serve.repo.served_model_source)
 from gendeploy.seeds import MAX_SEED, draw_latents, draw_noise
 
 

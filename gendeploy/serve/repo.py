@@ -56,7 +56,11 @@ from gendeploy.manifest import (
 from gendeploy.seeds import SERVED_MARK
 
 BACKEND_MODEL = Path(__file__).with_name("backend_model.py")
-SEEDS_IMPORT = "from gendeploy.seeds import MAX_SEED, draw_latents, draw_noise\n"
+# the one gendeploy import of backend_model.py: the served model.py holds that code instead
+SEEDS_IMPORT = (
+    "# served: replaced by the code of gendeploy/seeds.py (serve.repo.served_model_source)\n"
+    "from gendeploy.seeds import MAX_SEED, draw_latents, draw_noise\n"
+)
 TRITON_DTYPES = {
     "float32": "TYPE_FP32",
     "float16": "TYPE_FP16",
