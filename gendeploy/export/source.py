@@ -27,16 +27,17 @@ import torch
 from torch import nn
 
 from gendeploy.errors import CheckpointError, ExportError, UsageError
+from gendeploy.export.options import ModelSpec
 from gendeploy.export.signature import inspect_generator, serving_module
 from gendeploy.manifest import (
     Artifact,
-    ArtifactKind,
     Interface,
     Manifest,
     NoiseMode,
-    Precision,
+    OutputKind,
     Source,
     TensorSpec,
+    Variant,
     sha256_file,
 )
 from gendeploy.trainer.checkpoint import FORMAT, load_generator, load_state_into
@@ -97,6 +98,41 @@ def load_checkpoint_model(path: Path | str) -> LoadedModel:
             dataset=str(ckpt.train_config.get("dataset", "")),
         ),
         default_name=run_dir or ckpt_path.stem,
+    )
+
+
+def load_spec(spec: ModelSpec, log: Callable[[str], None] | None = None) -> LoadedModel:
+    """The generator ``spec`` names, loaded and probed for export."""
+    if spec.checkpoint is not None:
+        return load_checkpoint_model(spec.checkpoint)
+    latent_dim, image_shape = spec.latent_dim, spec.image_shape
+    assert latent_dim is not None and image_shape is not None  # ModelSpec checked them
+    if spec.module is not None:
+        if not isinstance(spec.module, nn.Module):
+            raise UsageError(
+                f"export_generator needs an nn.Module, got {type(spec.module).__name__}"
+            )
+        return load_module(
+            spec.module,
+            latent_dim,
+            spec.num_classes or 0,
+            image_shape,
+            forward_kwargs=spec.forward_kwargs,
+            noise=spec.noise,
+            source=spec.source,
+            log=log,
+        )
+    assert spec.model is not None
+    return load_user_model(
+        spec.model,
+        spec.weights,
+        latent_dim,
+        spec.num_classes or 0,
+        image_shape,
+        forward_kwargs=spec.forward_kwargs,
+        noise=spec.noise,
+        log=log,
+        random_weights=spec.random_weights,
     )
 
 
@@ -424,16 +460,15 @@ def output_spec(image_shape: tuple[int, int, int], uint8: bool) -> TensorSpec:
     return TensorSpec("images", "float32", [-1, c, h, w], layout="NCHW", value_range=[-1, 1])
 
 
-def make_artifact(loaded: LoadedModel, name: str, kind: ArtifactKind, path: str) -> Artifact:
-    tokens = name.split("_")  # "int8_uint8" is INT8, "uint8" (the FP32 graph's head) is not
-    precision = next((p for p in Precision if p.reduced and p.value in tokens), Precision.fp32)
+def make_artifact(loaded: LoadedModel, variant: Variant, path: str | None = None) -> Artifact:
+    """The artifact of ``variant`` for this model (at ``path``, default the variant's file)."""
     return Artifact(
-        name=name,
-        kind=kind,
-        path=path,
-        precision=precision,
+        name=variant.name,
+        kind=variant.kind,
+        path=path or variant.file,
+        precision=variant.precision,
         inputs=loaded.interface.input_specs(loaded.latent_dim, loaded.num_classes),
-        output=output_spec(loaded.image_shape, uint8=name.endswith("uint8")),
+        output=output_spec(loaded.image_shape, uint8=variant.head is OutputKind.uint8),
     )
 
 

@@ -330,6 +330,6 @@ class OpenVINOINT8(_OpenVINO):
     artifact = "int8"
 
     def create(self, ctx: RunnerContext) -> Runner:
-        has_ir = any(a.name == "int8_ir" for a in ctx.manifest.artifacts)
-        path = self.artifact_path(ctx, "int8_ir" if has_ir else "int8")
+        ir = ctx.manifest.find("int8_ir")  # the export keeps it only where it runs faster
+        path = self.artifact_path(ctx, ir.name if ir else None)
         return openvino.OpenVINORunner(path, self.hint, ctx.threads)

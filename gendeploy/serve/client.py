@@ -10,11 +10,10 @@ from typing import Any
 import numpy as np
 
 from gendeploy.errors import ServeError, UsageError
+from gendeploy.manifest import PLAN
 from gendeploy.runtime.triton import TritonRunner, as_inference_error, connect
 from gendeploy.seeds import MAX_SEED, draw_latents
 from gendeploy.serve.readyfile import DEFAULT_PORTS, read_state, running_servers
-
-SUFFIXES = ("_uint8", "_onnx", "_trt", "_int8", "_openvino")
 
 
 @dataclass(frozen=True)
@@ -72,7 +71,7 @@ def _ready_models(client: Any, protocol: str, url: str) -> list[str]:
 
 def pick_model(models: list[str]) -> str:
     """The one python-backend float model, when the repo serves exactly one export."""
-    plain = [m for m in models if not m.endswith(SUFFIXES)]
+    plain = [m for m in models if not m.endswith(PLAN.model_suffixes())]
     if len(plain) == 1:
         return plain[0]
     raise UsageError(f"pass --model: the server has {models or 'no ready models'}")
