@@ -57,7 +57,7 @@ def _ready_models(client: Any, protocol: str, url: str) -> list[str]:
     try:
         index = client.get_model_repository_index()
     except InferenceServerException as e:
-        if "restricted" not in str(e.message()):
+        if not _restricted(client, e):
             raise
         raise UsageError(
             f"pass --model: the server at {url} lists its models only with its admin key"
@@ -67,6 +67,22 @@ def _ready_models(client: Any, protocol: str, url: str) -> list[str]:
     else:
         entries = list(index)
     return sorted({e["name"] for e in entries if e.get("state") == "READY"})
+
+
+def _restricted(client: Any, e: Any) -> bool:
+    """The server is up but keeps its repository index behind the admin key: HTTP says 403;
+    gRPC says UNAVAILABLE, as for a server that is down, so it is asked whether it is live."""
+    from tritonclient.utils import InferenceServerException
+
+    status = str(e.status())
+    if status == "403":
+        return True
+    if status != "StatusCode.UNAVAILABLE":
+        return False
+    try:
+        return bool(client.is_server_live())
+    except InferenceServerException:
+        return False
 
 
 def pick_model(models: list[str]) -> str:
