@@ -107,12 +107,14 @@ def _train_on_cuda(run_dir: Path) -> dict[str, Any]:
     model, config = with_overrides(PRESETS["digits-cdcgan"], steps=200, sample_every=100)
     started = time.perf_counter()
     result = train(model, config, run_dir, force=True, progress=False, device="cuda")
-    quality = result["quality"]
+    quality = result.quality
+    if quality is None:
+        raise GendeployError(f"the CUDA training run was not scored: {result.quality_skipped}")
     return {
-        "steps": result["steps"],
+        "steps": result.steps,
         "seconds": round(time.perf_counter() - started, 2),
-        "label_accuracy": quality["label_accuracy"],
-        "frechet_ratio": round(quality["frechet_ratio"], 3),
+        "label_accuracy": quality.label_accuracy,
+        "frechet_ratio": round(quality.frechet_ratio, 3),
     }
 
 

@@ -47,8 +47,9 @@ from gendeploy.tune.analyzer import (
 from gendeploy.tune.report import (
     REPORT_FILES,
     Baseline,
+    Failed,
+    Measured,
     TuneReport,
-    measurement_row,
     write_report,
 )
 from gendeploy.tune.search import Goal, Trials, exhaustive_search, quick_search
@@ -381,22 +382,18 @@ def tune(
         p99_budget_ms=options.p99_budget_ms,
         min_throughput=options.min_throughput,
         concurrencies=list(options.concurrencies),
-        start=start.to_dict(),
-        measurements=[measurement_row(m, goal.feasible(m)) for m in all_ms],
-        failed=[
-            {"candidate": c.to_dict(), "why": why}
-            for c, why in trials.failed.items()
-            if c not in trials.measurements
-        ],
-        winner=measurement_row(winner, True) if winner else None,
-        baseline=baseline.__dict__ if baseline else None,
+        start=start,
+        measurements=[Measured(m, goal.feasible(m)) for m in all_ms],
+        failed=[Failed(c, why) for c, why in trials.failed.items() if c not in trials.measurements],
+        winner=Measured(winner, True) if winner else None,
+        baseline=baseline,
         command=command_line(repo, options, out),
         versions=_versions(perf_analyzer, run, binary),
     )
     own = trials.measurements.get(start)
     if own:
         best_own = max(own, key=goal.key)
-        report.start_best = measurement_row(best_own, goal.feasible(best_own))
+        report.start_best = Measured(best_own, goal.feasible(best_own))
     if winner:
         _write_winner(repo, options, winner.candidate, report, say)
     report.elapsed_s = round(time.monotonic() - started, 1)
@@ -425,6 +422,7 @@ def _write_winner(
     if not options.write:
         report.notes.append(f"dry run: not written to {', '.join(changed)}")
         return
-    summary = {"schema_version": 1, "winner": report.winner, "command": report.command}
+    won = report.winner.to_dict() if report.winner else None
+    summary = {"schema_version": 1, "winner": won, "command": report.command}
     written = write_tuned(repo, tuned, summary, options.keep_versions)
     report.written = [f"{w.path}/{w.version}" for w in written]
