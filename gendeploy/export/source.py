@@ -102,37 +102,37 @@ def load_checkpoint_model(path: Path | str) -> LoadedModel:
 
 
 def load_spec(spec: ModelSpec, log: Callable[[str], None] | None = None) -> LoadedModel:
-    """The generator ``spec`` names, loaded and probed for export."""
+    """The generator ``spec`` names, loaded and probed for export: a checkpoint as it was
+    trained; a ``--model`` file or a module in memory probed for its served interface."""
     if spec.checkpoint is not None:
         return load_checkpoint_model(spec.checkpoint)
     latent_dim, image_shape = spec.latent_dim, spec.image_shape
     assert latent_dim is not None and image_shape is not None  # ModelSpec checked them
+    num_classes = spec.num_classes or 0
+    label = None
     if spec.module is not None:
         if not isinstance(spec.module, nn.Module):
             raise UsageError(
                 f"export_generator needs an nn.Module, got {type(spec.module).__name__}"
             )
-        return load_module(
-            spec.module,
-            latent_dim,
-            spec.num_classes or 0,
-            image_shape,
-            forward_kwargs=spec.forward_kwargs,
-            noise=spec.noise,
-            source=spec.source,
-            log=log,
+        module, source, default_name = spec.module, spec.source, None
+    else:
+        assert spec.model is not None
+        module, source, default_name = build_user_model(
+            spec.model, spec.weights, latent_dim, num_classes, image_shape, spec.random_weights
         )
-    assert spec.model is not None
-    return load_user_model(
-        spec.model,
-        spec.weights,
+        label = f"--model {spec.model}"
+    return load_module(
+        module,
         latent_dim,
-        spec.num_classes or 0,
+        num_classes,
         image_shape,
         forward_kwargs=spec.forward_kwargs,
         noise=spec.noise,
+        source=source,
+        default_name=default_name,
+        label=label,
         log=log,
-        random_weights=spec.random_weights,
     )
 
 
@@ -149,21 +149,17 @@ def load_user_model(
 ) -> LoadedModel:
     """``file.py:Class`` or ``package.module:factory``, called without arguments, plus weights;
     probed for its served interface like any module given to ``export_generator``."""
-    module, source, default_name = build_user_model(
-        spec, weights, latent_dim, num_classes, image_shape, random_weights
-    )
-    return load_module(
-        module,
-        latent_dim,
-        num_classes,
-        image_shape,
+    model = ModelSpec(
+        model=spec,
+        weights=Path(weights) if weights is not None else None,
+        latent_dim=latent_dim,
+        num_classes=num_classes,
+        image_shape=image_shape,
         forward_kwargs=forward_kwargs,
         noise=noise,
-        source=source,
-        default_name=default_name,
-        label=f"--model {spec}",
-        log=log,
+        random_weights=random_weights,
     )
+    return load_spec(model, log)
 
 
 def build_user_model(
