@@ -257,6 +257,12 @@ def test_repo_command_writes_the_repo(exports: dict[str, Path], tmp_path: Path) 
     assert "new version" in result.output
     config = parse_config((repo / "tinyu" / "config.pbtxt").read_text())
     assert config.dynamic_batching.max_queue_delay_microseconds == 500
+    # no queue policy by default: a limit turns off the batcher's prefetching (500 ms stalls)
+    assert not config.dynamic_batching.HasField("default_queue_policy")
+    args += ["--max-queue-size", "64"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    limited = parse_config((repo / "tinyu" / "config.pbtxt").read_text())
+    assert limited.dynamic_batching.default_queue_policy.max_queue_size == 64
 
 
 def test_bad_repo_options_are_refused() -> None:

@@ -680,3 +680,13 @@ def test_a_quick_search_over_grpc_that_meets_no_budget_reports_and_writes_nothin
     again = _tune_cli(*args, cwd=tmp_path)  # the same --out again: refused, the report kept
     assert again.returncode == 2 and "pass --force" in again.stderr
     assert json.loads((out / "tune.json").read_text()) == report
+
+
+def test_a_queue_limit_is_named_as_the_cost_of_every_configuration(repo: Path) -> None:
+    """A repository written with a queue limit stalls under tune (docs/served-path.md): said."""
+    from gendeploy.tune.api import queue_limit
+
+    config = _config(repo, "tinyc")
+    assert queue_limit(config) == ""
+    config.dynamic_batching.default_queue_policy.max_queue_size = 256
+    assert "max_queue_size 256" in queue_limit(config) and "500 ms" in queue_limit(config)

@@ -32,8 +32,13 @@ def repo_command(
         bool | None, typer.Option("--gpu/--cpu", help="Instance kind (default: GPU if an engine).")
     ] = None,
     max_queue_size: Annotated[
-        int, typer.Option(help="Requests queued per model beyond this are refused (0: no limit).")
-    ] = 256,
+        int,
+        typer.Option(
+            help="Requests queued per model beyond this are refused (0: no limit). Any limit "
+            "makes Triton's batcher stall some requests by 500 ms under load "
+            "(docs/served-path.md)."
+        ),
+    ] = 0,
 ) -> None:
     """Write (or add a version to) the Triton models of an export."""
     from gendeploy.serve.repo import RepoOptions, write_repo

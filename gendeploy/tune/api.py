@@ -205,6 +205,18 @@ def input_data(config: Any, rows: int = 16) -> dict[str, Any]:
     return {"data": data}
 
 
+def queue_limit(config: Any) -> str:
+    """What a queue limit in ``config`` costs every configuration tried ('' where there is none)."""
+    limit = int(config.dynamic_batching.default_queue_policy.max_queue_size)
+    if not limit:
+        return ""
+    return (
+        f"the model's queue policy (max_queue_size {limit}) turns off Triton's batcher "
+        "prefetching: some requests wait out its 500 ms timer and p99 shows it (docs/"
+        "served-path.md); rewrite the repository with `gendeploy repo` (no limit by default)"
+    )
+
+
 def export_max_batch(version_dir: Path, config: Any) -> int:
     """The largest batch the export serves: its manifest's batch profile (and the TensorRT
     engine's profile, where there is one), not whatever the current config happens to allow."""
@@ -316,6 +328,8 @@ def tune(
         )
     check_out(out, force)
     binary, perf_analyzer = _require_tools(options)
+    if queue_limit(config):
+        say(f"warning: {queue_limit(config)}")
     started, meter = time.monotonic(), BusyMeter()
     work = fresh_work(out)
     (work / "input.json").write_text(json.dumps(input_data(config)))
@@ -399,6 +413,9 @@ def tune(
         report.start_best = measurement_row(best_own, goal.feasible(best_own))
     if winner:
         _write_winner(repo, options, winner.candidate, report, say)
+    limit = queue_limit(config)
+    if limit:
+        report.notes.append(limit)
     report.elapsed_s = round(time.monotonic() - started, 1)
     share = meter.other_share()
     report.machine = {"other_share": share, "load_average": load_average(), "cores": os.cpu_count()}
