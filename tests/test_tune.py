@@ -18,6 +18,7 @@ from serve_support import TINY_CONDITIONAL, build_export, make_checkpoint, requi
 from gendeploy.errors import TuneError
 from gendeploy.serve.admin import ADMIN_HEADER, LOCKED_APIS
 from gendeploy.serve.repo import ModelPlan, config_text, parse_config, write_model, write_repo
+from gendeploy.serve.shm import new_prefix
 from gendeploy.tune.analyzer import PA_ATTEMPTS, Constraints, Measurement
 from gendeploy.tune.report import TuneReport, markdown, measurement_row, write_report
 from gendeploy.tune.search import Goal, Trials, quick_search
@@ -376,7 +377,7 @@ def test_model_analyzer_without_the_key_cannot_load_on_the_tuning_server(
         work=work, model="tinyc", repo=prepare_repo(repo, "tinyc", work),
         input_data=work / "input.json", perf_analyzer=exe, tritonserver=find_tritonserver(),
         ports=(free_port(), free_port(), free_port()), admin_key=new_key(),
-        shm_prefix="gendeploy_tune_test_", instance_kind="KIND_CPU", concurrencies=(1,),
+        shm_prefix=new_prefix("test"), instance_kind="KIND_CPU", concurrencies=(1,),
         objective=Objective.throughput, window_ms=300,
     )  # fmt: skip
     block = Block.of(Candidate(1, 1, 4, 0, 0))

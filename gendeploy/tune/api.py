@@ -16,7 +16,6 @@ import importlib.metadata
 import importlib.util
 import json
 import os
-import secrets
 import shlex
 import shutil
 import time
@@ -35,6 +34,7 @@ from gendeploy.serve.admin import new_key
 from gendeploy.serve.backend_model import draw_latents
 from gendeploy.serve.repo import config_text, parse_config
 from gendeploy.serve.server import free_port
+from gendeploy.serve.shm import new_prefix
 from gendeploy.serve.tritonserver import find_tritonserver
 from gendeploy.tune.analyzer import (
     MODEL_ANALYZER_VERSION,
@@ -348,7 +348,7 @@ def tune(
         tritonserver=binary,
         ports=(free_port(), free_port(), free_port()),
         admin_key=new_key(),
-        shm_prefix=f"gendeploy_tune_{os.getpid()}_{secrets.token_hex(4)}_",
+        shm_prefix=new_prefix("tune"),
         instance_kind="KIND_CPU",
         concurrencies=options.concurrencies,
         objective=options.objective,
