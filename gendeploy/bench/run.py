@@ -310,11 +310,13 @@ def bench_model(
     if suite.profile and model.goals:
         from gendeploy.bench.profile import layer_profile, profile_eager, profile_onnxruntime
 
-        say(f"[{model.name}] profiling eager and ONNX Runtime at batch 1 and 64")
+        # batch 1 and 64, or the largest the export takes (a bench of --batches 1 exports max 1)
+        profiled = sorted({1, min(64, manifest.batch.max)})
+        say(f"[{model.name}] profiling eager and ONNX Runtime at batch {profiled}")
         fp32 = export_dir / manifest.artifact("fp32").path
         dims = (manifest.latent_dim, manifest.num_classes)
-        result.profile = [profile_eager(module, *dims, b) for b in (1, 64)] + [
-            profile_onnxruntime(fp32, *dims, b, threads) for b in (1, 64)
+        result.profile = [profile_eager(module, *dims, b) for b in profiled] + [
+            profile_onnxruntime(fp32, *dims, b, threads) for b in profiled
         ]
-        result.layers = [layer_profile(module, *dims, b) for b in (1, 64)]
+        result.layers = [layer_profile(module, *dims, b) for b in profiled]
     return result
