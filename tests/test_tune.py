@@ -691,3 +691,13 @@ def test_a_queue_limit_is_named_as_the_cost_of_every_configuration(repo: Path) -
     assert queue_limit(config) == ""
     config.dynamic_batching.default_queue_policy.max_queue_size = 256
     assert "max_queue_size 256" in queue_limit(config) and "500 ms" in queue_limit(config)
+
+
+def test_the_report_puts_the_clients_cpu_and_both_baseline_timings_beside_the_ratio() -> None:
+    baseline = {"images_per_s": 800.0, "p50_ms": 1.0, "stable": True,
+                "threads": "ONNX Runtime default", "samples": [780.0, 820.0]}  # fmt: skip
+    machine = {"other_share": 0.05, "client_share": 0.12, "server_share": 0.8}
+    text = markdown(_report(baseline=baseline, machine=machine))
+    assert "800.0 img/s (mean of 780.0 and 820.0, before and after the search)" in text
+    assert "perf_analyzer (the clients) 12%, tritonserver and its python stubs 80%" in text
+    assert "other processes 5%" in text

@@ -24,10 +24,11 @@ REPORT_FILES = ("tune.json", "tune.md", "tune.png")
 class Baseline:
     """In-process batch-1 ONNX Runtime on the served ONNX file, in this process."""
 
-    images_per_s: float
+    images_per_s: float  # the mean of ``samples``
     p50_ms: float
     stable: bool
     threads: str = "ONNX Runtime default"
+    samples: list[float] = field(default_factory=list)  # before and after the search
 
 
 @dataclass
@@ -139,11 +140,24 @@ def markdown(report: TuneReport) -> str:
         )
     if r.baseline:
         b = r.baseline
+        samples = b.get("samples") or []
+        timed = (
+            f" (mean of {' and '.join(f'{x:.1f}' for x in samples)}, before and after the search)"
+            if len(samples) > 1
+            else ""
+        )
         lines.append(
             f"In-process batch 1 of the same engine (ONNX Runtime, {b['threads']}): "
-            f"{b['images_per_s']:.1f} img/s{'' if b['stable'] else ' (not stable)'}."
+            f"{b['images_per_s']:.1f} img/s{timed}{'' if b['stable'] else ' (not stable)'}."
         )
     lines += _ratios(r)
+    if "client_share" in r.machine:
+        m = r.machine
+        lines.append(
+            f"CPU over the run, of the whole machine: perf_analyzer (the clients) "
+            f"{m['client_share']:.0%}, tritonserver and its python stubs {m['server_share']:.0%}, "
+            f"other processes {m['other_share']:.0%}: the clients share the cores with the server."
+        )
     if r.winner:
         lines.append(f"Where the winner's time goes: {where_time_goes(r.winner)}.")
     lines.append(
