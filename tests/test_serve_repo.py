@@ -488,3 +488,17 @@ def test_the_served_onnx_runtime_session_sleeps_instead_of_spinning(tmp_path: Pa
     options = engine.session.get_session_options()
     assert options.get_session_config_entry(ORT_SPINNING) == "0"
     assert options.intra_op_num_threads == 2
+
+
+def test_the_served_engine_shares_the_cpus_serve_sized_among_the_models_instances(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two instances of two threads on two cores fight over them: the CPUs `gendeploy serve`
+    passes (GENDEPLOY_THREADS) are split between the instances; a count in the config wins."""
+    from gendeploy.serve.backend_model import engine_threads
+
+    monkeypatch.setenv("GENDEPLOY_THREADS", "2")
+    assert [engine_threads(0, n) for n in (1, 2, 3)] == [2, 1, 1]
+    assert engine_threads(2, 2) == 2
+    monkeypatch.delenv("GENDEPLOY_THREADS")
+    assert engine_threads(0, 2) == 0  # ONNX Runtime's own default

@@ -196,15 +196,16 @@ def served_sweep(
     exe = find_perf_analyzer()
     pa_version = perf_analyzer_version(exe) if exe else ""
     tool = "perf_analyzer" if exe else "tritonclient load loop"
+    per_instance = max(1, threads // suite.instances)  # the instances share the CPUs
     result = ServedSweep(
-        model=f"{model} (python backend, ONNX Runtime CPU inside, {threads} threads)",
+        model=f"{model} (python backend, ONNX Runtime CPU inside, {per_instance} threads)",
         tool=tool,
         perf_analyzer=str(exe) if exe else f"not found (set {PERF_ANALYZER_ENV})",
         perf_analyzer_version=pa_version,
     )
     repo = work / "triton_repo" / model
     try:
-        options = RepoOptions(intra_op_threads=threads, instances=suite.instances)
+        options = RepoOptions(intra_op_threads=per_instance, instances=suite.instances)
         if suite.queue_delay_us is not None:
             options = replace(options, queue_delay_us=suite.queue_delay_us)
         result.queue_delay_us, result.instances = options.queue_delay_us, options.instances

@@ -70,6 +70,17 @@ def _env_threads() -> int:
     return int(value) if value.isdigit() else 0
 
 
+def engine_threads(configured: int, instances: int) -> int:
+    """Engine threads per instance: the config's; else the CPUs `gendeploy serve` sized for
+    this machine (``GENDEPLOY_THREADS``), shared by the model's instances (at least one each:
+    two instances of two threads on two cores would fight over them); else 0, the engine's
+    default."""
+    if configured > 0:
+        return configured
+    cpus = _env_threads()
+    return max(1, cpus // max(instances, 1)) if cpus else 0
+
+
 class RequestError(ValueError):
     """A request that cannot run: becomes that request's INVALID_ARGUMENT response."""
 
@@ -353,8 +364,8 @@ class TritonPythonModel:
         self.engine: Any
         has_engine = gpu and os.path.isfile(engine_path)
         why_not = _tensorrt_unusable() if has_engine else None
-        # the config's, else what `gendeploy serve` sized for this machine (gendeploy.cpus)
-        threads = int(params.get("intra_op_threads", "0")) or _env_threads()
+        instances = sum(int(g.get("count", 1)) for g in config.get("instance_group", [])) or 1
+        threads = engine_threads(int(params.get("intra_op_threads", "0")), instances)
         ir_path = os.path.join(version_dir, params.get("openvino_file", "model.xml"))
         onnx_path = os.path.join(version_dir, params.get("onnx_file", "model.onnx"))
         wants_openvino = params.get("runtime") == "openvino" and not has_engine
@@ -379,9 +390,11 @@ class TritonPythonModel:
         self.refused = _refused_counter(pb_utils, config["name"], args["model_version"])
         self.timing = _Timing(pb_utils, config["name"], args["model_version"])
 
-    def _tensor(self, request: Any, name: str) -> np.ndarray | None:
-        t = self.pb.get_input_tensor_by_name(request, name)
-        return None if t is None else t.as_numpy()
+    @staticmethod
+    def _inputs(request: Any) -> dict[str, np.ndarray]:
+        """The request's tensors by name, listed once (``pb_utils.get_input_tensor_by_name``
+        lists them all again for every name asked for)."""
+        return {t.name(): t.as_numpy() for t in request.inputs()}
 
     def execute(self, requests: list[Any]) -> list[Any]:
         pb = self.pb
@@ -390,17 +403,18 @@ class TritonPythonModel:
         parsed: list[tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray]] | str] = []
         for request in requests:
             try:
-                seed = self._tensor(request, "seed")
+                tensors = self._inputs(request)
+                seed = tensors.get("seed")
                 z, labels = parse_request(
-                    self._tensor(request, "z"),
+                    tensors.get("z"),
                     seed,
-                    self._tensor(request, "labels"),
+                    tensors.get("labels"),
                     self.latent_dim,
                     self.num_classes,
                 )
                 extras = parse_extras(
-                    self._tensor(request, "truncation"),
-                    self._tensor(request, "noise_seed"),
+                    tensors.get("truncation"),
+                    tensors.get("noise_seed"),
                     seed,
                     z.shape[0],
                     self.interface,
