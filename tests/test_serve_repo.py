@@ -189,7 +189,7 @@ def test_repo_has_python_uint8_and_onnx_models_with_their_files(
         ("seed", True),
         ("labels", False),
     ]
-    assert config.dynamic_batching.max_queue_delay_microseconds == 2000
+    assert config.dynamic_batching.max_queue_delay_microseconds == 0  # Triton's default
     assert config.max_batch_size == load_manifest(exports["cond"]).batch.max
     uint8 = parse_config((tmp_path / "repo" / "tinyc_uint8" / "config.pbtxt").read_text())
     assert model_config_pb2.DataType.Name(uint8.output[0].data_type) == "TYPE_UINT8"

@@ -95,7 +95,7 @@ def served_run(export_dir: Path, tmp_path: Path, protocol: str, options: RepoOpt
 def test_no_request_waits_out_the_batchers_500_ms_timer(
     export_dir: Path, tmp_path: Path, protocol: str
 ) -> None:
-    """The repository's own configuration (2000 us delay, one instance) at concurrency 4."""
+    """The repository's own configuration (one instance, no batching delay) at concurrency 4."""
     run = served_run(export_dir, tmp_path, protocol, RepoOptions())
     assert run["requests"] > 200, run
     assert protocol == "http" or run["traced"] >= run["requests"], run

@@ -25,7 +25,13 @@ def repo_command(
     max_batch_size: Annotated[
         int | None, typer.Option(help="Triton max_batch_size (default: export's max).")
     ] = None,
-    queue_delay_us: Annotated[int, typer.Option(help="Dynamic batching queue delay.")] = 2000,
+    queue_delay_us: Annotated[
+        int,
+        typer.Option(
+            help="Dynamic batching delay: how long a batch may wait for more requests (0: none; "
+            "batches still form from what queues while the model is busy)."
+        ),
+    ] = 0,
     instances: Annotated[int, typer.Option(help="Model instances per device.")] = 1,
     keep_versions: Annotated[int, typer.Option(help="Versions kept on disk per model.")] = 2,
     gpu: Annotated[

@@ -69,7 +69,9 @@ class RepoOptions:
 
     name: str | None = None  # default: the export's name
     max_batch_size: int | None = None  # default: the export's batch profile max
-    queue_delay_us: int = 2000
+    # 0: a batch goes as soon as an instance can take it (requests that arrive meanwhile join
+    # the next one); a delay made every request at low concurrency wait it out (docs/served-path.md)
+    queue_delay_us: int = 0
     instances: int = 1
     keep_versions: int = 2
     gpu: bool | None = None  # default: True when the export has a TensorRT engine
