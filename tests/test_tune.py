@@ -701,3 +701,13 @@ def test_the_report_puts_the_clients_cpu_and_both_baseline_timings_beside_the_ra
     assert "800.0 img/s (mean of 780.0 and 820.0, before and after the search)" in text
     assert "perf_analyzer (the clients) 12%, tritonserver and its python stubs 80%" in text
     assert "other processes 5%" in text
+
+
+def test_a_row_whose_p99_passes_three_p90s_is_marked_as_a_possible_stall() -> None:
+    a = Candidate(1, 1, 8, 0, 0)
+    stalled = Measurement(a, 4, 300.0, 506.4, 6.7, 12.0, 2.0, 4.4, 0.1, 0.3)
+    steady = Measurement(a, 8, 500.0, 19.0, 7.0, 9.0, 2.0, 4.4, 0.1, 0.3)  # 2.7x: a tail
+    rows = [measurement_row(stalled, True), measurement_row(steady, True)]
+    table = markdown(_report(measurements=rows, winner=rows[1])).splitlines()
+    marked = [x for x in table if "a stall?" in x]
+    assert len(marked) == 1 and "506.40" in marked[0]
