@@ -49,7 +49,7 @@ bench-quick: ## a ~1 min bench of the demo model
 	$(BIN)/gendeploy bench --suite quick --out bench/quick
 
 bench-served: ## DCGAN-64 served at concurrency 1-8 beside in-process batch 1, each image's time split (~8 min)
-	$(BIN)/gendeploy bench --suite default --models dcgan64 --batches 1 --runners onnxruntime \
+	$(BIN)/gendeploy bench --suite default --models dcgan64 --batches 1,8 --runners onnxruntime \
 		--concurrency 1,2,4,8 --out bench/served
 
 bench-cotenant: ## train + export quiet and beside one busy process, adaptive vs pinned threads (~10 min)
