@@ -6,7 +6,7 @@ RUN    ?= runs/demo
 EXPORT ?= exports/demo
 REPO   ?= triton_repo
 
-.PHONY: help setup test test-fast lint typecheck demo bench bench-quick bench-cotenant soak gpu-check clean
+.PHONY: help setup test test-fast lint typecheck demo bench bench-quick bench-served bench-cotenant soak gpu-check clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -47,6 +47,10 @@ bench: ## the default bench suite (~4-10 min here); report under bench/
 
 bench-quick: ## a ~1 min bench of the demo model
 	$(BIN)/gendeploy bench --suite quick --out bench/quick
+
+bench-served: ## DCGAN-64 served at concurrency 1-8 beside in-process batch 1, each image's time split (~8 min)
+	$(BIN)/gendeploy bench --suite default --models dcgan64 --batches 1,8 --runners onnxruntime \
+		--concurrency 1,2,4,8 --out bench/served
 
 bench-cotenant: ## train + export quiet and beside one busy process, adaptive vs pinned threads (~10 min)
 	$(BIN)/python -m gendeploy.bench.cotenant --out bench/cotenant

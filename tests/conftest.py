@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -93,3 +94,46 @@ def no_stray_processes() -> Iterator[None]:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
     assert not left, f"processes left running by this module: {left}"
+
+
+STUB = "triton_python_backend_stub"
+
+
+def stub_regions(root: int) -> dict[int, str]:
+    """The python-backend stubs under ``root``: pid -> the shared-memory region it was given
+    (a stub's second argument names its ``/dev/shm`` region)."""
+    found = {}
+    for pid in _descendants(root):
+        with contextlib.suppress(OSError):
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if Path(argv[0].decode()).name == STUB and len(argv) > 2:
+                found[pid] = argv[2].decode()
+    return found
+
+
+@pytest.fixture(autouse=True, scope="session")
+def no_shared_memory_left() -> Iterator[None]:
+    """Every tritonserver the tests start, directly or through gendeploy (serve, bench, soak,
+    tune's Model Analyzer), names its stubs' regions with gendeploy's own prefix and leaves none
+    in /dev/shm once stopped. The stubs are watched while they run; their regions are checked at
+    the end of the session."""
+    seen: set[str] = set()
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(0.5):
+            seen.update(stub_regions(os.getpid()).values())
+
+    thread = threading.Thread(target=watch, name="stub-region-watch", daemon=True)
+    thread.start()
+    yield
+    stop.set()
+    thread.join()
+    foreign = sorted(r for r in seen if not r.startswith("gendeploy_"))
+    deadline = time.monotonic() + 10
+    while (left := sorted(r for r in seen if Path("/dev/shm", r).exists())) and (
+        time.monotonic() < deadline
+    ):
+        time.sleep(0.2)
+    assert not foreign, f"tritonservers started without gendeploy's shm prefix: {foreign}"
+    assert not left, f"shared-memory regions left in /dev/shm: {left}"

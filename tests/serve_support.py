@@ -74,6 +74,40 @@ def serving(
                     os.killpg(pid, signal.SIGKILL)
 
 
+@contextlib.contextmanager
+def container_tritonserver(
+    args: list[str], log: Path, extra: tuple[str, ...] = ()
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """The pip tritonserver with a container command's flags (``args``, starting with the word
+    "tritonserver") on loopback and free ports, its stubs' shared memory under a prefix of its
+    own; yields (process, HTTP url). Always killed, with its stubs and their regions."""
+    from gendeploy.serve.server import free_port
+    from gendeploy.serve.shm import backend_config, new_prefix, remove_regions
+    from gendeploy.serve.tritonserver import find_tritonserver
+
+    binary = find_tritonserver()
+    port, prefix = free_port(), new_prefix("test")
+    cmd = [str(binary.executable), *args[1:], f"--backend-directory={binary.backend_dir}"]
+    cmd += ["--http-address=127.0.0.1", "--grpc-address=127.0.0.1", f"--http-port={port}"]
+    cmd += [f"--grpc-port={free_port()}", "--allow-metrics=false", "--exit-timeout-secs=5"]
+    cmd += [f"--backend-config={backend_config(prefix)}", *extra]
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **binary.env},
+            start_new_session=True,
+        )
+    try:
+        yield process, f"127.0.0.1:{port}"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+        remove_regions(prefix)
+
+
 def require_tritonserver() -> None:
     """Skip the calling test (or fixture) where no tritonserver can be found."""
     from gendeploy.serve.server import find_tritonserver

@@ -91,6 +91,18 @@ def test_bad_flags_fail_before_any_work(tmp_path: Path, args: list[str]) -> None
     assert not out.exists()
 
 
+def test_batches_and_concurrency_take_one_value_each_and_leave_the_next_flags_alone(
+    tmp_path: Path,
+) -> None:
+    """``--batches 1,4 --concurrency 2 --window 0``: the two lists parse, and the bad window is
+    what is reported (they once took the flags after them as their values)."""
+    out = tmp_path / "out"
+    args = ["bench", "--batches", "1,4", "--concurrency", "2", "--window", "0", "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert isinstance(result.exception, UsageError), result.output
+    assert "--window" in str(result.exception) and not out.exists()
+
+
 def test_perf_analyzer_input_data_sends_one_request_with_rank1_tensors_as_one_element() -> None:
     import numpy as np
 

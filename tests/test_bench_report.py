@@ -353,3 +353,22 @@ def test_the_cotenant_report_judges_the_adaptive_setting_and_writes_its_picture(
     assert "| adaptive | 0.75 | 0.75 |" in md and "| pinned 2 | 0.19 | 0.25 |" in md
     assert ">= 70% of its quiet steps/s with the same settings: 75% (met)" in md
     assert all(p.stat().st_size > 0 for p in written) and written[-1].suffix == ".png"
+
+
+def test_the_served_time_split_adds_up_to_instance_time_per_image() -> None:
+    """engine + model python + hop + server I/O + idle = instances / throughput, per image."""
+    from gendeploy.bench.split import ServerSnapshot, time_split
+
+    zero = ServerSnapshot(0.0, 0, 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+    after = ServerSnapshot(
+        at=10.0, images=1000, batches=250, input_s=0.1, infer_s=5.0, output_s=0.2,
+        engine_s=4.0, execute_s=4.5, server_cpu_s=2.0, stubs_cpu_s=9.0, machine_busy_s=16.0,
+    )  # fmt: skip
+    split = time_split(zero, after, instances=1, images_per_s=100.0, client_cpu_s=1.0, cores=2)
+    assert split is not None
+    parts = (split.engine_ms, split.model_python_ms, split.backend_hop_ms, split.server_io_ms)
+    assert parts == (4.0, 0.5, 0.5, 0.3) and split.idle_ms == 4.7 and split.mean_batch == 4.0
+    assert sum(parts) + split.idle_ms == 1000 / 100.0
+    shares = (split.cpu_client, split.cpu_server, split.cpu_stubs, split.cpu_other)
+    assert shares == (0.05, 0.1, 0.45, 0.2)  # of 2 cores x 10 s
+    assert time_split(zero, zero, 1, 100.0, 0.0) is None  # nothing served: no split

@@ -3,14 +3,11 @@ golden files, and the container command of `serve --docker`."""
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import os
 import shlex
 import shutil
-import signal
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -18,7 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from serve_support import TINY_CONDITIONAL, build_export, make_checkpoint, require_tritonserver
+from serve_support import (
+    TINY_CONDITIONAL,
+    build_export,
+    container_tritonserver,
+    make_checkpoint,
+    require_tritonserver,
+)
 from typer.testing import CliRunner
 
 from gendeploy.cli import app
@@ -257,32 +260,6 @@ def _http(url: str, path: str, headers: dict[str, str] | None = None) -> tuple[i
         return e.code, e.read().decode(errors="replace")
 
 
-@contextlib.contextmanager
-def _tritonserver(args: list[str], log: Path) -> Any:
-    """The pip tritonserver with a container command's flags (less the word "tritonserver")."""
-    from gendeploy.serve.server import free_port, remove_shm_regions
-    from gendeploy.serve.tritonserver import find_tritonserver
-
-    binary = find_tritonserver()
-    port, prefix = free_port(), f"gendeploy_k8stest_{os.getpid()}_"
-    cmd = [str(binary.executable), *args[1:], f"--backend-directory={binary.backend_dir}"]
-    cmd += ["--http-address=127.0.0.1", "--grpc-address=127.0.0.1", f"--http-port={port}"]
-    cmd += [f"--grpc-port={free_port()}", "--allow-metrics=false", "--exit-timeout-secs=5"]
-    cmd += [f"--backend-config=python,shm-region-prefix-name={prefix}"]
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **binary.env},
-            start_new_session=True,
-        )  # fmt: skip
-    try:
-        yield process, f"127.0.0.1:{port}"
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
-        remove_shm_regions(prefix)
-
-
 @pytest.mark.triton
 def test_explicit_flags_load_exactly_the_listed_models_where_none_would_exit(
     repo: Path, tmp_path: Path
@@ -294,7 +271,7 @@ def test_explicit_flags_load_exactly_the_listed_models_where_none_would_exit(
     require_tritonserver()
     key = new_key()
     explicit = tritonserver_args(key, str(repo), ["tinyc_uint8"])
-    with _tritonserver(explicit, tmp_path / "explicit.log") as (process, url):
+    with container_tritonserver(explicit, tmp_path / "explicit.log") as (process, url):
         deadline = time.monotonic() + 120
         while _http_ready(url) is False and time.monotonic() < deadline:
             assert process.poll() is None, (tmp_path / "explicit.log").read_text()[-2000:]
@@ -308,7 +285,10 @@ def test_explicit_flags_load_exactly_the_listed_models_where_none_would_exit(
         assert states == {"tinyc": None, "tinyc_onnx": None, "tinyc_uint8": "READY"}
         assert _http(url, "/v2/repository/models/tinyc/load")[0] == 403  # no key: locked
         assert process.poll() is None
-    with _tritonserver(tritonserver_args(key, str(repo)), tmp_path / "none.log") as (process, _):
+    with container_tritonserver(tritonserver_args(key, str(repo)), tmp_path / "none.log") as (
+        process,
+        _,
+    ):
         assert process.wait(timeout=120) != 0
     assert "tinyc_onnx" in (tmp_path / "none.log").read_text()
 

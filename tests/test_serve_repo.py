@@ -197,7 +197,7 @@ def test_repo_has_python_uint8_and_onnx_models_with_their_files(
         ("seed", True),
         ("labels", False),
     ]
-    assert config.dynamic_batching.max_queue_delay_microseconds == 2000
+    assert config.dynamic_batching.max_queue_delay_microseconds == 0  # Triton's default
     assert config.max_batch_size == load_manifest(exports["cond"]).batch.max
     uint8 = parse_config((tmp_path / "repo" / "tinyc_uint8" / "config.pbtxt").read_text())
     assert model_config_pb2.DataType.Name(uint8.output[0].data_type) == "TYPE_UINT8"
@@ -265,6 +265,12 @@ def test_repo_command_writes_the_repo(exports: dict[str, Path], tmp_path: Path) 
     assert "new version" in result.output
     config = parse_config((repo / "tinyu" / "config.pbtxt").read_text())
     assert config.dynamic_batching.max_queue_delay_microseconds == 500
+    # no queue policy by default: a limit turns off the batcher's prefetching (500 ms stalls)
+    assert not config.dynamic_batching.HasField("default_queue_policy")
+    args += ["--max-queue-size", "64"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    limited = parse_config((repo / "tinyu" / "config.pbtxt").read_text())
+    assert limited.dynamic_batching.default_queue_policy.max_queue_size == 64
 
 
 def test_bad_repo_options_are_refused() -> None:
@@ -514,3 +520,17 @@ def test_the_served_onnx_runtime_session_sleeps_instead_of_spinning(tmp_path: Pa
     options = engine.session.get_session_options()
     assert options.get_session_config_entry(ORT_SPINNING) == "0"
     assert options.intra_op_num_threads == 2
+
+
+def test_the_served_engine_shares_the_cpus_serve_sized_among_the_models_instances(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two instances of two threads on two cores fight over them: the CPUs `gendeploy serve`
+    passes (GENDEPLOY_THREADS) are split between the instances; a count in the config wins."""
+    from gendeploy.serve.backend_model import engine_threads
+
+    monkeypatch.setenv("GENDEPLOY_THREADS", "2")
+    assert [engine_threads(0, n) for n in (1, 2, 3)] == [2, 1, 1]
+    assert engine_threads(2, 2) == 2
+    monkeypatch.delenv("GENDEPLOY_THREADS")
+    assert engine_threads(0, 2) == 0  # ONNX Runtime's own default

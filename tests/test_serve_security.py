@@ -12,7 +12,6 @@ import base64
 import json
 import os
 import stat
-import subprocess
 import threading
 import time
 import urllib.error
@@ -26,6 +25,7 @@ import pytest
 from serve_support import (
     TINY_CONDITIONAL,
     build_export,
+    container_tritonserver,
     eager_images,
     make_checkpoint,
     require_tritonserver,
@@ -43,8 +43,7 @@ from gendeploy.serve.admin import (
 )
 from gendeploy.serve.docker import tritonserver_args
 from gendeploy.serve.repo import RepoOptions, write_repo
-from gendeploy.serve.server import TritonServer, free_port
-from gendeploy.serve.tritonserver import find_tritonserver
+from gendeploy.serve.server import TritonServer
 
 pytestmark = pytest.mark.triton
 
@@ -218,44 +217,25 @@ def test_the_container_command_locks_the_same_apis_and_fixes_its_models(
 ) -> None:
     """`serve --docker`'s tritonserver flags, run on the pip tritonserver: the NGC image cannot
     run here, its flags can. The models are fixed at start: even the key cannot load one."""
-    binary = find_tritonserver()
     key = new_key()
-    http_port = free_port()
     args = [
-        a.replace("${GENDEPLOY_ADMIN_KEY}", key)
+        a.replace("${GENDEPLOY_ADMIN_KEY}", key).replace(
+            "--model-repository=/models", f"--model-repository={locked.server.repo_dir}"
+        )
         for a in tritonserver_args("${GENDEPLOY_ADMIN_KEY}")
     ]
-    cmd = [str(binary.executable), *args[1:]]
-    cmd = [
-        a.replace("--model-repository=/models", f"--model-repository={locked.server.repo_dir}")
-        for a in cmd
-    ]
-    cmd += [f"--backend-directory={binary.backend_dir}", "--http-address=127.0.0.1"]
-    cmd += ["--grpc-address=127.0.0.1", f"--http-port={http_port}", f"--grpc-port={free_port()}"]
-    cmd += ["--allow-metrics=false", "--exit-on-error=false", "--strict-readiness=false"]
-    log = (tmp_path / "container-flags.log").open("wb")
-    process = subprocess.Popen(
-        cmd,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, **binary.env},
-        start_new_session=True,
-    )
-    url = f"127.0.0.1:{http_port}"
-    try:
+    log = tmp_path / "container-flags.log"
+    extra = ("--exit-on-error=false", "--strict-readiness=false")
+    with container_tritonserver(args, log, extra) as (process, url):
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and http_ready(url) is False:
-            assert process.poll() is None, (tmp_path / "container-flags.log").read_text()[-2000:]
+            assert process.poll() is None, log.read_text()[-2000:]
             time.sleep(0.25)
         assert http(url, "/v2/models/tinyc/ready")[0] == 200
         assert http(url, "/v2/repository/index", {})[0] == 403
         status, text = http(url, "/v2/repository/models/tinyc/unload", {}, {ADMIN_HEADER: key})
         assert status != 200 and "not allowed" in text  # model control "none": fixed models
         assert http(url, "/v2/models/tinyc/ready")[0] == 200
-    finally:
-        os.killpg(process.pid, 9)
-        process.wait(timeout=30)
-        log.close()
 
 
 def http_ready(url: str) -> bool:

@@ -36,7 +36,8 @@ from gendeploy.seeds import draw_latents
 from gendeploy.serve.admin import ADMIN_HEADER, read_key_file
 from gendeploy.serve.readyfile import ServeState
 from gendeploy.serve.repo import write_repo
-from gendeploy.serve.server import SHM_DIR, group_members
+from gendeploy.serve.server import group_members
+from gendeploy.serve.shm import SHM_DIR
 from gendeploy.serve.supervisor import RestartPolicy, Supervisor
 
 pytestmark = pytest.mark.triton
@@ -88,7 +89,7 @@ def wait_serving(serve: Serving, restarts: int = 1) -> ServeState:
 
 
 def shm_regions(serve_pid: int) -> set[str]:
-    return {p.name for p in SHM_DIR.glob(f"gendeploy_{serve_pid}_*")}
+    return {p.name for p in SHM_DIR.glob(f"gendeploy_server_{serve_pid}_*")}
 
 
 def test_a_crashing_request_is_followed_by_correct_images_within_30_s(

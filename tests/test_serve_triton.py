@@ -34,6 +34,7 @@ from serve_support import (
 )
 from typer.testing import CliRunner
 
+from gendeploy.bench.split import snapshot, time_split
 from gendeploy.cli import app
 from gendeploy.images import to_uint8_nhwc
 from gendeploy.runtime.triton import InferenceError, TritonRunner
@@ -185,6 +186,28 @@ def test_dynamic_batching_runs_concurrent_requests_together_and_answers_each(
     eager = eager_images(served.checkpoints["tinyc"], z, labels)
     for i in range(n):
         assert np.abs(results[i][0] - eager[i]).max() <= FP32_ATOL
+
+
+def test_the_models_counters_split_each_images_time_between_engine_python_and_hop(
+    served: Served,
+) -> None:
+    """``bench.split`` around 40 requests: the engine's time, the rest of execute and the hop
+    are read from the model's own counters and Triton's batch statistics; none is negative and
+    the engine is part of what Triton counts as compute (docs/served-path.md)."""
+    before = snapshot(served.server, "tinyc", after_load=False)
+    start = time.monotonic()
+    with TritonRunner(served.server.grpc_url, "tinyc", "grpc") as runner:
+        for i in range(40):
+            runner.run({"seed": np.array([i]), "labels": np.array([i % 4])})
+    rate = 40 / (time.monotonic() - start)
+    after = snapshot(served.server, "tinyc", after_load=True)
+    assert after.images - before.images == 40 and after.batches - before.batches == 40
+    engine, execute = after.engine_s - before.engine_s, after.execute_s - before.execute_s
+    assert 0 < engine < execute < after.infer_s - before.infer_s
+    split = time_split(before, after, instances=1, images_per_s=rate, client_cpu_s=0.0)
+    assert split is not None and split.mean_batch == 1.0
+    assert split.engine_ms > 0 and split.model_python_ms > 0 and split.backend_hop_ms > 0
+    assert 0 <= split.cpu_server <= 1 and 0 < split.cpu_stubs <= 1
 
 
 BAD_REQUESTS = {

@@ -35,6 +35,8 @@ def test_a_short_soak_fails_no_request_and_records_memory_and_load(tmp_path: Pat
     assert good and all(s["images_per_s"] > 0 for s in good)
     assert (out / "soak.png").stat().st_size > 1000
     assert "failed of" in (out / "soak.md").read_text()
+    assert 0 <= report["other_share"] <= 1  # the machine's state, beside the figures
+    assert "other processes took" in (out / "soak.md").read_text()
 
 
 def test_the_failure_count_sees_requests_the_model_refused(tmp_path: Path) -> None:

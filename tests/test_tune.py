@@ -18,6 +18,7 @@ from serve_support import TINY_CONDITIONAL, build_export, make_checkpoint, requi
 from gendeploy.errors import TuneError
 from gendeploy.serve.admin import ADMIN_HEADER, LOCKED_APIS
 from gendeploy.serve.repo import ModelPlan, config_text, parse_config, write_model, write_repo
+from gendeploy.serve.shm import new_prefix
 from gendeploy.tune.analyzer import PA_ATTEMPTS, Constraints, Measurement
 from gendeploy.tune.report import Baseline, Measured, TuneReport, markdown, write_report
 from gendeploy.tune.search import Goal, Trials, quick_search
@@ -378,7 +379,7 @@ def test_model_analyzer_without_the_key_cannot_load_on_the_tuning_server(
         work=work, model="tinyc", repo=prepare_repo(repo, "tinyc", work),
         input_data=work / "input.json", perf_analyzer=exe, tritonserver=find_tritonserver(),
         ports=(free_port(), free_port(), free_port()), admin_key=new_key(),
-        shm_prefix="gendeploy_tune_test_", instance_kind="KIND_CPU", concurrencies=(1,),
+        shm_prefix=new_prefix("test"), instance_kind="KIND_CPU", concurrencies=(1,),
         objective=Objective.throughput, window_ms=300,
     )  # fmt: skip
     block = Block.of(Candidate(1, 1, 4, 0, 0))
@@ -681,3 +682,32 @@ def test_a_quick_search_over_grpc_that_meets_no_budget_reports_and_writes_nothin
     again = _tune_cli(*args, cwd=tmp_path)  # the same --out again: refused, the report kept
     assert again.returncode == 2 and "pass --force" in again.stderr
     assert json.loads((out / "tune.json").read_text()) == report
+
+
+def test_a_queue_limit_is_named_as_the_cost_of_every_configuration(repo: Path) -> None:
+    """A repository written with a queue limit stalls under tune (docs/served-path.md): said."""
+    from gendeploy.tune.api import queue_limit
+
+    config = _config(repo, "tinyc")
+    assert queue_limit(config) == ""
+    config.dynamic_batching.default_queue_policy.max_queue_size = 256
+    assert "max_queue_size 256" in queue_limit(config) and "500 ms" in queue_limit(config)
+
+
+def test_the_report_puts_the_clients_cpu_and_both_baseline_timings_beside_the_ratio() -> None:
+    baseline = Baseline(800.0, 1.0, True, samples=[780.0, 820.0])
+    machine = {"other_share": 0.05, "client_share": 0.12, "server_share": 0.8}
+    text = markdown(_report(baseline=baseline, machine=machine))
+    assert "800.0 img/s (mean of 780.0 and 820.0, before and after the search)" in text
+    assert "perf_analyzer (the clients) 12%, tritonserver and its python stubs 80%" in text
+    assert "other processes 5%" in text
+
+
+def test_a_row_whose_p99_passes_three_p90s_is_marked_as_a_possible_stall() -> None:
+    a = Candidate(1, 1, 8, 0, 0)
+    stalled = Measurement(a, 4, 300.0, 506.4, 6.7, 12.0, 2.0, 4.4, 0.1, 0.3)
+    steady = Measurement(a, 8, 500.0, 19.0, 7.0, 9.0, 2.0, 4.4, 0.1, 0.3)  # 2.7x: a tail
+    rows = [Measured(stalled, True), Measured(steady, True)]
+    table = markdown(_report(measurements=rows, winner=rows[1])).splitlines()
+    marked = [x for x in table if "a stall?" in x]
+    assert len(marked) == 1 and "506.40" in marked[0]

@@ -8,6 +8,7 @@ windows agree by :mod:`gendeploy.bench.timing`'s rule or the cap is reached.
 
 from __future__ import annotations
 
+import resource
 import threading
 import time
 
@@ -31,11 +32,14 @@ def load_loop(
     """``concurrency`` threads, one client each (created in its thread: the HTTP client is
     gevent-based and bound to its thread), sending ``feeds`` back to back; the main thread cuts
     time windows from the completed requests, as perf_analyzer does, until they agree."""
+    used = resource.getrusage(resource.RUSAGE_SELF)
     loop = _LoadLoop(url, model, protocol, concurrency, feeds)
     try:
         windows = loop.windows(rule)
     finally:
         loop.stop()
+    now = resource.getrusage(resource.RUSAGE_SELF)
+    client_cpu_s = now.ru_utime + now.ru_stime - used.ru_utime - used.ru_stime
     m: Measurement = summarize(windows, rule)
     batch = int(np.asarray(feeds["z"]).shape[0])
     return ServedResult(
@@ -46,6 +50,7 @@ def load_loop(
         images_per_s=round(batch * m.calls_per_s, 2),
         stable=m.stable,
         tool="tritonclient load loop",
+        client_cpu_s=round(client_cpu_s, 3),  # this process: the clients are its threads
     )
 
 

@@ -170,8 +170,10 @@ class BusyMeter:
         self._ours: set[tuple[int, float]] = set()  # (pid, create time)
         self._cpu: dict[tuple[int, float], float] = {}  # other processes' CPU s, last sample
         self._taken: dict[tuple[int, float], float] = {}  # CPU s each other process took
+        self._ours_cpu: dict[tuple[int, float], tuple[str, float]] = {}  # name, CPU s at last look
         self._other = 0.0
         self._share: float | None = None
+        self._wall = 0.0  # every core's seconds from start to stop
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._sample()
@@ -188,16 +190,20 @@ class BusyMeter:
         import psutil
 
         procs: dict[int, tuple[int, float, float]] = {}  # pid: (ppid, create time, CPU s)
-        for p in psutil.process_iter(["ppid", "create_time", "cpu_times"]):
+        names: dict[int, str] = {}
+        for p in psutil.process_iter(["ppid", "create_time", "cpu_times", "name"]):
             i = p.info
             if i["cpu_times"] is not None and i["create_time"] is not None:
                 procs[p.pid] = (i["ppid"], i["create_time"], i["cpu_times"][0] + i["cpu_times"][1])
+                names[p.pid] = i["name"] or ""
         me = os.getpid()
         with self._lock:
             for pid, (_, created, cpu) in procs.items():
                 key = (pid, created)
                 if key in self._ours or self._descends(pid, me, procs):
                     self._ours.add(key)
+                    if pid != me:  # a descendant, started after the meter: all its CPU is ours
+                        self._ours_cpu[key] = (names[pid], cpu)
                     continue
                 # a process started before the meter counts from the first sample that saw it
                 before = self._cpu.get(key, 0.0 if created >= self._since else cpu)
@@ -225,6 +231,16 @@ class BusyMeter:
         with self._lock:
             return sum(s for (p, _), s in self._taken.items() if p == pid)
 
+    def ours_share(self, *names: str) -> float:
+        """Fraction of all cores' time the descendants with one of ``names`` took (``name`` as
+        the process table has it), up to their last sample: a process that ended lost at most
+        ``interval_s`` of its CPU. Stops the meter, as ``other_share`` does."""
+        self.other_share()
+        wall = self._wall
+        with self._lock:
+            cpu = sum(c for name, c in self._ours_cpu.values() if name in names)
+        return round(min(cpu / wall, 1.0), 3) if wall > 0 else 0.0
+
     def other_share(self) -> float:
         """Fraction of all cores' time used by other processes since construction (the meter
         stops at the first call; later calls return the same figure)."""
@@ -232,7 +248,7 @@ class BusyMeter:
             self._stop.set()
             self._thread.join()
             self._sample()
-            wall = (time.monotonic() - self._wall0) * self._cores
+            wall = self._wall = (time.monotonic() - self._wall0) * self._cores
             share = self._other / wall if wall > 0 else 0.0
             self._share = round(min(max(share, 0.0), 1.0), 3)
         return self._share

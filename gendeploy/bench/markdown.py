@@ -8,7 +8,13 @@ from pytablewriter import MarkdownTableWriter
 from pytablewriter.typehint import String
 
 from gendeploy.bench.machine import BUSY
-from gendeploy.bench.results import BenchReport, ModelReport, RunnerQuality, Unjudged
+from gendeploy.bench.results import (
+    BenchReport,
+    ModelReport,
+    RunnerQuality,
+    ServedResult,
+    Unjudged,
+)
 
 
 def _disturbed(report: BenchReport) -> bool:
@@ -326,9 +332,48 @@ def served_section(model: ModelReport) -> list[str]:
     header = ["protocol", "concurrency", "img/s", "p50 ms", "p90 ms", "p99 ms"]
     header += ["mean: queue / compute / rest ms", "stable", "measured by"]
     out += _table(header, rows)
+    out += split_table(served.results)
     out += [f"![served]({model.name}_served.png)", ""]
     out += [f"- {e}" for e in served.errors]
     return out
+
+
+SPLIT_COLUMNS = (
+    ("engine_ms", "engine"),
+    ("model_python_ms", "model python"),
+    ("backend_hop_ms", "backend hop"),
+    ("server_io_ms", "server I/O"),
+    ("idle_ms", "idle"),
+)
+CPU_COLUMNS = (
+    ("cpu_client", "client"),
+    ("cpu_server", "tritonserver"),
+    ("cpu_stubs", "stubs"),
+    ("cpu_other", "other"),
+)
+
+
+def split_table(results: list[ServedResult]) -> list[str]:
+    """Where each served image's time went and whose CPU it took (``bench.split``)."""
+    measured = [r for r in results if r.split]
+    if not measured:
+        return []
+    rows = [
+        [r.protocol, r.concurrency, _fmt(r.split["mean_batch"], 1)]
+        + [_fmt(r.split[k], 3) for k, _ in SPLIT_COLUMNS]
+        + [f"{r.split[k]:.0%}" for k, _ in CPU_COLUMNS]
+        for r in measured
+    ]
+    header = ["protocol", "concurrency", "mean batch"]
+    header += [f"{name} ms" for _, name in SPLIT_COLUMNS]
+    header += [f"CPU {name}" for _, name in CPU_COLUMNS]
+    intro = (
+        "Per image served, ms of model-instance time: the engine, the rest of the python "
+        "model's execute, the python backend's hop to its stub and back, Triton's input/output "
+        "copies, and idle (instances / throughput minus the rest); CPU as shares of the whole "
+        "machine during the level (client: the load generator). See docs/served-path.md."
+    )
+    return [intro, "", *_table(header, rows)]
 
 
 def _parts(parts: dict[str, float]) -> str:

@@ -224,6 +224,11 @@ def _served_goal(model: ModelReport, target: float) -> Goal:
         f"served {best.images_per_s:.1f} img/s over {best.protocol} vs in-process ONNX"
         f" Runtime batch 1 {inproc.images_per_s:.1f} img/s (the served engine)"
     )
+    if best.split:
+        what += (
+            f"; the clients took {best.split['cpu_client']:.0%} of the machine's CPU, other"
+            f" processes {best.split['cpu_other']:.0%}"
+        )
     by = f"triton {best.protocol} ({best.tool})"
     return _goal(goal, target, best.images_per_s / inproc.images_per_s, by, what)
 

@@ -61,6 +61,9 @@ class ServedResult:
     tool: str  # "perf_analyzer" or "tritonclient load loop"
     note: str = ""
     breakdown_ms: dict[str, float] = field(default_factory=dict)  # perf_analyzer's mean parts
+    # per image: where the instance's time went and whose CPU it took (bench.split.TimeSplit)
+    split: dict[str, float] = field(default_factory=dict)
+    client_cpu_s: float = 0.0  # the load generator's CPU time over the whole level
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -213,11 +213,13 @@ def bench_model(
     int8_missing = int8_tools_missing()
     if int8_missing:
         say(f"[{model.name}] no INT8 export: {int8_missing}")
+    # INT8 only when an INT8 runner is benched (the export's slowest step: NNCF and its gate);
     # INT8 the quality gate refuses is skipped by the export itself (int8_optional): the bench
     # benches the rest with the export's decision and its reason, never a second export
+    wants_int8 = any(name.endswith("int8") for name in suite.runners)
     options = ExportOptions(
         fp16=torch.cuda.is_available(),
-        int8=not int8_missing,
+        int8=wants_int8 and not int8_missing,
         int8_optional=True,
         max_batch=max(suite.batches),
     )
@@ -318,11 +320,13 @@ def bench_model(
     if suite.profile and model.goals:
         from gendeploy.bench.profile import layer_profile, profile_eager, profile_onnxruntime
 
-        say(f"[{model.name}] profiling eager and ONNX Runtime at batch 1 and 64")
+        # batch 1 and 64, or the largest the export takes (a bench of --batches 1 exports max 1)
+        profiled = sorted({1, min(64, manifest.batch.max)})
+        say(f"[{model.name}] profiling eager and ONNX Runtime at batch {profiled}")
         fp32 = export_dir / manifest.artifact("fp32").path
         dims = (manifest.latent_dim, manifest.num_classes)
-        result.profile = [profile_eager(module, *dims, b) for b in (1, 64)] + [
-            profile_onnxruntime(fp32, *dims, b, threads) for b in (1, 64)
+        result.profile = [profile_eager(module, *dims, b) for b in profiled] + [
+            profile_onnxruntime(fp32, *dims, b, threads) for b in profiled
         ]
-        result.layers = [layer_profile(module, *dims, b) for b in (1, 64)]
+        result.layers = [layer_profile(module, *dims, b) for b in profiled]
     return result

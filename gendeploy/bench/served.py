@@ -12,11 +12,14 @@ from __future__ import annotations
 import csv
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,7 @@ import numpy as np
 
 from gendeploy.bench.loadloop import load_loop
 from gendeploy.bench.results import ServedResult, ServedSweep
+from gendeploy.bench.split import TimeSplit, describe_split, snapshot, time_split
 from gendeploy.bench.sweep import make_feeds
 from gendeploy.bench.timing import StabilityRule
 from gendeploy.errors import GendeployError, ServeError
@@ -122,12 +126,14 @@ def run_perf_analyzer(
             "-f",
             str(out),
         ]
+        used = resource.getrusage(resource.RUSAGE_CHILDREN)
         try:
             done = subprocess.run(
                 cmd, capture_output=True, text=True, timeout=timeout_s, check=False
             )
         except subprocess.TimeoutExpired:
             raise ServeError(f"perf_analyzer timed out after {timeout_s:.0f}s") from None
+        client_cpu_s = _cpu_s(resource.getrusage(resource.RUSAGE_CHILDREN)) - _cpu_s(used)
         log = done.stdout + done.stderr
         rows = list(csv.DictReader(out.open())) if out.is_file() else []
         row = next((r for r in rows if int(r.get("Concurrency", -1)) == concurrency), None)
@@ -155,7 +161,12 @@ def run_perf_analyzer(
         stable=not unstable,
         tool="perf_analyzer",
         breakdown_ms=parts,
+        client_cpu_s=round(client_cpu_s, 3),
     )
+
+
+def _cpu_s(usage: resource.struct_rusage) -> float:
+    return float(usage.ru_utime + usage.ru_stime)
 
 
 def triton_version(http_url: str) -> str:
@@ -185,15 +196,16 @@ def served_sweep(
     exe = find_perf_analyzer()
     pa_version = perf_analyzer_version(exe) if exe else ""
     tool = "perf_analyzer" if exe else "tritonclient load loop"
+    per_instance = max(1, threads // suite.instances)  # the instances share the CPUs
     result = ServedSweep(
-        model=f"{model} (python backend, ONNX Runtime CPU inside, {threads} threads)",
+        model=f"{model} (python backend, ONNX Runtime CPU inside, {per_instance} threads)",
         tool=tool,
         perf_analyzer=str(exe) if exe else f"not found (set {PERF_ANALYZER_ENV})",
         perf_analyzer_version=pa_version,
     )
     repo = work / "triton_repo" / model
     try:
-        options = RepoOptions(intra_op_threads=threads, instances=suite.instances)
+        options = RepoOptions(intra_op_threads=per_instance, instances=suite.instances)
         if suite.queue_delay_us is not None:
             options = replace(options, queue_delay_us=suite.queue_delay_us)
         result.queue_delay_us, result.instances = options.queue_delay_us, options.instances
@@ -212,16 +224,38 @@ def served_sweep(
                 result.max_abs_diff[protocol] = float(f"{np.max(np.abs(out - reference)):.3g}")
                 one = make_feeds(1, manifest.latent_dim, manifest.num_classes, seed=2)
                 for c in suite.concurrencies:
-                    r = _one_level(exe, url, model, protocol, c, one, suite, result.errors)
+                    level = partial(
+                        _one_level, exe, url, model, protocol, c, one, suite, result.errors
+                    )
+                    r = _split_level(srv, model, options.instances, level)
                     result.results.append(r)
                     say(
                         f"  served {protocol:<4} concurrency {c}: {r.images_per_s:8.1f} img/s"
                         f"  p50 {r.p50_ms:7.3f} ms ({r.tool}{'' if r.stable else ', not stable'})"
                     )
+                    if r.split:
+                        say(f"    {describe_split(TimeSplit(**r.split))}")
     except GendeployError as e:
         result.skipped = str(e)
         say(f"[{model}] served sweep skipped: {e}")
     return result
+
+
+def _split_level(
+    srv: TritonServer, model: str, instances: int, level: Callable[[], ServedResult]
+) -> ServedResult:
+    """One level's result, with where each image's time went (``bench.split``) read around it."""
+    before = snapshot(srv, model, after_load=False)
+    result = level()
+    after = snapshot(srv, model, after_load=True)
+    split = time_split(before, after, instances, result.images_per_s, result.client_cpu_s)
+    result.split = split.to_dict() if split else {}
+    return result
+
+
+# perf_analyzer runs per level: one that finds no stable window is run again with windows twice
+# as long (a busy moment passes, a slow level gets more requests per window), then the load loop
+PA_ATTEMPTS = 2
 
 
 def _one_level(
@@ -234,20 +268,25 @@ def _one_level(
     suite: Any,
     errors: list[str],
 ) -> ServedResult:
-    if exe is not None:
+    failures = []
+    for attempt in range(PA_ATTEMPTS if exe is not None else 0):
+        assert exe is not None
+        window_ms = suite.served_window_ms * 2**attempt
+        rule = replace(suite.served_rule, window_s=window_ms / 1e3)
         try:
-            return run_perf_analyzer(
-                exe,
-                url,
-                model,
-                protocol,
-                concurrency,
-                feeds,
-                suite.served_window_ms,
-                suite.served_rule,
+            result = run_perf_analyzer(
+                exe, url, model, protocol, concurrency, feeds, window_ms, rule
             )
         except ServeError as e:
-            errors.append(f"{protocol} concurrency {concurrency}: {e}; used the load loop")
+            failures.append(f"{window_ms} ms windows: {e}")
+            continue
+        if attempt:
+            result.note = f"stable with {window_ms} ms windows"
+        return result
+    if failures:
+        errors.append(
+            f"{protocol} concurrency {concurrency}: {'; '.join(failures)}; used the load loop"
+        )
     result = load_loop(url, model, protocol, concurrency, feeds, suite.served_rule)
     if exe is not None:
         result.note = "perf_analyzer failed at this level"

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from gendeploy.bench.loadloop import load_loop
-from gendeploy.bench.machine import machine_info
+from gendeploy.bench.machine import BusyMeter, load_average, machine_info
 from gendeploy.bench.results import ServedResult
 from gendeploy.bench.served import (
     find_perf_analyzer,
@@ -101,6 +101,8 @@ class SoakReport:
     memory: list[MemorySample] = field(default_factory=list)
     requests: int = 0  # requests the server answered over the soak
     failed_requests: int = 0  # of those, failed or refused (``server_counts``)
+    other_share: float | None = None  # other processes' share of the CPU over the soak
+    load_average_end: list[float] = field(default_factory=list)
     schema_version: int = SCHEMA_VERSION
 
     def memory_growth(self) -> float:
@@ -172,6 +174,7 @@ def soak(export_dir: Path, out: Path, options: SoakOptions, say: Any = print) ->
     exe = find_perf_analyzer()
     tool = f"perf_analyzer ({perf_analyzer_version(exe)})" if exe else "tritonclient load loop"
     report = SoakReport(manifest.name, options, machine_info(), tool)
+    meter = BusyMeter()
     work = out / "soak-work"
     repo = work / "triton_repo"
     write_repo(export_dir, repo, RepoOptions(intra_op_threads=options.threads))
@@ -193,6 +196,8 @@ def soak(export_dir: Path, out: Path, options: SoakOptions, say: Any = print) ->
         after = server_counts(server)
         report.requests = after[0] - before[0]
         report.failed_requests = after[1] - before[1]
+    report.other_share = meter.other_share()
+    report.load_average_end = load_average()
     write_report(report, out)
     return report
 
@@ -297,7 +302,14 @@ def markdown(report: SoakReport) -> str:
         f"- Server: tritonserver {report.triton_version} (python backend, ONNX Runtime, "
         f"{opts.threads or 'default'} threads), model control none, management locked",
         f"- Machine: {cpu.get('model', '?')}, {report.machine.get('logical_cores')} logical "
-        f"cores, {report.machine.get('memory_gib')} GiB",
+        f"cores, {report.machine.get('memory_gib')} GiB"
+        + (
+            f"; other processes took {report.other_share:.0%} of the CPU during the soak (load "
+            f"average {report.machine.get('load_average_1m_5m_15m')} at the start, "
+            f"{report.load_average_end} at the end)"
+            if report.other_share is not None
+            else ""
+        ),
         f"- Memory: median RSS of tritonserver + stubs over {opts.tail_s:.0f} s right after a "
         f"{opts.warmup_s:.0f} s warm-up against the last {opts.tail_s:.0f} s",
         "",

@@ -56,8 +56,12 @@ class Suite:
     rule: StabilityRule = field(default_factory=StabilityRule)
     runners: tuple[str, ...] = ALL_RUNNERS
     served: bool = True
-    served_window_ms: int = 1000  # perf_analyzer --measurement-interval
-    served_max_windows: int = 6  # perf_analyzer --max-trials (each level costs up to this many)
+    # perf_analyzer --measurement-interval and --max-trials (each level costs up to this many
+    # windows, twice over when the first run finds none stable: served.PA_ATTEMPTS); 2 s windows
+    # hold hundreds of requests even at concurrency 1, and a busy second of the machine's no
+    # longer decides a window (on a shared machine 1 s windows failed at some level of each model)
+    served_window_ms: int = 2000
+    served_max_windows: int = 10
     queue_delay_us: int | None = None  # Triton dynamic batching delay; None: the repo's default
     instances: int = 1  # the served model's instances (Triton instance_group count)
     threads: int = 0  # 0: the CPUs this process may use (gendeploy.cpus.available_cpus)

@@ -13,15 +13,19 @@ from gendeploy.errors import UsageError
 Opt = typer.Option
 
 
-def positive_ints(text: str) -> tuple[int, ...]:
-    """``1,8,64``: the type of a flag taking comma-separated integers >= 1 (typer reports a bad
-    value as it reports any flag's)."""
+def positive_ints(text: str | None, flag: str) -> tuple[int, ...] | None:
+    """``1,8,64``: a flag's comma-separated integers >= 1, reported as typer reports any flag's
+    bad value. (A ``tuple[int, ...]`` option with a parser took the next flags as its values.)"""
+    if text is None:
+        return None
     try:
         values = tuple(int(x) for x in text.split(","))
     except ValueError:
-        raise typer.BadParameter(f"{text!r} is not comma-separated integers, e.g. 1,8,64") from None
+        raise typer.BadParameter(
+            f"{text!r} is not comma-separated integers, e.g. 1,8,64", param_hint=f"'{flag}'"
+        ) from None
     if min(values) < 1:
-        raise typer.BadParameter(f"{text!r}: every value must be >= 1")
+        raise typer.BadParameter(f"{text!r}: every value must be >= 1", param_hint=f"'{flag}'")
     return values
 
 
@@ -45,16 +49,11 @@ def bench_command(
         "bench"
     ),
     batches: Annotated[
-        tuple[int, ...] | None,
-        Opt(parser=positive_ints, metavar="N,N,...", help="Override the batch sizes, e.g. 1,8,64."),
+        str | None, Opt(metavar="N,N,...", help="Override the batch sizes, e.g. 1,8,64.")
     ] = None,
     concurrency: Annotated[
-        tuple[int, ...] | None,
-        Opt(
-            parser=positive_ints,
-            metavar="N,N,...",
-            help="Override the served concurrency levels, e.g. 1,4.",
-        ),
+        str | None,
+        Opt(metavar="N,N,...", help="Override the served concurrency levels, e.g. 1,4."),
     ] = None,
     runners: Annotated[str | None, Opt(help=RUNNERS_HELP)] = None,
     served: Annotated[
@@ -97,8 +96,8 @@ def bench_command(
         raise UsageError(f"--window must be in (0, 60] seconds, got {window}")
     chosen = with_overrides(
         get_suite(suite),
-        batches=batches,
-        concurrencies=concurrency,
+        batches=positive_ints(batches, "--batches"),
+        concurrencies=positive_ints(concurrency, "--concurrency"),
         runners=names,
         served=served,
         window_s=window,

@@ -26,15 +26,26 @@ def repo_command(
     max_batch_size: Annotated[
         int | None, typer.Option(help="Triton max_batch_size (default: export's max).")
     ] = None,
-    queue_delay_us: Annotated[int, typer.Option(help="Dynamic batching queue delay.")] = 2000,
+    queue_delay_us: Annotated[
+        int,
+        typer.Option(
+            help="Dynamic batching delay: how long a batch may wait for more requests (0: none; "
+            "batches still form from what queues while the model is busy)."
+        ),
+    ] = 0,
     instances: Annotated[int, typer.Option(help="Model instances per device.")] = 1,
     keep_versions: Annotated[int, typer.Option(help="Versions kept on disk per model.")] = 2,
     gpu: Annotated[
         bool | None, typer.Option("--gpu/--cpu", help="Instance kind (default: GPU if an engine).")
     ] = None,
     max_queue_size: Annotated[
-        int, typer.Option(help="Requests queued per model beyond this are refused (0: no limit).")
-    ] = 256,
+        int,
+        typer.Option(
+            help="Requests queued per model beyond this are refused (0: no limit). Any limit "
+            "makes Triton's batcher stall some requests by 500 ms under load "
+            "(docs/served-path.md)."
+        ),
+    ] = 0,
 ) -> None:
     """Write (or add a version to) the Triton models of an export."""
     from gendeploy.serve.repo import RepoOptions, write_repo

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -37,6 +39,17 @@ from gendeploy.seeds import MAX_SEED, draw_latents, draw_noise
 def _env_threads() -> int:
     value = os.environ.get("GENDEPLOY_THREADS", "").strip()
     return int(value) if value.isdigit() else 0
+
+
+def engine_threads(configured: int, instances: int) -> int:
+    """Engine threads per instance: the config's; else the CPUs `gendeploy serve` sized for
+    this machine (``GENDEPLOY_THREADS``), shared by the model's instances (at least one each:
+    two instances of two threads on two cores would fight over them); else 0, the engine's
+    default."""
+    if configured > 0:
+        return configured
+    cpus = _env_threads()
+    return max(1, cpus // max(instances, 1)) if cpus else 0
 
 
 class RequestError(ValueError):
@@ -234,21 +247,71 @@ def _tensorrt_unusable() -> str | None:
 
 
 REFUSED_METRIC = "gendeploy_refused_requests_total"
+ENGINE_METRIC = "gendeploy_engine_seconds_total"
+EXECUTE_METRIC = "gendeploy_execute_seconds_total"
 
 
-def _refused_counter(pb_utils: Any, model: str, version: str) -> tuple[Any, Any] | None:
-    """(family, counter): a Prometheus counter of the requests this model refused (INVALID_ARG),
-    which Triton's own statistics count as successes. Both are kept: a counter whose family was
-    deleted stops counting. None where the python backend has no custom metrics."""
+def _counter(
+    pb_utils: Any, name: str, description: str, model: str, version: str
+) -> tuple[Any, Any] | None:
+    """(family, counter): a Prometheus counter of this model. Both are kept: a counter whose
+    family was deleted stops counting. None where the python backend has no custom metrics."""
     family_type = getattr(pb_utils, "MetricFamily", None)  # python backend >= 23.05
     if family_type is None:
         return None
-    family = family_type(
-        name=REFUSED_METRIC,
-        description="Requests refused by gendeploy's checks (each got INVALID_ARG)",
-        kind=family_type.COUNTER,
-    )
+    family = family_type(name=name, description=description, kind=family_type.COUNTER)
     return family, family.Metric(labels={"model": model, "version": version})
+
+
+def _refused_counter(pb_utils: Any, model: str, version: str) -> tuple[Any, Any] | None:
+    """The requests this model refused (INVALID_ARG), which Triton's own statistics count as
+    successes."""
+    what = "Requests refused by gendeploy's checks (each got INVALID_ARG)"
+    return _counter(pb_utils, REFUSED_METRIC, what, model, version)
+
+
+class _Timing:
+    """Seconds spent in ``execute`` and, of those, in the engine, as two counters: what a batch
+    costs inside the model against what Triton counts as its compute (docs/served-path.md).
+
+    Each increment is a round trip to Triton's process, so the seconds are summed here and sent
+    by a thread every ``FLUSH_S`` (the counters are never further behind than that)."""
+
+    FLUSH_S = 0.5
+
+    def __init__(self, pb_utils: Any, model: str, version: str) -> None:
+        self.engine = _counter(pb_utils, ENGINE_METRIC, "Seconds in the engine", model, version)
+        self.execute = _counter(
+            pb_utils, EXECUTE_METRIC, "Seconds in the python model's execute", model, version
+        )
+        self.pending = [0.0, 0.0]  # engine, execute seconds not sent yet
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="gendeploy-timing", daemon=True)
+        if self.engine is not None:
+            self.thread.start()
+
+    def add(self, engine_s: float, execute_s: float) -> None:
+        with self.lock:
+            self.pending[0] += engine_s
+            self.pending[1] += execute_s
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.FLUSH_S):
+            self.flush()
+
+    def flush(self) -> None:
+        with self.lock:
+            (engine_s, execute_s), self.pending = self.pending, [0.0, 0.0]
+        if execute_s and self.engine is not None and self.execute is not None:
+            self.engine[1].increment(engine_s)
+            self.execute[1].increment(execute_s)
+
+    def close(self) -> None:
+        self.stop.set()
+        if self.thread.is_alive():
+            self.thread.join()
+        self.engine = self.execute = None  # each counter, then its family
 
 
 class TritonPythonModel:
@@ -272,8 +335,8 @@ class TritonPythonModel:
         self.engine: Any
         has_engine = gpu and os.path.isfile(engine_path)
         why_not = _tensorrt_unusable() if has_engine else None
-        # the config's, else what `gendeploy serve` sized for this machine (gendeploy.cpus)
-        threads = int(params.get("intra_op_threads", "0")) or _env_threads()
+        instances = sum(int(g.get("count", 1)) for g in config.get("instance_group", [])) or 1
+        threads = engine_threads(int(params.get("intra_op_threads", "0")), instances)
         ir_path = os.path.join(version_dir, params.get("openvino_file", "model.xml"))
         onnx_path = os.path.join(version_dir, params.get("onnx_file", "model.onnx"))
         wants_openvino = params.get("runtime") == "openvino" and not has_engine
@@ -296,27 +359,33 @@ class TritonPythonModel:
             log = logger.log_warn if why_not else logger.log_info
             log(f"gendeploy: {config['name']} runs on {self.backend}{note}")
         self.refused = _refused_counter(pb_utils, config["name"], args["model_version"])
+        self.timing = _Timing(pb_utils, config["name"], args["model_version"])
 
-    def _tensor(self, request: Any, name: str) -> np.ndarray | None:
-        t = self.pb.get_input_tensor_by_name(request, name)
-        return None if t is None else t.as_numpy()
+    @staticmethod
+    def _inputs(request: Any) -> dict[str, np.ndarray]:
+        """The request's tensors by name, listed once (``pb_utils.get_input_tensor_by_name``
+        lists them all again for every name asked for)."""
+        return {t.name(): t.as_numpy() for t in request.inputs()}
 
     def execute(self, requests: list[Any]) -> list[Any]:
         pb = self.pb
+        started = time.perf_counter()
+        engine_s = 0.0
         parsed: list[tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray]] | str] = []
         for request in requests:
             try:
-                seed = self._tensor(request, "seed")
+                tensors = self._inputs(request)
+                seed = tensors.get("seed")
                 z, labels = parse_request(
-                    self._tensor(request, "z"),
+                    tensors.get("z"),
                     seed,
-                    self._tensor(request, "labels"),
+                    tensors.get("labels"),
                     self.latent_dim,
                     self.num_classes,
                 )
                 extras = parse_extras(
-                    self._tensor(request, "truncation"),
-                    self._tensor(request, "noise_seed"),
+                    tensors.get("truncation"),
+                    tensors.get("noise_seed"),
                     seed,
                     z.shape[0],
                     self.interface,
@@ -334,7 +403,9 @@ class TritonPythonModel:
                 feeds["labels"] = np.concatenate([p[1] for p in valid if p[1] is not None])
             for key in valid[0][2]:
                 feeds[key] = np.concatenate([p[2][key] for p in valid])
+            engine_started = time.perf_counter()
             images = self.engine.run(feeds)
+            engine_s = time.perf_counter() - engine_started
         responses, start = [], 0
         for p in parsed:
             if isinstance(p, str):
@@ -345,8 +416,10 @@ class TritonPythonModel:
             out = pb.Tensor(self.output_name, np.ascontiguousarray(images[start : start + n]))
             responses.append(pb.InferenceResponse(output_tensors=[out]))
             start += n
+        self.timing.add(engine_s, time.perf_counter() - started)
         return responses
 
     def finalize(self) -> None:
+        self.timing.close()
         self.engine = None
         self.refused = None  # the counter, then its family (the order the backend wants)

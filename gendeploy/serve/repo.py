@@ -79,14 +79,18 @@ class RepoOptions:
 
     name: str | None = None  # default: the export's name
     max_batch_size: int | None = None  # default: the export's batch profile max
-    queue_delay_us: int = 2000
+    # 0: a batch goes as soon as an instance can take it (requests that arrive meanwhile join
+    # the next one); a delay made every request at low concurrency wait it out (docs/served-path.md)
+    queue_delay_us: int = 0
     instances: int = 1
     keep_versions: int = 2
     gpu: bool | None = None  # default: True when the export has a TensorRT engine
     intra_op_threads: int = 0  # python model: ONNX Runtime threads per instance, 0 = ORT default
-    # requests waiting beyond this are refused at once (UNAVAILABLE / HTTP 503), so a flood costs
-    # the server a bounded queue instead of unbounded memory; 0 = no limit (Triton's default)
-    max_queue_size: int = 256
+    # requests waiting beyond this are refused at once (UNAVAILABLE / HTTP 503); 0 = no limit,
+    # Triton's default and ours: any limit turns off the dynamic batcher's payload prefetching,
+    # and then a request that arrives while the instance finishes a batch can wait out the
+    # batcher's 500 ms idle timer (docs/served-path.md)
+    max_queue_size: int = 0
 
     def __post_init__(self) -> None:
         if self.name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name):
@@ -171,6 +175,14 @@ def _warmup(inputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"name": "zeros_batch_1", "batch_size": 1, "inputs": zeros}]
 
 
+def _batching(options: RepoOptions) -> dict[str, Any]:
+    """Dynamic batching; a queue policy only where a limit is asked for (see ``RepoOptions``)."""
+    batching: dict[str, Any] = {"max_queue_delay_microseconds": options.queue_delay_us}
+    if options.max_queue_size:
+        batching["default_queue_policy"] = {"max_queue_size": options.max_queue_size}
+    return batching
+
+
 def model_config(
     manifest: Manifest,
     artifact: Artifact,
@@ -193,10 +205,7 @@ def model_config(
         "input": inputs,
         "output": outputs,
         "instance_group": [{"kind": "KIND_GPU" if gpu else "KIND_CPU", "count": options.instances}],
-        "dynamic_batching": {
-            "max_queue_delay_microseconds": options.queue_delay_us,
-            "default_queue_policy": {"max_queue_size": options.max_queue_size},
-        },
+        "dynamic_batching": _batching(options),
         "model_warmup": _warmup(inputs),
         "parameters": {
             "gendeploy_export": {"string_value": manifest.name},

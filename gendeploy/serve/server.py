@@ -9,9 +9,11 @@ The management APIs (model load/unload/index, shared memory, trace, logging) are
 ``server.admin_key`` (see ``serve.admin``); health, metadata, configs, inference and statistics are
 open. The server runs in its own process group; ``stop()`` sends SIGINT, waits, then kills
 whatever is left of the group, so no python-backend stub outlives it, and removes the stubs'
-shared-memory regions (named with a per-server prefix) from ``/dev/shm``. On Linux, started from
-the main thread, the server is also sent SIGTERM when the process that started it dies, even by
-SIGKILL. ``start()`` after a crash restarts it on the same ports (``serve.supervisor``).
+shared-memory regions (named with a per-server prefix, ``serve.shm``) from ``/dev/shm``; each
+start also removes what servers killed together with their starters left there. On Linux,
+started from the main thread, the server is also sent SIGTERM when the process that started it
+dies, even by SIGKILL. ``start()`` after a crash restarts it on the same ports
+(``serve.supervisor``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import contextlib
 import ctypes
 import os
 import re
-import secrets
 import signal
 import socket
 import subprocess
@@ -38,6 +39,7 @@ from gendeploy.runtime.triton import connect
 from gendeploy.serve.admin import admin_headers, check_key, new_key, restricted_args
 from gendeploy.serve.pinned import PinnedRepository
 from gendeploy.serve.repo import parse_config
+from gendeploy.serve.shm import backend_config, new_prefix, remove_regions, remove_stale_regions
 from gendeploy.serve.tritonserver import TritonBinary, find_tritonserver
 
 __all__ = ["TritonServer", "find_tritonserver", "free_port", "group_members", "servable_models"]
@@ -51,7 +53,6 @@ PLATFORM_BACKENDS = {
 }
 
 
-SHM_DIR = Path("/dev/shm")
 STACK_FRAME = re.compile(r"^\s*\d+# ")  # the backtrace tritonserver prints when it aborts
 
 
@@ -170,9 +171,9 @@ class TritonServer:
         self.http = http  # False: gRPC only (Triton 2.51's HTTP frontend has crashes)
         self.env = env or {}
         self.admin_key = check_key(admin_key) if admin_key else new_key()
-        # python-backend stubs name their /dev/shm regions with this: a restart removes the
-        # regions a crashed predecessor left, and only those
-        self.shm_prefix = f"gendeploy_{os.getpid()}_{secrets.token_hex(4)}_"
+        # python-backend stubs name their /dev/shm regions with this (``serve.shm``): a restart
+        # removes the regions a crashed predecessor left, and only those
+        self.shm_prefix = new_prefix("server")
         self.process: subprocess.Popen[bytes] | None = None
         self.http_port = self.grpc_port = self.metrics_port = 0
         self.starts = 0  # successful starts: 1 + restarts
@@ -297,7 +298,8 @@ class TritonServer:
         assert self.log_path is not None
         pinned = self._pin_servable(binary)
         self.loaded = pinned.models()
-        remove_shm_regions(self.shm_prefix)
+        remove_regions(self.shm_prefix)
+        remove_stale_regions()  # what servers killed with their starters left behind
         cmd = [
             str(binary.executable),
             f"--model-repository={pinned.root}",
@@ -312,7 +314,7 @@ class TritonServer:
             "--allow-sagemaker=false",
             "--allow-vertex-ai=false",
             "--disable-auto-complete-config",  # configs are complete: nothing may rewrite them
-            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
+            f"--backend-config={backend_config(self.shm_prefix)}",
             f"--exit-timeout-secs={self.exit_timeout_s}",
             *restricted_args(self.admin_key),
             *self.extra_args,
@@ -504,7 +506,7 @@ class TritonServer:
                         os.killpg(process.pid, signal.SIGKILL)
                     process.wait(timeout=10)
             _kill_group(process.pid)
-        remove_shm_regions(self.shm_prefix)
+        remove_regions(self.shm_prefix)
 
     def stop(self) -> None:
         """``reap()``, and forget what was served: the next ``start()`` pins the repo afresh."""
@@ -554,16 +556,6 @@ def _child_setup() -> Callable[[], None]:
             os._exit(1)
 
     return setup
-
-
-def remove_shm_regions(prefix: str) -> list[Path]:
-    """Delete the python-backend shared-memory regions named with ``prefix`` (a dead server's)."""
-    removed = []
-    for region in SHM_DIR.glob(f"{prefix}*") if SHM_DIR.is_dir() else []:
-        with contextlib.suppress(FileNotFoundError):
-            region.unlink()
-            removed.append(region)
-    return removed
 
 
 def _kill_group(pgid: int) -> None:

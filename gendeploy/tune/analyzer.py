@@ -34,7 +34,7 @@ from typing import Any, BinaryIO
 from gendeploy.errors import TuneError
 from gendeploy.fileio import atomic_write
 from gendeploy.serve.admin import KEY_ENV, restricted_args
-from gendeploy.serve.server import remove_shm_regions
+from gendeploy.serve.shm import backend_config, remove_regions, remove_stale_regions
 from gendeploy.serve.tritonserver import TritonBinary
 from gendeploy.tune.space import Block, Candidate, Objective, Protocol, candidate_from_config
 
@@ -126,7 +126,7 @@ class AnalyzerRun:
             "allow-sagemaker": "false",
             "allow-vertex-ai": "false",
             "exit-timeout-secs": 5,
-            "backend-config": f"python,shm-region-prefix-name={self.shm_prefix}",
+            "backend-config": backend_config(self.shm_prefix),
         }
         for arg in restricted_args(self.admin_key):
             name, value = arg[2:].split("=", 1)
@@ -192,6 +192,7 @@ class AnalyzerRun:
             f.write(text)
 
         atomic_write(config_path, write)
+        remove_stale_regions()
         log_path = ws / "model-analyzer.log"
         cmd = [sys.executable, "-m", ANALYZER_MAIN, "profile", "-f", str(config_path)]
         problems: list[str] = []
@@ -218,7 +219,7 @@ class AnalyzerRun:
             finally:
                 watchdog.cancel()
                 _stop_group(process)
-                remove_shm_regions(self.shm_prefix)
+                remove_regions(self.shm_prefix)
         if timed_out.is_set():
             raise TuneError(f"Model Analyzer ran past {self.timeout_s:.0f}s (log: {log_path})")
         pa_log = ws / "export" / "perf_analyzer_error.log"

@@ -16,7 +16,6 @@ import importlib.metadata
 import importlib.util
 import json
 import os
-import secrets
 import shlex
 import shutil
 import time
@@ -35,7 +34,8 @@ from gendeploy.seeds import draw_latents
 from gendeploy.serve.admin import new_key
 from gendeploy.serve.repo import config_text, parse_config
 from gendeploy.serve.server import free_port
-from gendeploy.serve.tritonserver import find_tritonserver
+from gendeploy.serve.shm import new_prefix
+from gendeploy.serve.tritonserver import STUB, find_tritonserver
 from gendeploy.tune.analyzer import (
     MODEL_ANALYZER_VERSION,
     AnalyzerRun,
@@ -206,6 +206,18 @@ def input_data(config: Any, rows: int = 16) -> dict[str, Any]:
     return {"data": data}
 
 
+def queue_limit(config: Any) -> str:
+    """What a queue limit in ``config`` costs every configuration tried ('' where there is none)."""
+    limit = int(config.dynamic_batching.default_queue_policy.max_queue_size)
+    if not limit:
+        return ""
+    return (
+        f"the model's queue policy (max_queue_size {limit}) turns off Triton's batcher "
+        "prefetching: some requests wait out its 500 ms timer and p99 shows it (docs/"
+        "served-path.md); rewrite the repository with `gendeploy repo` (no limit by default)"
+    )
+
+
 def export_max_batch(version_dir: Path, config: Any) -> int:
     """The largest batch the export serves: its manifest's batch profile (and the TensorRT
     engine's profile, where there is one), not whatever the current config happens to allow."""
@@ -238,8 +250,9 @@ def prepare_repo(repo: Path, model: str, work: Path) -> Path:
     return prepared
 
 
-def measure_baseline(version_dir: Path, config: Any) -> Baseline:
-    """In-process batch-1 throughput of the same ONNX file with ONNX Runtime's own threads."""
+def measure_baseline(version_dir: Path, config: Any, before: Baseline | None = None) -> Baseline:
+    """In-process batch-1 throughput of the same ONNX file with ONNX Runtime's own threads;
+    with ``before`` (the same, timed before the search), the mean of both."""
 
     onnx_file = config.parameters["onnx_file"].string_value or "model.onnx"
     feeds = make_feeds(
@@ -249,7 +262,14 @@ def measure_baseline(version_dir: Path, config: Any) -> Baseline:
     )
     with OnnxRuntimeRunner(version_dir / onnx_file) as runner:
         m = measure(lambda: runner.run(feeds), StabilityRule(window_s=1.0))
-    return Baseline(round(m.calls_per_s, 2), round(m.percentile_ms(50), 4), m.stable)
+    now = Baseline(round(m.calls_per_s, 2), round(m.percentile_ms(50), 4), m.stable)
+    runs = [before, now] if before else [now]
+    return Baseline(
+        images_per_s=round(sum(b.images_per_s for b in runs) / len(runs), 2),
+        p50_ms=round(sum(b.p50_ms for b in runs) / len(runs), 4),
+        stable=all(b.stable for b in runs),
+        samples=[b.images_per_s for b in runs],
+    )
 
 
 def _versions(perf_analyzer: Path, run: AnalyzerRun, binary: Any) -> dict[str, str]:
@@ -317,7 +337,9 @@ def tune(
         )
     check_out(out, force)
     binary, perf_analyzer = _require_tools(options)
-    started, meter = time.monotonic(), BusyMeter()
+    if queue_limit(config):
+        say(f"warning: {queue_limit(config)}")
+    started, meter = time.monotonic(), BusyMeter(interval_s=1.0)
     work = fresh_work(out)
     (work / "input.json").write_text(json.dumps(input_data(config)))
     baseline = None
@@ -335,7 +357,7 @@ def tune(
         tritonserver=binary,
         ports=(free_port(), free_port(), free_port()),
         admin_key=new_key(),
-        shm_prefix=f"gendeploy_tune_{os.getpid()}_{secrets.token_hex(4)}_",
+        shm_prefix=new_prefix("tune"),
         instance_kind="KIND_CPU",
         concurrencies=options.concurrencies,
         objective=options.objective,
@@ -394,11 +416,24 @@ def tune(
     if own:
         best_own = max(own, key=goal.key)
         report.start_best = Measured(best_own, goal.feasible(best_own))
+    if baseline is not None:  # again, so the search's disturbance hits both sides alike
+        say("timing in-process batch 1 again")
+        baseline = measure_baseline(latest_version(repo / options.model), config, baseline)
+        report.baseline = baseline
     if winner:
         _write_winner(repo, options, winner.candidate, report, say)
+    limit = queue_limit(config)
+    if limit:
+        report.notes.append(limit)
     report.elapsed_s = round(time.monotonic() - started, 1)
     share = meter.other_share()
-    report.machine = {"other_share": share, "load_average": load_average(), "cores": os.cpu_count()}
+    report.machine = {
+        "other_share": share,
+        "client_share": meter.ours_share("perf_analyzer"),
+        "server_share": meter.ours_share("tritonserver", STUB, STUB[:15]),  # comm: 15 chars
+        "load_average": load_average(),
+        "cores": os.cpu_count(),
+    }
     report.contended = share > CONTENDED
     write_report(report, out)
     return report

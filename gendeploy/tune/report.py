@@ -20,14 +20,20 @@ TARGET_CONCURRENCY = 4  # the level the target is stated at
 REPORT_FILES = ("tune.json", "tune.md", "tune.png")
 
 
+# a p99 beyond this many p90s is a tail no queueing explains: a timer, or a disturbed measurement
+# (the dynamic batcher's 500 ms stall showed as p99 ~507 ms at p90 < 11 ms; docs/served-path.md)
+TAIL_RATIO = 3.0
+
+
 @dataclass
 class Baseline:
     """In-process batch-1 ONNX Runtime on the served ONNX file, in this process."""
 
-    images_per_s: float
+    images_per_s: float  # the mean of ``samples``
     p50_ms: float
     stable: bool
     threads: str = "ONNX Runtime default"
+    samples: list[float] = field(default_factory=list)  # before and after the search
 
 
 @dataclass(frozen=True)
@@ -170,11 +176,24 @@ def markdown(report: TuneReport) -> str:
         )
     if r.baseline:
         b = r.baseline
+        timed = (
+            f" (mean of {' and '.join(f'{x:.1f}' for x in b.samples)}, before and after the search)"
+            if len(b.samples) > 1
+            else ""
+        )
         lines.append(
             f"In-process batch 1 of the same engine (ONNX Runtime, {b.threads}): "
-            f"{b.images_per_s:.1f} img/s{'' if b.stable else ' (not stable)'}."
+            f"{b.images_per_s:.1f} img/s{timed}{'' if b.stable else ' (not stable)'}."
         )
     lines += _ratios(r)
+    if "client_share" in r.machine:
+        shares = r.machine
+        lines.append(
+            f"CPU over the run, of the whole machine: perf_analyzer (the clients) "
+            f"{shares['client_share']:.0%}, tritonserver and its python stubs "
+            f"{shares['server_share']:.0%}, other processes {shares['other_share']:.0%}: the "
+            "clients share the cores with the server."
+        )
     if r.winner:
         lines.append(f"Where the winner's time goes: {where_time_goes(r.winner.measurement)}.")
     lines.append(
@@ -197,6 +216,8 @@ def markdown(report: TuneReport) -> str:
             note.append("**winner**")
         if c == r.start:
             note.append("repository config")
+        if m.p90_ms and m.p99_ms > TAIL_RATIO * m.p90_ms:
+            note.append(f"p99 over {TAIL_RATIO:g}x p90: a stall?")
         lines.append(
             f"| {i} | {_candidate_cells(c)} | "
             f"{m.concurrency} | {m.throughput:.1f} | {m.p99_ms:.2f} | "
