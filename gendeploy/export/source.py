@@ -83,6 +83,12 @@ def load_checkpoint_model(path: Path | str) -> LoadedModel:
         warnings.simplefilter("ignore")  # torch's pickle-protocol note on files it then refuses
         module, ckpt = load_generator(ckpt_path)
     cfg = ckpt.model_config
+    if cfg.image_to_image:
+        raise UsageError(
+            f"{ckpt_path} holds an image-to-image model ({cfg.arch.value}, x{cfg.scale}); "
+            "export takes generators that draw images from noise, image-to-image export is not "
+            "built yet (issue 19)"
+        )
     run_dir = ckpt_path.parent.name
     return LoadedModel(
         module=module,
