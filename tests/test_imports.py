@@ -55,6 +55,8 @@ LAYERS: tuple[frozenset[str], ...] = (
             "gendeploy.manifest",
             "gendeploy.protocol",
             "gendeploy.seeds",
+            "gendeploy.testimages",
+            "gendeploy.tiling",
         }
     ),
     frozenset({"gendeploy.trainer", "gendeploy.runtime", "gendeploy.archs"}),

@@ -185,7 +185,7 @@ def test_psnr_and_ssim_agree_with_their_definitions() -> None:
 
 
 @pytest.mark.slow  # end to end, over 10 s here
-def test_cli_trains_evaluates_and_refuses_to_export_an_upscaler(tmp_path: Path) -> None:
+def test_cli_trains_evaluates_and_exports_an_upscaler(tmp_path: Path) -> None:
     from cli_support import cli
 
     args = ["train", "--preset", "digits-sr4x", "--steps", "2", "--width", "8", "--out"]
@@ -196,9 +196,15 @@ def test_cli_trains_evaluates_and_refuses_to_export_an_upscaler(tmp_path: Path) 
     assert quality["input_blur"] == 1.0 and quality["psnr_bicubic"] > 0
     code, stdout, stderr = cli("eval", str(tmp_path / "run"))
     assert code == 0 and "PSNR to the 32x32 target" in stdout, stderr
-    code, _, stderr = cli("export", str(tmp_path / "run"), "--out", str(tmp_path / "export"))
-    assert code == 2 and len(stderr.strip().splitlines()) == 1
-    assert "image-to-image export is not built yet" in stderr
+    code, stdout, stderr = cli(
+        "export", str(tmp_path / "run"), "--out", str(tmp_path / "export"), "--tile", "32"
+    )
+    assert code == 0, stderr
+    manifest = json.loads((tmp_path / "export" / "manifest.json").read_text())
+    image = manifest["image"]
+    assert (image["scale"], image["in_channels"], image["receptive_field"]) == (4, 1, 11)
+    assert image["tile"] == {**image["tile"], "size": 32, "margin": 11, "tiled": True}
+    assert image["test_set"] == "digits" and "receptive field 11 px" in stdout
 
 
 def test_sr_flags_override_the_preset() -> None:

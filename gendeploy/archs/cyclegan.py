@@ -53,6 +53,7 @@ class ResnetGenerator(nn.Module):
 
     size_multiple = 4
     scale = 1
+    value_range = (-1.0, 1.0)  # pixels in and out (tanh)
 
     def __init__(
         self,

@@ -72,6 +72,8 @@ class RRDB(nn.Module):
 class RRDBNet(nn.Module):
     """ESRGAN's generator. Defaults are the published x4 model's (RealESRGAN_x4plus, ESRGAN)."""
 
+    value_range = (0.0, 1.0)  # pixels in and out, as BasicSR trains it
+
     def __init__(
         self,
         in_channels: int = 3,

@@ -47,6 +47,7 @@ class ImageModel:
     out_channels: int
     size_multiple: int
     loaded_by: str  # "gendeploy.archs" or "spandrel"
+    value_range: tuple[float, float] = (0.0, 1.0)  # its pixels in and out (spandrel's: [0, 1])
 
 
 def load_image_model(path: Path | str) -> ImageModel:
@@ -167,6 +168,7 @@ def _loaded(found: Detected, state: dict[str, torch.Tensor], path: Path | str) -
         out_channels=out_channels,
         size_multiple=int(getattr(module, "size_multiple", 1)),
         loaded_by="gendeploy.archs",
+        value_range=getattr(module, "value_range", (0.0, 1.0)),
     )
 
 

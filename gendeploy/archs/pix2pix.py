@@ -79,6 +79,8 @@ class UnetLevel(nn.Module):
 class UnetGenerator(nn.Module):
     """pix2pix's U-Net: ``depth`` levels (8 for 256x256 images), ``features`` maps at the top."""
 
+    value_range = (-1.0, 1.0)  # pixels in and out (tanh)
+
     def __init__(
         self,
         in_channels: int = 3,

@@ -36,6 +36,7 @@ class SRVGGNetCompact(nn.Module):
     """Defaults are realesr-general-x4v3's shape (32 convolutions of 64 features, x4, PReLU)."""
 
     size_multiple = 1
+    value_range = (0.0, 1.0)  # pixels in and out, as BasicSR trains it
 
     def __init__(
         self,
