@@ -6,7 +6,7 @@ RUN    ?= runs/demo
 EXPORT ?= exports/demo
 REPO   ?= triton_repo
 
-.PHONY: help setup test test-fast lint typecheck demo bench bench-quick bench-cotenant soak gpu-check clean
+.PHONY: help setup test test-fast lint typecheck demo demo-sr bench bench-quick bench-cotenant soak gpu-check clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -37,6 +37,9 @@ typecheck: ## mypy on the package
 
 demo: ## train the default preset, export + gate it, serve it with Triton, generate a PNG grid
 	BIN=$(BIN) RUN=$(RUN) EXPORT=$(EXPORT) REPO=$(REPO) bash scripts/demo.sh
+
+demo-sr: ## the same for the x4 super-resolution preset: train, export, serve, upscale a PNG (~5 min)
+	BIN=$(BIN) REPO=$(REPO) bash scripts/demo_sr.sh
 
 clean: ## remove runs/, exports/ and generated triton_repo/ models
 	rm -rf runs exports
