@@ -89,6 +89,9 @@ def test_every_precision_exports_and_matches_eager_at_non_square_shapes_and_batc
         assert want.shape == (batch, 3, proof.scale * h, proof.scale * w)
         with OnnxRuntimeRunner(tmp_path / "e" / "fp32.onnx") as ort:
             assert np.abs(ort.run({INPUT_IMAGES: x}) - want).max() < 1e-4
+        with OnnxRuntimeRunner(tmp_path / "e" / "fp16.onnx") as ort:
+            half = ort.run({INPUT_IMAGES: x})  # float IO, FP16 inside
+            assert half.shape == want.shape and np.abs(half - want).max() < 0.05
         with OpenVINORunner(tmp_path / "e" / "int8.onnx") as ov:
             assert ov.precision.startswith("int8")
             got = ov.run({INPUT_IMAGES: x})
@@ -114,9 +117,16 @@ def test_a_published_state_dict_exports_through_load_image_model(
     # 32 convolutions at the input's size, 4 more at 2x and 4x: 33.25 input pixels
     assert image.loaded_by == "gendeploy.archs" and image.receptive_field == 34
     assert {a.name for a in manifest.artifacts} >= {"fp32", "fp16", "int8"}
-    x = to_model(synthetic_images(2, 11, 19, 3))  # odd, non-square
-    with OnnxRuntimeRunner(tmp_path / "e" / "fp32.onnx") as ort:
-        assert np.abs(ort.run({INPUT_IMAGES: x}) - eager_on(load_eager(manifest), x)).max() < 1e-4
+    module = load_eager(manifest)
+    for x in (to_model(synthetic_images(2, 11, 19, 3)), to_model(synthetic_images(1, 24, 8, 3))):
+        want = eager_on(module, x)  # odd and non-square, batch 2; non-square, batch 1
+        with OnnxRuntimeRunner(tmp_path / "e" / "fp32.onnx") as ort:
+            assert np.abs(ort.run({INPUT_IMAGES: x}) - want).max() < 1e-4
+        with OnnxRuntimeRunner(tmp_path / "e" / "fp16.onnx") as ort:
+            assert np.abs(ort.run({INPUT_IMAGES: x}) - want).max() < 0.05
+        with OpenVINORunner(tmp_path / "e" / "int8.onnx") as ov:
+            got = ov.run({INPUT_IMAGES: x})
+            assert got.shape == want.shape and np.abs(got - want).mean() < 0.05
 
 
 def test_a_digits_sr4x_checkpoint_exports_gated_on_digit_scans(

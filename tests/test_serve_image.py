@@ -52,9 +52,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     require_tritonserver()
     root = tmp_path_factory.mktemp("served_images")
     manifests, repo = {}, root / "repo"
-    # an x4 upscaler tiled in 16-pixel cores (FP32 and INT8), and a U-Net (sides multiples of
-    # 32: padded and cropped) run whole
-    for name, tile, int8 in (("srvgg", 16, True), ("unet", 64, False)):
+    # an x4 upscaler tiled in 16-pixel cores (FP32 and INT8), a U-Net (sides multiples of 32:
+    # padded and cropped) run whole, a CycleGAN ResNet (instance norm: never tiled)
+    for name, tile, int8 in (("srvgg", 16, True), ("unet", 64, False), ("cyclegan", 32, False)):
         proof = PROOF_MODELS[name]
         weights = fitted_weights(proof, root / f"{name}.safetensors")
         spec = ModelSpec(model=proof.factory, weights=weights)
@@ -122,6 +122,7 @@ def test_the_repository_declares_images_of_any_size_and_dynamic_siblings(served:
     ("srvgg_int8", 2, (24, 31)),
     ("unet", 1, (40, 70)),  # padded to 64 x 96, cropped back
     ("unet", 2, (32, 33)),
+    ("cyclegan", 2, (38, 50)),  # padded to multiples of 4, cropped back
 ])  # fmt: skip
 def test_served_images_equal_the_tiled_eager_model_at_any_size_and_batch(
     served: Served, protocol: str, model: str, batch: int, size: tuple[int, int]
@@ -152,6 +153,20 @@ def test_png_and_jpeg_bytes_are_decoded_by_the_server(served: Served, protocol: 
     close(from_png[1:], want)
     decoded = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"))
     close(from_jpeg, tiled_eager(served.manifests["srvgg"], decoded[None]))
+
+
+def test_an_image_larger_than_an_untiled_model_runs_whole_is_refused_with_one_line(
+    served: Served,
+) -> None:
+    image = served.manifests["cyclegan"].image
+    assert image is not None and not image.tile.tiled
+    side = image.tile.size + 2 * image.tile.margin + 4
+    with TritonRunner(served.url("http"), "cyclegan") as runner:
+        with pytest.raises(InferenceError) as refused:
+            runner.run({"image": images(1, side, 8)})
+        assert refused.value.status == "400" and "this model is not tiled" in str(refused.value)
+        good = images(1, 12, 16)
+        close(runner.run({"image": good}), tiled_eager(served.manifests["cyclegan"], good))
 
 
 def _corrupt_png() -> bytes:
