@@ -37,6 +37,9 @@ from gendeploy.errors import GendeployError, UsageError
 from gendeploy.fileio import atomic_write_bytes
 from gendeploy.manifest import INPUT_IMAGES, load_manifest
 from gendeploy.runtime.registry import RunnerContext, RunnerUnavailable, build_runner
+from gendeploy.runtime.triton import TritonRunner
+from gendeploy.serve.repo import RepoOptions, write_repo
+from gendeploy.serve.server import TritonServer
 from gendeploy.testimages import synthetic_images
 from gendeploy.tiling import render, to_model
 
@@ -224,9 +227,6 @@ def _served(
     """The python models of the export on a real tritonserver: megapixels per second of whole
     images sent as UINT8 over HTTP (one request at a time), tiled on the server, its engine on
     the bench's ``threads``."""
-    from gendeploy.runtime.triton import TritonRunner
-    from gendeploy.serve.repo import RepoOptions, write_repo
-    from gendeploy.serve.server import TritonServer
 
     rows: list[dict[str, Any]] = []
     served_rule = StabilityRule(window_s=0.5, max_windows=6)
