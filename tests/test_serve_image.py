@@ -42,6 +42,7 @@ class Served:
     server: TritonServer
     manifests: dict[str, Manifest]  # by model name
     repo: Path
+    exports: dict[str, Path]
 
     def url(self, protocol: str) -> str:
         return self.server.http_url if protocol == "http" else self.server.grpc_url
@@ -51,7 +52,7 @@ class Served:
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     require_tritonserver()
     root = tmp_path_factory.mktemp("served_images")
-    manifests, repo = {}, root / "repo"
+    manifests, exports, repo = {}, {}, root / "repo"
     # an x4 upscaler tiled in 16-pixel cores (FP32 and INT8), a U-Net (sides multiples of 32:
     # padded and cropped) run whole, a CycleGAN ResNet (instance norm: never tiled)
     for name, tile, int8 in (("srvgg", 16, True), ("unet", 64, False), ("cyclegan", 32, False)):
@@ -60,13 +61,13 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         spec = ModelSpec(model=proof.factory, weights=weights)
         out = root / "exports" / name
         export(spec, ExportOptions(int8=int8, max_batch=4, tile=tile), name=name, out=out)
-        manifests[name] = load_manifest(out)
+        manifests[name], exports[name] = load_manifest(out), out
         write_repo(out, repo, RepoOptions(queue_delay_us=0, max_megapixels=MAX_MEGAPIXELS))
     server = TritonServer(repo, log_path=root / "tritonserver.log")
     server.start()
     pgid = server.process.pid if server.process else 0
     try:
-        yield Served(server, manifests, repo)
+        yield Served(server, manifests, repo, exports)
     finally:
         server.stop()
     assert group_members(pgid) == [], "a python-backend stub outlived the server"
@@ -242,6 +243,28 @@ def test_the_upscale_command_refuses_a_bad_image_with_one_line_and_writes_nothin
     assert done.returncode != 0 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "not a PNG or JPEG file" in done.stderr
     assert not out.exists() and list(tmp_path.iterdir()) == [source]
+
+
+def test_the_upscale_command_runs_an_export_here_without_a_server(
+    served: Served, tmp_path: Path
+) -> None:
+    image = synthetic_image(41, 19, 3, 4)  # 3 x 2 tiles of 16
+    source, out = tmp_path / "photo.png", tmp_path / "out.webp"
+    source.write_bytes(png(image))
+    done = cli("upscale", str(source), "-o", str(out), "--export", str(served.exports["srvgg"]))
+    assert done.returncode == 0, done.stderr
+    assert "out.webp: 76 x 164 from" in done.stdout and "(here)" in done.stdout
+    with Image.open(out) as written:  # WebP is lossless only when asked: compare loosely
+        assert written.size == (76, 164)
+    png_out = tmp_path / "out.png"
+    done = cli("upscale", str(source), "-o", str(png_out), "--export", str(served.exports["srvgg"]))
+    assert done.returncode == 0, done.stderr
+    want = tiled_eager(served.manifests["srvgg"], image[None])
+    close(np.asarray(Image.open(png_out))[None], want)
+    bad = cli("upscale", str(tmp_path / "nope.png"), "-o", str(tmp_path / "x.png"),
+              "--export", str(served.exports["srvgg"]))  # fmt: skip
+    assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    assert not (tmp_path / "x.png").exists()
 
 
 def _peak_rss_mb(pids: list[int]) -> float:

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from gendeploy.cli.options import Threads
+from gendeploy.cli.options import Threads, use_threads
 from gendeploy.errors import UsageError
 from gendeploy.protocol import Protocol
 from gendeploy.serve.admin import KEY_ENV
@@ -243,15 +243,28 @@ def upscale_command(
         str, typer.Option(help="bytes: the file as it is (the server decodes it); pixels: UINT8.")
     ] = "bytes",
     timeout_s: Annotated[float, typer.Option(help="Give up on the server after this long.")] = 600,
+    export: Annotated[
+        Path | None,
+        typer.Option(help="Run this image export's ONNX here (tiled, a progress bar), no server."),
+    ] = None,
+    threads: Threads = None,
 ) -> None:
     """Upscale (or translate) an image with a served image-to-image model and write the result."""
     if url is not None and ready_file is not None:
         raise UsageError("pass --url or --ready-file, not both")
     from gendeploy.serve.client import find_server
-    from gendeploy.serve.upscale import Send, upscale_file
+    from gendeploy.serve.upscale import Send, upscale_file, upscale_local
 
     if send not in {s.value for s in Send}:
         raise UsageError(f"--send must be bytes or pixels, got {send!r}")
+    if export is not None:
+        if url is not None or ready_file is not None or model is not None:
+            raise UsageError("--export runs here: drop --url, --ready-file and --model")
+        use_threads(threads)
+        done = upscale_local(image, out, export, threads=threads)
+        (w, h), (ow, oh) = done.size_in, done.size_out
+        typer.echo(f"{out}: {ow} x {oh} from {image} ({w} x {h}) by {done.model} (here)")
+        return
     url, models = find_server(url, ready_file, protocol.value, wait_s)
     done = upscale_file(
         image,
