@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from image_models import PROOF_MODELS, ProofModel, fitted_weights
 
 from gendeploy.errors import PictureQualityError, UsageError
 from gendeploy.export.api import export
-from gendeploy.export.image_gate import ImageQualityGate, image_reference
+from gendeploy.export.image_gate import ImageQualityGate, digits_mosaics, image_reference
 from gendeploy.export.image_probe import gate_shapes
 from gendeploy.export.options import ExportOptions, ModelSpec
 from gendeploy.export.source import load_eager, load_spec
@@ -25,6 +26,7 @@ from gendeploy.runtime.onnxrt import OnnxRuntimeRunner
 from gendeploy.runtime.openvino import OpenVINORunner
 from gendeploy.testimages import synthetic_images
 from gendeploy.tiling import to_model
+from gendeploy.trainer.checkpoint import load_checkpoint, save_checkpoint
 from gendeploy.trainer.config import Arch, ModelConfig
 
 SR_CONFIG = ModelConfig(arch=Arch.srgan, image_size=32, scale=4, width=8, blocks=1)
@@ -133,10 +135,13 @@ def test_a_digits_sr4x_checkpoint_exports_gated_on_digit_scans(
     make_checkpoint: Callable[..., Path], tmp_path: Path
 ) -> None:
     checkpoint = make_checkpoint(SR_CONFIG, run="digits-sr4x")
-    manifest = export(ModelSpec(checkpoint=checkpoint), ExportOptions(tile=24, max_batch=8),
-                      out=tmp_path / "e")  # fmt: skip
+    trained = replace(load_checkpoint(checkpoint), train_config={"dataset": "digits",
+                                                                 "input_blur": 1.0})  # fmt: skip
+    save_checkpoint(trained, checkpoint)  # as the digits-sr4x preset records its data
+    options = ExportOptions(tile=24, max_batch=8, fp16=True, int8=True)
+    manifest = export(ModelSpec(checkpoint=checkpoint), options, out=tmp_path / "e")
     image = manifest.image
-    assert image is not None and manifest.name == "digits-sr4x"
+    assert image is not None and manifest.name == "digits-sr4x" and image.test_set == "digits"
     # 5 convolutions at the input's size: the head, one residual block's two, the body's, the
     # one into the sub-pixel maps
     assert (image.scale, image.in_channels, image.receptive_field) == (4, 1, 5)
@@ -147,6 +152,20 @@ def test_a_digits_sr4x_checkpoint_exports_gated_on_digit_scans(
     assert manifest.artifact("fp32").validation["passed"]
     on_disk = json.loads((tmp_path / "e" / "manifest.json").read_text())
     assert on_disk["image"]["tile"]["checked_shape"] == [167, 171]
+    # FP32, FP16 and INT8 against eager: non-square, odd, batch 1 and 3
+    assert {a.name for a in manifest.artifacts} >= {"fp32", "fp16", "int8"}
+    module = load_eager(manifest)
+    for batch, (h, w) in ((1, (9, 20)), (3, (16, 11))):
+        x = to_model(digits_mosaics(h, w, 1, batch, seed=3, blur=1.0))
+        want = eager_on(module, x)
+        assert want.shape == (batch, 1, 4 * h, 4 * w)
+        limits = {"fp32.onnx": 1e-4, "fp16.onnx": 0.05}
+        for file, limit in limits.items():
+            with OnnxRuntimeRunner(tmp_path / "e" / file) as ort:
+                assert np.abs(ort.run({INPUT_IMAGES: x}) - want).max() < limit, file
+        with OpenVINORunner(tmp_path / "e" / "int8.onnx") as ov:
+            assert np.abs(ov.run({INPUT_IMAGES: x}) - want).mean() < 0.05
+    assert manifest.artifact("int8").extra["calibration"]["inputs"].startswith("digits")
 
 
 def test_an_image_model_refuses_flags_it_cannot_honour_with_one_line(

@@ -54,7 +54,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     root = tmp_path_factory.mktemp("served_images")
     manifests, exports, repo = {}, {}, root / "repo"
     # an x4 upscaler tiled in 16-pixel cores (FP32 and INT8), a U-Net (sides multiples of 32:
-    # padded and cropped) run whole, a CycleGAN ResNet (instance norm: never tiled)
+    # padded and cropped) run whole, a CycleGAN ResNet (instance norm: never tiled); RRDBNet is
+    # served in a slow test of its own
     for name, tile, int8 in (("srvgg", 16, True), ("unet", 64, False), ("cyclegan", 32, False)):
         proof = PROOF_MODELS[name]
         weights = fitted_weights(proof, root / f"{name}.safetensors")
@@ -265,6 +266,25 @@ def test_the_upscale_command_runs_an_export_here_without_a_server(
               "--export", str(served.exports["srvgg"]))  # fmt: skip
     assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
     assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.slow  # RRDBNet's dense blocks make its export slow: about two minutes here
+def test_a_served_rrdbnet_equals_its_tiled_eager_model(tmp_path: Path) -> None:
+    require_tritonserver()
+    proof = PROOF_MODELS["rrdbnet"]
+    spec = ModelSpec(model=proof.factory, weights=fitted_weights(proof, tmp_path / "w.safetensors"))
+    export(spec, ExportOptions(max_batch=4, tile=16), name="rrdbnet", out=tmp_path / "e")
+    write_repo(tmp_path / "e", tmp_path / "repo", RepoOptions(queue_delay_us=0))
+    server = TritonServer(tmp_path / "repo", log_path=tmp_path / "tritonserver.log")
+    server.start()
+    try:
+        for protocol, batch, size in (("http", 2, (19, 23)), ("grpc", 1, (33, 12))):
+            sent = images(batch, *size, seed=batch)
+            url = server.http_url if protocol == "http" else server.grpc_url
+            with TritonRunner(url, "rrdbnet", protocol) as runner:
+                close(runner.run({"image": sent}), tiled_eager(load_manifest(tmp_path / "e"), sent))
+    finally:
+        server.stop()
 
 
 def _peak_rss_mb(pids: list[int]) -> float:
