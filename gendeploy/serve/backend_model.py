@@ -226,7 +226,9 @@ def load_sibling(version_dir: str, name: str) -> Any:
 class ImageServer:
     """The image-to-image side of the served model: checks, tiles, runs ``engine``, renders."""
 
-    def __init__(self, image: dict[str, Any], engine: Any, params: dict[str, str], tiling: Any):
+    def __init__(
+        self, image: dict[str, Any], engine: Any, params: dict[str, str], tiling: Any
+    ) -> None:
         tile = image["tile"]
         self.tiling = tiling
         self.geometry = tiling.Geometry(
