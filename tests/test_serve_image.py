@@ -330,3 +330,18 @@ def test_a_2048_pixel_photo_is_upscaled_with_bounded_memory(tmp_path: Path) -> N
     # receptive field, so a crop with room around it draws the same pixels)
     corner = tiled_eager(load_manifest(tmp_path / "e"), photo[None, :300, :300])[0, :1000, :1000]
     close(got[:, :1000, :1000], corner[None])
+
+
+def test_the_repo_command_sets_the_megapixel_limit_and_generate_points_to_upscale(
+    served: Served, tmp_path: Path
+) -> None:
+    done = cli("repo", str(served.exports["srvgg"]), "--repo", str(tmp_path / "repo"),
+               "--max-megapixels", "1.5")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    config = parse_config((tmp_path / "repo" / "srvgg" / "config.pbtxt").read_text())
+    assert config.parameters["max_megapixels"].string_value == "1.5"
+    refused = cli("generate", "--model", "srvgg", "--url", served.url("http"), "-o",
+                  str(tmp_path / "grid.png"))  # fmt: skip
+    assert refused.returncode != 0 and len(refused.stderr.strip().splitlines()) == 1
+    assert "is image-to-image: `gendeploy upscale" in refused.stderr
+    assert not (tmp_path / "grid.png").exists()
