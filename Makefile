@@ -6,7 +6,7 @@ RUN    ?= runs/demo
 EXPORT ?= exports/demo
 REPO   ?= triton_repo
 
-.PHONY: help setup test test-fast lint typecheck demo bench bench-quick bench-served bench-cotenant soak gpu-check clean
+.PHONY: help setup test test-fast lint typecheck demo demo-sr bench bench-quick bench-served bench-images bench-cotenant soak gpu-check clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -38,12 +38,20 @@ typecheck: ## mypy on the package
 demo: ## train the default preset, export + gate it, serve it with Triton, generate a PNG grid
 	BIN=$(BIN) RUN=$(RUN) EXPORT=$(EXPORT) REPO=$(REPO) bash scripts/demo.sh
 
+demo-sr: ## the same for the x4 super-resolution preset: train, export, serve, upscale a PNG (~5 min)
+	BIN=$(BIN) REPO=$(REPO) bash scripts/demo_sr.sh
+
 clean: ## remove runs/, exports/ and generated triton_repo/ models
 	rm -rf runs exports
 	find $(REPO) -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +
 
 bench: ## the default bench suite (~4-10 min here); report under bench/
 	$(BIN)/gendeploy bench --suite default --out bench
+
+bench-images: ## the image-to-image bench of exports/digits-sr4x (MP/s, peaks, PSNR, served); bench/images
+	test -f exports/digits-sr4x/manifest.json || ( $(BIN)/gendeploy train --preset digits-sr4x && \
+	  $(BIN)/gendeploy export runs/digits-sr4x/checkpoint.pt --fp16 --int8 )
+	$(BIN)/python -m gendeploy.bench.images --export exports/digits-sr4x --out bench/images --threads 1
 
 bench-quick: ## a ~1 min bench of the demo model
 	$(BIN)/gendeploy bench --suite quick --out bench/quick

@@ -7,7 +7,8 @@ the bench look artifacts up in it: nothing learns what an artifact is from its n
 
 ``manifest.json`` is the one description of one export, read by every later step (serve, bench):
 they read only the manifest (and the files it names) and never re-derive what export recorded.
-``schema_version`` is checked on load.
+``schema_version`` is checked on load: 2 added ``image`` (image-to-image exports); a version 1
+manifest (none) is read as it was written.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from gendeploy.errors import ExportError
+from gendeploy.tiling import Geometry
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1: before ``image``; read with image = None
 MANIFEST_NAME = "manifest.json"
 
 
@@ -188,13 +191,14 @@ class NoiseMode(str, Enum):
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """A named tensor; ``-1`` marks the dynamic batch axis (always axis 0)."""
+    """A named tensor; ``-1`` marks a dynamic axis: the batch (always axis 0), and height and
+    width of an image-to-image model's images."""
 
     name: str
     dtype: str  # numpy dtype name: "float32", "int64", "uint8"
     shape: list[int]
     layout: str = ""  # "NCHW" / "NHWC" for images
-    value_range: list[int] | None = None  # labels: [0, num_classes - 1]
+    value_range: list[int] | None = None  # labels: [0, num_classes - 1]; images: [-1, 1]
 
 
 @dataclass(frozen=True)
@@ -287,6 +291,73 @@ class Interface:
         return cls(**d)
 
 
+INPUT_IMAGES = "input_images"  # an image-to-image artifact's input (its output is "images")
+
+
+def image_specs(in_channels: int, out_channels: int) -> tuple[TensorSpec, TensorSpec]:
+    """An image-to-image artifact's input and output: float NCHW in [-1, 1], N, H, W dynamic."""
+    return (
+        TensorSpec(INPUT_IMAGES, "float32", [-1, in_channels, -1, -1], "NCHW", [-1, 1]),
+        TensorSpec("images", "float32", [-1, out_channels, -1, -1], "NCHW", [-1, 1]),
+    )
+
+
+@dataclass
+class TileRecord:
+    """How the served model tiles an image (``gendeploy/tiling.py``), and what the export's gate
+    measured when it tiled a test image the same way in FP32 eager."""
+
+    size: int  # a core's side, input pixels
+    margin: int  # read around each core, input pixels
+    tiled: bool  # False: images up to one window run whole, larger ones are refused
+    checked_shape: list[int]  # [H, W] of the test image tiled and run whole
+    max_level_diff: float  # tiled vs whole, worst pixel in levels of 255
+    psnr_db: float  # tiled vs whole, rendered uint8
+    why: str = ""  # how the margin was chosen, or why the model is not tiled
+
+
+@dataclass
+class ImageIO:
+    """An image-to-image export: ``[N, in_channels, H, W]`` in, ``[N, out_channels, scale*H,
+    scale*W]`` out, float in [-1, 1] both ways (``value_range`` is the model's own, mapped to
+    [-1, 1] inside the graph), H and W dynamic within what the probe found.
+
+    Every figure here was measured at export (``export/image_probe.py``): the scale and the size
+    constraints from output shapes, the receptive field from gradients, the tile by running a
+    test image tiled and whole."""
+
+    arch: str
+    scale: int
+    in_channels: int
+    out_channels: int
+    size_multiple: int  # every side a multiple of it
+    min_side: int  # the smallest side that runs
+    value_range: list[float]  # the model's own pixel range: [0, 1] or [-1, 1]
+    # input pixels each side an output pixel depends on; None: beyond what the probe measured
+    # (``receptive_field_probed`` pixels), the whole image where a norm spans it
+    receptive_field: int | None
+    receptive_field_probed: int
+    tile: TileRecord
+    gate_shapes: list[list[int]] = field(default_factory=list)  # [H, W] the gate ran
+    loaded_by: str = ""  # "gendeploy.archs", "spandrel", "checkpoint", "--model"
+    test_set: str = "synthetic"  # the gate's test images: "synthetic" or "digits"
+
+    def geometry(self) -> Geometry:
+        """How ``gendeploy.tiling`` runs it."""
+        return Geometry(
+            scale=self.scale,
+            size_multiple=self.size_multiple,
+            min_side=self.min_side,
+            tile=self.tile.size,
+            margin=self.tile.margin,
+            tiled=self.tile.tiled,
+        )
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ImageIO:
+        return cls(**{**d, "tile": TileRecord(**d["tile"])})
+
+
 @dataclass
 class Manifest:
     name: str
@@ -305,6 +376,7 @@ class Manifest:
     fingerprint: str = ""  # sha256 of source + options: an identical re-export is a no-op
     timings: dict[str, float] = field(default_factory=dict)  # seconds per export step
     interface: Interface = field(default_factory=Interface)
+    image: ImageIO | None = None  # an image-to-image model (latent_dim and num_classes are 0)
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -338,6 +410,7 @@ class Manifest:
         d["batch"] = BatchProfile(**d["batch"])
         d["artifacts"] = [_artifact_from_dict(a) for a in d["artifacts"]]
         d["interface"] = Interface.from_dict(d.get("interface") or {})
+        d["image"] = ImageIO.from_dict(d["image"]) if d.get("image") else None
         return cls(**d)
 
 
@@ -379,9 +452,10 @@ def load_manifest(export_dir: Path | str) -> Manifest:
             f"{path} is not valid JSON ({e}); re-run `gendeploy export --force`"
         ) from None
     version = data.get("schema_version") if isinstance(data, dict) else None
-    if version != SCHEMA_VERSION:
+    if version not in READABLE_VERSIONS:
+        readable = ", ".join(map(str, READABLE_VERSIONS))
         raise ExportError(
-            f"{path} has manifest schema {version}, this gendeploy reads {SCHEMA_VERSION}; "
+            f"{path} has manifest schema {version}, this gendeploy reads {readable}; "
             "re-export with this version"
         )
     try:

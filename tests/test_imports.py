@@ -55,9 +55,11 @@ LAYERS: tuple[frozenset[str], ...] = (
             "gendeploy.manifest",
             "gendeploy.protocol",
             "gendeploy.seeds",
+            "gendeploy.testimages",
+            "gendeploy.tiling",
         }
     ),
-    frozenset({"gendeploy.trainer", "gendeploy.runtime"}),
+    frozenset({"gendeploy.trainer", "gendeploy.runtime", "gendeploy.archs"}),
     frozenset({"gendeploy.export", "gendeploy.serve"}),
     frozenset({"gendeploy.bench"}),
     frozenset({"gendeploy.tune", "gendeploy.deploy"}),

@@ -3,6 +3,10 @@
 The peak is the fastest call of a square matmul over the GEMM libraries present: torch (MKL /
 oneDNN), ONNX Runtime (MLAS) and OpenVINO (oneDNN); on the GPU, torch alone. On this AMD EPYC they
 differed by up to 20% (FP32: OpenVINO fastest), so a single library would understate the peak.
+
+INT8 (CPU): ONNX Runtime's ``MatMulInteger`` (u8 x s8, int32 sums: MLAS's kernels) and OpenVINO on
+a ``QuantizeLinear`` / ``DequantizeLinear`` MatMul (what NNCF's INT8 models hold; OpenVINO runs it
+in u8 x s8); "GFLOP/s" there counts integer multiply-adds as 2 operations, as for floats.
 """
 
 from __future__ import annotations
@@ -56,6 +60,39 @@ def _matmul_onnx(size: int) -> bytes:
     return bytes(model.SerializeToString())
 
 
+def _int8_onnx(size: int, qdq: bool) -> bytes:
+    """``MatMulInteger`` on u8 x s8 inputs (ONNX Runtime), or a float MatMul between
+    Quantize/DequantizeLinear pairs (OpenVINO's INT8 form)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    float_in = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [size, size]) for n in "AB"]
+    if not qdq:
+        ints = [
+            helper.make_tensor_value_info("A", TensorProto.UINT8, [size, size]),
+            helper.make_tensor_value_info("B", TensorProto.INT8, [size, size]),
+        ]
+        out = helper.make_tensor_value_info("C", TensorProto.INT32, [size, size])
+        nodes = [helper.make_node("MatMulInteger", ["A", "B"], ["C"])]
+        graph = helper.make_graph(nodes, "mm_int8", ints, [out])
+    else:
+        inits = [
+            numpy_helper.from_array(np.array(0.05, np.float32), "scale"),
+            numpy_helper.from_array(np.array(128, np.uint8), "zero_u8"),
+            numpy_helper.from_array(np.array(0, np.int8), "zero_s8"),
+        ]
+        nodes = []
+        for name, zero in (("A", "zero_u8"), ("B", "zero_s8")):
+            nodes.append(helper.make_node("QuantizeLinear", [name, "scale", zero], [name + "q"]))
+            nodes.append(
+                helper.make_node("DequantizeLinear", [name + "q", "scale", zero], [name + "d"])
+            )
+        nodes.append(helper.make_node("MatMul", ["Ad", "Bd"], ["C"]))
+        out = helper.make_tensor_value_info("C", TensorProto.FLOAT, [size, size])
+        graph = helper.make_graph(nodes, "mm_qdq", float_in, [out], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return bytes(model.SerializeToString())
+
+
 def _feeds(size: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
     return {n: rng.standard_normal((size, size), dtype=np.float32) for n in "AB"}
@@ -67,8 +104,15 @@ def _onnxruntime_mm(size: int, dtype: str, threads: int) -> Callable[[], object]
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = 3
-    session = ort.InferenceSession(_matmul_onnx(size), options, ["CPUExecutionProvider"])
+    graph = _int8_onnx(size, qdq=False) if dtype == "int8" else _matmul_onnx(size)
+    session = ort.InferenceSession(graph, options, ["CPUExecutionProvider"])
     feeds = _feeds(size)
+    if dtype == "int8":
+        rng = np.random.default_rng(0)
+        feeds = {
+            "A": rng.integers(0, 256, (size, size), dtype=np.uint8),
+            "B": rng.integers(-128, 128, (size, size), dtype=np.int8),
+        }
     return lambda: session.run(None, feeds)
 
 
@@ -76,8 +120,9 @@ def _openvino_mm(size: int, dtype: str, threads: int) -> Callable[[], object]:
     import openvino as ov
 
     core = ov.Core()
-    model = core.read_model(_matmul_onnx(size), b"")
-    config = {"INFERENCE_PRECISION_HINT": "f32" if dtype == "fp32" else "bf16"}
+    graph = _int8_onnx(size, qdq=True) if dtype == "int8" else _matmul_onnx(size)
+    model = core.read_model(graph, b"")
+    config = {"INFERENCE_PRECISION_HINT": "bf16" if dtype == "bf16" else "f32"}
     compiled = core.compile_model(model, "CPU", {**config, "INFERENCE_NUM_THREADS": threads})
     request, feeds = compiled.create_infer_request(), _feeds(size)
     return lambda: request.infer(feeds)
@@ -88,8 +133,8 @@ LIBRARIES: dict[
 ] = {
     # name -> (module that must exist, builder, dtypes it computes natively)
     "torch": ("torch", _torch_mm, ("fp32", "bf16", "fp16")),
-    "onnxruntime": ("onnxruntime", _onnxruntime_mm, ("fp32",)),
-    "openvino": ("openvino", _openvino_mm, ("fp32", "bf16")),
+    "onnxruntime": ("onnxruntime", _onnxruntime_mm, ("fp32", "int8")),
+    "openvino": ("openvino", _openvino_mm, ("fp32", "bf16", "int8")),
 }
 
 
@@ -121,10 +166,25 @@ def matmul_peak(
 
 
 def peak_dtypes() -> list[str]:
-    """Precisions with matmul units here: fp32 always; bf16 / fp16 where the hardware has them."""
+    """Precisions with matmul units here: fp32 always; bf16 / fp16 where the hardware has them;
+    int8 on the CPU where ONNX Runtime or OpenVINO can run it."""
     if torch.cuda.is_available():
         return ["fp32", "bf16", "fp16"] if torch.cuda.is_bf16_supported() else ["fp32", "fp16"]
-    return ["fp32", "bf16"] if bf16_supported() else ["fp32"]
+    found = ["fp32", "bf16"] if bf16_supported() else ["fp32"]
+    if any(importlib.util.find_spec(m) for m in ("onnxruntime", "openvino")):
+        found.append("int8")
+    return found
+
+
+def peak_for(precision: str, peaks: dict[str, float]) -> tuple[str, float]:
+    """(dtype, GFLOP/s) of the peak a row that executed ``precision`` is a share of: the first
+    part of ``"int8+fp32"`` (layers kept in float run beside INT8 ones) with a peak measured,
+    else FP32's."""
+    for part in precision.replace("(", "+").split("+"):
+        part = part.strip()
+        if part in peaks:
+            return part, peaks[part]
+    return "fp32", peaks.get("fp32", 0.0)
 
 
 def bf16_supported() -> bool:

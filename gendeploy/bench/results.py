@@ -42,6 +42,10 @@ class CellResult:
     # of the best FP32 matmul peak of the whole run (bf16 may pass 1.0): set once by run_bench,
     # when both peak measurements are in
     peak_fraction: float = 0.0
+    # of the peak of the precision it executed (``peak.peak_for``: int8 rows of the INT8 matmul
+    # peak), and which that was
+    precision_peak_fraction: float = 0.0
+    peak_dtype: str = "fp32"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

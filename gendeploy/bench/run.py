@@ -103,9 +103,12 @@ def run_bench(
         for k in peaks_start
     }
     fp32_peak = report.peaks["fp32"].gflops
-    for m in models:  # fractions of the best FP32 peak seen in the whole run
+    by_dtype = {k: v.gflops for k, v in report.peaks.items()}
+    for m in models:  # fractions of the best peaks seen in the whole run
         for c in m.cells:
             c.peak_fraction = round(c.gflops / fp32_peak, 4) if fp32_peak else 0.0
+            c.peak_dtype, own = peak.peak_for(c.precision, by_dtype)
+            c.precision_peak_fraction = round(c.gflops / own, 4) if own else 0.0
     report.models = models
     served = [m.served for m in models if m.served is not None and m.served.triton_version]
     if served:

@@ -88,9 +88,29 @@ def export_command(
         NoiseMode,
         Opt(help="--model: const (noise buffers as they are) or seeded (drawn per request)."),
     ] = NoiseMode.const,
+    tile: Annotated[
+        int,
+        Opt(help="Image-to-image: a tile's side in input pixels (0: 128, to the size multiple)."),
+    ] = 0,
+    tile_margin: Annotated[
+        int | None,
+        Opt(help="Image-to-image: pixels read around each tile.", show_default="measured"),
+    ] = None,
+    in_channels: Annotated[
+        int | None, Opt(help="Image-to-image --model: input channels (default: probed).")
+    ] = None,
+    scale: Annotated[
+        int | None, Opt(help="Image-to-image --model: its scale, checked against the probe.")
+    ] = None,
+    value_range: Annotated[
+        str | None,
+        Opt(help="Image-to-image --model: its pixels, 0,1 or -1,1 (default: its value_range)."),
+    ] = None,
     threads: Threads = None,
 ) -> None:
-    """Export a generator to gated ONNX (FP32, uint8, FP16, INT8) and TensorRT, with a manifest."""
+    """Export a generator, or an image-to-image model (a digits-sr4x checkpoint, a published
+    .safetensors/.pth, or --model without --latent-dim), to gated ONNX (FP32, uint8, FP16, INT8)
+    and TensorRT, with a manifest."""
     from gendeploy.export.api import export
     from gendeploy.export.options import ExportOptions, ModelSpec
     from gendeploy.export.signature import parse_forward_kwargs
@@ -104,6 +124,8 @@ def export_command(
         int8=int8,
         calibration_samples=calibration_samples,
         max_frechet_ratio=max_frechet_ratio,
+        tile=tile,
+        tile_margin=tile_margin,
     )
     spec = ModelSpec(
         checkpoint=checkpoint,
@@ -115,6 +137,9 @@ def export_command(
         forward_kwargs=parse_forward_kwargs(forward_kwargs) if forward_kwargs else None,
         noise=noise.value,
         random_weights=random_weights,
+        in_channels=in_channels,
+        scale=scale,
+        value_range=_parse_range(value_range) if value_range is not None else None,
     )
     use_threads(threads)
     manifest = export(
@@ -174,6 +199,14 @@ def _parse_shape(text: str) -> tuple[int, int, int]:
     except ValueError:
         raise UsageError(f"--image-shape must be C,H,W (e.g. 3,64,64), got {text!r}") from None
     return c, h, w
+
+
+def _parse_range(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise UsageError(f"--value-range must be 0,1 or -1,1, got {text!r}") from None
+    return lo, hi
 
 
 def register(app: typer.Typer) -> None:

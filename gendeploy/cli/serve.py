@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from gendeploy.cli.options import Threads
+from gendeploy.cli.options import Threads, use_threads
 from gendeploy.errors import UsageError
 from gendeploy.protocol import Protocol
 from gendeploy.serve.admin import KEY_ENV
@@ -46,6 +46,9 @@ def repo_command(
             "(docs/served-path.md)."
         ),
     ] = 0,
+    max_megapixels: Annotated[
+        float, typer.Option(help="Image-to-image: input pixels a request may hold (millions).")
+    ] = 4.2,
 ) -> None:
     """Write (or add a version to) the Triton models of an export."""
     from gendeploy.serve.repo import RepoOptions, write_repo
@@ -58,6 +61,7 @@ def repo_command(
         keep_versions,
         gpu,
         max_queue_size=max_queue_size,
+        max_megapixels=max_megapixels,
     )
     for model in write_repo(export_dir, repo, options):
         state = "new version" if model.new else "unchanged"
@@ -226,8 +230,72 @@ def generate_command(
     )
 
 
+def upscale_command(
+    image: Annotated[Path, typer.Argument(help="PNG or JPEG file to send.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="File to write (.png, .jpg, .webp).")],
+    model: Annotated[str | None, typer.Option(help="Served model (default: the only one).")] = None,
+    url: Annotated[
+        str | None,
+        typer.Option(
+            help="Server host:port for --protocol (default: the running `gendeploy serve`, "
+            "else 127.0.0.1:8000 / 8001)."
+        ),
+    ] = None,
+    ready_file: Annotated[
+        Path | None, typer.Option(help="Read the URL from `gendeploy serve --ready-file`.")
+    ] = None,
+    wait_s: Annotated[
+        float, typer.Option(help="Wait this long for --ready-file to appear (server starting).")
+    ] = 0.0,
+    protocol: Annotated[
+        Protocol, typer.Option(help="What to speak to the server.")
+    ] = Protocol.http,
+    send: Annotated[
+        str, typer.Option(help="bytes: the file as it is (the server decodes it); pixels: UINT8.")
+    ] = "bytes",
+    timeout_s: Annotated[float, typer.Option(help="Give up on the server after this long.")] = 600,
+    export: Annotated[
+        Path | None,
+        typer.Option(help="Run this image export's ONNX here (tiled, a progress bar), no server."),
+    ] = None,
+    threads: Threads = None,
+) -> None:
+    """Upscale (or translate) an image with a served image-to-image model and write the result."""
+    if url is not None and ready_file is not None:
+        raise UsageError("pass --url or --ready-file, not both")
+    from gendeploy.serve.client import find_server
+    from gendeploy.serve.upscale import Send, upscale_file, upscale_local
+
+    if send not in {s.value for s in Send}:
+        raise UsageError(f"--send must be bytes or pixels, got {send!r}")
+    if export is not None:
+        if url is not None or ready_file is not None or model is not None:
+            raise UsageError("--export runs here: drop --url, --ready-file and --model")
+        use_threads(threads)
+        done = upscale_local(image, out, export, threads=threads)
+        (w, h), (ow, oh) = done.size_in, done.size_out
+        typer.echo(f"{out}: {ow} x {oh} from {image} ({w} x {h}) by {done.model} (here)")
+        return
+    url, models = find_server(url, ready_file, protocol.value, wait_s)
+    done = upscale_file(
+        image,
+        out,
+        url,
+        model,
+        protocol.value,
+        Send(send),
+        served_models=models,
+        timeout_s=timeout_s,
+    )
+    (w, h), (ow, oh) = done.size_in, done.size_out
+    typer.echo(
+        f"{out}: {ow} x {oh} from {image} ({w} x {h}) by {done.model} ({protocol.value} {url})"
+    )
+
+
 def register(app: typer.Typer) -> None:
     """Add this module's commands to ``app``."""
     app.command("repo")(repo_command)
     app.command("serve")(serve_command)
     app.command("generate")(generate_command)
+    app.command("upscale")(upscale_command)

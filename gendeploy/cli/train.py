@@ -11,10 +11,17 @@ import typer
 from gendeploy.cli.help import LateHelp, Params
 from gendeploy.cli.options import Threads, use_threads
 from gendeploy.errors import UsageError
-from gendeploy.trainer.config import DEFAULT_PRESET, Arch, DatasetName, PresetName, preset
+from gendeploy.trainer.config import (
+    DEFAULT_PRESET,
+    Arch,
+    DatasetName,
+    GanLoss,
+    PresetName,
+    preset,
+)
 
 if TYPE_CHECKING:
-    from gendeploy.trainer.quality import QualityReport
+    from gendeploy.trainer.quality import QualityReport, UpscaleReport
 
 Opt = typer.Option
 
@@ -27,10 +34,14 @@ PRESET_DEFAULTS = {
     "num_classes": ("model", "num_classes"),
     "width": ("model", "width"),
     "latent_dim": ("model", "latent_dim"),
+    "scale": ("model", "scale"),
     "steps": ("train", "steps"),
     "batch_size": ("train", "batch_size"),
     "lr": ("train", "lr"),
     "ema": ("train", "ema_decay"),
+    "gan_loss": ("train", "gan_loss"),
+    "adversarial_weight": ("train", "adversarial_weight"),
+    "input_blur": ("train", "input_blur"),
     "seed": ("train", "seed"),
     "sample_every": ("train", "sample_every"),
     "checkpoint_every": ("train", "checkpoint_every"),
@@ -71,10 +82,24 @@ def train_command(
     ] = None,
     width: Annotated[int | None, Opt(help="Feature width (DCGAN ngf/ndf).")] = None,
     latent_dim: Annotated[int | None, Opt(help="Latent size.")] = None,
+    scale: Annotated[
+        int | None, Opt(help="srgan: upscaling factor (2, 4 or 8); --image-size is the output's.")
+    ] = None,
     steps: Annotated[int | None, Opt(help="Total training steps.")] = None,
     batch_size: Annotated[int | None, Opt(help="Batch size per process.")] = None,
     lr: Annotated[float | None, Opt(help="Adam learning rate.")] = None,
     ema: Annotated[float | None, Opt(help="Generator EMA decay; 0 disables.")] = None,
+    gan_loss: Annotated[
+        GanLoss | None,
+        Opt(help="srgan: the adversarial loss (relativistic: ESRGAN's relativistic average)."),
+    ] = None,
+    adversarial_weight: Annotated[
+        float | None, Opt(help="srgan: weight of the adversarial loss beside L1 (weight 1).")
+    ] = None,
+    input_blur: Annotated[
+        float | None,
+        Opt(help="srgan: Gaussian blur (sigma, input pixels) of the inputs; 0: as they are."),
+    ] = None,
     seed: Annotated[int | None, Opt(help="Random seed.")] = None,
     sample_every: Annotated[int | None, Opt(help="Steps between sample grids.")] = None,
     checkpoint_every: Annotated[int | None, Opt(help="Steps between checkpoints.")] = None,
@@ -87,7 +112,8 @@ def train_command(
     ] = "auto",
     threads: Threads = None,
 ) -> None:
-    """Train a GAN generator; writes checkpoint, samples, loss curve and quality report.
+    """Train a GAN generator (or upscaler: --preset digits-sr4x); writes checkpoint, samples, loss
+    curve and quality report.
 
     With --resume the run in --out (default runs/<preset>) continues with its own settings (flags
     may repeat them); only --steps, --sample-every, --checkpoint-every and --no-eval may change.
@@ -104,11 +130,15 @@ def train_command(
         "num_classes": num_classes,
         "width": width,
         "latent_dim": latent_dim,
+        "scale": scale,
         "dataset": dataset,
         "data_path": str(data_path.resolve()) if data_path else None,  # resumable from anywhere
         "batch_size": batch_size,
         "lr": lr,
         "ema_decay": ema,
+        "gan_loss": gan_loss,
+        "adversarial_weight": adversarial_weight,
+        "input_blur": input_blur,
         "seed": seed,
     }
     schedule = {
@@ -143,17 +173,23 @@ def eval_command(
     ],
     seed: Annotated[int, Opt(help="Seed for the generated samples.")] = 0,
 ) -> None:
-    """Score a checkpoint on digits: label accuracy, class coverage, Frechet distance."""
+    """Score a checkpoint on digits: label accuracy, class coverage, Frechet distance; an upscaler
+    beside bicubic: PSNR, SSIM and how often its digits are read right."""
     from gendeploy.export.source import resolve_checkpoint
     from gendeploy.trainer.quality import evaluate_checkpoint
 
     _print_quality(evaluate_checkpoint(resolve_checkpoint(checkpoint), seed))
 
 
-def _print_quality(q: QualityReport) -> None:
+def _print_quality(q: QualityReport | UpscaleReport) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from gendeploy.trainer.quality import UpscaleReport
+
+    if isinstance(q, UpscaleReport):
+        _print_upscale_quality(q)
+        return
     table = Table(title="sample quality (digits classifier)")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -165,6 +201,26 @@ def _print_quality(q: QualityReport) -> None:
     table.add_row("Frechet baseline (train vs held-out)", f"{q.frechet_baseline:.3f}")
     table.add_row("Frechet ratio", f"{q.frechet_ratio:.2f}x")
     Console().print(table)
+
+
+def _print_upscale_quality(q: UpscaleReport) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"x{q.scale} upscaling, {q.samples} held-out digits")
+    for column in ("metric", "model", "bicubic"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    table.add_row("PSNR to the 32x32 target (dB)", f"{q.psnr:.2f}", f"{q.psnr_bicubic:.2f}")
+    table.add_row("SSIM to the target", f"{q.ssim:.4f}", f"{q.ssim_bicubic:.4f}")
+    table.add_row(
+        "read as the right digit",
+        f"{q.label_accuracy:.2%}",
+        f"{q.label_accuracy_bicubic:.2%}",
+    )
+    table.add_row("read right on the targets themselves", f"{q.classifier_accuracy:.2%}", "")
+    Console().print(table)
+    if q.input_blur:
+        typer.echo(f"inputs defocused as in training: Gaussian sigma {q.input_blur} pixels")
 
 
 def register(app: typer.Typer) -> None:

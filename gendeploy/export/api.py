@@ -35,6 +35,7 @@ from gendeploy.manifest import (
     BatchProfile,
     Interface,
     Manifest,
+    OutputKind,
     load_manifest,
     sha256_file,
 )
@@ -70,6 +71,11 @@ def export(
 
     started = time.perf_counter()
     loaded = load_spec(spec, say)
+    if loaded.image is not None and options.output is OutputKind.uint8:
+        raise UsageError(
+            "--output uint8: an image-to-image export serves float images, which its python "
+            "model tiles and renders to uint8 itself; drop --output uint8"
+        )
     name = name or _safe_name(loaded.default_name)
     out_dir = Path(out) if out is not None else Path("exports") / name
     repaired = repair_interrupted(out_dir)
@@ -106,6 +112,7 @@ def export(
             fingerprint=fingerprint,
             timings={k: round(v, 3) for k, v in timings.items()},
             interface=loaded.interface,
+            image=built.image,
         )
         for artifact in manifest.artifacts:
             artifact.sha256 = sha256_file(staged / artifact.path)
@@ -149,6 +156,10 @@ def _options_dict(options: ExportOptions) -> dict[str, Any]:
         del d["int8_fallback"]
     if not options.int8_optional:
         del d["int8_optional"]
+    if not options.tile:  # image models' tile: absent at its defaults (fingerprints stay)
+        del d["tile"]
+    if options.tile_margin is None:
+        del d["tile_margin"]
     return d
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,28 +23,32 @@ import numpy as np
 import onnx
 
 from gendeploy.errors import GateError, QualityError, UnexecutedPrecisionError, ValidationError
-from gendeploy.export import fp16_islands, gate, int8, onnx_graph
+from gendeploy.export import fp16_islands, gate, image_gate, image_graph, int8, onnx_graph
+from gendeploy.export.loaded import ImageFacts
 from gendeploy.export.options import ExportOptions
 from gendeploy.export.quality_gate import (
     Failure,
+    Judge,
     QualityConfig,
     QualityGate,
-    QualityResult,
+    Verdict,
     model_facts,
 )
 from gendeploy.export.source import LoadedModel, make_artifact
 from gendeploy.export.tensorrt_build import build_engine
 from gendeploy.manifest import (
+    INPUT_IMAGES,
     PLAN,
     Artifact,
     ArtifactKind,
     Gate,
+    ImageIO,
     OutputKind,
     Precision,
     Runtime,
     Variant,
 )
-from gendeploy.runtime.base import Runner
+from gendeploy.runtime.base import Feeds, Runner
 from gendeploy.runtime.eager import EagerRunner
 from gendeploy.runtime.inputs import WithDefaults, complete_feeds
 from gendeploy.runtime.onnxrt import CPU, OnnxRuntimeRunner
@@ -64,6 +68,7 @@ class Built:
     artifacts: list[Artifact]
     skipped: list[dict[str, str]]
     versions: dict[str, str]
+    image: ImageIO | None = None  # an image-to-image model: what its probe and tile check found
 
 
 def build_artifacts(
@@ -80,7 +85,7 @@ def build_artifacts(
     for variant in PLAN:
         if build.wanted(variant):
             build.make(variant, engine_status)
-    return Built(list(build.artifacts.values()), build.skipped, build.versions)
+    return Built(list(build.artifacts.values()), build.skipped, build.versions, build.image)
 
 
 @dataclass
@@ -108,7 +113,8 @@ class Build:
     clock: Clock
     say: Say
     reference: gate.Reference  # eager's outputs on the tensor gate's inputs
-    quality: QualityGate | None  # FP32's samples, drawn once when a reduced precision is asked
+    quality: Judge | None  # FP32's samples, drawn once when a reduced precision is asked
+    image: ImageIO | None = None  # an image-to-image model's probe, tile and gate shapes
     artifacts: dict[str, Artifact] = field(default_factory=dict)  # gated, in plan order
     skipped: list[dict[str, str]] = field(default_factory=list)  # {"name", "reason"}
     versions: dict[str, str] = field(default_factory=dict)
@@ -123,6 +129,13 @@ class Build:
     ) -> Build:
         """The references every gate compares with: eager's outputs and, when a reduced
         precision is asked for, FP32's samples for the quality gate."""
+        reduced = any(options.wants(v) and v.gate is not Gate.tensor for v in PLAN)
+        if loaded.image is not None:  # test images at several shapes, the tile checked
+            with clock("reference"):
+                reference, judge, image = image_gate.prepare(
+                    loaded, options.tile, options.tile_margin, options.max_batch, reduced
+                )
+            return cls(loaded, options, staged, clock, say, reference, judge, image)
         with clock("reference"):
             reference = gate.eager_reference(
                 loaded.module,
@@ -132,7 +145,7 @@ class Build:
                 interface=loaded.interface,
             )
         quality = None
-        if any(options.wants(v) and v.gate is not Gate.tensor for v in PLAN):
+        if reduced:
             with clock("quality_reference"):
                 quality = QualityGate(
                     WithDefaults(EagerRunner(loaded.module), loaded.interface).run,
@@ -207,8 +220,11 @@ def builder_for(variant: Variant) -> Builder:
 
 
 def _export_fp32(build: Build, variant: Variant) -> Artifact:
-    """torch -> ONNX (``onnx_graph.export_fp32``), the graph every other artifact derives from."""
+    """torch -> ONNX (``onnx_graph.export_fp32``; ``image_graph.export_image`` for an
+    image-to-image model), the graph every other artifact derives from."""
     loaded, say = build.loaded, build.say
+    if loaded.image is not None:
+        return _export_image(build, variant, loaded.image)
     with build.clock("export_fp32"):
         exported = onnx_graph.export_fp32(
             loaded.module,
@@ -234,6 +250,18 @@ def _export_fp32(build: Build, variant: Variant) -> Artifact:
     if exported.symbolic_batch:
         extra["symbolic_batch"] = "made symbolic again (symbolic_batch.py)"
     artifact = _publish_graph(build, variant, None, extra)
+    build.graphs[variant.name] = onnx.load(str(build.staged / artifact.path))
+    return artifact
+
+
+def _export_image(build: Build, variant: Variant, facts: ImageFacts) -> Artifact:
+    example = image_graph.example_input(facts.in_channels, facts.size_multiple, facts.min_side)
+    with build.clock("export_fp32"):
+        exported = image_graph.export_image(
+            build.loaded.module, build.staged / variant.file, example
+        )
+    build.say(f"exported {variant.file} ({exported.exporter} exporter, N, H and W dynamic)")
+    artifact = _publish_graph(build, variant, None, {"exporter": exported.exporter})
     build.graphs[variant.name] = onnx.load(str(build.staged / artifact.path))
     return artifact
 
@@ -284,7 +312,7 @@ class _FP16Acceptance:
     def __init__(self, build: Build, variant: Variant) -> None:
         self.build, self.variant = build, variant
         self.figures: dict[str, Any] = {}
-        self.judged: QualityResult | None = None
+        self.judged: Verdict | None = None
 
     def __call__(self, model: onnx.ModelProto) -> fp16_islands.Refusal | None:
         build = self.build
@@ -312,14 +340,9 @@ class _FP16Acceptance:
 
 def _quantize_int8(build: Build, variant: Variant) -> Artifact:
     """int8.onnx: NNCF's QDQ, gated, with the layer-by-layer fallback (``int8.quantize_gated``)."""
-    options, loaded = build.options, build.loaded
+    options = build.options
     batch = int8.calibration_batch(options.max_batch)
-    items = [  # truncation and noise inputs, where the generator has them, as served by default
-        complete_feeds(item, loaded.interface)
-        for item in int8.calibration_feeds(
-            loaded.latent_dim, loaded.num_classes, options.calibration, batch
-        )
-    ]
+    items, calibrated_on = _calibration(build, batch)
     candidate = _Int8Candidate(build, variant)
     with build.clock("int8_quantize"):
         try:
@@ -333,16 +356,15 @@ def _quantize_int8(build: Build, variant: Variant) -> Artifact:
             )
         finally:
             candidate.path.unlink(missing_ok=True)
-    build.say(
-        f"quantized int8 ({options.calibration} calibration samples): {result.quality.summary()}"
-    )
+    samples = sum(len(next(iter(item.values()))) for item in items)
+    build.say(f"quantized int8 ({samples} calibration samples): {result.quality.summary()}")
     model = result.model
     extra: dict[str, Any] = {
         "calibration": {
-            "samples": options.calibration,
+            "samples": sum(len(next(iter(item.values()))) for item in items),
             "batch": batch,
             "seed": int8.CALIBRATION_SEED,
-            "inputs": "z ~ N(0, I), labels uniform",
+            "inputs": calibrated_on,
             "preset": "performance (symmetric), weighted layers only",
         },
         # read from the published graph: exactly which layers run INT8 and which stayed float
@@ -360,6 +382,25 @@ def _quantize_int8(build: Build, variant: Variant) -> Artifact:
     return artifact
 
 
+def _calibration(build: Build, batch: int) -> tuple[list[Feeds], str]:
+    """What NNCF calibrates on, and how the manifest describes it: a generator's own inputs
+    (truncation and noise, where it has them, as served by default), an image model's test
+    images."""
+    options, loaded = build.options, build.loaded
+    if loaded.image is not None:
+        samples = options.calibration_samples or image_gate.CALIBRATION_IMAGES
+        items = image_gate.calibration_feeds(loaded.image, samples, batch)
+        side = items[0][INPUT_IMAGES].shape[2]
+        return items, f"{loaded.image.test_set} test images, {side} x {side} px"
+    items = [
+        complete_feeds(item, loaded.interface)
+        for item in int8.calibration_feeds(
+            loaded.latent_dim, loaded.num_classes, options.calibration, batch
+        )
+    ]
+    return items, "z ~ N(0, I), labels uniform"
+
+
 class _Int8Candidate:
     """A candidate INT8 model of the fallback, run on OpenVINO: judged by the quality gate and
     the tensor gate together (the fallback stops when both pass), or ranked by its error."""
@@ -373,7 +414,7 @@ class _Int8Candidate:
         onnx.save_model(model, str(self.path), save_as_external_data=False)
         return OpenVINORunner(self.path)
 
-    def judge(self, model: onnx.ModelProto) -> QualityResult:
+    def judge(self, model: onnx.ModelProto) -> Verdict:
         build = self.build
         assert build.quality is not None
         with self._runner(model) as runner:
@@ -383,8 +424,7 @@ class _Int8Candidate:
             try:
                 gate.validate(runner, self.probe, build.reference, build.options.max_batch)
             except GateError as e:
-                failure = Failure(QualityError, f"tensor gate: {e.what}")
-                result = replace(result, failures=(*result.failures, failure))
+                result = result.with_failure(Failure(QualityError, f"tensor gate: {e.what}"))
         return result
 
     def nmse(self, model: onnx.ModelProto) -> float:
@@ -402,14 +442,12 @@ def _ir_if_faster(build: Build, variant: Variant) -> Artifact | None:
     onnx_path, ir = build.staged / source.path, build.staged / variant.file
     with build.clock(variant.name):
         int8.save_ir(onnx_path, ir)
-        loaded = build.loaded
-        feeds = gate.gate_inputs(loaded.latent_dim, loaded.num_classes, (0,), loaded.interface)[0]
-        feeds = {k: v[: build.options.opt_batch] for k, v in feeds.items()}
+        feeds = {k: v[: build.options.opt_batch] for k, v in build.reference.feeds[0].items()}
         onnx_s = int8.time_openvino(onnx_path, feeds)
         ir_s = int8.time_openvino(ir, feeds)
         kept = ir_s < 0.95 * onnx_s
         decision = {
-            "batch": len(feeds["z"]),
+            "batch": len(next(iter(feeds.values()))),
             "qdq_onnx_ms": round(onnx_s * 1e3, 3),
             "ir_ms": round(ir_s * 1e3, 3),
             "kept": kept,
@@ -432,14 +470,12 @@ def _engine(build: Build, variant: Variant) -> Artifact:
         signed = int8.signed_for_tensorrt(onnx.load(str(build.staged / source.path)))
         onnx_graph.save(signed, onnx_file)
     artifact = make_artifact(build.loaded, variant)
+    batches, shapes = (1, build.options.opt_batch, build.options.max_batch), None
+    if build.image is not None:  # sides from the smallest to one tile window
+        batches, shapes = image_gate.engine_profile(build.image, *batches[1:])
     with build.clock(f"build_{variant.name}"):
         artifact.extra = build_engine(
-            onnx_file,
-            build.staged / artifact.path,
-            artifact.inputs,
-            1,
-            build.options.opt_batch,
-            build.options.max_batch,
+            onnx_file, build.staged / artifact.path, artifact.inputs, *batches, shapes=shapes
         )
     _gate(build, variant, artifact)
     if onnx_file.name.startswith("."):
@@ -468,7 +504,7 @@ def _publish_graph(
     variant: Variant,
     model: onnx.ModelProto | None,
     extra: dict[str, Any],
-    judged: QualityResult | None = None,
+    judged: Verdict | None = None,
 ) -> Artifact:
     """Save (``model``; None: already on disk), gate and describe one ONNX or IR artifact.
     ``judged``: the quality gate's verdict on this very model from the run that decided it (FP16
@@ -490,7 +526,7 @@ def _gate(
     build: Build,
     variant: Variant,
     artifact: Artifact,
-    judged: QualityResult | None = None,
+    judged: Verdict | None = None,
     model: onnx.ModelProto | None = None,
 ) -> None:
     """The tensor gate on the artifact's runtime, what that runtime executed, then the gate its
@@ -569,7 +605,7 @@ def _quality_gate(
     variant: Variant,
     runner: Runner,
     artifact: Artifact,
-    judged: QualityResult | None,
+    judged: Verdict | None,
     model: onnx.ModelProto | None,
 ) -> None:
     """The quality gate on what the artifact draws (a verdict already reached on this very model
@@ -589,9 +625,7 @@ def _quality_gate(
     build.say(f"quality gate passed {artifact.name}: {judged.summary()}")
 
 
-def _judge_fp16_storage(
-    build: Build, model: onnx.ModelProto, precision: Precision
-) -> QualityResult:
+def _judge_fp16_storage(build: Build, model: onnx.ModelProto, precision: Precision) -> Verdict:
     """The quality gate on an FP16 model with FP16 storage emulated (what an FP16 engine does)."""
     assert build.quality is not None
     path = build.staged / ".fp16-emulated.onnx"

@@ -111,7 +111,12 @@ def convert(
 
 def range_feeds(feeds: list[Feeds]) -> list[Feeds]:
     """What value ranges are measured on: the gate's inputs (which mix psi up to both ends of the
-    served range) and the first of them with z scaled by ``TAIL_Z``."""
+    served range) and the first of them with z scaled by ``TAIL_Z``; an image model's test images
+    and the first of them at full contrast (every pixel pushed to -1 or 1: the largest values a
+    served image can hold)."""
+    if "z" not in feeds[0]:
+        extreme = {k: np.where(v < 0, -1.0, 1.0).astype(v.dtype) for k, v in feeds[0].items()}
+        return [*feeds, extreme]
     return [*feeds, {**feeds[0], "z": feeds[0]["z"] * np.float32(TAIL_Z)}]
 
 

@@ -134,8 +134,15 @@ def eager_reference(
 ) -> Reference:
     """Run eager on the fixed inputs and check the model itself: finite, deterministic, dependent
     on z and batch invariant."""
-    runner = EagerRunner(module, eval_mode=False)  # the model as given, not fixed up
     feeds = gate_inputs(latent_dim, num_classes, interface=interface)
+    return reference_on(module, feeds, {**feeds[0], "z": feeds[1]["z"]}, max_batch)
+
+
+def reference_on(module: nn.Module, feeds: list[Feeds], other: Feeds, max_batch: int) -> Reference:
+    """Eager's outputs on ``feeds``, the model checked: finite, deterministic, dependent on its
+    input (``other``: the first feeds with another value of the input that must matter) and
+    batch invariant. Latents: ``eager_reference``; images: ``image_gate.image_reference``."""
+    runner = EagerRunner(module, eval_mode=False)  # the model as given, not fixed up
     outputs = [_run_chunked(runner, f, max_batch) for f in feeds]
     for f, out in zip(feeds, outputs, strict=True):
         if not np.isfinite(out).all():
@@ -152,13 +159,18 @@ def eager_reference(
             module, lambda: EagerRunner(module, eval_mode=False).run(first)
         )
         raise NondeterministicModelError(randomness_message(moved, where))
-    other_z = {**feeds[0], "z": feeds[1]["z"]}
-    if not _depends_on_z(outputs[0], _run_chunked(runner, other_z, max_batch)):
-        raise IgnoresLatentError(_ignores_z_message("the generator's output", len(outputs[0])))
+    if not _depends_on_z(outputs[0], _run_chunked(runner, other, max_batch)):
+        what = _ignores_z_message("the generator's output", len(outputs[0]), _varied(other))
+        raise IgnoresLatentError(what)
     diff = _batch_invariance(runner, feeds[0], outputs[0])
     if diff > TOLERANCES[Precision.fp32].max_abs:
         raise BatchInvarianceError(_not_invariant_message(module, diff, len(outputs[0])))
-    return Reference(feeds=feeds, outputs=outputs, other_z=other_z)
+    return Reference(feeds=feeds, outputs=outputs, other_z=other)
+
+
+def _varied(other: Feeds) -> str:
+    """The input the "does it depend on its input" check varies: z, or an image model's."""
+    return "z" if "z" in other else next(iter(other))
 
 
 def outputs(runner: Runner, reference: Reference, max_batch: int) -> list[np.ndarray]:
@@ -212,7 +224,8 @@ def _check_images(
     psnrs = []
     for i, (feeds, ref) in enumerate(zip(reference.feeds, reference.outputs, strict=True)):
         out = _run_chunked(runner, feeds, max_batch)
-        want_shape = (len(ref), *artifact.output.shape[1:])
+        n, c, h, w = ref.shape  # eager's: image-to-image models have dynamic sides
+        want_shape = (n, h, w, c) if artifact.output.layout == "NHWC" else (n, c, h, w)
         if out.shape != want_shape or out.dtype != np.dtype(artifact.output.dtype):
             got = f"{out.dtype}{list(out.shape)}"
             fail(
@@ -270,7 +283,7 @@ def _check_batching(
         if not _depends_on_z(
             full if is_uint8 else render(full), moved if is_uint8 else render(moved)
         ):
-            what = _ignores_z_message("its output", len(full))
+            what = _ignores_z_message("its output", len(full), _varied(reference.other_z))
             raise IgnoresLatentError(f"gate failed for {artifact.name!r}: {what}", what)
     diff = _batch_invariance(runner, reference.feeds[0], full)
     fail.figures["batch_invariance_max_diff"] = diff
@@ -295,7 +308,7 @@ class _Failer:
 
 
 def _run_chunked(runner: Runner, feeds: Feeds, max_batch: int) -> np.ndarray:
-    n = len(feeds["z"])
+    n = len(next(iter(feeds.values())))
     parts = [
         runner.run({k: v[i : i + max_batch] for k, v in feeds.items()})
         for i in range(0, n, max_batch)
@@ -320,10 +333,10 @@ def _depends_on_z(images: np.ndarray, other: np.ndarray) -> bool:
     return not np.array_equal(images, other)
 
 
-def _ignores_z_message(what: str, n: int) -> str:
+def _ignores_z_message(what: str, n: int, name: str = "z") -> str:
     return (
-        f"{what} does not depend on z: {n} samples with other latents give the same images "
-        "(a traced-away latent, a constant image); nothing published"
+        f"{what} does not depend on {name}: {n} samples with other {name} give the same images "
+        "(a traced-away input, a constant image); nothing published"
     )
 
 

@@ -51,7 +51,7 @@ from gendeploy.errors import (
     UsageError,
 )
 from gendeploy.export.fp16_islands import node_layer
-from gendeploy.export.quality_gate import QualityResult
+from gendeploy.export.quality_gate import Verdict
 from gendeploy.runtime.base import Feeds
 from gendeploy.runtime.openvino import OpenVINORunner
 
@@ -62,7 +62,7 @@ WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 SHAPE_ONLY_OPS = ("Shape", "Size")  # read a tensor's shape, not its values
 RANKING_SEEDS = 128  # seeds the fallback ranks layers on (the full gate then decides on 1,000)
 
-Judge = Callable[[onnx.ModelProto], QualityResult]  # the full quality gate (and tensor gate)
+Judge = Callable[[onnx.ModelProto], Verdict]  # the full quality gate (and tensor gate)
 Error = Callable[[onnx.ModelProto], float]  # normalized MSE against FP32 on a few seeds
 
 
@@ -269,7 +269,7 @@ def _prune(model: onnx.ModelProto) -> onnx.ModelProto:
 @dataclass
 class Int8Result:
     model: onnx.ModelProto
-    quality: QualityResult
+    quality: Verdict
     float_layers: list[str]  # kept in floating point by the fallback
     attempts: list[dict[str, Any]] = field(default_factory=list)  # the gate passes, in order
     ranking: list[dict[str, Any]] = field(default_factory=list)  # the fallback's layer ranking
@@ -318,7 +318,7 @@ def quantize_gated(
     most = len(layers) - 1  # all but one in float: if that fails, nothing will pass
     with _progress("int8 fallback: gate passes", 1 + math.ceil(math.log2(most))) as advance:
 
-        def with_float(count: int) -> tuple[onnx.ModelProto, QualityResult]:
+        def with_float(count: int) -> tuple[onnx.ModelProto, Verdict]:
             """The ``count`` best-ranked layers back in float, judged by the full gate."""
             model = revert(quantized, fp32, ranked[:count])
             result = judge(model)
@@ -355,18 +355,14 @@ def _ranking_text(ranking: list[dict[str, Any]]) -> str:
     return shown + (f" (+{len(ranking) - 8} more)" if len(ranking) > 8 else "")
 
 
-def _attempt_text(result: QualityResult) -> str:
+def _attempt_text(result: Verdict) -> str:
     verdict = "passes" if result.passed else f"fails ({result.failure_text})"
-    return f"Frechet ratio {result.frechet_ratio:.3f}, PSNR p1 {result.psnr.p1_db} dB: {verdict}"
+    shown = ", ".join(f"{k.replace('_', ' ')} {v:g}" for k, v in result.figures().items())
+    return f"{shown}: {verdict}"
 
 
-def _attempt(keep: list[str], result: QualityResult) -> dict[str, Any]:
-    return {
-        "float_layers": list(keep),
-        "frechet_ratio": result.frechet_ratio,
-        "psnr_p1_db": result.psnr.p1_db,
-        "passed": result.passed,
-    }
+def _attempt(keep: list[str], result: Verdict) -> dict[str, Any]:
+    return {"float_layers": list(keep), **result.figures(), "passed": result.passed}
 
 
 @contextlib.contextmanager

@@ -16,6 +16,8 @@ from gendeploy.manifest import ArtifactKind, OutputKind, Precision, Source, Vari
 if TYPE_CHECKING:
     from torch import nn
 
+VALUE_RANGES = ((0.0, 1.0), (-1.0, 1.0))  # an image model's pixels: BasicSR's, or tanh's
+
 
 @dataclass(frozen=True)
 class ExportOptions:
@@ -34,6 +36,10 @@ class ExportOptions:
     # INT8 the quality gate refuses is recorded in the manifest's ``skipped`` and the export goes
     # on (the bench: the export's decision is reused, not re-run); False: the export fails
     int8_optional: bool = False
+    # image-to-image models (``image_probe.py``): a tile's core in input pixels (0: 128, rounded up
+    # to the size multiple) and the margin read around it (None: the measured receptive field)
+    tile: int = 0
+    tile_margin: int | None = None
 
     def __post_init__(self) -> None:
         if self.output not in {k.value for k in OutputKind}:
@@ -55,6 +61,10 @@ class ExportOptions:
         if not 1 <= self.opt_batch <= self.max_batch:
             raise UsageError(
                 f"--opt-batch must be in 1..--max-batch ({self.max_batch}), got {self.opt_batch}"
+            )
+        if self.tile < 0 or (self.tile_margin is not None and self.tile_margin < 0):
+            raise UsageError(
+                f"--tile and --tile-margin must be >= 0, got {self.tile} and {self.tile_margin}"
             )
         if self.require_engine and not (self.fp16 or self.int8):
             raise UsageError(
@@ -89,7 +99,13 @@ class ExportOptions:
 @dataclass(frozen=True)
 class ModelSpec:
     """Where the generator comes from: a checkpoint, ``--model`` with the facts it lacks, or a
-    module held in memory with them (``export_generator``)."""
+    module held in memory with them (``export_generator``).
+
+    Image-to-image: a checkpoint of ``gendeploy train --preset digits-sr4x``, a published
+    ``.safetensors`` / ``.pth`` (``archs.load_image_model``), or a ``--model`` / module given
+    without ``latent_dim`` and ``image_shape``: its scale and sizes are probed, ``in_channels``
+    (default: its first convolution's), ``scale`` (checked against the probe) and ``value_range``
+    (its pixels, default its ``value_range`` attribute or [-1, 1]) may be given."""
 
     checkpoint: Path | None = None
     model: str | None = None
@@ -102,13 +118,25 @@ class ModelSpec:
     noise: str = "const"  # "seeded": noise buffers become per-request inputs
     random_weights: bool = False  # --model without weights: export its untrained initialisation
     source: Source | None = None  # a module's origin (default: in memory, not rebuildable)
+    in_channels: int | None = None  # image-to-image only
+    scale: int | None = None
+    value_range: tuple[float, float] | None = None
+
+    @property
+    def image_to_image(self) -> bool:
+        """A ``--model`` or module given without a latent size and an image shape."""
+        return self.checkpoint is None and self.latent_dim is None and self.image_shape is None
 
     def __post_init__(self) -> None:
+        self._check_image_facts()
         if self.module is not None:
             if self.checkpoint is not None or self.model is not None:
                 raise UsageError("pass a module, a checkpoint or --model, one of them")
-            if self.latent_dim is None or self.image_shape is None:
-                raise UsageError("a module needs latent_dim and image_shape (C, H, W)")
+            if (self.latent_dim is None) != (self.image_shape is None):
+                raise UsageError(
+                    "a generator module needs latent_dim and image_shape (C, H, W); an "
+                    "image-to-image module neither"
+                )
             return
         if self.source is not None:
             raise UsageError("source= describes a module held in memory; pass module= too")
@@ -126,12 +154,30 @@ class ModelSpec:
         if self.checkpoint is not None and given:
             flags = ", ".join("--" + n.replace("_", "-") for n in given)
             raise UsageError(f"{flags}: only with --model; a checkpoint carries its own config")
-        if self.model is not None:
+        if self.model is not None and not self.image_to_image:
             if self.latent_dim is None or self.image_shape is None:
-                raise UsageError("--model needs --latent-dim and --image-shape C,H,W")
+                raise UsageError(
+                    "--model needs --latent-dim and --image-shape C,H,W (a generator), or "
+                    "neither (an image-to-image model: its sizes are probed)"
+                )
             if self.latent_dim < 1 or (self.num_classes or 0) < 0 or min(self.image_shape) < 1:
                 raise UsageError(
                     "--latent-dim and --image-shape must be positive, --num-classes >= 0"
                 )
             if self.weights is not None and self.random_weights:
                 raise UsageError("--weights and --random-weights contradict each other: pick one")
+
+    def _check_image_facts(self) -> None:
+        given = [n for n in ("in_channels", "scale", "value_range") if getattr(self, n) is not None]
+        if given and not self.image_to_image:
+            flags = ", ".join("--" + n.replace("_", "-") for n in given)
+            raise UsageError(
+                f"{flags}: only for an image-to-image --model (given without --latent-dim and "
+                "--image-shape); a checkpoint carries its own"
+            )
+        if (self.in_channels is not None and self.in_channels < 1) or (
+            self.scale is not None and self.scale < 1
+        ):
+            raise UsageError("--in-channels and --scale must be >= 1")
+        if self.value_range is not None and tuple(self.value_range) not in VALUE_RANGES:
+            raise UsageError(f"--value-range must be 0,1 or -1,1, got {self.value_range}")

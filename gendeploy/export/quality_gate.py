@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -177,6 +177,13 @@ class QualityResult:
         if self.digits is not None and self.digits_fp32 is not None:
             text += f"; digits {_digits_text(self.digits)} (FP32 {_digits_text(self.digits_fp32)})"
         return text
+
+    def figures(self) -> dict[str, float]:
+        """The headline numbers (the INT8 fallback records them per attempt)."""
+        return {"frechet_ratio": self.frechet_ratio, "psnr_p1_db": self.psnr.p1_db}
+
+    def with_failure(self, failure: Failure) -> QualityResult:
+        return replace(self, failures=(*self.failures, failure))
 
     def check(self, name: str) -> None:
         """Raise the first failed metric's error, naming every failed metric and its numbers."""
@@ -401,6 +408,35 @@ class QualityGate:
                 )
             )
         return failures
+
+
+class Verdict(Protocol):
+    """What a quality gate says of one candidate: ``QualityResult`` (generators), or
+    ``image_gate.ImageQualityResult`` (image-to-image models)."""
+
+    @property
+    def passed(self) -> bool: ...
+
+    @property
+    def failure_text(self) -> str: ...
+
+    def summary(self) -> str: ...
+
+    def figures(self) -> dict[str, float]: ...
+
+    def with_failure(self, failure: Failure) -> Verdict: ...
+
+    def check(self, name: str) -> None: ...
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+class Judge(Protocol):
+    """A quality gate: ``QualityGate``, or ``image_gate.ImageQualityGate``."""
+
+    def judge(self, candidate: ImageFn, precision: Precision | str) -> Verdict: ...
+
+    def nmse(self, candidate: ImageFn, seeds: int) -> float: ...
 
 
 def compare(

@@ -6,7 +6,9 @@ STRONGLY_TYPED (required on 10.x, accepted and ignored on 11.x where strong typi
 The INT8 engine comes from the QDQ ONNX the same way: TensorRT sees the Q/DQ pairs and builds with
 explicit quantization, which its documentation pairs with strong typing and no precision flags
 (the quantized layers run INT8 where the Q/DQ say so, the rest in the graph's float types).
-One optimization profile covers batch 1..max (max = Triton's ``max_batch_size``). The timing
+One optimization profile covers batch 1..max (max = Triton's ``max_batch_size``); an
+image-to-image model's profile gives every input its min/opt/max shapes (``image_gate.
+engine_shapes``: from the smallest side to one tile window). The timing
 cache is persisted per GPU and TensorRT version so rebuilds skip kernel timing. Written from the
 documented Python API; run only where TensorRT and a CUDA device exist (tests marked ``gpu``).
 """
@@ -25,6 +27,7 @@ from gendeploy.runtime.tensorrt import import_tensorrt
 log = logging.getLogger(__name__)
 
 WORKSPACE_BYTES = 2 << 30
+Shapes = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]  # min, opt, max
 
 
 def gpu_facts() -> dict[str, str]:
@@ -47,8 +50,10 @@ def build_engine(
     min_batch: int,
     opt_batch: int,
     max_batch: int,
+    shapes: dict[str, Shapes] | None = None,
 ) -> dict[str, Any]:
-    """Build and write the engine; returns the facts to record in the artifact's ``extra``."""
+    """Build and write the engine; returns the facts to record in the artifact's ``extra``.
+    ``shapes``: each input's (min, opt, max) shape, where more than the batch is dynamic."""
     trt = import_tensorrt()
     facts: dict[str, Any] = gpu_facts()
     logger = trt.Logger(trt.Logger.WARNING)
@@ -68,11 +73,17 @@ def build_engine(
     # per-layer datatypes in the engine: the engine inspector reads back what really runs INT8
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
     profile = builder.create_optimization_profile()
+    shapes = shapes or {
+        spec.name: (
+            (min_batch, *spec.shape[1:]),
+            (opt_batch, *spec.shape[1:]),
+            (max_batch, *spec.shape[1:]),
+        )
+        for spec in inputs
+    }
     try:
-        for spec in inputs:
-            rest = tuple(spec.shape[1:])
-            shapes = (min_batch, *rest), (opt_batch, *rest), (max_batch, *rest)
-            profile.set_shape(spec.name, *shapes)
+        for name, (low, opt, high) in shapes.items():
+            profile.set_shape(name, low, opt, high)
     except RuntimeError as e:  # TensorRT rejects inconsistent min/opt/max shapes
         raise EngineBuildError(
             f"TensorRT refused the batch profile for {onnx_path.name}: {e}"
@@ -98,7 +109,12 @@ def build_engine(
     facts.update(
         # TensorRT 11 networks are always strongly typed (the flag is accepted and ignored)
         strongly_typed=strongly_typed is not None or int(trt.__version__.split(".")[0]) >= 11,
-        profile={"min": min_batch, "opt": opt_batch, "max": max_batch},
+        profile={
+            "min": min_batch,
+            "opt": opt_batch,
+            "max": max_batch,
+            "shapes": {n: [list(s) for s in triple] for n, triple in shapes.items()},
+        },
         timing_cache=str(cache_path),
         source_onnx=onnx_path.name,
     )

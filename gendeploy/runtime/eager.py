@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from gendeploy.manifest import INPUT_IMAGES
 from gendeploy.runtime.base import Feeds, Runner
 
 if TYPE_CHECKING:
@@ -17,7 +18,8 @@ class EagerRunner(Runner):
 
     Feeds are passed positionally in the order ``z``, ``labels`` (the generator signature), or in
     the module's ``input_names`` order up to the first one missing (``signature.ServedGenerator``:
-    left-out trailing inputs take the model's defaults).
+    left-out trailing inputs take the model's defaults); an image-to-image model takes its one
+    input (``manifest.INPUT_IMAGES``).
     ``eval_mode=False`` runs the module in the mode it is in: the export gate checks the model as
     given, so a BatchNorm left in training mode fails there instead of being silently fixed.
     """
@@ -42,7 +44,8 @@ class EagerRunner(Runner):
         import torch
 
         args = []
-        for name in getattr(self.module, "input_names", ("z", "labels")):
+        default = (INPUT_IMAGES,) if INPUT_IMAGES in feeds else ("z", "labels")
+        for name in getattr(self.module, "input_names", default):
             if name not in feeds:
                 break
             args.append(torch.from_numpy(np.ascontiguousarray(feeds[name])).to(self.device))

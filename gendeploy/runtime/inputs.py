@@ -13,8 +13,10 @@ from gendeploy.seeds import draw_noise
 def complete_feeds(feeds: Feeds, interface: Interface) -> Feeds:
     """``feeds`` plus ``truncation`` at the model's default and noise drawn for seeds 0..N-1,
     where missing."""
-    n = len(feeds["z"])
     out = dict(feeds)
+    if not (interface.truncation_arg or interface.noise):  # nothing to add (image models too)
+        return out
+    n = len(feeds["z"])
     if interface.truncation_arg and "truncation" not in out:
         out["truncation"] = np.full((n, 1), interface.truncation_default, np.float32)
     if any(item.name not in out for item in interface.noise):

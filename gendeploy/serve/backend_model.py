@@ -20,12 +20,21 @@ optional, the model's default where left out, within the manifest's ``truncation
 psi the export's gate ran it at; outside it a request is refused); and, for per-sample
 noise (``--noise seeded``), the noise each image gets is drawn from its seed with
 :func:`draw_noise`, or from ``noise_seed`` INT64 [N, 1] when the request sends z.
+
+An image-to-image export (the manifest's ``image``) takes ``image`` UINT8 [N, H, W, C] or
+``image_bytes`` BYTES [N, 1] (PNG or JPEG files, decoded with Pillow) and returns ``images`` UINT8
+[N, scale*H, scale*W, C']: each image is checked (channels, not empty, at most ``max_megapixels``
+in the request), then upscaled a tile at a time by ``tiling.py``, which ``gendeploy repo`` copies
+beside this file, so memory is the output plus one batch of windows whatever the image's size.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import io
 import json
 import os
+import sys
 import threading
 import time
 from typing import Any
@@ -132,6 +141,145 @@ def parse_extras(
         drawn = draw_noise(seeds, [list(item["shape"]) for item in noise])
         feeds.update({item["name"]: a for item, a in zip(noise, drawn, strict=True)})
     return feeds
+
+
+IMAGE_INPUT, IMAGE_BYTES_INPUT, IMAGE_OUTPUT = "image", "image_bytes", "images"
+IMAGE_FORMATS = ("PNG", "JPEG")
+_MODES = {1: "L", 3: "RGB", 4: "RGBA"}  # what a decoded file is converted to, by channels
+
+
+def parse_image_request(
+    pixels: np.ndarray | None, encoded: np.ndarray | None, channels: int, max_megapixels: float
+) -> np.ndarray:
+    """One request's images as uint8 [N, H, W, channels]: ``image`` as sent, or ``image_bytes``
+    decoded; refused (``RequestError``, one line) when empty, with other channels, over the
+    megapixel limit, or not a PNG / JPEG file."""
+    if (pixels is None) == (encoded is None):
+        raise RequestError(
+            f"send exactly one of '{IMAGE_INPUT}' (UINT8 [N, H, W, C]) or '{IMAGE_BYTES_INPUT}' "
+            "(PNG or JPEG files, BYTES [N, 1])"
+        )
+    if pixels is not None:
+        if pixels.ndim != 4:
+            raise RequestError(f"'{IMAGE_INPUT}' must be UINT8 [N, H, W, C], got {pixels.shape}")
+        n, h, w, c = pixels.shape
+        _check_size(n, h, w, max_megapixels)
+        if c != channels:
+            raise RequestError(f"the image has {c} channels; this model takes {channels}")
+        return np.ascontiguousarray(pixels, dtype=np.uint8)
+    assert encoded is not None
+    files = [bytes(f) for f in encoded.reshape(-1)]
+    if not files:
+        raise RequestError(f"'{IMAGE_BYTES_INPUT}' holds no file")
+    images = [_decode(f, i, channels, max_megapixels) for i, f in enumerate(files)]
+    if len({a.shape for a in images}) > 1:
+        sizes = ", ".join(f"{a.shape[1]} x {a.shape[0]}" for a in images)
+        raise RequestError(f"the request's images differ in size ({sizes}): send one a request")
+    _check_size(len(images), images[0].shape[0], images[0].shape[1], max_megapixels)
+    return np.stack(images)
+
+
+def _check_size(n: int, h: int, w: int, max_megapixels: float) -> None:
+    if n < 1 or h < 1 or w < 1:
+        raise RequestError(f"the image is empty ({w} x {h} pixels, {n} images)")
+    megapixels = n * h * w / 1e6
+    if megapixels > max_megapixels:
+        held = f"{n} images of " if n > 1 else ""
+        raise RequestError(
+            f"the request's {held}{w} x {h} pixels ({megapixels:.2f} megapixels) are over this "
+            f"model's limit of {max_megapixels:g} megapixels a request"
+        )
+
+
+def _decode(data: bytes, index: int, channels: int, max_megapixels: float) -> np.ndarray:
+    """A PNG or JPEG file as uint8 [H, W, channels]; its size is checked before it is decoded."""
+    try:
+        from PIL import Image
+    except ImportError:
+        raise RequestError(
+            f"this server's Python has no Pillow to decode '{IMAGE_BYTES_INPUT}'; send "
+            f"'{IMAGE_INPUT}' (UINT8 [N, H, W, C])"
+        ) from None
+    if channels not in _MODES:
+        raise RequestError(f"this model takes {channels} channels: send '{IMAGE_INPUT}'")
+    what = f"'{IMAGE_BYTES_INPUT}'[{index}]"
+    try:
+        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as opened:
+            _check_size(1, opened.height, opened.width, max_megapixels)
+            image = np.asarray(opened.convert(_MODES[channels]))
+    except RequestError:
+        raise
+    except Image.DecompressionBombError:  # larger than Pillow itself will decode
+        raise RequestError(
+            f"{what} is over this model's limit of {max_megapixels:g} megapixels"
+        ) from None
+    except Exception as e:  # Pillow's errors for files that are not, or not whole, images
+        detail = " ".join(str(e).split())[:120]
+        raise RequestError(
+            f"{what} is not a PNG or JPEG file Pillow can decode ({detail})"
+        ) from None
+    return image.reshape(image.shape[0], image.shape[1], channels)
+
+
+def load_sibling(version_dir: str, name: str) -> Any:
+    """``name``.py of the served version directory (``tiling.py``), imported by path: the served
+    code is what ``gendeploy repo`` wrote, whatever gendeploy is installed beside the server."""
+    module_name = f"gendeploy_served_{name}"
+    spec = importlib.util.spec_from_file_location(
+        module_name, os.path.join(version_dir, f"{name}.py")
+    )
+    if spec is None or spec.loader is None:
+        raise RuntimeError(f"{name}.py is missing from {version_dir}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+class ImageServer:
+    """The image-to-image side of the served model: checks, tiles, runs ``engine``, renders."""
+
+    def __init__(
+        self, image: dict[str, Any], engine: Any, params: dict[str, str], tiling: Any
+    ) -> None:
+        tile = image["tile"]
+        self.tiling = tiling
+        self.geometry = tiling.Geometry(
+            scale=int(image["scale"]),
+            size_multiple=int(image["size_multiple"]),
+            min_side=int(image["min_side"]),
+            tile=int(tile["size"]),
+            margin=int(tile["margin"]),
+            tiled=bool(tile["tiled"]),
+        )
+        self.channels = int(image["in_channels"])
+        self.out_channels = int(image["out_channels"])
+        self.engine = engine
+        self.max_megapixels = float(params.get("max_megapixels", "4.2"))
+        self.tile_batch = max(1, int(params.get("tile_batch", "4")))
+        self.input_name = params.get("image_input", "input_images")
+
+    def _model(self, windows: np.ndarray) -> np.ndarray:
+        return self.engine.run({self.input_name: np.ascontiguousarray(windows, np.float32)})
+
+    def run(self, pixels: np.ndarray | None, encoded: np.ndarray | None) -> np.ndarray:
+        """One request: uint8 [N, scale*H, scale*W, out_channels]."""
+        images = parse_image_request(pixels, encoded, self.channels, self.max_megapixels)
+        n, h, w, _ = images.shape
+        refused = self.geometry.refusal(h, w)
+        if refused:
+            raise RequestError(refused)
+        s = self.geometry.scale
+
+        def one(image: np.ndarray) -> np.ndarray:
+            return self.tiling.upscale(image, self._model, self.geometry, batch=self.tile_batch)
+
+        if n == 1:  # no second copy of the (largest) output
+            return np.ascontiguousarray(one(images[0]))[None]
+        out = np.empty((n, h * s, w * s, self.out_channels), np.uint8)
+        for i, image in enumerate(images):
+            out[i] = one(image)
+        return out
 
 
 ORT_SPINNING = "session.intra_op.allow_spinning"
@@ -360,6 +508,10 @@ class TritonPythonModel:
             log(f"gendeploy: {config['name']} runs on {self.backend}{note}")
         self.refused = _refused_counter(pb_utils, config["name"], args["model_version"])
         self.timing = _Timing(pb_utils, config["name"], args["model_version"])
+        self.image: ImageServer | None = None
+        if manifest.get("image"):
+            tiling = load_sibling(version_dir, "tiling")
+            self.image = ImageServer(manifest["image"], self.engine, params, tiling)
 
     @staticmethod
     def _inputs(request: Any) -> dict[str, np.ndarray]:
@@ -368,6 +520,8 @@ class TritonPythonModel:
         return {t.name(): t.as_numpy() for t in request.inputs()}
 
     def execute(self, requests: list[Any]) -> list[Any]:
+        if self.image is not None:
+            return [self._image_response(request) for request in requests]
         pb = self.pb
         started = time.perf_counter()
         engine_s = 0.0
@@ -418,6 +572,20 @@ class TritonPythonModel:
             start += n
         self.timing.add(engine_s, time.perf_counter() - started)
         return responses
+
+    def _image_response(self, request: Any) -> Any:
+        """Each image request runs on its own (its images tiled): sizes differ between requests."""
+        pb = self.pb
+        assert self.image is not None
+        try:
+            inputs = self._inputs(request)
+            out = self.image.run(inputs.get(IMAGE_INPUT), inputs.get(IMAGE_BYTES_INPUT))
+        except RequestError as e:
+            if self.refused is not None:
+                self.refused[1].increment(1)
+            error = pb.TritonError(str(e), pb.TritonError.INVALID_ARG)
+            return pb.InferenceResponse(output_tensors=[], error=error)
+        return pb.InferenceResponse(output_tensors=[pb.Tensor(IMAGE_OUTPUT, out)])
 
     def finalize(self) -> None:
         self.timing.close()

@@ -93,12 +93,12 @@ def pick_model(models: list[str]) -> str:
     raise UsageError(f"pass --model: the server has {models or 'no ready models'}")
 
 
-def model_info(
+def served_config(
     url: str, model: str | None, protocol: str = "http", served_models: list[str] | None = None
-) -> ModelInfo:
-    """Read a served model's config (written by ``gendeploy repo``): latent size, classes, IO.
-    ``served_models`` (from the server's state file) spares asking the locked repository index
-    and names the choices when ``model`` is wrong."""
+) -> tuple[str, dict[str, Any], dict[str, str]]:
+    """(name, config as a dict, its string parameters) of a served model (``model``, else the
+    one plain model served). ``served_models`` (from the server's state file) spares asking the
+    locked repository index and names the choices when ``model`` is wrong."""
     from tritonclient.utils import InferenceServerException
 
     client = connect(url, protocol)
@@ -125,7 +125,20 @@ def model_info(
     params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
     if "latent_dim" not in params:
         raise ServeError(f"model {name!r} was not written by `gendeploy repo` (no latent_dim)")
+    return name, config, params
+
+
+def model_info(
+    url: str, model: str | None, protocol: str = "http", served_models: list[str] | None = None
+) -> ModelInfo:
+    """Read a served generator's config (written by ``gendeploy repo``): latent size, classes,
+    IO."""
+    name, config, params = served_config(url, model, protocol, served_models)
     inputs = {i["name"] for i in config.get("input", [])}
+    if "scale" in params:
+        raise UsageError(
+            f"model {name!r} is image-to-image: `gendeploy upscale IMAGE -o OUT.png` runs it"
+        )
     return ModelInfo(
         name=name,
         latent_dim=int(params["latent_dim"]),

@@ -20,6 +20,12 @@ Which artifact each model serves is the export plan's (``manifest.PLAN``: its ``
 The python models take ``truncation`` as an optional input and draw noise inputs themselves
 (from ``seed``, or ``noise_seed`` with z); see ``backend_model``.
 
+An image-to-image export (the manifest's ``image``) gets the same models; its python ones take
+``image`` (UINT8 [H, W, C]) or ``image_bytes`` (a PNG or JPEG file), refuse requests over
+``max_megapixels``, and tile (``gendeploy/tiling.py``, copied beside ``model.py``); its ``_onnx``,
+``_trt`` and ``_openvino`` siblings take the ONNX's float ``input_images`` [C, -1, -1], height and
+width dynamic (the TensorRT engine's within its profile: one tile window at most).
+
 Every ``config.pbtxt`` is built through Triton's protobuf (``model_config_pb2``). Each write stages
 the version directory beside its model, renames it to version N+1, and writes ``config.pbtxt`` last
 (atomically); an export identical to the latest version adds nothing (the manifest's record of
@@ -42,9 +48,11 @@ from pathlib import Path
 from typing import Any
 
 from gendeploy import seeds as seeds_module
+from gendeploy import tiling as tiling_module
 from gendeploy.errors import ServeError
 from gendeploy.fileio import atomic_write
 from gendeploy.manifest import (
+    INPUT_IMAGES,
     MANIFEST_NAME,
     PLAN,
     Artifact,
@@ -91,6 +99,8 @@ class RepoOptions:
     # and then a request that arrives while the instance finishes a batch can wait out the
     # batcher's 500 ms idle timer (docs/served-path.md)
     max_queue_size: int = 0
+    # image-to-image: a request holds at most this many input pixels (2048 x 2048 fits)
+    max_megapixels: float = 4.2
 
     def __post_init__(self) -> None:
         if self.name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name):
@@ -99,6 +109,8 @@ class RepoOptions:
             raise ServeError(f"--max-batch-size must be >= 1, got {self.max_batch_size}")
         if self.queue_delay_us < 0 or self.instances < 1 or self.max_queue_size < 0:
             raise ServeError("queue delay and max queue size must be >= 0, instances >= 1")
+        if not self.max_megapixels > 0:
+            raise ServeError(f"--max-megapixels must be > 0, got {self.max_megapixels}")
         if self.keep_versions < 2:
             raise ServeError(
                 f"--keep-versions must be >= 2 (the served version stays until the server "
@@ -165,12 +177,20 @@ def _io(
     return inputs, outputs
 
 
-def _warmup(inputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One batch-1 request of zeros: every input but the alternatives the model fills itself."""
+def _warmup(
+    inputs: list[dict[str, Any]], dims: dict[str, list[int]] | None = None
+) -> list[dict[str, Any]]:
+    """One batch-1 request of zeros: every input but the alternatives the model fills itself;
+    ``dims`` gives the inputs whose dims are dynamic (-1) the shape to warm up at."""
+    dims = dims or {}
     zeros = {
-        i["name"]: {"data_type": i["data_type"], "dims": i["dims"], "zero_data": True}
+        i["name"]: {
+            "data_type": i["data_type"],
+            "dims": dims.get(i["name"], i["dims"]),
+            "zero_data": True,
+        }
         for i in inputs
-        if i["name"] not in ("seed", "truncation")
+        if i["name"] not in ("seed", "truncation", IMAGE_BYTES_INPUT)
     }
     return [{"name": "zeros_batch_1", "batch_size": 1, "inputs": zeros}]
 
@@ -181,6 +201,29 @@ def _batching(options: RepoOptions) -> dict[str, Any]:
     if options.max_queue_size:
         batching["default_queue_policy"] = {"max_queue_size": options.max_queue_size}
     return batching
+
+
+IMAGE_INPUT, IMAGE_BYTES_INPUT, IMAGE_OUTPUT = "image", "image_bytes", "images"  # backend_model's
+TILE_BATCH = 4  # windows a python model runs at once (the TensorRT profile allows up to 8)
+
+
+def _image_io(
+    manifest: Manifest, artifact: Artifact, kind: str
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """An image-to-image model's inputs, outputs and warm-up (one tile window of zeros)."""
+    image = manifest.image
+    assert image is not None
+    window = min(image.tile.size + 2 * image.tile.margin, 256)
+    if kind != "python":  # the ONNX's own float NCHW tensors, height and width dynamic
+        inputs, outputs = _io(artifact, with_seed=False)
+        warm = {INPUT_IMAGES: [image.in_channels, window, window]}
+        return inputs, outputs, _warmup(inputs, warm)
+    inputs = [
+        {"name": IMAGE_INPUT, "data_type": "TYPE_UINT8", "dims": [-1, -1, -1], "optional": True},
+        {"name": IMAGE_BYTES_INPUT, "data_type": "TYPE_STRING", "dims": [1], "optional": True},
+    ]
+    outputs = [{"name": IMAGE_OUTPUT, "data_type": "TYPE_UINT8", "dims": [-1, -1, -1]}]
+    return inputs, outputs, _warmup(inputs, {IMAGE_INPUT: [window, window, image.in_channels]})
 
 
 def model_config(
@@ -197,7 +240,11 @@ def model_config(
 
     max_batch = options.max_batch_size or manifest.batch.max
     noise = bool(manifest.interface.noise)
-    inputs, outputs = _io(artifact, with_seed=kind == "python", noise_seed=noise)
+    if manifest.image is not None:
+        inputs, outputs, warmup = _image_io(manifest, artifact, kind)
+    else:
+        inputs, outputs = _io(artifact, with_seed=kind == "python", noise_seed=noise)
+        warmup = _warmup(inputs)
     config: dict[str, Any] = {
         "name": name,
         "max_batch_size": max_batch,
@@ -206,7 +253,7 @@ def model_config(
         "output": outputs,
         "instance_group": [{"kind": "KIND_GPU" if gpu else "KIND_CPU", "count": options.instances}],
         "dynamic_batching": _batching(options),
-        "model_warmup": _warmup(inputs),
+        "model_warmup": warmup,
         "parameters": {
             "gendeploy_export": {"string_value": manifest.name},
             "gendeploy_artifact": {"string_value": artifact.name},
@@ -222,6 +269,18 @@ def model_config(
         if artifact.variant.runtime is Runtime.openvino:  # it runs the QDQ layers in INT8
             config["parameters"]["runtime"] = {"string_value": "openvino"}
             config["parameters"]["openvino_file"] = {"string_value": "model.xml"}
+        if manifest.image is not None:
+            image = manifest.image
+            config["parameters"].update(
+                {
+                    "max_megapixels": {"string_value": f"{options.max_megapixels:g}"},
+                    "tile_batch": {"string_value": str(min(TILE_BATCH, max_batch))},
+                    "image_input": {"string_value": INPUT_IMAGES},
+                    "scale": {"string_value": str(image.scale)},
+                    "in_channels": {"string_value": str(image.in_channels)},
+                    "out_channels": {"string_value": str(image.out_channels)},
+                }
+            )
     elif kind == "openvino":
         # Triton's OpenVINO backend (NGC container): CPU only; reads model.xml/.bin, or the
         # file default_model_filename names (model.onnx)
@@ -297,6 +356,8 @@ def plan_models(manifest: Manifest, export_dir: Path, options: RepoOptions) -> l
             files.update(_served_files(export_dir, artifact))
         config = model_config(manifest, onnx_artifact, base + suffix, "python", options, gpu)
         texts = {"model.py": served_model_source(), MANIFEST_NAME: manifest_text}
+        if manifest.image is not None:  # the served model tiles with this very file
+            texts["tiling.py"] = Path(tiling_module.__file__ or "").read_text()
         plans.append(ModelPlan(base + suffix, config, files, texts))
     for native in Native:
         natively = _natively_served(manifest, native)

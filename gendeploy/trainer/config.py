@@ -14,6 +14,11 @@ from gendeploy.errors import CheckpointError, UsageError
 class Arch(str, Enum):
     mlp = "mlp"
     dcgan = "dcgan"
+    srgan = "srgan"  # image to image: a low-resolution image in, the image x scale out
+
+
+IMAGE_TO_IMAGE = (Arch.srgan,)
+SR_SCALES = (2, 4, 8)
 
 
 @dataclass(frozen=True)
@@ -27,6 +32,12 @@ class ModelConfig:
     num_classes: int = 0  # 0: unconditional
     width: int = 64  # DCGAN: feature maps at the widest stage (ngf/ndf); MLP: first hidden size
     embed_dim: int = 50  # conditional models: size of the label embedding
+    # Image-to-image models (srgan): output side / input side, the input image's channels (0: as
+    # image_channels, the output's), and residual blocks at the input resolution. Noise models
+    # keep the defaults, so checkpoints written before these fields existed load unchanged.
+    scale: int = 1
+    input_channels: int = 0
+    blocks: int = 4
 
     def __post_init__(self) -> None:
         try:
@@ -36,6 +47,13 @@ class ModelConfig:
             raise ValueError(f"unknown model {self.arch!r}; choose one of: {choices}") from None
         if self.arch is Arch.dcgan and self.image_size not in (32, 64):
             raise ValueError(f"dcgan supports image_size 32 or 64, got {self.image_size}")
+        if self.image_to_image:
+            self._check_image_to_image()
+        elif self.scale != 1 or self.input_channels:
+            raise ValueError(
+                f"scale and input_channels describe image-to-image models; {self.arch.value} "
+                "draws images from noise"
+            )
         if self.image_size < 4 or self.image_channels not in (1, 3):
             raise ValueError(
                 f"image must be 1 or 3 channels and at least 4x4, got "
@@ -44,6 +62,22 @@ class ModelConfig:
         if self.latent_dim < 1 or self.width < 1 or self.num_classes < 0:
             raise ValueError("latent_dim and width must be positive, num_classes >= 0")
 
+    def _check_image_to_image(self) -> None:
+        if self.scale not in SR_SCALES:
+            choices = ", ".join(map(str, SR_SCALES))
+            raise ValueError(f"{self.arch.value} upscales by {choices}, not {self.scale}")
+        side = self.image_size
+        if side & (side - 1) or side < 4 * self.scale:  # the discriminator halves it down to 4x4
+            raise ValueError(
+                f"{self.arch.value}: image_size (the output side) must be a power of two and at "
+                f"least 4 x scale = {4 * self.scale}, got {side}"
+            )
+        if self.input_channels not in (0, 1, 3) or self.blocks < 1 or self.num_classes:
+            raise ValueError(
+                f"{self.arch.value}: input_channels 1 or 3 (0: as the output), blocks >= 1, "
+                "and no classes (it is not label-conditional)"
+            )
+
     @property
     def conditional(self) -> bool:
         return self.num_classes > 0
@@ -51,6 +85,17 @@ class ModelConfig:
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return (self.image_channels, self.image_size, self.image_size)
+
+    @property
+    def image_to_image(self) -> bool:
+        """An image in (``input_shape``), an image out; no latent, no labels."""
+        return self.arch in IMAGE_TO_IMAGE
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """What an image-to-image model reads at training size (any size at inference)."""
+        side = self.image_size // self.scale
+        return (self.input_channels or self.image_channels, side, side)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -64,6 +109,11 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"unknown model config fields: {sorted(unknown)}")
         return cls(**d)
+
+
+class GanLoss(str, Enum):
+    nonsaturating = "nonsaturating"  # -log D(G(z)) for G, real -> 1 / fake -> 0 for D
+    relativistic = "relativistic"  # ESRGAN's relativistic average loss (srgan only)
 
 
 class DatasetName(str, Enum):
@@ -93,6 +143,11 @@ class TrainConfig:
     # DiffAugment (Zhao et al.): random translations of every image the discriminator sees, real
     # and fake alike, so a small dataset does not let it memorise; fraction of the image side.
     translate: float = 0.0
+    # Image-to-image models: the adversarial loss, its weight beside the L1 pixel loss (weight 1),
+    # and a Gaussian blur (sigma, in input pixels) of the input images: a defocused scan.
+    gan_loss: GanLoss = GanLoss.nonsaturating
+    adversarial_weight: float = 0.01
+    input_blur: float = 0.0
     seed: int = 0
     sample_every: int = 250
     checkpoint_every: int = 250
@@ -106,6 +161,15 @@ class TrainConfig:
             raise UsageError(
                 f"unknown dataset {self.dataset!r}; choose one of: {choices}"
             ) from None
+        try:
+            object.__setattr__(self, "gan_loss", GanLoss(self.gan_loss))
+        except ValueError:
+            choices = ", ".join(g.value for g in GanLoss)
+            raise UsageError(
+                f"unknown GAN loss {self.gan_loss!r}; choose one of: {choices}"
+            ) from None
+        if self.adversarial_weight < 0 or self.input_blur < 0:
+            raise UsageError("--adversarial-weight and --input-blur must be >= 0")
         object.__setattr__(self, "betas", tuple(self.betas))
         if self.steps < 1 or self.batch_size < 1:
             raise UsageError("--steps and --batch-size must be at least 1")
@@ -117,6 +181,7 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["dataset"] = self.dataset.value
+        d["gan_loss"] = self.gan_loss.value
         d["betas"] = list(self.betas)
         return d
 
@@ -144,6 +209,7 @@ class PresetName(str, Enum):
     digits_dcgan = "digits-dcgan"
     seed_mlp = "seed-mlp"
     dcgan64 = "dcgan64"
+    digits_sr4x = "digits-sr4x"
 
 
 PRESETS: dict[str, Preset] = {
@@ -170,6 +236,18 @@ PRESETS: dict[str, Preset] = {
         "the reference DCGAN-64 (pytorch/examples), RGB 64x64; pair with --dataset",
         ModelConfig(arch="dcgan", image_size=64, image_channels=3, width=64),  # type: ignore[arg-type]
         TrainConfig(steps=5000, batch_size=64),
+    ),
+    PresetName.digits_sr4x.value: Preset(
+        "super-resolution GAN x4 on digits: defocused 8x8 scans in, 32x32 out",
+        ModelConfig(arch="srgan", image_size=32, scale=4, width=32, blocks=4),  # type: ignore[arg-type]
+        TrainConfig(
+            steps=2000,
+            batch_size=32,
+            betas=(0.9, 0.99),
+            gan_loss=GanLoss.relativistic,
+            adversarial_weight=0.01,
+            input_blur=1.0,
+        ),
     ),
 }
 DEFAULT_PRESET = PresetName.digits_cdcgan.value

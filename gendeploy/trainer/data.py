@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,86 @@ def load_dataset(
         images = torch.rand(256, channels, image_size, image_size, generator=g) * 2 - 1
         labels = torch.randint(0, 10, (256,), generator=g)
         return ImageData(images, labels, 10, [str(i) for i in range(10)])
+    raw, labels_np, names = _source_images(name, path, split)
+    images = _to_model_range(raw, image_size, channels)
+    return ImageData(images, torch.from_numpy(labels_np.astype(np.int64)), len(names), names)
+
+
+@dataclass(frozen=True)
+class ImagePairs:
+    """What a super-resolution model learns from: ``low`` in, ``high`` out, the same images."""
+
+    low: torch.Tensor  # (N, C, S/scale, S/scale) float32 in [-1, 1]
+    high: torch.Tensor  # (N, C, S, S) float32 in [-1, 1]
+    labels: torch.Tensor  # (N,) int64: what the digits classifier should read
+
+
+def load_pairs(
+    name: DatasetName | str,
+    image_size: int,
+    scale: int,
+    channels: int,
+    path: Path | None = None,
+    split: str = "train",
+    blur: float = 0.0,
+    low_channels: int | None = None,
+) -> ImagePairs:
+    """(low, high) pairs: each source image through the same resize as ``load_dataset``, once to
+    ``image_size // scale`` and once to ``image_size``. For ``digits`` the low side is the 8x8 scan
+    itself (no resize at all) and the high side the trainer's 32x32 (bilinear, half-pixel
+    centres, as every digits model here trains on), so the two stay aligned pixel for pixel.
+    ``blur`` > 0 then defocuses the low side: a Gaussian of that sigma, in low-side pixels.
+    ``low_channels`` (default ``channels``): the low side's, for a model that also converts."""
+    name = DatasetName(name)
+    low_size, low_channels = image_size // scale, low_channels or channels
+    if name is DatasetName.fake:  # random high images, their low side by the same resize
+        data = load_dataset(name, image_size, channels)
+        high, labels = data.images, data.labels
+        low = _resize(high, low_size)
+        if low_channels != channels:
+            low = low.mean(dim=1, keepdim=True).expand(-1, low_channels, -1, -1).contiguous()
+    else:
+        raw, labels_np, _ = _source_images(name, path, split)
+        high = _to_model_range(raw, image_size, channels)
+        low = _to_model_range(raw, low_size, low_channels)
+        labels = torch.from_numpy(labels_np.astype(np.int64))
+    return ImagePairs(gaussian_blur(low, blur), high, labels)
+
+
+def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (N, C, H, W) images, edges replicated; sigma 0: unchanged."""
+    if sigma <= 0:
+        return images
+    radius = max(1, math.ceil(3 * sigma))
+    t = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-(t**2) / (2 * sigma**2))
+    kernel = (kernel / kernel.sum()).to(images)
+    c = images.shape[1]
+    x = F.pad(images, (radius,) * 4, mode="replicate")
+    x = F.conv2d(x, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(x, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def bicubic(images: torch.Tensor, scale: int) -> torch.Tensor:
+    """The baseline every upscaler here is judged against: bicubic x ``scale`` (half-pixel
+    centres, like the trainer's resize), clamped to [-1, 1]."""
+    up = F.interpolate(images, scale_factor=float(scale), mode="bicubic", align_corners=False)
+    return up.clamp(-1, 1)
+
+
+def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    """[-1, 1] images to ``size`` by ``_to_model_range``'s interpolation."""
+    x = (images + 1) / 2
+    x = F.interpolate(
+        x, size=(size, size), mode="bilinear", align_corners=False, antialias=x.shape[-1] > size
+    )
+    return (x.clamp(0, 1) * 2 - 1).contiguous()
+
+
+def _source_images(
+    name: DatasetName, path: Path | None, split: str
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """A real dataset's images at their own size, uint8 range (N, C, H, W), checked."""
     if name is DatasetName.digits:
         raw, labels_np, names = _digits(split)
     elif name in (DatasetName.mnist, DatasetName.fashion_mnist):
@@ -64,8 +145,7 @@ def load_dataset(
     if labels_np.min() < 0 or labels_np.max() >= len(names):
         bad = labels_np[(labels_np < 0) | (labels_np >= len(names))][0]
         raise DataError(f"{where} has label {bad}, outside 0..{len(names) - 1}")
-    images = _to_model_range(raw, image_size, channels)
-    return ImageData(images, torch.from_numpy(labels_np.astype(np.int64)), len(names), names)
+    return raw, labels_np, names
 
 
 EXPECTED = {

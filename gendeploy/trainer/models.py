@@ -1,8 +1,11 @@
-"""GAN networks: the classic MLP GAN and DCGAN, each optionally class-conditional.
+"""GAN networks: the classic MLP GAN and DCGAN, each optionally class-conditional, and a compact
+super-resolution GAN (SRGAN).
 
-Every generator has the export-friendly signature ``forward(z[, labels]) -> images``: tensors in,
-one tensor out (N, C, H, W) in [-1, 1], deterministic. Conditional generators take ``labels`` as a
-second input (int64, shape (N,)). Hyperparameters are constructor arguments held in ``ModelConfig``.
+Every noise generator has the export-friendly signature ``forward(z[, labels]) -> images``: tensors
+in, one tensor out (N, C, H, W) in [-1, 1], deterministic. Conditional generators take ``labels`` as
+a second input (int64, shape (N,)). The super-resolution generator is ``forward(images) -> images``:
+(N, C, H, W) in, (N, C', s*H, s*W) out, at any H and W. Hyperparameters are constructor arguments
+held in ``ModelConfig``.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import itertools
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from gendeploy.trainer.config import Arch, ModelConfig
@@ -201,6 +205,57 @@ class _Head(nn.Module):
         return None if self.classify is None else self.classify(h)
 
 
+class _ResidualBlock(nn.Module):
+    """conv-ReLU-conv plus the input, no BatchNorm (EDSR, Lim et al.: it only costs at this size)"""
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(features, features, 3, 1, 1),
+            nn.ReLU(),
+            nn.Conv2d(features, features, 3, 1, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class SRGenerator(nn.Module):
+    """A compact super-resolution generator: SRResNet's residual blocks (Ledig et al. 2017, without
+    BatchNorm as in EDSR) at the input resolution, then one convolution into C' x scale^2 maps that
+    a pixel shuffle turns into the image (ESPCN's sub-pixel convolution, Shi et al. 2016): nothing
+    runs at the output resolution, which keeps a CPU step cheap. The input, nearest-upsampled, is
+    added at the end (as in Real-ESRGAN's compact net), so the network learns the residual. Every
+    layer is a convolution: any input size works.
+
+    In eval mode the output is clamped to [-1, 1]; in training it is not, so a pixel that starts
+    out of range still gets the L1 gradient back."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.scale = config.scale
+        self.size_multiple = 1
+        c_in, c_out, f, s = config.input_shape[0], config.image_channels, config.width, config.scale
+        self.head = nn.Sequential(nn.Conv2d(c_in, f, 3, 1, 1), nn.PReLU(f))
+        # state: f x h x w
+        self.body = nn.Sequential(
+            *(_ResidualBlock(f) for _ in range(config.blocks)), nn.Conv2d(f, f, 3, 1, 1)
+        )
+        # state: f x h x w (added to the head's features)
+        self.upsample = nn.Sequential(nn.Conv2d(f, c_out * s * s, 3, 1, 1), nn.PixelShuffle(s))
+        # state: c_out x (s*h) x (s*w)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        features = self.head(images)
+        features = features + self.body(features)
+        base = F.interpolate(images, scale_factor=float(self.scale), mode="nearest")
+        if base.shape[1] != self.config.image_channels:  # grey -> RGB, or RGB -> grey
+            base = base.mean(dim=1, keepdim=True).expand(-1, self.config.image_channels, -1, -1)
+        out = self.upsample(features) + base
+        return out if self.training else out.clamp(-1, 1)
+
+
 def _condition(
     label_input: _LabelInput | None, z: torch.Tensor, labels: torch.Tensor | None
 ) -> torch.Tensor:
@@ -212,11 +267,18 @@ def _condition(
 
 
 def build_generator(config: ModelConfig) -> nn.Module:
-    return {Arch.mlp: MLPGenerator, Arch.dcgan: DCGANGenerator}[config.arch](config)
+    generators = {Arch.mlp: MLPGenerator, Arch.dcgan: DCGANGenerator, Arch.srgan: SRGenerator}
+    return generators[config.arch](config)
 
 
 def build_discriminator(config: ModelConfig) -> _Discriminator:
-    return {Arch.mlp: MLPDiscriminator, Arch.dcgan: DCGANDiscriminator}[config.arch](config)
+    """SRGAN's discriminator is DCGAN's on the high-resolution images (unconditional)."""
+    discriminators = {
+        Arch.mlp: MLPDiscriminator,
+        Arch.dcgan: DCGANDiscriminator,
+        Arch.srgan: DCGANDiscriminator,
+    }
+    return discriminators[config.arch](config)
 
 
 def init_weights(module: nn.Module) -> None:

@@ -8,7 +8,7 @@ from gendeploy.fileio import atomic_write
 
 
 def save_loss_curve(history: list[dict[str, float]], path: Path) -> None:
-    """Discriminator and generator losses against step, with a moving average."""
+    """Discriminator and generator losses (and an upscaler's L1) against step, moving-averaged."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -19,7 +19,10 @@ def save_loss_curve(history: list[dict[str, float]], path: Path) -> None:
         return
     steps = np.array([m["step"] for m in history])
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    for key, color in (("loss_d", "tab:blue"), ("loss_g", "tab:orange")):
+    keys = [("loss_d", "tab:blue"), ("loss_g", "tab:orange")]
+    if "loss_pixel" in history[0]:  # upscalers: the L1 part of the generator's loss
+        keys.append(("loss_pixel", "tab:green"))
+    for key, color in keys:
         values = np.array([m[key] for m in history])
         ax.plot(steps, values, color=color, alpha=0.25, linewidth=0.8)
         window = max(1, len(values) // 50)

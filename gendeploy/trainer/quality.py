@@ -1,6 +1,8 @@
 """Sample quality on digits: a small classifier, trained deterministically and cached, scores
 generated images by label accuracy (conditional), class coverage (unconditional) and a Frechet
-distance in its feature space, next to the real-train vs real-held-out baseline.
+distance in its feature space, next to the real-train vs real-held-out baseline. Upscalers are
+scored on the held-out digits beside bicubic: PSNR and SSIM to the target, and how often the
+classifier reads the upscaled digit right (``UpscaleReport``).
 
 Real digits are scored exactly as the generator saw them: resized to the model's resolution by
 the trainer's own loader, then brought to the classifier's 16x16 like generated images. Scoring
@@ -24,7 +26,7 @@ from torch import nn
 from gendeploy.errors import UsageError
 from gendeploy.fileio import atomic_write, cache_dir
 from gendeploy.trainer.config import DatasetName, ModelConfig
-from gendeploy.trainer.data import digits_split, load_dataset
+from gendeploy.trainer.data import bicubic, digits_split, load_dataset, load_pairs
 
 CLASSIFIER_SIZE = 16  # generated images are resized to 16x16 grey before classification
 COVERAGE_SHARE = 0.05  # a class is covered when it holds at least 5% of unconditional samples
@@ -228,14 +230,104 @@ def _evaluate(
     )
 
 
-def evaluate_checkpoint(path: Path, seed: int = 0) -> QualityReport:
-    """Score a checkpoint's deployable generator and write ``quality.json`` next to it."""
+@dataclass(frozen=True)
+class UpscaleReport:
+    """An upscaler on the held-out digits, beside bicubic from the same input and the target (HR)
+    itself. PSNR and SSIM are per-image means on [0, 1] pixels (SSIM: Gaussian 11x11, sigma 1.5,
+    Wang et al. 2004)."""
+
+    classifier_accuracy: float  # the classifier's own accuracy on the held-out targets (HR)
+    samples: int
+    scale: int
+    input_blur: float  # the defocus of the inputs (sigma, input pixels), as trained
+    psnr: float  # the model's output vs the target, dB
+    psnr_bicubic: float
+    ssim: float
+    ssim_bicubic: float
+    label_accuracy: float  # the classifier reads the model's output as the right digit
+    label_accuracy_bicubic: float
+
+    def to_dict(self) -> dict[str, float | int]:
+        return dict(asdict(self))
+
+
+def psnr(images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB of [-1, 1] images, on [0, 1] pixels (capped at 100 dB: identical)."""
+    mse = ((images.clamp(-1, 1) - targets) / 2).square().flatten(1).mean(1)
+    return -10 * torch.log10(mse.clamp_min(1e-10))
+
+
+def ssim(images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-image SSIM of [-1, 1] images on [0, 1] pixels, averaged over channels."""
+    from gendeploy.trainer.data import gaussian_blur
+
+    x, y = (images.clamp(-1, 1) + 1) / 2, (targets + 1) / 2
+    c1, c2, r = 0.01**2, 0.03**2, 5  # window 11 = 2r + 1
+
+    def mean(t: torch.Tensor) -> torch.Tensor:  # Gaussian-weighted, 'valid' positions only
+        return gaussian_blur(t, 1.5)[..., r:-r, r:-r]
+
+    mu_x, mu_y = mean(x), mean(y)
+    var_x, var_y = mean(x * x) - mu_x**2, mean(y * y) - mu_y**2
+    cov = mean(x * y) - mu_x * mu_y
+    num = (2 * mu_x * mu_y + c1) * (2 * cov + c2)
+    den = (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)
+    return (num / den).flatten(1).mean(1)
+
+
+def evaluate_upscaler(generator: nn.Module, config: ModelConfig, blur: float) -> UpscaleReport:
+    """Score an eval-mode upscaler on the held-out digits, read as it was trained (``blur``)."""
+    classifier = load_classifier()  # may train it: outside inference mode
+    pairs = load_pairs(
+        DatasetName.digits,
+        config.image_size,
+        config.scale,
+        config.image_channels,
+        split="test",
+        blur=blur,
+        low_channels=config.input_shape[0],
+    )
+    with torch.inference_mode():
+        upscaled = torch.cat(
+            [generator(pairs.low[i : i + 256]) for i in range(0, len(pairs.low), 256)]
+        )
+        low = pairs.low if pairs.low.shape[1] == pairs.high.shape[1] else pairs.low.mean(1, True)
+        baseline = bicubic(low, config.scale).expand_as(pairs.high)
+        truth = pairs.labels.numpy()
+
+        def accuracy(images: torch.Tensor) -> float:
+            _, predicted = _features_and_predictions(classifier, to_classifier_input(images))
+            return float((predicted == truth).mean())
+
+        return UpscaleReport(
+            classifier_accuracy=accuracy(pairs.high),
+            samples=len(pairs.high),
+            scale=config.scale,
+            input_blur=blur,
+            psnr=float(psnr(upscaled, pairs.high).mean()),
+            psnr_bicubic=float(psnr(baseline, pairs.high).mean()),
+            ssim=float(ssim(upscaled, pairs.high).mean()),
+            ssim_bicubic=float(ssim(baseline, pairs.high).mean()),
+            label_accuracy=accuracy(upscaled),
+            label_accuracy_bicubic=accuracy(baseline),
+        )
+
+
+def evaluate_checkpoint(path: Path, seed: int = 0) -> QualityReport | UpscaleReport:
+    """Score a checkpoint's deployable generator and write ``quality.json`` next to it; an
+    upscaler is scored on the inputs it was trained on (its train config's ``input_blur``)."""
     import json
 
     from gendeploy.trainer.checkpoint import load_generator
 
     generator, ckpt = load_generator(path)
-    report = evaluate_generator(generator, ckpt.model_config, seed)
+    if ckpt.model_config.image_to_image:
+        blur = float(ckpt.train_config.get("input_blur", 0.0))
+        report: QualityReport | UpscaleReport = evaluate_upscaler(
+            generator, ckpt.model_config, blur
+        )
+    else:
+        report = evaluate_generator(generator, ckpt.model_config, seed)
     payload = {"checkpoint": str(path), "step": ckpt.step, **report.to_dict()}
     text = json.dumps(payload, indent=2) + "\n"
     atomic_write(Path(path).parent / "quality.json", lambda f: f.write(text.encode()))

@@ -20,10 +20,11 @@ from gendeploy.fileio import atomic_write
 from gendeploy.trainer import plots
 from gendeploy.trainer.checkpoint import Checkpoint, save_checkpoint
 from gendeploy.trainer.config import DatasetName, ModelConfig, TrainConfig
+from gendeploy.trainer.data import bicubic
 from gendeploy.trainer.models import recalibrate_batchnorm
 
 if TYPE_CHECKING:
-    from gendeploy.trainer.quality import QualityReport
+    from gendeploy.trainer.quality import QualityReport, UpscaleReport
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -87,7 +88,7 @@ class TrainResult:
     there is none."""
 
     steps: int
-    quality: QualityReport | None = None  # digits runs that were scored at the end
+    quality: QualityReport | UpscaleReport | None = None  # digits runs scored at the end
     quality_skipped: str = ""  # why a run asked to be scored was not ("" otherwise)
 
 
@@ -95,9 +96,17 @@ class RunWriter:
     """What rank 0 writes into the run directory; on other ranks every method does nothing."""
 
     def __init__(
-        self, out: Path, model: ModelConfig, train: TrainConfig, main: bool, start_step: int
+        self,
+        out: Path,
+        model: ModelConfig,
+        train: TrainConfig,
+        main: bool,
+        start_step: int,
+        sample_pairs: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> None:
+        """``sample_pairs``: the (low, high) images an image-to-image model's grids show."""
         self.out, self.model, self.train, self.main = out, model, train, main
+        self.sample_pairs = sample_pairs
         self.history: list[dict[str, float]] = []
         if not main:
             return
@@ -163,11 +172,30 @@ class RunWriter:
         """``generator`` is the deployable (eval-mode) one."""
         if not self.main:
             return
+        if self.sample_pairs is not None:
+            self._upscaled_samples(generator, step)
+            return
         device = next(generator.parameters()).device
         y = None if self.sample_y is None else self.sample_y.to(device)
         with torch.no_grad():
             samples = generator(self.sample_z.to(device), y).cpu()
         images.save_grid(samples, self.out / "samples" / f"step_{step:06d}.png", nrow=8)
+
+    def _upscaled_samples(self, generator: nn.Module, step: int) -> None:
+        """Rows: the input (nearest, to show its pixels), bicubic, the model, the target."""
+        assert self.sample_pairs is not None
+        low, high = self.sample_pairs
+        device = next(generator.parameters()).device
+        with torch.no_grad():
+            upscaled = generator(low.to(device)).cpu()
+        scale, c = self.model.scale, self.model.image_channels
+        nearest = torch.nn.functional.interpolate(low, scale_factor=float(scale), mode="nearest")
+        rows = [nearest, bicubic(low, scale), upscaled, high]
+        rows = [
+            r if r.shape[1] == c else r.mean(1, keepdim=True).expand(-1, c, -1, -1) for r in rows
+        ]
+        path = self.out / "samples" / f"step_{step:06d}.png"
+        images.save_grid(torch.cat(rows), path, nrow=len(low))
 
     def checkpoint(
         self,

@@ -1,4 +1,6 @@
-"""The training loop: non-saturating GAN loss with logits, Adam, optional generator EMA, DDP.
+"""The training loop: non-saturating GAN loss with logits, Adam, optional generator EMA, DDP; for
+super-resolution models, L1 to the high-resolution image plus an adversarial loss (non-saturating,
+or ESRGAN's relativistic average).
 
 One run writes one directory ``runs/<name>/``: ``checkpoint.pt`` (self-describing, atomic),
 ``config.json``, ``metrics.jsonl``, ``samples/step_XXXXXX.png``, ``loss.png``, ``quality.json``.
@@ -26,13 +28,15 @@ from gendeploy.errors import CheckpointError, UsageError
 from gendeploy.trainer.checkpoint import Checkpoint, load_checkpoint, load_state_into
 from gendeploy.trainer.config import (
     RESUMABLE_CHANGES,
+    DatasetName,
+    GanLoss,
     ModelConfig,
     Preset,
     TrainConfig,
     preset,
     with_overrides,
 )
-from gendeploy.trainer.data import load_dataset
+from gendeploy.trainer.data import ImageData, ImagePairs, load_dataset, load_pairs
 from gendeploy.trainer.models import (
     build_discriminator,
     build_generator,
@@ -123,8 +127,9 @@ class _Training:
     config: TrainConfig
     dev: torch.device
     dist: _Dist
-    images: torch.Tensor  # the whole dataset on the device
+    images: torch.Tensor  # the whole dataset on the device (super-resolution: the high side)
     labels: torch.Tensor
+    low: torch.Tensor | None  # super-resolution: the low side of each image, else None
     generator: nn.Module
     discriminator: nn.Module
     g_train: nn.Module  # the same networks, wrapped for DDP under torchrun
@@ -156,7 +161,7 @@ def train(
     bar = run.progress(t.start_step, last, progress)
     for step in range(t.start_step + 1, last + 1):
         threads = cpus.adapt()  # fewer while a co-tenant keeps a core busy (gendeploy.cpus)
-        metrics = _step(t, step)
+        metrics = _step(t, step) if t.low is None else _sr_step(t, step)
         elapsed = time.perf_counter() - t0
         metrics["steps_per_s"] = (step - t.start_step) / elapsed if elapsed > 0 else 0.0
         metrics["threads"] = threads
@@ -219,6 +224,62 @@ def _step(t: _Training, step: int) -> dict[str, float]:
     }
 
 
+def _sr_step(t: _Training, step: int) -> dict[str, float]:
+    """One discriminator and one generator update of a super-resolution GAN. The generator's loss
+    is L1 to the high-resolution image plus ``adversarial_weight`` x the adversarial loss."""
+    assert t.low is not None
+    config, dev = t.config, t.dev
+    idx = torch.randint(0, len(t.images), (config.batch_size,), generator=t.rng).to(dev)
+    low, real = t.low[idx], t.images[idx]
+    relativistic = config.gan_loss is GanLoss.relativistic
+    fake = t.g_train(low)
+
+    logit_real, _ = t.d_train(real)
+    logit_fake, _ = t.d_train(fake.detach())
+    if relativistic:  # ESRGAN: is the real image more realistic than the average fake, and back
+        loss_d = (
+            F.softplus(-(logit_real - logit_fake.mean())).mean()
+            + F.softplus(logit_fake - logit_real.mean()).mean()
+        ) / 2
+    else:
+        loss_d = F.softplus(-logit_real).mean() + F.softplus(logit_fake).mean()
+    t.opt_d.zero_grad(set_to_none=True)
+    loss_d.backward()
+    t.opt_d.step()
+
+    with t.d_train.no_sync() if t.dist.world > 1 else contextlib.nullcontext():  # type: ignore[operator]
+        logit_fake_g, _ = t.d_train(fake)
+        if relativistic:  # the same question from the generator's side: the roles swap
+            with torch.no_grad():
+                logit_real_g, _ = t.d_train(real)
+            loss_adv = (
+                F.softplus(logit_real_g - logit_fake_g.mean()).mean()
+                + F.softplus(-(logit_fake_g - logit_real_g.mean())).mean()
+            ) / 2
+        else:
+            loss_adv = F.softplus(-logit_fake_g).mean()
+        loss_pixel = F.l1_loss(fake, real)
+        loss_g = loss_pixel + config.adversarial_weight * loss_adv
+        t.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+    t.opt_g.step()
+    if t.ema is not None:
+        _ema_update(t.ema, t.generator, min(config.ema_decay, (1 + step) / (10 + step)))
+    mse = ((fake.detach().clamp(-1, 1) - real) / 2).square().mean()
+    real_score, fake_score = logit_real.detach(), logit_fake.detach()
+    if relativistic:  # what D says: more realistic than the other side's average
+        real_score, fake_score = real_score - fake_score.mean(), fake_score - real_score.mean()
+    return {
+        "step": step,
+        "loss_d": float(loss_d.detach()),
+        "loss_g": float(loss_g.detach()),
+        "loss_pixel": float(loss_pixel.detach()),
+        "psnr": float(-10 * torch.log10(mse.clamp_min(1e-10))),
+        "d_real": float(torch.sigmoid(real_score).mean()),
+        "d_fake": float(torch.sigmoid(fake_score).mean()),
+    }
+
+
 def _setup(
     model_config: ModelConfig,
     train_config: TrainConfig,
@@ -237,13 +298,15 @@ def _setup(
         ckpt = load_checkpoint(out / CHECKPOINT_NAME)
         _check_resumable(ckpt, model_config, train_config, out / CHECKPOINT_NAME)
         start_step = ckpt.step
-    data = load_dataset(
-        train_config.dataset,
-        model_config.image_size,
-        model_config.image_channels,
-        Path(train_config.data_path) if train_config.data_path else None,
-    )
-    if model_config.conditional and data.num_classes > model_config.num_classes:
+    if train_config.gan_loss is GanLoss.relativistic and not model_config.image_to_image:
+        raise UsageError(
+            f"--gan-loss relativistic trains image-to-image models (srgan), not "
+            f"{model_config.arch.value}"
+        )
+    data = _training_data(model_config, train_config)
+    if isinstance(data, ImageData) and (
+        model_config.conditional and data.num_classes > model_config.num_classes
+    ):
         raise UsageError(
             f"dataset {train_config.dataset.value} has {data.num_classes} classes but the model "
             f"has --num-classes {model_config.num_classes}"
@@ -267,7 +330,9 @@ def _setup(
 
     if dist.main and not resume:
         clear_run_dir(out)  # --force: everything above has been checked
-    run = RunWriter(out, model_config, train_config, dist.main, start_step)
+    pairs = data if isinstance(data, ImagePairs) else None
+    samples = None if pairs is None else _sample_pairs(model_config, train_config, pairs)
+    run = RunWriter(out, model_config, train_config, dist.main, start_step, samples)
     # Each rank (and each resumed segment) draws its own batches, reproducibly.
     rng = torch.Generator().manual_seed(train_config.seed * 1000 + dist.rank + 7919 * start_step)
     # Random numbers come from the CPU generator on every device, so a seed means one thing.
@@ -276,8 +341,9 @@ def _setup(
         config=train_config,
         dev=dev,
         dist=dist,
-        images=data.images.to(dev),
+        images=(data.images if isinstance(data, ImageData) else data.high).to(dev),
         labels=data.labels.to(dev),
+        low=None if pairs is None else pairs.low.to(dev),
         generator=generator,
         discriminator=discriminator,
         g_train=g_train,
@@ -289,6 +355,41 @@ def _setup(
         rng=rng,
         start_step=start_step,
     )
+
+
+def _training_data(model_config: ModelConfig, config: TrainConfig) -> ImageData | ImagePairs:
+    path = Path(config.data_path) if config.data_path else None
+    if model_config.image_to_image:
+        return load_pairs(
+            config.dataset,
+            model_config.image_size,
+            model_config.scale,
+            model_config.image_channels,
+            path,
+            blur=config.input_blur,
+            low_channels=model_config.input_shape[0],
+        )
+    return load_dataset(config.dataset, model_config.image_size, model_config.image_channels, path)
+
+
+def _sample_pairs(
+    model_config: ModelConfig, config: TrainConfig, train: ImagePairs
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (low, high) images every sample grid shows: on digits one held-out image per class,
+    elsewhere the first ten training images."""
+    if config.dataset is not DatasetName.digits:
+        return train.low[:10], train.high[:10]
+    held_out = load_pairs(
+        config.dataset,
+        model_config.image_size,
+        model_config.scale,
+        model_config.image_channels,
+        split="test",
+        blur=config.input_blur,
+        low_channels=model_config.input_shape[0],
+    )
+    first = [int(torch.nonzero(held_out.labels == k)[0]) for k in range(10)]
+    return held_out.low[first], held_out.high[first]
 
 
 def _restore(
