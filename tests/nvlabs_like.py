@@ -511,7 +511,7 @@ def sg2ada_small_fp16_blocks() -> StyleGenerator:
 
 
 def sg3_t(c_dim: int = CLASSES, resolution: int = 16, channel_base: int = 1024,
-          channel_max: int = 32, layers: int = 6, margin: int = 10,
+          channel_max: int = 32, layers: int = 14, margin: int = 10,
           output_scale: float = 0.25) -> StyleGenerator:  # fmt: skip
     """StyleGAN3-T-like, 16x16, channels 32 at most, conditional (10 classes)."""
     torch.manual_seed(0)
