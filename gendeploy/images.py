@@ -74,8 +74,8 @@ def save_grid(images: np.ndarray | torch.Tensor, path: Path, nrow: int = 8) -> P
         try:
             picture.save(f, format=fmt)
         except (OSError, ValueError, KeyError) as e:
-            if isinstance(e, OSError) and "cannot write" not in str(e):
-                raise  # a disk error, not the format's
+            if isinstance(e, OSError) and e.errno is not None:
+                raise  # a disk error (Pillow's "cannot write mode ..." carries no errno)
             raise UsageError(f"{path}: Pillow cannot write these images as {fmt} ({e})") from None
 
     atomic_write(path, write)

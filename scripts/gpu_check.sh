@@ -29,7 +29,7 @@ export GENDEPLOY_CACHE_DIR="${GENDEPLOY_CACHE_DIR:-$OUT/cache}"
 "$PY" -m gendeploy doctor 2>&1 | tee "$OUT/doctor.txt"
 
 status=0
-timeout 300 "$PY" -m gendeploy.export.gpu_check "$OUT" 2>&1 | tee "$OUT/gpu_check.log"
+timeout 300 "$PY" -m gendeploy.bench.gpu_check "$OUT" 2>&1 | tee "$OUT/gpu_check.log"
 status=${PIPESTATUS[0]}
 
 timeout 300 "$PY" -m pytest -m gpu -q -rs -p no:cacheprovider tests 2>&1 | tee "$OUT/pytest_gpu.log"

@@ -25,8 +25,8 @@ from conftest import write_checkpoint as make_checkpoint  # noqa: F401
 
 from gendeploy.errors import MissingDependencyError
 from gendeploy.export.api import export
-from gendeploy.export.manifest import OutputKind
 from gendeploy.export.options import ExportOptions, ModelSpec
+from gendeploy.manifest import OutputKind
 from gendeploy.serve.readyfile import ServeState
 from gendeploy.trainer.checkpoint import load_generator
 

@@ -11,6 +11,7 @@ import pytest
 from serve_support import require_tritonserver
 from typer.testing import CliRunner
 
+from gendeploy.bench.results import RunnerQuality
 from gendeploy.bench.suites import get_suite
 from gendeploy.cli import app
 from gendeploy.errors import UsageError
@@ -44,8 +45,10 @@ def test_tiny_bench_runs_every_path_including_the_served_one(tmp_path: Path) -> 
         assert trt.reason in skip.reason
     # quality beside speed: every timed runner but the reference, judged like the export's gate
     assert set(model.quality) == set(timed) - {"eager"}
-    assert model.quality["openvino_int8"]["passed"]
-    assert model.quality["onnxruntime"]["frechet_ratio"] == pytest.approx(1.0, abs=0.02)
+    int8, fp32 = model.quality["openvino_int8"], model.quality["onnxruntime"]
+    assert isinstance(int8, RunnerQuality) and int8.passed
+    assert isinstance(fp32, RunnerQuality)
+    assert fp32.frechet_ratio == pytest.approx(1.0, abs=0.02)
     assert "int8" in model.export.artifacts
 
     served = model.served

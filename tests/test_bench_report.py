@@ -166,8 +166,11 @@ def quality(ratio: float, passed: bool, digits: tuple[float, float] | None = Non
         "seeds": 1000,
         "feature_space": "digits classifier (64-d feature layer)",
         "psnr": {"min_db": 40.0, "p1_db": 45.0, "median_db": 50.0, "mean_db": 50.0},
+        "frechet": ratio * 0.01,
+        "frechet_floor": 0.01,
         "frechet_ratio": ratio,
         "max_frechet_ratio": 1.1,
+        "psnr_bounds": {"min_p1_db": 25.0, "min_median_db": 30.0},
         "passed": passed,
         "failures": [] if passed else ["distribution: Frechet ratio 3.0 > 1.1"],
     }

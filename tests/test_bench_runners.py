@@ -18,7 +18,7 @@ from gendeploy.bench.peak import matmul_peak
 from gendeploy.bench.suites import ALL_RUNNERS, TINY
 from gendeploy.bench.sweep import make_feeds, peak_rss_mib, sweep_batch
 from gendeploy.bench.timing import StabilityRule
-from gendeploy.export.manifest import Manifest
+from gendeploy.manifest import Manifest
 from gendeploy.runtime.base import Feeds, Runner
 from gendeploy.runtime.eager import EagerRunner
 from gendeploy.runtime.registry import (

@@ -120,3 +120,14 @@ def test_every_help_renders_every_word_of_its_help_text(
         if getattr(param, "help", None):
             assert _shown_in_order(_words(param.help), shown), (param.name, param.help)
     assert stderr == ""
+
+
+@pytest.mark.parametrize(
+    "path",
+    [p for p, _ in EVERY_COMMAND],
+    ids=[" ".join(p) or "gendeploy" for p, _ in EVERY_COMMAND],
+)
+def test_every_usage_error_is_one_line_and_exit_2(path: tuple[str, ...]) -> None:
+    code, stdout, stderr = cli(*path, "--no-such-flag")
+    assert code == 2 and stdout == ""
+    assert stderr.strip().splitlines() == ["error: No such option: --no-such-flag"], stderr

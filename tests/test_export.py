@@ -19,13 +19,13 @@ from conftest import TINY_CONDITIONAL_DCGAN, TINY_MLP, MakeCheckpoint
 from gendeploy.errors import ExportError, UsageError
 from gendeploy.export.api import export
 from gendeploy.export.gate import render
-from gendeploy.export.manifest import load_manifest, sha256_file
 from gendeploy.export.options import ExportOptions, ModelSpec
 from gendeploy.export.publish import STAGING_PREFIX, publish, set_aside, staging_dir
 from gendeploy.export.source import load_eager
-from gendeploy.runtime.base import available
+from gendeploy.manifest import load_manifest, sha256_file
 from gendeploy.runtime.eager import EagerRunner
 from gendeploy.runtime.onnxrt import OnnxRuntimeRunner
+from gendeploy.runtime.tensorrt import tensorrt_availability
 
 
 def _eager(checkpoint_dir: Path, feeds: dict[str, np.ndarray]) -> np.ndarray:
@@ -68,10 +68,10 @@ def test_export_of_a_conditional_checkpoint_publishes_gated_fp32_uint8_fp16(
         assert quality["passed"] and quality["seeds"] >= 1000
         assert quality["frechet_ratio"] <= 1.10 and quality["psnr"]["p1_db"] >= 40
     assert "quality" not in on_disk.artifact("fp32").validation  # FP32 is the reference
-    if not available("tensorrt").ok:  # said plainly, not silently dropped
+    if not tensorrt_availability().ok:  # said plainly, not silently dropped
         skipped = {s["name"]: s["reason"] for s in on_disk.skipped}
         assert skipped.keys() == {"trt_fp16", "trt_fp16_uint8"}
-        assert available("tensorrt").reason in skipped["trt_fp16"]
+        assert tensorrt_availability().reason in skipped["trt_fp16"]
 
 
 def test_exported_onnx_has_a_dynamic_batch_and_matches_eager_at_any_batch(

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from cli_support import cli
 
+from gendeploy.bench.doctor import Finding, Report, diagnose
 from gendeploy.bench.served import find_perf_analyzer
-from gendeploy.export.doctor import Finding, Report, diagnose
 from gendeploy.runtime.tensorrt import tensorrt_availability
 
 
@@ -80,7 +80,7 @@ def test_doctor_without_perf_analyzer_points_at_the_fetch_script(
 
 
 def test_gpu_check_without_tensorrt_says_why_and_records_it(tmp_path: Path) -> None:
-    from gendeploy.export.gpu_check import main
+    from gendeploy.bench.gpu_check import main
 
     status = tensorrt_availability()
     if status.ok:

@@ -11,12 +11,19 @@ import pytest
 import torch
 from torch import nn
 
-from gendeploy.errors import ValidationError
+from gendeploy.errors import (
+    BatchInvarianceError,
+    NameMismatchError,
+    RenderingError,
+    ShapeMismatchError,
+    ToleranceError,
+    ValidationError,
+)
 from gendeploy.export import gate, onnx_graph
 from gendeploy.export.api import export
-from gendeploy.export.manifest import ArtifactKind, Precision
 from gendeploy.export.options import ExportOptions, ModelSpec
 from gendeploy.export.source import LoadedModel, make_artifact
+from gendeploy.manifest import PLAN, Precision
 from gendeploy.runtime.onnxrt import OnnxRuntimeRunner
 
 BROKEN_MODELS = '''
@@ -92,7 +99,9 @@ def test_an_eval_mode_generator_with_one_batchnorm_in_training_mode_fails_the_ga
     gate.eager_reference(generator, 16, 4, max_batch=8)  # eval mode: passes
     bn = next(m for m in generator.modules() if isinstance(m, nn.BatchNorm2d))
     bn.train()
-    with pytest.raises(ValidationError, match=r"not batch invariant.*BatchNorm.*training mode"):
+    with pytest.raises(
+        BatchInvarianceError, match=r"not batch invariant.*BatchNorm.*training mode"
+    ):
         gate.eager_reference(generator, 16, 4, max_batch=8)
 
 
@@ -113,7 +122,7 @@ def _tiny(seed: int) -> nn.Module:
 
 
 def _loaded(module: nn.Module) -> LoadedModel:
-    from gendeploy.export.manifest import Source
+    from gendeploy.manifest import Source
 
     return LoadedModel(module, 6, 0, (1, 8, 8), Source("user_model", "x:y", ""), "tiny")
 
@@ -123,8 +132,8 @@ def test_an_onnx_that_does_not_match_its_model_fails_on_values(tmp_path: Path) -
     path = tmp_path / "other.onnx"
     onnx_graph.export_fp32(other, path, latent_dim=6, num_classes=0, max_batch=8)
     reference = gate.eager_reference(model, 6, 0, max_batch=8)
-    artifact = make_artifact(_loaded(model), "fp32", ArtifactKind.onnx, path.name)
-    with pytest.raises(ValidationError, match=r"'fp32': values: max abs difference .* > 0\.0001"):
+    artifact = make_artifact(_loaded(model), PLAN["fp32"], path.name)
+    with pytest.raises(ToleranceError, match=r"'fp32': values: max abs difference .* > 0\.0001"):
         gate.validate(OnnxRuntimeRunner(path), artifact, reference, max_batch=8)
     # the very same file passes against its own model
     own = gate.eager_reference(other, 6, 0, max_batch=8)
@@ -137,16 +146,15 @@ def test_an_onnx_with_wrong_names_or_shapes_fails_before_values(tmp_path: Path) 
     path = tmp_path / "m.onnx"
     onnx_graph.export_fp32(model, path, latent_dim=6, num_classes=0, max_batch=8)
     reference = gate.eager_reference(model, 6, 0, max_batch=8)
-    uint8 = make_artifact(_loaded(model), "uint8", ArtifactKind.onnx, path.name)
-    with pytest.raises(ValidationError, match=r"'uint8': shape: got float32\[8, 1, 8, 8\]"):
+    uint8 = make_artifact(_loaded(model), PLAN["uint8"], path.name)
+    with pytest.raises(ShapeMismatchError, match=r"'uint8': shape: got float32\[8, 1, 8, 8\]"):
         gate.validate(OnnxRuntimeRunner(path), uint8, reference, max_batch=8)
     conditional = make_artifact(
         LoadedModel(model, 6, 3, (1, 8, 8), _loaded(model).source, "c"),
-        "fp32",
-        ArtifactKind.onnx,
+        PLAN["fp32"],
         path.name,
     )
-    with pytest.raises(ValidationError, match=r"names: inputs \['z'\]"):
+    with pytest.raises(NameMismatchError, match=r"names: inputs \['z'\]"):
         gate.validate(OnnxRuntimeRunner(path), conditional, reference, max_batch=8)
 
 
@@ -195,13 +203,13 @@ def test_a_uint8_head_must_be_within_one_level_of_its_float_graphs_rendering(
     onnx_graph.save(onnx_graph.add_uint8_head(fp16), tmp_path / "fp16_uint8.onnx")
     reference = gate.eager_reference(model, 6, 0, max_batch=8)
     float_outputs = gate.outputs(OnnxRuntimeRunner(tmp_path / "fp16.onnx"), reference, 8)
-    head = make_artifact(_loaded(model), "fp16_uint8", ArtifactKind.onnx, "fp16_uint8.onnx")
+    head = make_artifact(_loaded(model), PLAN["fp16_uint8"])
     runner = OnnxRuntimeRunner(tmp_path / "fp16_uint8.onnx")
     figures = gate.validate(runner, head, reference, 8, float_outputs)
     assert figures["passed"] and figures["head_level_diff"] <= 1
     # float outputs 2 levels away (within fp16's 4 levels of eager) are not what the head renders
     shifted = [np.clip(o + 2 / 127.5, -1, 1) for o in float_outputs]
-    with pytest.raises(ValidationError, match=r"'fp16_uint8': uint8 head: .* by [23] levels"):
+    with pytest.raises(RenderingError, match=r"'fp16_uint8': uint8 head: .* by [23] levels"):
         gate.validate(runner, head, reference, 8, shifted)
 
 

@@ -24,12 +24,18 @@ from conftest import MakeCheckpoint
 from typer.testing import CliRunner
 
 from gendeploy.cli import app
-from gendeploy.errors import MissingDependencyError, QualityError, UsageError, ValidationError
+from gendeploy.errors import (
+    DistributionError,
+    MissingDependencyError,
+    PrecisionOverflowError,
+    QualityError,
+    UsageError,
+    ValidationError,
+)
 from gendeploy.export import fp16_islands, int8, onnx_graph
 from gendeploy.export.api import export
 from gendeploy.export.build import FP16_EMULATED
 from gendeploy.export.inmemory import export_generator
-from gendeploy.export.manifest import ArtifactKind, Manifest, Precision, load_manifest
 from gendeploy.export.options import ExportOptions, ModelSpec
 from gendeploy.export.quality_gate import (
     ModelFacts,
@@ -41,6 +47,7 @@ from gendeploy.export.quality_gate import (
 )
 from gendeploy.export.source import load_eager, load_user_model
 from gendeploy.fileio import cache_dir
+from gendeploy.manifest import ArtifactKind, Manifest, Precision, load_manifest
 from gendeploy.runtime.eager import EagerRunner
 from gendeploy.runtime.onnxrt import OnnxRuntimeRunner
 from gendeploy.runtime.openvino import OpenVINORunner
@@ -191,7 +198,8 @@ def test_a_generator_whose_int8_draws_one_image_is_stopped_by_the_distribution_c
     assert images.std(axis=0).mean() < 0.1 * eager.std(axis=0).mean()
     result = compare(EagerRunner(loaded.module).run, OpenVINORunner(path).run,
                      ModelFacts(16, 0, (1, 16, 16)), "int8")  # fmt: skip
-    assert [f.split(":")[0] for f in result.failures] == ["distribution"]
+    assert [f.error for f in result.failures] == [DistributionError]
+    assert str(result.failures[0]).startswith("distribution: Frechet ratio")
     assert result.psnr.median_db > 30 and result.psnr.p1_db > 25
 
 
@@ -449,7 +457,7 @@ def test_the_gate_judges_any_channel_count_and_tiny_images(channels: int, side: 
 
     # a change in the last channel alone (alpha of RGBA; the second of two) is seen
     changed = compare(reference, last_channel_flat, facts, "fp16")
-    assert "distribution" in " ".join(changed.failures), changed.failures
+    assert DistributionError in [f.error for f in changed.failures], changed.failure_text
 
 
 def test_fp16_export_of_a_four_channel_six_pixel_generator_is_judged(tmp_path: Path) -> None:
@@ -495,15 +503,21 @@ def test_an_fp16_refusal_by_the_quality_gate_names_its_true_cause(tmp_path: Path
     torch.manual_seed(0)
     fp32 = tmp_path / "fp32.onnx"
     onnx_graph.export_fp32(_Channels(1, 8).eval(), fp32, 16, 0, 8)
-    refused = QualityError("quality gate failed for 'fp16': distribution: ...", artifact="fp16")
-    for overflow, cause in ((False, "FP16 loses precision"), (True, "FP16 overflows (NaN/Inf)")):
+    lost = DistributionError("quality gate failed for 'fp16': distribution: ...", artifact="fp16")
+    overflowed = PrecisionOverflowError(
+        "quality gate failed for 'fp16': values: NaN/Inf in the samples", artifact="fp16"
+    )
+    for refused, cause in (
+        (lost, "FP16 loses precision"),
+        (overflowed, "FP16 overflows (NaN/Inf)"),
+    ):
         with pytest.raises(QualityError, match=f"^{re.escape(cause)}") as caught:
             fp16_islands.convert(
                 onnx.load(str(fp32)),
                 [seed_feeds(np.arange(8), 16, 0)],
-                lambda _model, o=overflow: fp16_islands.Refusal(refused, overflow=o),
+                lambda _model, e=refused: fp16_islands.Refusal(e),
             )
-        assert caught.value.artifact == "fp16"
+        assert caught.value.artifact == "fp16" and type(caught.value) is type(refused)
 
 
 def test_a_stylegan_is_quantized_on_its_weighted_layers_only_and_the_manifest_lists_them(

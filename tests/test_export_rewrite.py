@@ -18,7 +18,16 @@ from google.protobuf import json_format
 
 import gendeploy
 from gendeploy.errors import ExportError, UsageError
-from gendeploy.export.manifest import (
+from gendeploy.export.onnx_graph import export_fp32, sample_inputs
+from gendeploy.export.rewrite import (
+    batched_conv2d,
+    modulated_conv2d,
+    rewrite_batch_grouped,
+    verify,
+)
+from gendeploy.export.signature import parse_forward_kwargs
+from gendeploy.export.source import load_eager
+from gendeploy.manifest import (
     Artifact,
     ArtifactKind,
     BatchProfile,
@@ -30,17 +39,9 @@ from gendeploy.export.manifest import (
     TensorSpec,
     load_manifest,
 )
-from gendeploy.export.onnx_graph import export_fp32, sample_inputs
-from gendeploy.export.rewrite import (
-    batched_conv2d,
-    modulated_conv2d,
-    rewrite_batch_grouped,
-    verify,
-)
-from gendeploy.export.signature import parse_forward_kwargs
-from gendeploy.export.source import load_eager
 from gendeploy.runtime.onnxrt import OnnxRuntimeRunner
-from gendeploy.serve.backend_model import RequestError, draw_latents, draw_noise, parse_extras
+from gendeploy.seeds import draw_latents, draw_noise
+from gendeploy.serve.backend_model import RequestError, parse_extras
 from gendeploy.serve.repo import RepoOptions, model_config
 
 GEOMETRIES = [  # (kernel, stride, padding, dilation)

@@ -30,13 +30,13 @@ from gendeploy.cli import app
 from gendeploy.errors import ValidationError
 from gendeploy.export import fp16_islands, gate
 from gendeploy.export.inmemory import export_generator
-from gendeploy.export.manifest import ArtifactKind, Manifest, Precision, load_manifest
 from gendeploy.export.signature import TRUNCATION_RANGE, serving_module
 from gendeploy.export.source import load_eager, load_module, make_artifact
+from gendeploy.manifest import PLAN, Manifest, Precision, load_manifest
 from gendeploy.runtime.eager import EagerRunner
 from gendeploy.runtime.onnxrt import OnnxRuntimeRunner
 from gendeploy.runtime.triton import InferenceError, TritonRunner
-from gendeploy.serve.backend_model import draw_latents, draw_noise
+from gendeploy.seeds import draw_latents, draw_noise
 from gendeploy.serve.client import generate
 from gendeploy.serve.repo import write_repo
 from gendeploy.serve.server import TritonServer
@@ -544,7 +544,7 @@ def test_fp16_keeps_overflowing_layers_in_fp32_islands_listed_in_the_manifest(
     )
     path = tmp_path / "plain.onnx"
     onnx.save(plain, str(path))
-    artifact = make_artifact(loaded, "fp16", ArtifactKind.onnx, path.name)
+    artifact = make_artifact(loaded, PLAN["fp16"], path.name)
     with (
         OnnxRuntimeRunner(path, optimize=False) as runner,
         pytest.raises(ValidationError, match="gate failed for 'fp16'"),

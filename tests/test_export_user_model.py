@@ -14,8 +14,8 @@ from cli_support import cli
 from conftest import MakeCheckpoint
 from safetensors.torch import save_file
 
-from gendeploy.export.manifest import load_manifest
 from gendeploy.export.source import load_eager
+from gendeploy.manifest import load_manifest
 from gendeploy.runtime.eager import EagerRunner
 from gendeploy.runtime.onnxrt import OnnxRuntimeRunner
 
@@ -199,9 +199,9 @@ def test_bad_inputs_get_one_line_errors_and_nonzero_exits(
 def test_require_engine_fails_up_front_without_tensorrt(
     make_checkpoint: MakeCheckpoint, tmp_path: Path
 ) -> None:
-    from gendeploy.runtime.base import available
+    from gendeploy.runtime.tensorrt import tensorrt_availability
 
-    if available("tensorrt").ok:
+    if tensorrt_availability().ok:
         pytest.skip("TensorRT and CUDA are present here: --require-engine succeeds")
     out = tmp_path / "e"
     code, _, stderr = cli(

@@ -1,4 +1,5 @@
-"""The package's import graph: no cycles, and imports inside functions only for heavy dependencies.
+"""The package's import graph: layers whose arrows point one way, no cycles, and imports inside
+functions only for heavy dependencies.
 
 Read from the source with ``ast`` (nothing is imported), counting every ``import`` wherever it
 stands: at module level, under ``TYPE_CHECKING`` and inside functions. A function-local import of
@@ -40,6 +41,32 @@ HEAVY = {
 }
 
 CLI = "gendeploy.cli"  # commands import the library when run: `gendeploy --help` stays fast
+
+# The packages in layers, lowest first. A module imports its own package, the shared vocabulary
+# (whose modules also import each other) and the layers below its own: never a layer above, never
+# the other package of its own layer.
+LAYERS: tuple[frozenset[str], ...] = (
+    frozenset(  # the shared vocabulary: the plan and the manifest, errors, the seed RNG, CPUs...
+        {
+            "gendeploy.cpus",
+            "gendeploy.errors",
+            "gendeploy.fileio",
+            "gendeploy.images",
+            "gendeploy.manifest",
+            "gendeploy.protocol",
+            "gendeploy.seeds",
+        }
+    ),
+    frozenset({"gendeploy.trainer", "gendeploy.runtime"}),
+    frozenset({"gendeploy.export", "gendeploy.serve"}),
+    frozenset({"gendeploy.bench"}),
+    frozenset({"gendeploy.tune", "gendeploy.deploy"}),
+    frozenset({"gendeploy.cli"}),
+    frozenset({"gendeploy.__main__"}),  # python -m gendeploy
+)
+# `gendeploy` itself: ``__version__`` for every layer, and ``export_generator`` imported on first
+# use (the public API's front door), so it stands outside the layers.
+PACKAGE = "gendeploy"
 
 
 @dataclass(frozen=True)
@@ -161,6 +188,60 @@ def unjustified_local_imports(graph: dict[str, list[Import]], cli: str = CLI) ->
         if not (name == cli or _ancestor(cli, name))
         for i in found
         if i.local and i.target in graph and i.target not in heavy and not _ancestor(i.target, name)
+    ]
+
+
+def layer_of(module: str) -> tuple[int, str]:
+    """The layer of ``module`` and the package (or shared module) it belongs to."""
+    for level, members in enumerate(LAYERS):
+        for member in members:
+            if module == member or module.startswith(member + "."):
+                return level, member
+    raise AssertionError(f"{module} is in no layer: add it to LAYERS")
+
+
+def upward_imports(graph: dict[str, list[Import]]) -> list[str]:
+    """Imports of a layer above the importer's, or of the other package of its own layer (one
+    line per import statement: the deepest module it names)."""
+    found: dict[tuple[str, int], str] = {}
+    for name, imports in sorted(graph.items()):
+        if name == PACKAGE:
+            continue
+        level, home = layer_of(name)
+        for i in imports:
+            if not i.target.startswith(PACKAGE + "."):
+                continue
+            target_level, target_home = layer_of(i.target)
+            if target_level > level:
+                found[name, i.line] = f"{name}:{i.line} imports {i.target} (layer {target_level})"
+            elif target_level == level and target_home != home and level > 0:
+                found[name, i.line] = f"{name}:{i.line} imports its sibling {i.target}"
+    return list(found.values())
+
+
+def test_imports_point_down_the_layers_runtime_export_and_serve_never_up() -> None:
+    assert upward_imports(import_graph()) == []
+
+
+def test_an_import_from_a_higher_layer_or_a_sibling_is_found(tmp_path: Path) -> None:
+    root = _write(
+        tmp_path,
+        {
+            "gendeploy/__init__.py": "",
+            "gendeploy/manifest.py": "",
+            "gendeploy/runtime/__init__.py": "",
+            "gendeploy/runtime/a.py": "from gendeploy.manifest import X\n"
+            "def f():\n    from gendeploy.serve import b\n",
+            "gendeploy/export/__init__.py": "",
+            "gendeploy/export/c.py": "from gendeploy.serve.b import Y\n"
+            "from gendeploy.runtime import a\n",
+            "gendeploy/serve/__init__.py": "",
+            "gendeploy/serve/b.py": "",
+        },
+    )
+    assert upward_imports(import_graph(root)) == [
+        "gendeploy.export.c:1 imports its sibling gendeploy.serve.b",
+        "gendeploy.runtime.a:3 imports gendeploy.serve.b (layer 2)",
     ]
 
 

@@ -11,10 +11,9 @@ from conftest import TINY_CONDITIONAL_DCGAN, MakeCheckpoint
 
 from gendeploy.errors import ExportError, MissingDependencyError
 from gendeploy.export.api import export
-from gendeploy.export.manifest import load_manifest
 from gendeploy.export.options import ExportOptions, ModelSpec
 from gendeploy.export.source import load_eager
-from gendeploy.runtime.base import available
+from gendeploy.manifest import load_manifest
 from gendeploy.runtime.eager import EagerRunner
 from gendeploy.runtime.onnxrt import OnnxRuntimeRunner, providers
 from gendeploy.runtime.tensorrt import TensorRTRunner, tensorrt_availability
@@ -60,16 +59,13 @@ def test_onnxruntime_runner_errors_are_one_line(tmp_path: Path) -> None:
         OnnxRuntimeRunner(bad, providers=["NoSuchExecutionProvider"])
 
 
-def test_availability_checks_are_registered_with_reasons() -> None:
-    assert available("eager").ok
-    assert available("onnxruntime").ok and "CPUExecutionProvider" in providers()
-    trt = available("tensorrt")
-    assert trt == tensorrt_availability()
+def test_a_backend_that_cannot_run_here_says_why() -> None:
+    assert "CPUExecutionProvider" in providers()
+    trt = tensorrt_availability()
     if not trt.ok:
         assert trt.reason.startswith(("tensorrt not installed", "tensorrt does not", "no CUDA"))
         with pytest.raises(MissingDependencyError, match=trt.reason):
             TensorRTRunner("engine.plan")
-    assert not available("no-such-backend").ok
 
 
 # The engine inspector's JSON at ProfilingVerbosity.DETAILED, as TensorRT's documentation shows

@@ -15,9 +15,9 @@ from conftest import TINY_CONDITIONAL_DCGAN, MakeCheckpoint
 
 from gendeploy.export.api import export
 from gendeploy.export.gate import TOLERANCES
-from gendeploy.export.manifest import ArtifactKind, Precision, load_manifest
 from gendeploy.export.options import ExportOptions, ModelSpec
 from gendeploy.export.source import load_eager
+from gendeploy.manifest import ArtifactKind, Precision, load_manifest
 from gendeploy.runtime.eager import EagerRunner
 from gendeploy.runtime.tensorrt import TensorRTRunner, tensorrt_availability
 

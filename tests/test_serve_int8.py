@@ -11,11 +11,11 @@ import pytest
 from serve_support import TINY_CONDITIONAL, make_checkpoint, require_tritonserver
 
 from gendeploy.export.api import export
-from gendeploy.export.manifest import load_manifest
 from gendeploy.export.options import ExportOptions, ModelSpec
+from gendeploy.manifest import load_manifest
 from gendeploy.runtime.openvino import OpenVINORunner
 from gendeploy.runtime.triton import TritonRunner
-from gendeploy.serve.backend_model import draw_latents
+from gendeploy.seeds import draw_latents
 from gendeploy.serve.repo import write_repo
 from gendeploy.serve.server import TritonServer, served_artifact
 

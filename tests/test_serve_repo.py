@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from gendeploy.cli import app
 from gendeploy.errors import ExportError, ServeError
-from gendeploy.export.manifest import (
+from gendeploy.manifest import (
     Artifact,
     ArtifactKind,
     BatchProfile,
@@ -27,9 +27,17 @@ from gendeploy.export.manifest import (
     TensorSpec,
     load_manifest,
 )
-from gendeploy.serve.backend_model import RequestError, draw_latents, parse_request
+from gendeploy.seeds import draw_latents, draw_noise
+from gendeploy.serve.backend_model import RequestError, parse_request
 from gendeploy.serve.docker import container_tag, docker_command
-from gendeploy.serve.repo import RepoOptions, config_text, model_config, parse_config, write_repo
+from gendeploy.serve.repo import (
+    RepoOptions,
+    config_text,
+    model_config,
+    parse_config,
+    served_model_source,
+    write_repo,
+)
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -276,6 +284,30 @@ def test_seed_latents_follow_the_documented_pcg64_rng() -> None:
     np.testing.assert_array_equal(draw_latents([7], 16)[0], z[1])
 
 
+def test_the_served_model_file_imports_no_gendeploy_and_draws_what_gendeploy_draws(
+    tmp_path: Path,
+) -> None:
+    """The NGC container has no gendeploy: the served model.py carries the seed RNG itself."""
+    import ast
+    import subprocess
+    import sys
+
+    source = served_model_source()
+    imported = [
+        n.module or "" for n in ast.walk(ast.parse(source)) if isinstance(n, ast.ImportFrom)
+    ] + [a.name for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Import) for a in n.names]
+    assert not [m for m in imported if m.startswith("gendeploy")]
+    (tmp_path / "model.py").write_text(source)
+    check = (
+        "import sys; sys.modules['gendeploy'] = None; import model; "
+        "print(model.draw_latents([42], 4).tolist(), model.draw_noise([3], [[2]])[0].tolist())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", check], cwd=tmp_path, capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == f"{draw_latents([42], 4).tolist()} {draw_noise([3], [[2]])[0].tolist()}"
+
+
 @pytest.mark.parametrize(
     ("z", "seed", "labels", "message"),
     [
@@ -408,8 +440,8 @@ def test_a_forced_re_export_of_the_same_model_adds_no_version(
     exports: dict[str, Path], tmp_path: Path
 ) -> None:
     from gendeploy.export.api import export
-    from gendeploy.export.manifest import OutputKind
     from gendeploy.export.options import ExportOptions, ModelSpec
+    from gendeploy.manifest import OutputKind
 
     first = load_manifest(exports["cond"])
     repo = tmp_path / "repo"

@@ -33,6 +33,7 @@ from serve_support import (
 
 from gendeploy.errors import ServeError
 from gendeploy.runtime.triton import InferenceError, TritonRunner
+from gendeploy.seeds import draw_latents
 from gendeploy.serve.admin import (
     ADMIN_HEADER,
     admin_headers,
@@ -40,7 +41,6 @@ from gendeploy.serve.admin import (
     read_key_file,
     write_key_file,
 )
-from gendeploy.serve.backend_model import draw_latents
 from gendeploy.serve.docker import tritonserver_args
 from gendeploy.serve.repo import RepoOptions, write_repo
 from gendeploy.serve.server import TritonServer, free_port

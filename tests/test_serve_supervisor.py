@@ -32,8 +32,8 @@ from serve_support import (
 
 from gendeploy.errors import GendeployError
 from gendeploy.runtime.triton import TritonRunner
+from gendeploy.seeds import draw_latents
 from gendeploy.serve.admin import ADMIN_HEADER, read_key_file
-from gendeploy.serve.backend_model import draw_latents
 from gendeploy.serve.readyfile import ServeState
 from gendeploy.serve.repo import write_repo
 from gendeploy.serve.server import SHM_DIR, group_members

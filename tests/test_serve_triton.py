@@ -37,7 +37,7 @@ from typer.testing import CliRunner
 from gendeploy.cli import app
 from gendeploy.images import to_uint8_nhwc
 from gendeploy.runtime.triton import InferenceError, TritonRunner
-from gendeploy.serve.backend_model import draw_latents
+from gendeploy.seeds import draw_latents
 from gendeploy.serve.client import generate, inference_statistics
 from gendeploy.serve.repo import RepoOptions, write_repo
 from gendeploy.serve.server import TritonServer, group_members

@@ -61,7 +61,7 @@ def test_the_bench_exports_and_times_the_example_with_its_truncation_input(tmp_p
     # the export takes z and truncation; the bench fed truncation at the model's default
     assert all(c.max_abs_diff < 1e-4 for c in cells.values())
     manifest_dir = tmp_path / "work" / "exports" / "stylegan_tiny"
-    from gendeploy.export.manifest import load_manifest
+    from gendeploy.manifest import load_manifest
 
     manifest = load_manifest(manifest_dir)
     assert [t.name for t in manifest.artifact("fp32").inputs] == ["z", "truncation"]

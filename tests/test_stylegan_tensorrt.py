@@ -16,11 +16,11 @@ import torch
 
 from gendeploy.export.gate import TOLERANCES
 from gendeploy.export.inmemory import export_generator
-from gendeploy.export.manifest import Precision
 from gendeploy.export.signature import serving_module
+from gendeploy.manifest import Precision
 from gendeploy.runtime.eager import EagerRunner
 from gendeploy.runtime.tensorrt import TensorRTRunner, tensorrt_availability
-from gendeploy.serve.backend_model import draw_latents
+from gendeploy.seeds import draw_latents
 
 _trt = tensorrt_availability()
 pytestmark = [

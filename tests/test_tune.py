@@ -19,7 +19,7 @@ from gendeploy.errors import TuneError
 from gendeploy.serve.admin import ADMIN_HEADER, LOCKED_APIS
 from gendeploy.serve.repo import ModelPlan, config_text, parse_config, write_model, write_repo
 from gendeploy.tune.analyzer import PA_ATTEMPTS, Constraints, Measurement
-from gendeploy.tune.report import TuneReport, markdown, measurement_row, write_report
+from gendeploy.tune.report import Baseline, Measured, TuneReport, markdown, write_report
 from gendeploy.tune.search import Goal, Trials, quick_search
 from gendeploy.tune.space import Block, Candidate, Objective, Protocol, SearchSpace
 from gendeploy.tune.version import plan_tuned, write_tuned
@@ -315,15 +315,17 @@ def test_tune_measures_on_a_locked_server_writes_the_winner_and_a_report(
     )
     report = tune(copy, options, tmp_path / "out", say=lambda _: None)
     asked = {Candidate(1, 1, 4, d, 0) for d in (0, 500)}
-    got = {Candidate.from_dict(x["candidate"]) for x in report.measurements}
-    failed = {Candidate.from_dict(x["candidate"]) for x in report.failed}
+    got = {x.measurement.candidate for x in report.measurements}
+    failed = {x.candidate for x in report.failed}
     # each asked for: measured, or failed with why
     assert asked <= got | failed and got & asked, report.failed
-    assert all(x["throughput"] > 0 and x["p99_ms"] > 0 for x in report.measurements)
+    assert all(
+        x.measurement.throughput > 0 and x.measurement.p99_ms > 0 for x in report.measurements
+    )
     assert report.winner is not None
     _check_report_files(tmp_path / "out", report.command, len(report.measurements))
     assert re.fullmatch(r"\d+\.\d+\.\d+ \(.*\)", report.versions["tritonserver"])  # its log
-    winner = Candidate.from_dict(report.winner["candidate"])
+    winner = report.winner.measurement.candidate
     if winner not in asked:  # the repository's own configuration won (measured here too)
         assert report.written == [] and not (copy / "tinyc" / "2").exists()
         return  # writing a winner is proven by the tests above on fixed measurements
@@ -486,15 +488,14 @@ def test_the_wrappers_refusals_reach_the_tuning_runs_problems(tmp_path: Path) ->
 def _report(**changes: Any) -> TuneReport:
     a, b = Candidate(1, 1, 8, 0, 0), Candidate(2, 1, 8, 500, 0, Protocol.grpc)
     rows = [
-        measurement_row(Measurement(c, conc, t, p, p, p / 2, 0.1, 0.2, 0.05, 0.1), True)
+        Measured(Measurement(c, conc, t, p, p, p / 2, 0.1, 0.2, 0.05, 0.1), True)
         for c, conc, t, p in ((a, 4, 500.0, 5.0), (a, 8, 600.0, 9.0), (b, 4, 450.0, 4.0))
     ]
     fields: dict[str, Any] = {
         "model": "tinyc", "repo": "r", "search": "quick", "objective": "throughput",
         "p99_budget_ms": 10.0, "min_throughput": None, "concurrencies": [4, 8],
-        "start": a.to_dict(), "measurements": rows, "winner": rows[1],
-        "baseline": {"images_per_s": 800.0, "p50_ms": 1.0, "stable": True,
-                     "threads": "ONNX Runtime default"},
+        "start": a, "measurements": rows, "winner": rows[1],
+        "baseline": Baseline(images_per_s=800.0, p50_ms=1.0, stable=True),
         "command": "gendeploy tune r --model tinyc --out 'tune dir'",
     }  # fmt: skip
     return TuneReport(**{**fields, **changes})

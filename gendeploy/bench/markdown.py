@@ -8,7 +8,7 @@ from pytablewriter import MarkdownTableWriter
 from pytablewriter.typehint import String
 
 from gendeploy.bench.machine import BUSY
-from gendeploy.bench.results import BenchReport, ModelReport
+from gendeploy.bench.results import BenchReport, ModelReport, RunnerQuality, Unjudged
 
 
 def _disturbed(report: BenchReport) -> bool:
@@ -41,14 +41,13 @@ def quality_text(model: ModelReport, runner: str) -> str:
     if runner == "eager":
         return "reference"
     q = model.quality.get(runner)
-    if not q:
+    if q is None:
         return ""
-    if "error" in q:
+    if isinstance(q, Unjudged):
         return "not judged"
-    text = f"{q['frechet_ratio']:.3f}" + ("" if q["passed"] else " **failed**")
-    digits = q.get("digits")
-    if digits and digits.get("label_accuracy") is not None:
-        text += f" ({digits['label_accuracy']:.2%} labels)"
+    text = f"{q.frechet_ratio:.3f}" + ("" if q.passed else " **failed**")
+    if q.digits is not None and q.digits.label_accuracy is not None:
+        text += f" ({q.digits.label_accuracy:.2%} labels)"
     return text
 
 
@@ -77,31 +76,29 @@ def quality_section(model: ModelReport) -> list[str]:
         return []
     rows = []
     for runner, q in quality.items():
-        if "error" in q:
-            rows.append([f"`{runner}`", "", "", "", "", "", q["error"]])
+        if isinstance(q, Unjudged):
+            rows.append([f"`{runner}`", "", "", "", "", "", q.error])
             continue
-        digits, fp32 = q.get("digits"), q.get("digits_fp32")
+        digits, fp32 = q.digits, q.digits_fp32
         score = ""
         if digits and fp32:
-            acc = digits.get("label_accuracy")
-            acc32 = fp32.get("label_accuracy")
+            acc, acc32 = digits.label_accuracy, fp32.label_accuracy
             score = (f"{acc:.2%} vs {acc32:.2%}, " if acc is not None else "") + (
-                f"{digits['frechet_ratio']:.3f} vs {fp32['frechet_ratio']:.3f}"
+                f"{digits.frechet_ratio:.3f} vs {fp32.frechet_ratio:.3f}"
             )
-        psnr = q["psnr"]
         rows.append(
             [
                 f"`{runner}`",
-                q["precision"],
-                f"{psnr['min_db']} / {psnr['p1_db']} / {psnr['median_db']}",
-                f"{q['frechet_ratio']:.3f}",
+                q.precision,
+                f"{q.psnr.min_db} / {q.psnr.p1_db} / {q.psnr.median_db}",
+                f"{q.frechet_ratio:.3f}",
                 score,
-                "yes" if q["passed"] else "**NO**",
-                "; ".join(q.get("failures") or []),
+                "yes" if q.passed else "**NO**",
+                "; ".join(q.failures),
             ]
         )
-    any_q = next(q for q in quality.values() if "error" not in q) if rows else None
-    seeds = f"{any_q['seeds']} seeds, {any_q['feature_space']} features" if any_q else ""
+    any_q = next((q for q in quality.values() if isinstance(q, RunnerQuality)), None)
+    seeds = f"{any_q.seeds} seeds, {any_q.feature_space} features" if any_q else ""
     out = [
         "### Quality: what each runner draws, against eager FP32 (the export's quality gate)",
         "",
@@ -351,23 +348,23 @@ def profile_section(model: ModelReport) -> list[str]:
     out = ["### Where the time goes", ""]
     rows = [
         [
-            p["runner"],
-            p["batch"],
-            _fmt(p["ms_per_call"], 2),
-            ", ".join(f"{o['op']} {o['share']:.0%}" for o in p["ops"][:4]),
-            ", ".join(f"{o['op']} {o['share']:.0%}" for o in p.get("nodes", [])[:5]),
+            p.runner,
+            p.batch,
+            _fmt(p.ms_per_call, 2),
+            ", ".join(f"{o.op} {o.share:.0%}" for o in p.ops[:4]),
+            ", ".join(f"{o.op} {o.share:.0%}" for o in p.nodes[:5]),
         ]
         for p in profiles
     ]
     header = ["runner", "batch", "profiled ms/call", "top ops (share of op time)", "top nodes"]
     out += _table(header, rows)
     for lp in model.layers:
-        total = sum(r["ms"] for r in lp["layers"]) or 1.0
-        out += [f"Eager, per layer, batch {lp['batch']} (forward hooks):", ""]
+        total = sum(r.ms for r in lp.layers) or 1.0
+        out += [f"Eager, per layer, batch {lp.batch} (forward hooks):", ""]
         rows = [
-            [r["layer"], r["shape"], _fmt(r["mflop"]), _fmt(r["ms"], 3), f"{r['ms'] / total:.0%}",
-             _fmt(r["gflops"])]
-            for r in lp["layers"]
+            [r.layer, r.shape, _fmt(r.mflop), _fmt(r.ms, 3), f"{r.ms / total:.0%}",
+             _fmt(r.gflops)]
+            for r in lp.layers
         ]  # fmt: skip
         out += _table(["layer", "in -> out", "MFLOP", "ms", "share", "GFLOP/s"], rows)
     return out

@@ -7,7 +7,7 @@ import io
 from pathlib import Path
 from typing import Any
 
-from gendeploy.bench.results import BenchReport, ModelReport
+from gendeploy.bench.results import BenchReport, ModelReport, RunnerQuality
 from gendeploy.fileio import atomic_write_bytes
 
 
@@ -116,12 +116,13 @@ def quality_plot(model: ModelReport, path: Path) -> Path | None:
     quality = model.quality
     batch = max(c.batch for c in model.cells)
     cells = {c.runner: c for c in model.cells if c.batch == batch}
+    judged = {n: q for n, q in quality.items() if isinstance(q, RunnerQuality)}
+    ratios = [("eager", 1.0, True), *((n, q.frechet_ratio, q.passed) for n, q in judged.items())]
     points = [
-        (name, cells[name].images_per_s, 1.0 if name == "eager" else q["frechet_ratio"],
-         name == "eager" or q.get("passed", False), cells[name].precision)
-        for name, q in [("eager", {}), *quality.items()]
-        if name in cells and (name == "eager" or "frechet_ratio" in q)
-    ]  # fmt: skip
+        (name, cells[name].images_per_s, ratio, passed, cells[name].precision)
+        for name, ratio, passed in ratios
+        if name in cells
+    ]
     if len(points) < 2:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -130,9 +131,7 @@ def quality_plot(model: ModelReport, path: Path) -> Path | None:
         # alternate labels above and below: runners of similar speed and quality sit close
         ax.annotate(f"{name} ({precision})", (ips, ratio), fontsize=7,
                     xytext=(4, 6 if i % 2 == 0 else -12), textcoords="offset points")  # fmt: skip
-    limit = next(
-        (q["max_frechet_ratio"] for q in quality.values() if "max_frechet_ratio" in q), None
-    )
+    limit = next((q.max_frechet_ratio for q in judged.values()), None)
     if limit is not None:
         ax.axhline(limit, ls=":", color="C3", lw=1, label=f"quality gate: Frechet ratio <= {limit}")
     ax.axhline(1.0, ls="--", color="k", lw=0.8, label="FP32's own noise floor (1.0)")

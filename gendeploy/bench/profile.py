@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from gendeploy.bench.results import LayerProfile, LayerTime, OpTime, ProfileRecord
 from gendeploy.bench.sweep import make_feeds
 
 
@@ -33,15 +34,15 @@ def _quiet_stderr() -> Iterator[None]:
         os.close(saved)
 
 
-def _top(totals: dict[str, float], top: int) -> list[dict[str, Any]]:
+def _top(totals: dict[str, float], top: int) -> list[OpTime]:
     whole = sum(totals.values()) or 1.0
     ranked = sorted(totals.items(), key=lambda kv: -kv[1])[:top]
-    return [{"op": k, "ms": round(v, 3), "share": round(v / whole, 3)} for k, v in ranked]
+    return [OpTime(k, round(v, 3), round(v / whole, 3)) for k, v in ranked]
 
 
 def profile_eager(
     module: nn.Module, latent_dim: int, num_classes: int, batch: int, calls: int = 5, top: int = 6
-) -> dict[str, Any]:
+) -> ProfileRecord:
     """Self CPU time per aten op over ``calls`` forward passes, per call."""
     from torch.profiler import ProfilerActivity, profile
 
@@ -57,12 +58,7 @@ def profile_eager(
         for e in prof.key_averages()
         if e.self_cpu_time_total > 0
     }
-    return {
-        "runner": "eager",
-        "batch": batch,
-        "ms_per_call": round(sum(totals.values()), 3),
-        "ops": _top(totals, top),
-    }
+    return ProfileRecord("eager", batch, round(sum(totals.values()), 3), _top(totals, top))
 
 
 def profile_onnxruntime(
@@ -73,7 +69,7 @@ def profile_onnxruntime(
     threads: int,
     calls: int = 5,
     top: int = 6,
-) -> dict[str, Any]:
+) -> ProfileRecord:
     """Node time per ONNX op type from ONNX Runtime's profiler (kernel time, per call)."""
     import onnxruntime as ort
 
@@ -99,18 +95,13 @@ def profile_onnxruntime(
             ms = event.get("dur", 0) / 1e3 / (calls + 1)
             totals[args.get("op_name", "?")] += ms
             nodes[event["name"].removesuffix("_kernel_time")] += ms
-    return {
-        "nodes": _top(nodes, top),
-        "runner": "onnxruntime",
-        "batch": batch,
-        "ms_per_call": round(sum(totals.values()), 3),
-        "ops": _top(totals, top),
-    }
+    ms_per_call = round(sum(totals.values()), 3)
+    return ProfileRecord("onnxruntime", batch, ms_per_call, _top(totals, top), _top(nodes, top))
 
 
 def layer_profile(
     module: nn.Module, latent_dim: int, num_classes: int, batch: int, calls: int = 10
-) -> dict[str, Any]:
+) -> LayerProfile:
     """Eager time and achieved GFLOP/s of each convolution / linear layer (forward hooks)."""
     import time
 
@@ -156,6 +147,6 @@ def layer_profile(
     for name in layers:
         ms = spent[name] / calls * 1e3
         rate = flops[name] / (ms / 1e3) / 1e9 if ms > 0 else 0.0
-        rows.append({"layer": name, "shape": shapes.get(name, ""), "ms": round(ms, 3),
-                     "mflop": round(flops[name] / 1e6, 1), "gflops": round(rate, 1)})  # fmt: skip
-    return {"runner": "eager", "batch": batch, "layers": rows}
+        rows.append(LayerTime(name, shapes.get(name, ""), round(ms, 3),
+                              round(flops[name] / 1e6, 1), round(rate, 1)))  # fmt: skip
+    return LayerProfile("eager", batch, rows)

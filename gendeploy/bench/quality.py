@@ -9,13 +9,14 @@ label accuracy and the Frechet ratio to real digits) sits next to images/s.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
+from pydantic import TypeAdapter
 from torch import nn
 
+from gendeploy.bench.results import RunnerQuality, Unjudged
 from gendeploy.errors import GendeployError
-from gendeploy.export.manifest import Manifest, Precision
 from gendeploy.export.quality_gate import QualityConfig, QualityGate, model_facts
+from gendeploy.manifest import Manifest, Precision
 from gendeploy.runtime.base import Runner
 from gendeploy.runtime.eager import EagerRunner
 from gendeploy.runtime.registry import REGISTRY
@@ -26,8 +27,8 @@ def runner_quality(
     manifest: Manifest,
     module: nn.Module,
     say: Callable[[str], None],
-) -> dict[str, dict[str, Any]]:
-    """runner name -> ``QualityResult.to_dict()``, or {"error": why} when it could not be judged."""
+) -> dict[str, RunnerQuality | Unjudged]:
+    """runner name -> the quality gate's figures, or why it could not be judged."""
     facts = model_facts(
         manifest.source, manifest.latent_dim, manifest.num_classes, manifest.image_shape
     )
@@ -35,8 +36,8 @@ def runner_quality(
     try:
         gate = QualityGate(EagerRunner(module).run, facts, config, reference_module=module)
     except GendeployError as e:
-        return {name: {"error": str(e)} for name in runners if name != "eager"}
-    results: dict[str, dict[str, Any]] = {}
+        return {name: Unjudged(str(e)) for name in runners if name != "eager"}
+    results: dict[str, RunnerQuality | Unjudged] = {}
     for name, runner in runners.items():
         if name == "eager":
             continue
@@ -47,8 +48,11 @@ def runner_quality(
         try:
             result = gate.judge(runner.run, precision)
         except GendeployError as e:  # the gate's own refusals (a runner's crash is a bug)
-            results[name] = {"error": str(e)}
+            results[name] = Unjudged(str(e))
             continue
-        results[name] = result.to_dict()
+        results[name] = _RECORDED.validate_python(result.to_dict())
         say(f"  {name:<18} quality: {result.summary()}")
     return results
+
+
+_RECORDED: TypeAdapter[RunnerQuality] = TypeAdapter(RunnerQuality)  # the figures as recorded

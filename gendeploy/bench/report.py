@@ -12,7 +12,15 @@ from typing import Any
 
 from gendeploy.bench.markdown import render_markdown
 from gendeploy.bench.plots import write_plots
-from gendeploy.bench.results import BenchReport, CellResult, Goal, Goals, ModelReport
+from gendeploy.bench.results import (
+    BenchReport,
+    CellResult,
+    Goal,
+    Goals,
+    ModelReport,
+    RunnerQuality,
+    Unjudged,
+)
 from gendeploy.errors import GendeployError
 from gendeploy.fileio import atomic_write_bytes
 
@@ -54,7 +62,8 @@ def evaluate_goals(report: BenchReport) -> list[Goal]:
 
 def _gated(model: ModelReport, runner: str) -> bool:
     """The runner passed the quality gate in this run (what it draws matches FP32)."""
-    return bool(model.quality.get(runner, {}).get("passed"))
+    q = model.quality.get(runner)
+    return isinstance(q, RunnerQuality) and q.passed
 
 
 def _speed_goals(report: BenchReport) -> list[Goal]:
@@ -148,33 +157,36 @@ def _int8_goals(model: ModelReport, report: BenchReport) -> list[Goal]:
 
 
 def _int8_quality_goals(
-    q: dict[str, Any] | None, label: str, frechet: str, gate: str, t: Goals
+    q: RunnerQuality | Unjudged | None, label: str, frechet: str, gate: str, t: Goals
 ) -> list[Goal]:
     """Label accuracy and Frechet ratio to real digits against FP32's; the distribution gate."""
     goals = []
-    digits, fp32 = (q or {}).get("digits"), (q or {}).get("digits_fp32")
-    if not digits or not fp32:
-        why = (q or {}).get("error") or (
+    judged = q if isinstance(q, RunnerQuality) else None
+    digits = judged.digits if judged else None
+    fp32 = judged.digits_fp32 if judged else None
+    if digits is None or fp32 is None:
+        why = q.error if isinstance(q, Unjudged) else (
             f"no {INT8_RUNNER} quality in this run" if q is None else "not a trained digits model"
-        )
+        )  # fmt: skip
         goals += [
             _goal(label, t.int8_label_drop_points, None, "", why),
             _goal(frechet, t.int8_frechet_increase, None, "", why),
         ]
     else:
-        drop = 100 * (fp32["label_accuracy"] - digits["label_accuracy"])
+        acc, acc32 = digits.label_accuracy or 0.0, fp32.label_accuracy or 0.0
+        drop = 100 * (acc32 - acc)
         goals.append(_within(label, t.int8_label_drop_points, drop, f"FP32 "
-                             f"{fp32['label_accuracy']:.2%}, INT8 {digits['label_accuracy']:.2%}: "
-                             "drop in points"))  # fmt: skip
-        rel = digits["frechet_ratio"] / fp32["frechet_ratio"] - 1
+                             f"{acc32:.2%}, INT8 {acc:.2%}: drop in points"))  # fmt: skip
+        rel = digits.frechet_ratio / fp32.frechet_ratio - 1
         goals.append(_within(frechet, t.int8_frechet_increase, rel, f"FP32 "
-                             f"{fp32['frechet_ratio']:.3f}, INT8 {digits['frechet_ratio']:.3f}: "
+                             f"{fp32.frechet_ratio:.3f}, INT8 {digits.frechet_ratio:.3f}: "
                              "relative increase"))  # fmt: skip
-    if q is None or "frechet_ratio" not in q:
-        goals.append(_goal(gate, t.int8_gate, None, "", (q or {}).get("error", "not measured")))
+    if judged is None:
+        why = q.error if isinstance(q, Unjudged) else "not measured"
+        goals.append(_goal(gate, t.int8_gate, None, "", why))
     else:
-        what = f"Frechet ratio on {q['seeds']} seeds, {q['feature_space']} features"
-        goals.append(_within(gate, t.int8_gate, q["frechet_ratio"], what))
+        what = f"Frechet ratio on {judged.seeds} seeds, {judged.feature_space} features"
+        goals.append(_within(gate, t.int8_gate, judged.frechet_ratio, what))
     return goals
 
 

@@ -98,6 +98,90 @@ class Skipped:
 
 
 @dataclass
+class PsnrFigures:
+    """Per-seed PSNR of a runner's images against eager FP32's, over the quality gate's seeds."""
+
+    min_db: float
+    p1_db: float
+    median_db: float
+    mean_db: float
+
+
+@dataclass
+class PsnrBoundsRecord:
+    min_p1_db: float
+    min_median_db: float
+
+
+@dataclass
+class DigitsFigures:
+    label_accuracy: float | None  # conditional models
+    frechet_ratio: float  # to real held-out digits, over the real-train baseline
+
+
+@dataclass
+class RunnerQuality:
+    """What one runner draws, judged by the export's quality gate (``QualityResult.to_dict``)."""
+
+    precision: str
+    seeds: int
+    feature_space: str
+    psnr: PsnrFigures
+    frechet: float
+    frechet_floor: float
+    frechet_ratio: float
+    max_frechet_ratio: float
+    psnr_bounds: PsnrBoundsRecord | None
+    digits_fp32: DigitsFigures | None = None
+    digits: DigitsFigures | None = None
+    failures: list[str] = field(default_factory=list)
+    passed: bool = False
+
+
+@dataclass
+class Unjudged:
+    """A runner the quality gate could not judge, and why."""
+
+    error: str
+
+
+@dataclass
+class OpTime:
+    op: str  # an aten op, an ONNX op type, or an ONNX node
+    ms: float
+    share: float  # of the profiled call
+
+
+@dataclass
+class ProfileRecord:
+    """Where one runner's time goes at one batch (``bench.profile``)."""
+
+    runner: str
+    batch: int
+    ms_per_call: float
+    ops: list[OpTime]
+    nodes: list[OpTime] = field(default_factory=list)  # ONNX Runtime: its busiest nodes
+
+
+@dataclass
+class LayerTime:
+    layer: str
+    shape: str  # "[in] -> [out]" per sample
+    ms: float
+    mflop: float
+    gflops: float
+
+
+@dataclass
+class LayerProfile:
+    """Eager time and achieved GFLOP/s of each weighted layer at one batch."""
+
+    runner: str
+    batch: int
+    layers: list[LayerTime]
+
+
+@dataclass
 class ExportSummary:
     artifacts: list[str] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
@@ -135,11 +219,11 @@ class ModelReport:
     goals_model: bool = False
     quality_goals_model: bool = False
     export: ExportSummary = field(default_factory=ExportSummary)
-    quality: dict[str, Any] = field(default_factory=dict)  # runner -> bench.quality's figures
+    quality: dict[str, RunnerQuality | Unjudged] = field(default_factory=dict)  # by runner
     skipped: list[Skipped] = field(default_factory=list)
     served: ServedSweep | None = None
-    profile: list[dict[str, Any]] = field(default_factory=list)  # bench.profile's records
-    layers: list[dict[str, Any]] = field(default_factory=list)
+    profile: list[ProfileRecord] = field(default_factory=list)
+    layers: list[LayerProfile] = field(default_factory=list)
 
 
 @dataclass

@@ -39,9 +39,16 @@ from gendeploy.bench.suites import BenchModel, Suite
 from gendeploy.bench.sweep import sweep_batch
 from gendeploy.errors import UnscorableError, UsageError
 from gendeploy.export.int8 import int8_tools_missing
+from gendeploy.manifest import Precision
 from gendeploy.runtime.base import Runner
 from gendeploy.runtime.inputs import WithDefaults
-from gendeploy.runtime.registry import RunnerContext, RunnerUnavailable, build_runner, describe
+from gendeploy.runtime.registry import (
+    RunnerContext,
+    RunnerUnavailable,
+    build_runner,
+    describe,
+    get_entry,
+)
 
 Log = Callable[[str], None]
 
@@ -248,7 +255,8 @@ def bench_model(
         try:
             built = build_runner(name, context)
         except RunnerUnavailable as e:
-            reason = int8_missing if int8_missing and name.endswith("int8") else str(e)
+            int8_runner = get_entry(name).precision is Precision.int8
+            reason = int8_missing if int8_missing and int8_runner else str(e)
             skipped.append(Skipped(name, reason))
             say(f"[{model.name}] skipped {name}: {reason}")
             continue

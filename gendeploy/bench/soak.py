@@ -36,8 +36,8 @@ from gendeploy.bench.served import (
 from gendeploy.bench.sweep import make_feeds
 from gendeploy.bench.timing import StabilityRule
 from gendeploy.errors import GendeployError, ServeError, UsageError
-from gendeploy.export.manifest import load_manifest
 from gendeploy.fileio import atomic_write_bytes
+from gendeploy.manifest import load_manifest
 from gendeploy.runtime.base import Feeds
 from gendeploy.serve.backend_model import REFUSED_METRIC
 from gendeploy.serve.repo import RepoOptions, write_repo

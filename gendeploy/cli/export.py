@@ -11,12 +11,12 @@ import typer
 
 from gendeploy.cli.options import Threads, use_threads
 from gendeploy.errors import UsageError
-from gendeploy.export.manifest import NoiseMode, OutputKind
+from gendeploy.manifest import NoiseMode, OutputKind
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from gendeploy.export.doctor import Report
+    from gendeploy.bench.doctor import Report
 
 Opt = typer.Option
 
@@ -145,7 +145,7 @@ def doctor_command() -> None:
     """List what this machine can do: CUDA, TensorRT, ONNX Runtime, OpenVINO, Triton."""
     from rich.console import Console
 
-    from gendeploy.export.doctor import diagnose
+    from gendeploy.bench.doctor import diagnose
 
     print_report(diagnose(), Console())
 

@@ -11,8 +11,9 @@ import typer
 
 from gendeploy.cli.options import Threads
 from gendeploy.errors import UsageError
+from gendeploy.protocol import Protocol
 from gendeploy.serve.admin import KEY_ENV
-from gendeploy.serve.readyfile import DEFAULT_PORTS, Protocol
+from gendeploy.serve.readyfile import DEFAULT_PORTS
 
 DEFAULT_REPO = Path("triton_repo")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)

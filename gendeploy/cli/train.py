@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -13,6 +12,9 @@ from gendeploy.cli.help import LateHelp, Params
 from gendeploy.cli.options import Threads, use_threads
 from gendeploy.errors import UsageError
 from gendeploy.trainer.config import DEFAULT_PRESET, Arch, DatasetName, PresetName, preset
+
+if TYPE_CHECKING:
+    from gendeploy.trainer.quality import QualityReport
 
 Opt = typer.Option
 
@@ -128,10 +130,10 @@ def train_command(
     )
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun, rank 0 alone reports
-    if "quality" in result:
-        _print_quality(result["quality"])
-    if "quality_skipped" in result:
-        typer.echo(f"quality report skipped: {result['quality_skipped']}")
+    if result.quality is not None:
+        _print_quality(result.quality)
+    if result.quality_skipped:
+        typer.echo(f"quality report skipped: {result.quality_skipped}")
     typer.echo(f"run written to {run_dir}/ (checkpoint.pt, samples/, loss.png, metrics.jsonl)")
 
 
@@ -145,23 +147,23 @@ def eval_command(
     from gendeploy.export.source import resolve_checkpoint
     from gendeploy.trainer.quality import evaluate_checkpoint
 
-    _print_quality(evaluate_checkpoint(resolve_checkpoint(checkpoint), seed).to_dict())
+    _print_quality(evaluate_checkpoint(resolve_checkpoint(checkpoint), seed))
 
 
-def _print_quality(q: Mapping[str, Any]) -> None:
+def _print_quality(q: QualityReport) -> None:
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title="sample quality (digits classifier)")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    table.add_row("classifier held-out accuracy", f"{q['classifier_accuracy']:.2%}")
-    if q["label_accuracy"] is not None:
-        table.add_row("label accuracy", f"{q['label_accuracy']:.2%}")
-    table.add_row("classes covered (>= 5%)", f"{q['classes_covered']}/10")
-    table.add_row("Frechet distance (generated vs held-out)", f"{q['frechet']:.3f}")
-    table.add_row("Frechet baseline (train vs held-out)", f"{q['frechet_baseline']:.3f}")
-    table.add_row("Frechet ratio", f"{q['frechet_ratio']:.2f}x")
+    table.add_row("classifier held-out accuracy", f"{q.classifier_accuracy:.2%}")
+    if q.label_accuracy is not None:
+        table.add_row("label accuracy", f"{q.label_accuracy:.2%}")
+    table.add_row("classes covered (>= 5%)", f"{q.classes_covered}/10")
+    table.add_row("Frechet distance (generated vs held-out)", f"{q.frechet:.3f}")
+    table.add_row("Frechet baseline (train vs held-out)", f"{q.frechet_baseline:.3f}")
+    table.add_row("Frechet ratio", f"{q.frechet_ratio:.2f}x")
     Console().print(table)
 
 

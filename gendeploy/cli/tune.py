@@ -124,10 +124,10 @@ def tune_command(
         )
         raise typer.Exit(NO_WINNER)
     ratio = report.ratio()
-    w = report.winner
+    w = report.winner.measurement
     typer.echo(
-        f"winner: {w['throughput']:.1f} img/s, p99 {w['p99_ms']:.2f} ms at concurrency "
-        f"{w['concurrency']}" + (f" ({ratio:.2f}x in-process batch 1)" if ratio else "")
+        f"winner: {w.throughput:.1f} img/s, p99 {w.p99_ms:.2f} ms at concurrency "
+        f"{w.concurrency}" + (f" ({ratio:.2f}x in-process batch 1)" if ratio else "")
     )
     for note in report.notes:
         typer.echo(f"note: {note}")

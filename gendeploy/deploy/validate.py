@@ -107,7 +107,8 @@ def _load(data: Any, type_name: str, path: str) -> Any:
     try:
         return cls(**kwargs)
     except ValueError as e:  # the model's own checks (pydantic's in kubernetes >= 35)
-        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        text = str(e)  # its first lines, as one line
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
         raise DeployError(f"{path}: {' '.join(lines[:3])[:240]}") from None
 
 

@@ -26,7 +26,10 @@ from gendeploy import __version__
 from gendeploy.errors import MissingDependencyError, UsageError
 from gendeploy.export.build import build_artifacts
 from gendeploy.export.int8 import require_int8_tools
-from gendeploy.export.manifest import (
+from gendeploy.export.options import ExportOptions, ModelSpec
+from gendeploy.export.publish import check_destination, publish, repair_interrupted, staging_dir
+from gendeploy.export.source import LoadedModel, load_spec
+from gendeploy.manifest import (
     MANIFEST_NAME,
     ArtifactKind,
     BatchProfile,
@@ -35,9 +38,6 @@ from gendeploy.export.manifest import (
     load_manifest,
     sha256_file,
 )
-from gendeploy.export.options import ExportOptions, ModelSpec
-from gendeploy.export.publish import check_destination, publish, repair_interrupted, staging_dir
-from gendeploy.export.source import LoadedModel, load_checkpoint_model, load_user_model
 from gendeploy.runtime.tensorrt import tensorrt_availability
 
 Log = Callable[[str], None]
@@ -55,41 +55,12 @@ def export(
 ) -> Manifest:
     """Export, gate and publish; returns the manifest (the existing one if already up to date).
 
-    A ``--model`` generator is built from its file and weights, then probed and exported like a
-    module held in memory (``export_generator``).
+    The one entry point: the CLI (a checkpoint or ``--model``), the bench and
+    ``export_generator`` (a module in memory) all call it. Flags are checked before the model is
+    loaded; a ``--model`` generator is built from its file and weights, then probed and exported
+    like a module held in memory.
     """
     options = options or ExportOptions()
-
-    def load(say: Log) -> LoadedModel:
-        if spec.checkpoint is not None:
-            return load_checkpoint_model(spec.checkpoint)
-        model, latent_dim, image_shape = spec.model, spec.latent_dim, spec.image_shape
-        assert model is not None and latent_dim is not None and image_shape is not None
-        return load_user_model(
-            model,
-            spec.weights,
-            latent_dim,
-            spec.num_classes or 0,
-            image_shape,
-            forward_kwargs=spec.forward_kwargs,
-            noise=spec.noise,
-            log=say,
-            random_weights=spec.random_weights,
-        )
-
-    return export_loaded(load, options, name, out, force=force, command=command, log=log)
-
-
-def export_loaded(
-    load: Callable[[Log], LoadedModel],
-    options: ExportOptions,
-    name: str | None = None,
-    out: Path | str | None = None,
-    force: bool = False,
-    command: str | None = None,
-    log: Log | None = None,
-) -> Manifest:
-    """Flags checked, then ``load(log)``, export, gate and publish (``export``'s body)."""
     say = log or (lambda _msg: None)
     if name is not None and not _NAME.match(name):
         raise UsageError(f"--name {name!r}: use letters, digits, '_', '.', '-'")
@@ -98,7 +69,7 @@ def export_loaded(
     engine_status = _engine_status(options)
 
     started = time.perf_counter()
-    loaded = load(say)
+    loaded = load_spec(spec, say)
     name = name or _safe_name(loaded.default_name)
     out_dir = Path(out) if out is not None else Path("exports") / name
     repaired = repair_interrupted(out_dir)
@@ -117,9 +88,7 @@ def export_loaded(
 
     timings: dict[str, float] = {"load": time.perf_counter() - started}
     with staging_dir(out_dir) as staged:
-        artifacts, skipped, versions = build_artifacts(
-            loaded, options, staged, engine_status, timings, say
-        )
+        built = build_artifacts(loaded, options, staged, engine_status, timings, say)
         manifest = Manifest(
             name=name,
             source=loaded.source,
@@ -127,10 +96,10 @@ def export_loaded(
             num_classes=loaded.num_classes,
             image_shape=list(loaded.image_shape),
             batch=BatchProfile(min=1, opt=options.opt_batch, max=options.max_batch),
-            opset=artifacts[0].extra.get("opset", 0),
-            artifacts=artifacts,
-            skipped=skipped,
-            versions={**_versions(), **versions},
+            opset=built.artifacts[0].extra.get("opset", 0),
+            artifacts=built.artifacts,
+            skipped=built.skipped,
+            versions={**_versions(), **built.versions},
             command=command if command is not None else shlex.join(sys.argv),
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             options=_options_dict(options),

@@ -1,22 +1,32 @@
-"""Build and gate every artifact of one export inside a staging directory."""
+"""Build and gate every artifact of one export inside a staging directory, row by row of the plan.
+
+``build_artifacts`` walks ``manifest.PLAN`` in order. A variant is built when the options ask for
+it and the artifact it is derived from was built: by its builder (``builder_for``: an engine from
+its ONNX, a uint8 head on its float graph, else the variant's own), saved, gated on its runtime
+by the gate its row names (``_gate``), and added to the export. What one build has made so far
+is one ``Build`` object.
+
+Adding a precision: its rows in ``PLAN``, its builder in ``BUILDERS`` (the rows derived from it,
+uint8 heads and engines, reuse theirs), and what ``ExportOptions.wants`` asks of it.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
-from dataclasses import asdict, replace
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 
-from gendeploy.errors import QualityError, ValidationError
+from gendeploy.errors import GateError, QualityError, UnexecutedPrecisionError, ValidationError
 from gendeploy.export import fp16_islands, gate, int8, onnx_graph
-from gendeploy.export.manifest import Artifact, ArtifactKind, OutputKind, Precision
 from gendeploy.export.options import ExportOptions
 from gendeploy.export.quality_gate import (
-    NONFINITE,
+    Failure,
     QualityConfig,
     QualityGate,
     QualityResult,
@@ -24,15 +34,36 @@ from gendeploy.export.quality_gate import (
 )
 from gendeploy.export.source import LoadedModel, make_artifact
 from gendeploy.export.tensorrt_build import build_engine
+from gendeploy.manifest import (
+    PLAN,
+    Artifact,
+    ArtifactKind,
+    Gate,
+    OutputKind,
+    Precision,
+    Runtime,
+    Variant,
+)
 from gendeploy.runtime.base import Runner
 from gendeploy.runtime.eager import EagerRunner
 from gendeploy.runtime.inputs import WithDefaults, complete_feeds
-from gendeploy.runtime.onnxrt import OnnxRuntimeRunner
+from gendeploy.runtime.onnxrt import CPU, OnnxRuntimeRunner
 from gendeploy.runtime.openvino import OpenVINORunner
 from gendeploy.runtime.tensorrt import TensorRTRunner
 
 # where FP16 ONNX artifacts are judged: ORT's CPU provider would compute them in FP32
 FP16_EMULATED = "onnxruntime CPU, FP16 storage emulated (fp16_islands.emulate_fp16_storage)"
+Say = Callable[[str], None]
+
+
+@dataclass
+class Built:
+    """What an export's build made: its gated artifacts, the ones it did not make and why, and
+    the versions of the tools that made them (TensorRT's)."""
+
+    artifacts: list[Artifact]
+    skipped: list[dict[str, str]]
+    versions: dict[str, str]
 
 
 def build_artifacts(
@@ -41,101 +72,150 @@ def build_artifacts(
     staged: Path,
     engine_status: str,
     timings: dict[str, float],
-    say: Callable[[str], None],
-) -> tuple[list[Artifact], list[dict[str, str]], dict[str, str]]:
-    """Returns (gated artifacts, skipped artifacts with reasons, extra versions)."""
-    clock = _Clock(timings)
-    with clock("reference"):
-        reference = gate.eager_reference(
-            loaded.module,
-            loaded.latent_dim,
-            loaded.num_classes,
-            options.max_batch,
-            interface=loaded.interface,
-        )
-    artifacts: list[Artifact] = []
-    uint8 = options.output is OutputKind.uint8
-    # a float artifact's outputs, kept for the gate of the uint8 head added to it
-    float_outputs: dict[str, list[np.ndarray]] = {}
-    quality: QualityGate | None = None
-    if options.fp16 or options.int8:  # FP32's samples, drawn once for every reduced precision
-        with clock("quality_reference"):
-            quality = QualityGate(
-                WithDefaults(EagerRunner(loaded.module), loaded.interface).run,
-                model_facts(
-                    loaded.source, loaded.latent_dim, loaded.num_classes, loaded.image_shape
-                ),
-                QualityConfig(
-                    seeds=options.quality_seeds,
-                    max_frechet_ratio=options.max_frechet_ratio,
-                    batch=min(64, options.max_batch),
-                ),
-                reference_module=loaded.module,
+    say: Say,
+) -> Built:
+    """Every artifact of the plan the options ask for, gated; ``engine_status``: why no TensorRT
+    engine can be built here ('' when one can)."""
+    build = Build.start(loaded, options, staged, Clock(timings), say)
+    for variant in PLAN:
+        if build.wanted(variant):
+            build.make(variant, engine_status)
+    return Built(list(build.artifacts.values()), build.skipped, build.versions)
+
+
+@dataclass
+class Clock:
+    """``with clock("step"):`` adds the step's wall time to ``timings``."""
+
+    timings: dict[str, float]
+
+    @contextlib.contextmanager
+    def __call__(self, step: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[step] = self.timings.get(step, 0.0) + time.perf_counter() - start
+
+
+@dataclass
+class Build:
+    """One export's build: what it is given, and what it has made so far."""
+
+    loaded: LoadedModel
+    options: ExportOptions
+    staged: Path
+    clock: Clock
+    say: Say
+    reference: gate.Reference  # eager's outputs on the tensor gate's inputs
+    quality: QualityGate | None  # FP32's samples, drawn once when a reduced precision is asked
+    artifacts: dict[str, Artifact] = field(default_factory=dict)  # gated, in plan order
+    skipped: list[dict[str, str]] = field(default_factory=list)  # {"name", "reason"}
+    versions: dict[str, str] = field(default_factory=dict)
+    graphs: dict[str, onnx.ModelProto] = field(default_factory=dict)  # what derived ONNX start from
+    # a float artifact's outputs on the gate's inputs, for the gate of the uint8 head added to it
+    float_outputs: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    refused: set[Precision] = field(default_factory=set)  # optional precisions the gate refused
+
+    @classmethod
+    def start(
+        cls, loaded: LoadedModel, options: ExportOptions, staged: Path, clock: Clock, say: Say
+    ) -> Build:
+        """The references every gate compares with: eager's outputs and, when a reduced
+        precision is asked for, FP32's samples for the quality gate."""
+        with clock("reference"):
+            reference = gate.eager_reference(
+                loaded.module,
+                loaded.latent_dim,
+                loaded.num_classes,
+                options.max_batch,
+                interface=loaded.interface,
             )
-
-    def add_onnx(
-        name: str,
-        model: onnx.ModelProto | None,
-        extra: dict[str, Any],
-        kind: ArtifactKind = ArtifactKind.onnx,
-        judged: QualityResult | None = None,
-    ) -> Artifact:
-        """Save, gate and add one ONNX / IR artifact. ``judged``: the quality gate's verdict on
-        this very model from the run that decided it (FP16 storage emulated; INT8 on OpenVINO),
-        recorded instead of judging it again."""
-        suffix = ".xml" if kind is ArtifactKind.openvino else ".onnx"
-        artifact = make_artifact(loaded, name, kind, f"{name}{suffix}")
-        path = staged / artifact.path
-        if model is not None:
-            onnx_graph.save(model, path)
-        if kind is ArtifactKind.onnx:
-            extra = {**extra, "opset": onnx_graph.opset(onnx.load(str(path)))}
-        artifact.extra = extra
-        # INT8 is gated on the engine that executes it in INT8 (OpenVINO); the rest on ORT
-        runner: OpenVINORunner | OnnxRuntimeRunner = (
-            OpenVINORunner(path)
-            if artifact.precision is Precision.int8
-            else OnnxRuntimeRunner(path)
-        )
-        with clock(f"validate_{name}"), runner:
-            artifact.validation = _gate(runner, artifact, reference, options, say, float_outputs)
-            if isinstance(runner, OpenVINORunner):
-                artifact.validation["runner"] = f"openvino CPU ({runner.precision})"
-                artifact.extra["executed"] = runner.layer_precisions
-                if "int8" not in runner.precision.split("+"):
-                    raise ValidationError(
-                        f"gate failed for {name!r}: OpenVINO ran every layer in "
-                        f"{runner.precision}, none in INT8; nothing published"
-                    )
-            else:
-                provider = runner.providers[0]
-                artifact.validation["runner"] = f"onnxruntime {provider}" + (
-                    " (computes the FP16 graph in FP32: FP16's figures are quality_runner's)"
-                    if artifact.precision is Precision.fp16 and provider == "CPUExecutionProvider"
-                    else ""
+        quality = None
+        if any(options.wants(v) and v.gate is not Gate.tensor for v in PLAN):
+            with clock("quality_reference"):
+                quality = QualityGate(
+                    WithDefaults(EagerRunner(loaded.module), loaded.interface).run,
+                    model_facts(
+                        loaded.source, loaded.latent_dim, loaded.num_classes, loaded.image_shape
+                    ),
+                    QualityConfig(
+                        seeds=options.quality_seeds,
+                        max_frechet_ratio=options.max_frechet_ratio,
+                        batch=min(64, options.max_batch),
+                    ),
+                    reference_module=loaded.module,
                 )
-            if uint8 and not name.endswith("uint8"):
-                float_outputs[name] = gate.outputs(runner, reference, options.max_batch)
-            if quality is not None and artifact.precision.reduced:
-                if artifact.precision is Precision.fp16:
-                    artifact.validation["quality_runner"] = FP16_EMULATED
-                    if judged is None:
-                        assert model is not None
-                        judged = _judge_fp16_storage(quality, model, staged, loaded)
-                if judged is not None:
-                    _record(judged, artifact, say)
-                else:
-                    _judge(quality, WithDefaults(runner, loaded.interface), artifact, say)
-        artifacts.append(artifact)
-        return artifact
+        return cls(loaded, options, staged, clock, say, reference, quality)
 
-    with clock("export_fp32"):
+    def wanted(self, variant: Variant) -> bool:
+        """Asked for, not refused, and what it is derived from was built."""
+        return (
+            self.options.wants(variant)
+            and variant.precision not in self.refused
+            and (variant.derived_from is None or variant.derived_from in self.artifacts)
+        )
+
+    def make(self, variant: Variant, engine_status: str) -> None:
+        """Build, gate and add one variant (an IR not faster than its ONNX adds nothing)."""
+        if variant.kind is ArtifactKind.tensorrt and engine_status:
+            self.skipped.append({"name": variant.name, "reason": engine_status})  # said once
+            return
+        try:
+            artifact = builder_for(variant)(self, variant)
+        except QualityError as e:
+            if not self.options.optional(variant):
+                raise
+            self.refuse(variant, e)
+            return
+        if artifact is not None:
+            self.artifacts[variant.name] = artifact
+
+    def refuse(self, variant: Variant, error: QualityError) -> None:
+        """An optional precision the quality gate refused: every variant of it made so far goes
+        (files too), the rest are not built, and the manifest says why."""
+        for other in PLAN:
+            if other.precision is variant.precision:
+                self.artifacts.pop(other.name, None)
+                for file in make_artifact(self.loaded, other).files():
+                    (self.staged / file).unlink(missing_ok=True)
+        self.refused.add(variant.precision)
+        root = PLAN.root(variant).name
+        self.skipped.append({"name": root, "reason": str(error)})
+        self.say(f"skipped {root}: {error}")
+
+    def source(self, variant: Variant) -> Artifact:
+        """The built artifact ``variant`` is derived from."""
+        assert variant.derived_from is not None
+        return self.artifacts[variant.derived_from]
+
+
+Builder = Callable[[Build, Variant], "Artifact | None"]
+
+
+def builder_for(variant: Variant) -> Builder:
+    """How a variant is made: an engine from its ONNX, a uint8 head on its float graph, else by
+    its own builder."""
+    if variant.kind is ArtifactKind.tensorrt:
+        return _engine
+    if variant.head is OutputKind.uint8:
+        return _uint8_head
+    return BUILDERS[variant.name]
+
+
+# ---- the builders ------------------------------------------------------------------------------
+
+
+def _export_fp32(build: Build, variant: Variant) -> Artifact:
+    """torch -> ONNX (``onnx_graph.export_fp32``), the graph every other artifact derives from."""
+    loaded, say = build.loaded, build.say
+    with build.clock("export_fp32"):
         exported = onnx_graph.export_fp32(
             loaded.module,
-            staged / "fp32.onnx",
+            build.staged / variant.file,
             loaded.latent_dim,
             loaded.num_classes,
-            options.max_batch,
+            build.options.max_batch,
             inputs=loaded.interface.input_specs(loaded.latent_dim, loaded.num_classes),
         )
     if exported.symbolic_batch:
@@ -145,199 +225,94 @@ def build_artifacts(
         )
     for rewrite in exported.rewrites:
         say(f"rewrote the batch-grouped convolution {rewrite.layer} ({rewrite.form} form)")
-    say(f"exported fp32.onnx ({exported.exporter} exporter)")
-    fp32_extra: dict[str, Any] = {"exporter": exported.exporter}
+    say(f"exported {variant.file} ({exported.exporter} exporter)")
+    extra: dict[str, Any] = {"exporter": exported.exporter}
     if exported.rewrites:
-        fp32_extra["rewrites"] = [asdict(r) for r in exported.rewrites]
+        extra["rewrites"] = [asdict(r) for r in exported.rewrites]
     if exported.static_batch:
-        fp32_extra["static_batch"] = 1
+        extra["static_batch"] = 1
     if exported.symbolic_batch:
-        fp32_extra["symbolic_batch"] = "made symbolic again (symbolic_batch.py)"
-    add_onnx("fp32", None, fp32_extra)
-    fp32 = onnx.load(str(staged / "fp32.onnx"))
-    if uint8:
-        add_onnx("uint8", onnx_graph.add_uint8_head(fp32), {"derived_from": "fp32"})
-    if options.fp16:
-        decided: list[tuple[dict[str, Any], QualityResult | None]] = []
-        with clock("convert_fp16"):
-            fp16, islands = fp16_islands.convert(
-                fp32,
-                fp16_islands.range_feeds(reference.feeds),
-                _fp16_acceptance(loaded, options, staged, reference, quality, decided),
-            )
-        for reason, why in [
-            ("normalization", "normalization chains"),
-            ("range", "values beyond FP16's range"),
-        ]:
-            kept = [i for i in islands if i.reason == reason]
-            if kept:
-                shown = ", ".join(sorted({f"{i.layer or 'top level'} {i.op}" for i in kept}))
-                say(f"fp16: {len(kept)} nodes kept in FP32 ({why}): {shown}")
-        emulated_figures, emulated_quality = decided[-1]  # the run that accepted this model
-        fp16_extra: dict[str, Any] = {
-            "derived_from": "fp32",
-            "fp32_ops": onnx_graph.FP32_OPS,
-            "fp32_decided_by": "gate on FP16 storage emulated with ONNX Runtime CPU",
-            # the deciding run's tensor figures and (validation.quality) its quality figures:
-            # ORT's own CPU run of fp16.onnx (validation) computes the FP16 graph in FP32
-            "fp16_storage_emulated_gate": emulated_figures,
-        }
-        add_onnx(
-            "fp16",
-            fp16,
-            {**fp16_extra, "fp32_layers": [asdict(i) for i in islands]},
-            judged=emulated_quality,
+        extra["symbolic_batch"] = "made symbolic again (symbolic_batch.py)"
+    artifact = _publish_graph(build, variant, None, extra)
+    build.graphs[variant.name] = onnx.load(str(build.staged / artifact.path))
+    return artifact
+
+
+def _uint8_head(build: Build, variant: Variant) -> Artifact:
+    """The rendering to uint8 NHWC added to the graph the variant is derived from."""
+    head = onnx_graph.add_uint8_head(build.graphs[build.source(variant).name])
+    return _publish_graph(build, variant, head, {})
+
+
+def _convert_fp16(build: Build, variant: Variant) -> Artifact:
+    """FP16 with FP32 islands where values or normalizations need them (``fp16_islands``),
+    decided by the gates on FP16 storage emulated."""
+    accept = _FP16Acceptance(build, variant)
+    with build.clock("convert_fp16"):
+        fp16, islands = fp16_islands.convert(
+            build.graphs[build.source(variant).name],
+            fp16_islands.range_feeds(build.reference.feeds),
+            accept,
         )
-        if uint8:
-            add_onnx("fp16_uint8", onnx_graph.add_uint8_head(fp16), {"derived_from": "fp16"})
-    skipped: list[dict[str, str]] = []
-    if options.int8:
-        assert quality is not None
-        before = len(artifacts)
-        try:
-            _add_int8(loaded, options, staged, fp32, quality, reference, add_onnx, clock, say)
-        except QualityError as e:
-            if not options.int8_optional:
-                raise
-            for added in artifacts[before:]:  # an INT8 variant gated before the refused one
-                for file in added.files():
-                    (staged / file).unlink(missing_ok=True)
-            del artifacts[before:]
-            skipped.append({"name": "int8", "reason": str(e)})
-            say(f"skipped int8: {e}")
-    versions: dict[str, str] = {}
-    sources = ("fp16", "fp16_uint8", "int8", "int8_uint8")
-    engines = [a.name for a in artifacts if a.name in sources]
-    for source in engines:
-        name = f"trt_{source}"
-        if engine_status:
-            skipped.append({"name": name, "reason": engine_status})  # the CLI says it, once
-            continue
-        onnx_file = staged / f"{source}.onnx"
-        if source.startswith("int8"):  # TensorRT's Q/DQ are signed INT8 only
-            onnx_file = staged / f".{source}_tensorrt.onnx"
-            signed = int8.signed_for_tensorrt(onnx.load(str(staged / f"{source}.onnx")))
-            onnx_graph.save(signed, onnx_file)
-        artifacts.append(
-            _build_engine(
-                loaded, options, staged, onnx_file, name, reference, clock, say, float_outputs
-            )
-        )
-        if onnx_file.name.startswith("."):
-            onnx_file.unlink()
-            artifacts[-1].extra["source_onnx"] = (
-                f"{source}.onnx, activation quantizers re-expressed as signed INT8 "
-                "(int8.signed_for_tensorrt)"
-            )
-        if quality is not None:
-            with TensorRTRunner(staged / artifacts[-1].path) as engine:
-                _judge(quality, WithDefaults(engine, loaded.interface), artifacts[-1], say)
-        versions["tensorrt"] = artifacts[-1].extra["tensorrt"]
-    return artifacts, skipped, versions
+    for reason, why in [
+        ("normalization", "normalization chains"),
+        ("range", "values beyond FP16's range"),
+    ]:
+        kept = [i for i in islands if i.reason == reason]
+        if kept:
+            shown = ", ".join(sorted({f"{i.layer or 'top level'} {i.op}" for i in kept}))
+            build.say(f"fp16: {len(kept)} nodes kept in FP32 ({why}): {shown}")
+    extra: dict[str, Any] = {
+        "fp32_ops": onnx_graph.FP32_OPS,
+        "fp32_decided_by": "gate on FP16 storage emulated with ONNX Runtime CPU",
+        # the deciding run's tensor figures and (validation.quality) its quality figures:
+        # ORT's own CPU run of fp16.onnx (validation) computes the FP16 graph in FP32
+        "fp16_storage_emulated_gate": accept.figures,
+        "fp32_layers": [asdict(i) for i in islands],
+    }
+    artifact = _publish_graph(build, variant, fp16, extra, judged=accept.judged)
+    build.graphs[variant.name] = fp16
+    return artifact
 
 
-def _fp16_acceptance(
-    loaded: LoadedModel,
-    options: ExportOptions,
-    staged: Path,
-    reference: gate.Reference,
-    quality: QualityGate | None,
-    decided: list[tuple[dict[str, Any], QualityResult | None]],
-) -> fp16_islands.Accept:
-    """The checks that decide whether a candidate FP16 model is good enough, run with FP16
-    storage emulated: the tensor gate (values, NaN/Inf, PSNR, batch invariance), then the quality
-    gate on what it draws (per-seed PSNR over 1,000 seeds, the distribution check). The figures of
-    the run that accepts a model are appended to ``decided``: they are the FP16 figures recorded
-    (ONNX Runtime's CPU provider otherwise computes the FP16 graph in FP32)."""
+class _FP16Acceptance:
+    """Whether a candidate FP16 model is good enough (``fp16_islands.convert``'s ``accept``), run
+    with FP16 storage emulated: the tensor gate (values, NaN/Inf, PSNR, batch invariance), then
+    the quality gate on what it draws. The figures of the run that accepts a model are the FP16
+    figures recorded (ONNX Runtime's CPU provider otherwise computes the FP16 graph in FP32)."""
 
-    def accept(model: onnx.ModelProto) -> fp16_islands.Refusal | None:
-        artifact = make_artifact(loaded, "fp16", ArtifactKind.onnx, ".fp16-candidate.onnx")
-        path = staged / artifact.path
+    def __init__(self, build: Build, variant: Variant) -> None:
+        self.build, self.variant = build, variant
+        self.figures: dict[str, Any] = {}
+        self.judged: QualityResult | None = None
+
+    def __call__(self, model: onnx.ModelProto) -> fp16_islands.Refusal | None:
+        build = self.build
+        probe = make_artifact(build.loaded, self.variant, ".fp16-candidate.onnx")
+        path = build.staged / probe.path
         onnx_graph.save(fp16_islands.emulate_fp16_storage(model), path)
         try:
             with OnnxRuntimeRunner(path, optimize=False) as runner:
-                figures = gate.validate(runner, artifact, reference, options.max_batch)
-                candidate = WithDefaults(runner, loaded.interface)
-                judged = quality.judge(candidate.run, Precision.fp16) if quality else None
+                figures = gate.validate(runner, probe, build.reference, build.options.max_batch)
+                candidate = WithDefaults(runner, build.loaded.interface)
+                quality = build.quality
+                judged = quality.judge(candidate.run, self.variant.precision) if quality else None
         except ValidationError as e:
-            return fp16_islands.Refusal(e, overflow="NaN/Inf" in str(e))
+            return fp16_islands.Refusal(e)
         finally:
             path.unlink(missing_ok=True)
         if judged is not None and not judged.passed:
             try:
-                judged.check("fp16")
+                judged.check(self.variant.name)
             except QualityError as e:
-                return fp16_islands.Refusal(e, overflow=NONFINITE in judged.failures)
-        decided.append((figures, judged))
+                return fp16_islands.Refusal(e)
+        self.figures, self.judged = figures, judged
         return None
 
-    return accept
 
-
-def _judge_fp16_storage(
-    quality: QualityGate, model: onnx.ModelProto, staged: Path, loaded: LoadedModel
-) -> QualityResult:
-    """The quality gate on an FP16 model with FP16 storage emulated (what an FP16 engine does)."""
-    path = staged / ".fp16-emulated.onnx"
-    onnx_graph.save(fp16_islands.emulate_fp16_storage(model), path)
-    try:
-        with OnnxRuntimeRunner(path, optimize=False) as runner:
-            return quality.judge(WithDefaults(runner, loaded.interface).run, Precision.fp16)
-    finally:
-        path.unlink(missing_ok=True)
-
-
-def _build_engine(
-    loaded: LoadedModel,
-    options: ExportOptions,
-    staged: Path,
-    onnx_file: Path,
-    name: str,
-    reference: gate.Reference,
-    clock: _Clock,
-    say: Callable[[str], None],
-    float_outputs: dict[str, list[np.ndarray]],
-) -> Artifact:
-    artifact = make_artifact(loaded, name, ArtifactKind.tensorrt, f"{name}.plan")
-    with clock(f"build_{name}"):
-        artifact.extra = build_engine(
-            onnx_file,
-            staged / artifact.path,
-            artifact.inputs,
-            1,
-            options.opt_batch,
-            options.max_batch,
-        )
-    runner = TensorRTRunner(staged / artifact.path)
-    with clock(f"validate_{name}"), runner:
-        artifact.validation = _gate(runner, artifact, reference, options, say, float_outputs)
-        artifact.validation["runner"] = f"tensorrt ({runner.precision})"
-        artifact.extra["executed"] = runner.layer_precisions
-        wanted = artifact.precision.value  # "fp16" / "int8": what the label promises
-        if runner.layer_precisions and wanted not in runner.precision.split("+"):
-            raise ValidationError(
-                f"gate failed for {name!r}: TensorRT's engine inspector shows its weighted "
-                f"layers in {runner.precision} ({runner.layer_precisions}), none in {wanted}; "
-                "nothing published"
-            )
-        if options.output is OutputKind.uint8 and not name.endswith("uint8"):
-            float_outputs[name] = gate.outputs(runner, reference, options.max_batch)
-    return artifact
-
-
-def _add_int8(
-    loaded: LoadedModel,
-    options: ExportOptions,
-    staged: Path,
-    fp32: onnx.ModelProto,
-    quality: QualityGate,
-    reference: gate.Reference,
-    add_onnx: Callable[..., Artifact],
-    clock: _Clock,
-    say: Callable[[str], None],
-) -> None:
-    """int8.onnx (QDQ, gated, with the layer-by-layer fallback), its uint8 head, and the IR when
-    OpenVINO runs the IR measurably faster than the QDQ ONNX."""
+def _quantize_int8(build: Build, variant: Variant) -> Artifact:
+    """int8.onnx: NNCF's QDQ, gated, with the layer-by-layer fallback (``int8.quantize_gated``)."""
+    options, loaded = build.options, build.loaded
     batch = int8.calibration_batch(options.max_batch)
     items = [  # truncation and noise inputs, where the generator has them, as served by default
         complete_feeds(item, loaded.interface)
@@ -345,39 +320,24 @@ def _add_int8(
             loaded.latent_dim, loaded.num_classes, options.calibration, batch
         )
     ]
-    candidate = staged / ".candidate_int8.onnx"
-
-    probe = make_artifact(loaded, "int8", ArtifactKind.onnx, candidate.name)
-
-    def judge(model: onnx.ModelProto) -> QualityResult:
-        """The quality gate and the tensor gate together: the fallback stops when both pass."""
-        onnx.save_model(model, str(candidate), save_as_external_data=False)
-        with OpenVINORunner(candidate) as runner:
-            result = quality.judge(WithDefaults(runner, loaded.interface).run, Precision.int8)
-            try:
-                gate.validate(runner, probe, reference, options.max_batch)
-            except ValidationError as e:
-                failure = "tensor gate: " + str(e).split(": ", 1)[-1].split("; figures")[0]
-                result = replace(result, failures=(*result.failures, failure))
-        return result
-
-    def error(model: onnx.ModelProto) -> float:
-        """The fallback's ranking measure: normalized MSE against FP32 on a few seeds."""
-        onnx.save_model(model, str(candidate), save_as_external_data=False)
-        with OpenVINORunner(candidate) as runner:
-            return quality.nmse(WithDefaults(runner, loaded.interface).run, int8.RANKING_SEEDS)
-
-    with clock("int8_quantize"):
+    candidate = _Int8Candidate(build, variant)
+    with build.clock("int8_quantize"):
         try:
             result = int8.quantize_gated(
-                fp32, items, judge, error, say, fallback=options.int8_fallback
+                build.graphs[build.source(variant).name],
+                items,
+                candidate.judge,
+                candidate.nmse,
+                build.say,
+                fallback=options.int8_fallback,
             )
         finally:
-            candidate.unlink(missing_ok=True)
-    say(f"quantized int8 ({options.calibration} calibration samples): {result.quality.summary()}")
+            candidate.path.unlink(missing_ok=True)
+    build.say(
+        f"quantized int8 ({options.calibration} calibration samples): {result.quality.summary()}"
+    )
     model = result.model
-    extra = {
-        "derived_from": "fp32",
+    extra: dict[str, Any] = {
         "calibration": {
             "samples": options.calibration,
             "batch": batch,
@@ -395,75 +355,176 @@ def _add_int8(
     if not options.int8_fallback:
         extra["fallback_skipped"] = "asked for (ExportOptions.int8_fallback=False)"
     # the fallback's last gate pass ran this very model on OpenVINO: its verdict is recorded
-    artifact = add_onnx("int8", model, extra, judged=result.quality)
-    if options.output is OutputKind.uint8:
-        add_onnx("int8_uint8", onnx_graph.add_uint8_head(result.model), {"derived_from": "int8"})
-    with clock("int8_ir"):
-        artifact.extra["openvino_ir"] = _ir_if_faster(loaded, options, staged, add_onnx)
+    artifact = _publish_graph(build, variant, model, extra, judged=result.quality)
+    build.graphs[variant.name] = model
+    return artifact
 
 
-def _ir_if_faster(
-    loaded: LoadedModel,
-    options: ExportOptions,
-    staged: Path,
-    add_onnx: Callable[..., Artifact],
-) -> dict[str, Any]:
-    """Convert int8.onnx to IR; keep it (gated, as ``int8_ir``) only when it runs >= 5% faster."""
-    ir = staged / "int8_ir.xml"
-    int8.save_ir(staged / "int8.onnx", ir)
-    feeds = gate.gate_inputs(loaded.latent_dim, loaded.num_classes, (0,), loaded.interface)[0]
-    feeds = {k: v[: options.opt_batch] for k, v in feeds.items()}
-    onnx_s = int8.time_openvino(staged / "int8.onnx", feeds)
-    ir_s = int8.time_openvino(ir, feeds)
-    kept = ir_s < 0.95 * onnx_s
-    decision = {
-        "batch": len(feeds["z"]),
-        "qdq_onnx_ms": round(onnx_s * 1e3, 3),
-        "ir_ms": round(ir_s * 1e3, 3),
-        "kept": kept,
-    }
-    if kept:
-        add_onnx("int8_ir", None, {"derived_from": "int8"}, ArtifactKind.openvino)
-    else:
-        ir.unlink()
-        ir.with_suffix(".bin").unlink(missing_ok=True)
-    return decision
+class _Int8Candidate:
+    """A candidate INT8 model of the fallback, run on OpenVINO: judged by the quality gate and
+    the tensor gate together (the fallback stops when both pass), or ranked by its error."""
+
+    def __init__(self, build: Build, variant: Variant) -> None:
+        self.build = build
+        self.probe = make_artifact(build.loaded, variant, ".candidate_int8.onnx")
+        self.path = build.staged / self.probe.path
+
+    def _runner(self, model: onnx.ModelProto) -> OpenVINORunner:
+        onnx.save_model(model, str(self.path), save_as_external_data=False)
+        return OpenVINORunner(self.path)
+
+    def judge(self, model: onnx.ModelProto) -> QualityResult:
+        build = self.build
+        assert build.quality is not None
+        with self._runner(model) as runner:
+            result = build.quality.judge(
+                WithDefaults(runner, build.loaded.interface).run, self.probe.precision
+            )
+            try:
+                gate.validate(runner, self.probe, build.reference, build.options.max_batch)
+            except GateError as e:
+                failure = Failure(QualityError, f"tensor gate: {e.what}")
+                result = replace(result, failures=(*result.failures, failure))
+        return result
+
+    def nmse(self, model: onnx.ModelProto) -> float:
+        """The fallback's ranking measure: normalized MSE against FP32 on a few seeds."""
+        assert self.build.quality is not None
+        with self._runner(model) as runner:
+            run = WithDefaults(runner, self.build.loaded.interface).run
+            return self.build.quality.nmse(run, int8.RANKING_SEEDS)
 
 
-def _judge(
-    quality: QualityGate, runner: Runner, artifact: Artifact, say: Callable[[str], None]
-) -> None:
-    """The quality gate on what the artifact draws; raises ``QualityError`` (nothing published)."""
-    _record(quality.judge(runner.run, artifact.precision), artifact, say)
+def _ir_if_faster(build: Build, variant: Variant) -> Artifact | None:
+    """The INT8 ONNX converted to OpenVINO IR, kept (gated) only when it runs >= 5% faster; the
+    decision is recorded on the ONNX artifact."""
+    source = build.source(variant)
+    onnx_path, ir = build.staged / source.path, build.staged / variant.file
+    with build.clock(variant.name):
+        int8.save_ir(onnx_path, ir)
+        loaded = build.loaded
+        feeds = gate.gate_inputs(loaded.latent_dim, loaded.num_classes, (0,), loaded.interface)[0]
+        feeds = {k: v[: build.options.opt_batch] for k, v in feeds.items()}
+        onnx_s = int8.time_openvino(onnx_path, feeds)
+        ir_s = int8.time_openvino(ir, feeds)
+        kept = ir_s < 0.95 * onnx_s
+        decision = {
+            "batch": len(feeds["z"]),
+            "qdq_onnx_ms": round(onnx_s * 1e3, 3),
+            "ir_ms": round(ir_s * 1e3, 3),
+            "kept": kept,
+        }
+        artifact = _publish_graph(build, variant, None, {}) if kept else None
+        if not kept:
+            ir.unlink()
+            ir.with_suffix(".bin").unlink(missing_ok=True)
+    source.extra["openvino_ir"] = decision
+    return artifact
 
 
-def _record(result: QualityResult, artifact: Artifact, say: Callable[[str], None]) -> None:
-    artifact.validation["quality"] = result.to_dict()
-    result.check(artifact.name)
-    say(f"quality gate passed {artifact.name}: {result.summary()}")
+def _engine(build: Build, variant: Variant) -> Artifact:
+    """A TensorRT engine built from the ONNX the variant is derived from (INT8: its activation
+    quantizers re-expressed as signed INT8, the only Q/DQ TensorRT takes)."""
+    source = build.source(variant)
+    onnx_file = build.staged / source.path
+    if variant.precision is Precision.int8:
+        onnx_file = build.staged / f".{source.name}_tensorrt.onnx"
+        signed = int8.signed_for_tensorrt(onnx.load(str(build.staged / source.path)))
+        onnx_graph.save(signed, onnx_file)
+    artifact = make_artifact(build.loaded, variant)
+    with build.clock(f"build_{variant.name}"):
+        artifact.extra = build_engine(
+            onnx_file,
+            build.staged / artifact.path,
+            artifact.inputs,
+            1,
+            build.options.opt_batch,
+            build.options.max_batch,
+        )
+    _gate(build, variant, artifact)
+    if onnx_file.name.startswith("."):
+        onnx_file.unlink()
+        artifact.extra["source_onnx"] = (
+            f"{source.path}, activation quantizers re-expressed as signed INT8 "
+            "(int8.signed_for_tensorrt)"
+        )
+    build.versions["tensorrt"] = artifact.extra["tensorrt"]
+    return artifact
+
+
+BUILDERS: dict[str, Builder] = {
+    "fp32": _export_fp32,
+    "fp16": _convert_fp16,
+    "int8": _quantize_int8,
+    "int8_ir": _ir_if_faster,
+}
+
+
+# ---- the gates ---------------------------------------------------------------------------------
+
+
+def _publish_graph(
+    build: Build,
+    variant: Variant,
+    model: onnx.ModelProto | None,
+    extra: dict[str, Any],
+    judged: QualityResult | None = None,
+) -> Artifact:
+    """Save (``model``; None: already on disk), gate and describe one ONNX or IR artifact.
+    ``judged``: the quality gate's verdict on this very model from the run that decided it (FP16
+    storage emulated; INT8 on OpenVINO), recorded instead of judging it again."""
+    artifact = make_artifact(build.loaded, variant)
+    path = build.staged / artifact.path
+    if model is not None:
+        onnx_graph.save(model, path)
+    if variant.derived_from is not None:
+        extra = {"derived_from": variant.derived_from, **extra}
+    if variant.kind is ArtifactKind.onnx:
+        extra = {**extra, "opset": onnx_graph.opset(onnx.load(str(path)))}
+    artifact.extra = extra
+    _gate(build, variant, artifact, judged, model)
+    return artifact
 
 
 def _gate(
-    runner: Runner,
+    build: Build,
+    variant: Variant,
     artifact: Artifact,
-    reference: gate.Reference,
-    options: ExportOptions,
-    say: Callable[[str], None],
-    float_outputs: dict[str, list[np.ndarray]],
+    judged: QualityResult | None = None,
+    model: onnx.ModelProto | None = None,
+) -> None:
+    """The tensor gate on the artifact's runtime, what that runtime executed, then the gate its
+    plan row names; raises the failed check's error (nothing is published)."""
+    options = build.options
+    runner = _open(variant, build.staged / artifact.path)  # its loading is not the gate's time
+    with build.clock(f"validate_{artifact.name}"), runner as r:
+        artifact.validation = _tensor_gate(build, variant, r, artifact)
+        _record_runtime(r, variant, artifact)
+        if options.output is OutputKind.uint8 and variant.head is OutputKind.float:
+            build.float_outputs[variant.name] = gate.outputs(r, build.reference, options.max_batch)
+        if variant.gate is not Gate.tensor:
+            _quality_gate(build, variant, r, artifact, judged, model)
+
+
+def _open(variant: Variant, path: Path) -> Runner:
+    if variant.runtime is Runtime.openvino:
+        return OpenVINORunner(path)
+    if variant.runtime is Runtime.tensorrt:
+        return TensorRTRunner(path)
+    return OnnxRuntimeRunner(path)
+
+
+def _tensor_gate(
+    build: Build, variant: Variant, runner: Runner, artifact: Artifact
 ) -> dict[str, Any]:
-    # "uint8" is the fp32 graph's head; "fp16_uint8" fp16's; "trt_fp16_uint8" trt_fp16's
-    head_of = artifact.name.removesuffix("_uint8") if artifact.name.endswith("_uint8") else "fp32"
-    is_uint8 = artifact.name.endswith("uint8")
+    head_of = PLAN.float_twin(variant).name  # a uint8 head is judged against its float graph too
+    float_outputs = build.float_outputs.get(head_of) if variant.head is OutputKind.uint8 else None
     figures = gate.validate(
-        runner,
-        artifact,
-        reference,
-        options.max_batch,
-        float_outputs.get(head_of) if is_uint8 else None,
+        runner, artifact, build.reference, build.options.max_batch, float_outputs
     )
     diff = figures.get("max_abs_diff")
     shown = f"max|diff| {diff:.2e}, " if diff is not None else ""
-    say(
+    build.say(
         f"gate passed {artifact.name}: {shown}PSNR {figures['psnr_db']} dB, "
         f"max {figures['max_level_diff']} level(s), batch invariance "
         f"{figures['batch_invariance_max_diff']:.2e}"
@@ -471,24 +532,73 @@ def _gate(
     return figures
 
 
-class _Clock:
-    """``with clock("step"):`` adds the step's wall time to ``timings``."""
-
-    def __init__(self, timings: dict[str, float]) -> None:
-        self.timings = timings
-
-    def __call__(self, step: str) -> _Step:
-        return _Step(self.timings, step)
-
-
-class _Step:
-    def __init__(self, timings: dict[str, float], step: str) -> None:
-        self.timings, self.step = timings, step
-
-    def __enter__(self) -> None:
-        self.start = time.perf_counter()
-
-    def __exit__(self, *exc: object) -> None:
-        self.timings[self.step] = (
-            self.timings.get(self.step, 0.0) + time.perf_counter() - self.start
+def _record_runtime(runner: Runner, variant: Variant, artifact: Artifact) -> None:
+    """Which engine gated the artifact and, where the engine says, what it executed: an engine
+    that ran none of the artifact's layers in its precision refuses it."""
+    wanted = variant.precision.value
+    if isinstance(runner, OnnxRuntimeRunner):
+        provider = runner.providers[0]
+        artifact.validation["runner"] = f"onnxruntime {provider}" + (
+            " (computes the FP16 graph in FP32: FP16's figures are quality_runner's)"
+            if variant.precision is Precision.fp16 and provider == CPU
+            else ""
         )
+        return
+    executed = runner.precision.split("+")
+    if isinstance(runner, OpenVINORunner):
+        artifact.validation["runner"] = f"openvino CPU ({runner.precision})"
+        artifact.extra["executed"] = runner.layer_precisions
+        if wanted not in executed:
+            raise UnexecutedPrecisionError(
+                f"gate failed for {artifact.name!r}: OpenVINO ran every layer in "
+                f"{runner.precision}, none in {wanted.upper()}; nothing published"
+            )
+    elif isinstance(runner, TensorRTRunner):
+        artifact.validation["runner"] = f"tensorrt ({runner.precision})"
+        artifact.extra["executed"] = runner.layer_precisions
+        if runner.layer_precisions and wanted not in executed:
+            raise UnexecutedPrecisionError(
+                f"gate failed for {artifact.name!r}: TensorRT's engine inspector shows its "
+                f"weighted layers in {runner.precision} ({runner.layer_precisions}), none in "
+                f"{wanted}; nothing published"
+            )
+
+
+def _quality_gate(
+    build: Build,
+    variant: Variant,
+    runner: Runner,
+    artifact: Artifact,
+    judged: QualityResult | None,
+    model: onnx.ModelProto | None,
+) -> None:
+    """The quality gate on what the artifact draws (a verdict already reached on this very model
+    is recorded instead); raises the failed metric's ``QualityError`` (nothing published)."""
+    assert build.quality is not None
+    if variant.gate is Gate.quality_fp16_storage:
+        artifact.validation["quality_runner"] = FP16_EMULATED
+        if judged is None:
+            assert model is not None
+            judged = _judge_fp16_storage(build, model, variant.precision)
+    if judged is None:
+        judged = build.quality.judge(
+            WithDefaults(runner, build.loaded.interface).run, variant.precision
+        )
+    artifact.validation["quality"] = judged.to_dict()
+    judged.check(artifact.name)
+    build.say(f"quality gate passed {artifact.name}: {judged.summary()}")
+
+
+def _judge_fp16_storage(
+    build: Build, model: onnx.ModelProto, precision: Precision
+) -> QualityResult:
+    """The quality gate on an FP16 model with FP16 storage emulated (what an FP16 engine does)."""
+    assert build.quality is not None
+    path = build.staged / ".fp16-emulated.onnx"
+    onnx_graph.save(fp16_islands.emulate_fp16_storage(model), path)
+    try:
+        with OnnxRuntimeRunner(path, optimize=False) as runner:
+            run = WithDefaults(runner, build.loaded.interface).run
+            return build.quality.judge(run, precision)
+    finally:
+        path.unlink(missing_ok=True)

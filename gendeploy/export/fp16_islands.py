@@ -32,7 +32,12 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from gendeploy.errors import QualityError, ValidationError
+from gendeploy.errors import (
+    NonFiniteError,
+    PrecisionOverflowError,
+    ValidationError,
+    restated,
+)
 from gendeploy.export import onnx_graph
 from gendeploy.export.signature import WRAPPED
 from gendeploy.runtime.base import Feeds
@@ -53,10 +58,15 @@ Accept = Callable[[onnx.ModelProto], "Refusal | None"]  # None: the gate passed 
 
 @dataclass(frozen=True)
 class Refusal:
-    """Why the gate refused a candidate FP16 model."""
+    """Why the gate refused a candidate FP16 model: what the tensor gate or the quality gate
+    raised (``errors.py``)."""
 
-    error: ValidationError  # what the gate raised: a QualityError for what it draws
-    overflow: bool  # NaN/Inf appeared: a value passed FP16's range (else lost precision)
+    error: ValidationError
+
+    @property
+    def overflow(self) -> bool:
+        """NaN/Inf appeared: a value passed FP16's range (else it lost precision)."""
+        return isinstance(self.error, (NonFiniteError, PrecisionOverflowError))
 
 
 @dataclass(frozen=True)
@@ -96,9 +106,7 @@ def convert(
         cause = f"FP16 overflows (NaN/Inf) even with {kept}"
     else:
         cause = f"FP16 loses precision (no value overflowed; {kept} did not help)"
-    if isinstance(refusal.error, QualityError):
-        raise QualityError(f"{cause}: {refusal.error}", artifact=refusal.error.artifact)
-    raise ValidationError(f"{cause}: {refusal.error}")
+    raise restated(refusal.error, f"{cause}: {refusal.error}")  # the refusing check's own class
 
 
 def range_feeds(feeds: list[Feeds]) -> list[Feeds]:

@@ -2,8 +2,8 @@
 
 The eager model is checked first: finite, deterministic (the same input twice gives the same image:
 a generator drawing random numbers in ``forward`` is refused before export), dependent on z, and
-batch invariant. Then, per artifact, in order (first failure raises ``ValidationError`` with the
-figures): input/output names,
+batch invariant. Then, per artifact, in order (the first failure raises its own ``GateError``
+subclass, ``errors.py``, with the figures): input/output names,
 output shape and dtype, NaN/Inf, values (max abs difference against the tolerance of the artifact's
 precision), rendered images (PSNR of uint8 renderings; at most N levels per pixel; a uint8 head
 at most ``HEAD_MAX_LEVELS`` from the rendering of its own float graph's output), and batch
@@ -23,14 +23,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from gendeploy.errors import ValidationError
-from gendeploy.export.manifest import Artifact, Interface, Precision
-from gendeploy.export.signature import (
-    DETERMINISM_ATOL,
+from gendeploy.errors import (
+    BatchInvarianceError,
+    GateError,
+    IgnoresLatentError,
+    NameMismatchError,
     NondeterministicModelError,
-    first_differing_layer,
-    randomness_message,
+    NonFiniteError,
+    RenderingError,
+    ShapeMismatchError,
+    ToleranceError,
 )
+from gendeploy.export.signature import DETERMINISM_ATOL, first_differing_layer, randomness_message
+from gendeploy.manifest import Artifact, Interface, Precision
 from gendeploy.runtime.base import Feeds, Runner
 from gendeploy.runtime.eager import EagerRunner
 
@@ -70,10 +75,6 @@ INVARIANCE_SAMPLES = 3
 # then both ends of what requests may send (the manifest's truncation_range): every artifact, FP16
 # included, must pass there too
 OTHER_PSI = (0.5, 0.75, 1.0)
-
-
-class IgnoresLatentError(ValidationError):
-    """The output does not depend on z: every z gives the same image."""
 
 
 @dataclass
@@ -139,7 +140,7 @@ def eager_reference(
     for f, out in zip(feeds, outputs, strict=True):
         if not np.isfinite(out).all():
             where = _first_nonfinite_layer(module, f)
-            raise ValidationError(
+            raise NonFiniteError(
                 f"eager PyTorch output has NaN/Inf ({_count_nonfinite(out)}), first made by "
                 f"layer {where}: the model itself is broken, nothing exported"
             )
@@ -156,7 +157,7 @@ def eager_reference(
         raise IgnoresLatentError(_ignores_z_message("the generator's output", len(outputs[0])))
     diff = _batch_invariance(runner, feeds[0], outputs[0])
     if diff > TOLERANCES[Precision.fp32].max_abs:
-        raise ValidationError(_not_invariant_message(module, diff, len(outputs[0])))
+        raise BatchInvarianceError(_not_invariant_message(module, diff, len(outputs[0])))
     return Reference(feeds=feeds, outputs=outputs, other_z=other_z)
 
 
@@ -172,20 +173,40 @@ def validate(
     max_batch: int,
     float_outputs: list[np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """Gate one artifact; returns its figures or raises ``ValidationError`` with them.
+    """Gate one artifact; returns its figures or raises the failed check's ``GateError`` with
+    them.
 
     ``float_outputs``: for a uint8 artifact, the outputs of the float graph its head was added
     to (``gate.outputs``); its images must then be within ``HEAD_MAX_LEVELS`` of their rendering.
     """
     tol = TOLERANCES[artifact.precision]
-    figures: dict[str, Any] = {"tolerance": asdict(tol), "seeds": list(SEEDS)}
-    fail = _Failer(artifact.name, figures)
+    fail = _Failer(artifact.name, {"tolerance": asdict(tol), "seeds": list(SEEDS)})
     want_in = [t.name for t in artifact.inputs]
     got_in = list(getattr(runner, "input_names", want_in))
     got_out = list(getattr(runner, "output_names", [artifact.output.name]))
     want_out = [artifact.output.name]
     if sorted(got_in) != sorted(want_in) or got_out[:1] != want_out:
-        fail(f"names: inputs {got_in} / outputs {got_out}, expected {want_in} / {want_out}")
+        fail(
+            NameMismatchError,
+            f"names: inputs {got_in} / outputs {got_out}, expected {want_in} / {want_out}",
+        )
+    _check_images(runner, artifact, reference, max_batch, float_outputs, fail)
+    _check_batching(runner, artifact, reference, max_batch, fail)
+    fail.figures["passed"] = True
+    return fail.figures
+
+
+def _check_images(
+    runner: Runner,
+    artifact: Artifact,
+    reference: Reference,
+    max_batch: int,
+    float_outputs: list[np.ndarray] | None,
+    fail: _Failer,
+) -> None:
+    """Shape and dtype, NaN/Inf, values, rendered images (and a uint8 head against its float
+    graph's rendering), on every seed's inputs."""
+    tol, figures = TOLERANCES[artifact.precision], fail.figures
     is_uint8 = artifact.output.dtype == "uint8"
     max_abs = max_levels = head_levels = 0.0
     psnrs = []
@@ -194,10 +215,16 @@ def validate(
         want_shape = (len(ref), *artifact.output.shape[1:])
         if out.shape != want_shape or out.dtype != np.dtype(artifact.output.dtype):
             got = f"{out.dtype}{list(out.shape)}"
-            fail(f"shape: got {got}, expected {artifact.output.dtype}{list(want_shape)}")
+            fail(
+                ShapeMismatchError,
+                f"shape: got {got}, expected {artifact.output.dtype}{list(want_shape)}",
+            )
         if not is_uint8 and not np.isfinite(out).all():
             figures["nonfinite"] = _count_nonfinite(out)
-            fail(f"values: {figures['nonfinite']} NaN/Inf values in the output (eager has none)")
+            fail(
+                NonFiniteError,
+                f"values: {figures['nonfinite']} NaN/Inf values in the output (eager has none)",
+            )
         rendered_ref = render(ref)
         rendered = out if is_uint8 else render(out)
         if not is_uint8:
@@ -215,45 +242,55 @@ def validate(
     if is_uint8 and float_outputs is not None:
         figures["head_level_diff"] = int(head_levels)
     if not is_uint8 and max_abs > tol.max_abs:
-        fail(f"values: max abs difference {max_abs:.3g} > {tol.max_abs:g}")
+        fail(ToleranceError, f"values: max abs difference {max_abs:.3g} > {tol.max_abs:g}")
     if figures["psnr_db"] < tol.min_psnr_db:
-        fail(f"images: PSNR {figures['psnr_db']} dB < {tol.min_psnr_db} dB")
+        fail(RenderingError, f"images: PSNR {figures['psnr_db']} dB < {tol.min_psnr_db} dB")
     if max_levels > tol.max_levels:
-        fail(f"images: a pixel differs by {int(max_levels)} levels > {tol.max_levels}")
+        fail(
+            RenderingError,
+            f"images: a pixel differs by {int(max_levels)} levels > {tol.max_levels}",
+        )
     if head_levels > HEAD_MAX_LEVELS:
         fail(
+            RenderingError,
             f"uint8 head: a pixel differs by {int(head_levels)} levels from the rendering of its "
-            f"float graph's output (> {HEAD_MAX_LEVELS})"
+            f"float graph's output (> {HEAD_MAX_LEVELS})",
         )
+
+
+def _check_batching(
+    runner: Runner, artifact: Artifact, reference: Reference, max_batch: int, fail: _Failer
+) -> None:
+    """Some image changes with z, and the same z gives the same image alone and in a batch."""
+    tol = TOLERANCES[artifact.precision]
+    is_uint8 = artifact.output.dtype == "uint8"
     full = _run_chunked(runner, reference.feeds[0], max_batch)
     if reference.other_z:
         moved = _run_chunked(runner, reference.other_z, max_batch)
         if not _depends_on_z(
             full if is_uint8 else render(full), moved if is_uint8 else render(moved)
         ):
-            raise IgnoresLatentError(
-                f"gate failed for {artifact.name!r}: {_ignores_z_message('its output', len(full))}"
-            )
+            what = _ignores_z_message("its output", len(full))
+            raise IgnoresLatentError(f"gate failed for {artifact.name!r}: {what}", what)
     diff = _batch_invariance(runner, reference.feeds[0], full)
-    figures["batch_invariance_max_diff"] = diff
+    fail.figures["batch_invariance_max_diff"] = diff
     limit = tol.max_levels if is_uint8 else tol.max_abs
     if diff > limit:
         fail(
+            BatchInvarianceError,
             f"batch invariance: the same z differs by {diff:.3g} between batch 1 and batch "
-            f"{min(len(full), max_batch)} (limit {limit:g}); dynamic batching would change images"
+            f"{min(len(full), max_batch)} (limit {limit:g}); dynamic batching would change images",
         )
-    figures["passed"] = True
-    return figures
 
 
 class _Failer:
     def __init__(self, name: str, figures: dict[str, Any]) -> None:
         self.name, self.figures = name, figures
 
-    def __call__(self, what: str) -> None:
+    def __call__(self, error: type[GateError], what: str) -> None:
         shown = {k: v for k, v in self.figures.items() if k not in ("tolerance", "seeds")}
-        raise ValidationError(
-            f"gate failed for {self.name!r}: {what}; figures {shown}; nothing published"
+        raise error(
+            f"gate failed for {self.name!r}: {what}; figures {shown}; nothing published", what
         )
 
 

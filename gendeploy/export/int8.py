@@ -199,6 +199,13 @@ def quantize(model: onnx.ModelProto, items: list[Feeds]) -> onnx.ModelProto:
                 preset=nncf.QuantizationPreset.PERFORMANCE,  # symmetric: TensorRT's Q/DQ need it
                 subset_size=len(items),
                 ignored_scope=ignored,
+                # weights in 7 bits on every layer: x86 CPUs without VNNI multiply u8 x s8 pairs
+                # into int16 with saturation (AVX2 vpmaddubsw), and 8-bit weights overflowed it:
+                # on a Zen 3 the gate refused layers a Zen 4 (VNNI) kept in INT8. The artifact
+                # must draw the same on whichever CPU serves it.
+                advanced_parameters=nncf.AdvancedQuantizationParameters(
+                    overflow_fix=nncf.OverflowFix.ENABLE
+                ),
             )
     except Exception as e:  # NNCF's own errors, or a graph it cannot read
         first = " ".join(str(e).split())[:200]
@@ -290,13 +297,13 @@ def quantize_gated(
         first.check("int8")
     if len(layers) < 2:  # one layer in float would leave nothing in INT8
         raise QualityError(
-            f"quality gate failed for 'int8' ({'; '.join(first.failures)}) and the generator has "
+            f"quality gate failed for 'int8' ({first.failure_text}) and the generator has "
             f"{len(layers)} INT8 layer(s): no layer-by-layer fallback; export it without --int8; "
             "nothing published",
             artifact="int8",
         )
     say(
-        f"int8 fails the quality gate ({'; '.join(first.failures)}): falling back layer by layer "
+        f"int8 fails the quality gate ({first.failure_text}): falling back layer by layer "
         f"({len(layers)} layers ranked on {RANKING_SEEDS} seeds, then the gate decides)"
     )
     errors: dict[str, float] = {}
@@ -324,8 +331,8 @@ def quantize_gated(
         if not best[1].passed:
             raise QualityError(
                 f"quality gate failed for 'int8' even with {most} of {len(layers)} weighted "
-                f"layers kept in floating point ({'; '.join(best[1].failures)}; with every layer "
-                f"INT8: {'; '.join(first.failures)}); this generator does not quantize: export "
+                f"layers kept in floating point ({best[1].failure_text}; with every layer "
+                f"INT8: {first.failure_text}); this generator does not quantize: export "
                 "it without --int8; nothing published",
                 artifact="int8",
             )
@@ -349,7 +356,7 @@ def _ranking_text(ranking: list[dict[str, Any]]) -> str:
 
 
 def _attempt_text(result: QualityResult) -> str:
-    verdict = "passes" if result.passed else "fails (" + "; ".join(result.failures) + ")"
+    verdict = "passes" if result.passed else f"fails ({result.failure_text})"
     return f"Frechet ratio {result.frechet_ratio:.3f}, PSNR p1 {result.psnr.p1_db} dB: {verdict}"
 
 

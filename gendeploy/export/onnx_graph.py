@@ -24,9 +24,14 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from gendeploy.errors import ExportError
+from gendeploy.errors import (
+    BatchConstantError,
+    BatchGroupedConvError,
+    ExporterError,
+    ExportError,
+    OnnxCheckError,
+)
 from gendeploy.export import symbolic_batch
-from gendeploy.export.manifest import Interface, TensorSpec
 from gendeploy.export.rewrite import (
     Rewrite,
     describe,
@@ -35,6 +40,7 @@ from gendeploy.export.rewrite import (
     verify_batches,
 )
 from gendeploy.export.signature import WRAPPED, ServedGenerator
+from gendeploy.manifest import Interface, TensorSpec
 
 OUTPUT = "images"
 _FLOAT_OUTPUT = "images_float"
@@ -160,83 +166,140 @@ def export_fp32(
     ``labels``).
     """
     specs = inputs or Interface().input_specs(latent_dim, num_classes)
-    static = max_batch == 1
 
     def make_inputs(batch: int) -> tuple[torch.Tensor, ...]:
         return sample_inputs(specs, batch)
 
+    static = max_batch == 1
     args = make_inputs(1 if static else 2)
-    names = [s.name for s in specs]
     module = module.eval()
     batch = torch.export.Dim("batch", min=1, max=max(max_batch, 2))
     dynamic = None if static else _dynamic_shapes(module, len(args), batch)
-    errors = []
+    errors: list[str] = []  # each exporter's failure, in the order they were tried
     rewrites: list[Rewrite] = []
-    generalized = False
     with _quiet_exporter():
         target: Any = module
-        captured = None
-        try:
-            captured = torch.export.export(module, args, dynamic_shapes=dynamic, strict=False)
-        except Exception as e:  # fall back to torch.onnx's own strategies below
-            if "specialized it to be a constant" not in str(e):
-                errors.append(f"torch.export: {_first_line(e)}")
-            else:
-                captured = _capture_symbolic_batch(module, make_inputs, args, batch)
-                generalized = True
+        captured, generalized = _capture(module, args, dynamic, make_inputs, batch, errors)
         if captured is not None:
-            target = captured
-            graph = captured.module()
-            prefix = f"{WRAPPED}." if isinstance(module, ServedGenerator) else ""
-            rewrites = rewrite_batch_grouped(graph, prefix)
-            if rewrites or generalized:
-                changes = ["making the batch symbolic again"] if generalized else []
-                changes += [describe(rewrites)] if rewrites else []
-                verify(module, graph, make_inputs, " and ".join(changes), verify_batches(max_batch))
-                target = graph
+            target, rewrites = _rewritten(module, captured, make_inputs, generalized, max_batch)
+        onnx_export = _OnnxExport(module, args, path, [s.name for s in specs], dynamic, batch)
+        exporter = onnx_export.run(target, errors, bool(rewrites) or generalized, make_inputs)
+    sidecar = path.with_name(path.name + ".data")
+    if sidecar.exists():
+        raise ExporterError(f"the exporter wrote external data {sidecar.name}; expected one file")
+    check(path)
+    return Exported(exporter, rewrites, static, generalized)
+
+
+def _capture(
+    module: nn.Module,
+    args: tuple[torch.Tensor, ...],
+    dynamic: Any,
+    make_inputs: Callable[[int], tuple[torch.Tensor, ...]],
+    batch: Any,
+    errors: list[str],
+) -> tuple[torch.export.ExportedProgram | None, bool]:
+    """torch.export's capture with a dynamic batch, and whether the batch had to be made symbolic
+    again (the model made it a constant: ``_capture_symbolic_batch``); None when torch.export
+    fails otherwise (torch.onnx's own strategies are tried next)."""
+    try:
+        return torch.export.export(module, args, dynamic_shapes=dynamic, strict=False), False
+    except Exception as e:
+        if not _batch_made_constant(e):
+            errors.append(f"torch.export: {_first_line(e)}")
+            return None, False
+    return _capture_symbolic_batch(module, make_inputs, args, batch), True
+
+
+def _batch_made_constant(e: Exception) -> bool:
+    """torch.export refused the dynamic batch: a constraint violation, and the batch is the only
+    dimension gendeploy declares dynamic (the model made it a constant, e.g. int(x.shape[0]))."""
+    from torch._dynamo.exc import UserError, UserErrorType
+
+    return isinstance(e, UserError) and e.error_type is UserErrorType.CONSTRAINT_VIOLATION
+
+
+def _rewritten(
+    module: nn.Module,
+    captured: torch.export.ExportedProgram,
+    make_inputs: Callable[[int], tuple[torch.Tensor, ...]],
+    generalized: bool,
+    max_batch: int,
+) -> tuple[Any, list[Rewrite]]:
+    """What to export from a capture: the program itself, or its graph with the batch-grouped
+    convolutions rewritten (and the batch made symbolic again), verified against the module."""
+    graph = captured.module()
+    prefix = f"{WRAPPED}." if isinstance(module, ServedGenerator) else ""
+    rewrites = rewrite_batch_grouped(graph, prefix)
+    if not (rewrites or generalized):
+        return captured, rewrites
+    changes = ["making the batch symbolic again"] if generalized else []
+    changes += [describe(rewrites)] if rewrites else []
+    verify(module, graph, make_inputs, " and ".join(changes), verify_batches(max_batch))
+    return graph, rewrites
+
+
+@dataclass
+class _OnnxExport:
+    """torch.onnx.export of one module to ``path`` with the export's names and batch axis."""
+
+    module: nn.Module
+    args: tuple[torch.Tensor, ...]
+    path: Path
+    names: list[str]
+    dynamic: Any  # None: a static batch
+    batch: Any
+
+    def run(
+        self,
+        target: Any,
+        errors: list[str],
+        changed: bool,
+        make_inputs: Callable[[int], tuple[torch.Tensor, ...]],
+    ) -> str:
+        """The dynamo exporter on ``target``, else TorchScript on the module itself (unless the
+        graph was changed: only the dynamo path carries the change); the exporter's name."""
         try:
             torch.onnx.export(
                 target,
-                args,
-                str(path),
-                input_names=names,
+                self.args,
+                str(self.path),
+                input_names=self.names,
                 output_names=[OUTPUT],
-                dynamic_shapes=_target_shapes(target, dynamic, len(args), batch),
+                dynamic_shapes=_target_shapes(target, self.dynamic, len(self.args), self.batch),
                 external_data=False,
                 dynamo=True,
             )
-            exporter = "dynamo"
+            return "dynamo"
         except Exception as e:  # the dynamo exporter rejects some Python control flow
             disk = _disk_error(e)
             if disk is not None:  # no other exporter can write to a full or read-only disk
-                raise OSError(disk.errno, disk.strerror, str(path)) from None
+                raise OSError(disk.errno, disk.strerror, str(self.path)) from None
             errors.append(f"dynamo: {_first_line(e)}")
-            if rewrites or generalized:
-                raise ExportError(f"torch.onnx.export failed: {'; '.join(errors)}") from None
-            try:
-                with _silenced_descriptors():
-                    torch.onnx.export(
-                        module,
-                        args,
-                        str(path),
-                        input_names=names,
-                        output_names=[OUTPUT],
-                        dynamic_axes=(
-                            None if static else {n: {0: "batch"} for n in [*names, OUTPUT]}
-                        ),
-                        dynamo=False,
-                    )
-                exporter = "torchscript"
-            except Exception as e2:
-                if "kernel of unknown shape" in str(e2):
-                    raise ExportError(_grouped_message(module, make_inputs, errors[0])) from None
-                errors.append(f"torchscript: {_first_line(e2)}")
-                raise ExportError(f"torch.onnx.export failed: {'; '.join(errors)}") from None
-    sidecar = path.with_name(path.name + ".data")
-    if sidecar.exists():
-        raise ExportError(f"the exporter wrote external data {sidecar.name}; expected one file")
-    check(path)
-    return Exported(exporter, rewrites, static, generalized)
+        if changed:
+            raise ExporterError(f"torch.onnx.export failed: {'; '.join(errors)}")
+        try:
+            self._torchscript()
+            return "torchscript"
+        except Exception as e:
+            layers = symbolic_batch.batch_grouped_layers(self.module, make_inputs(2))
+            if layers:  # TorchScript cannot convolve with a kernel of unknown shape
+                raise BatchGroupedConvError(_grouped_message(layers, errors[0])) from None
+            errors.append(f"torchscript: {_first_line(e)}")
+        raise ExporterError(f"torch.onnx.export failed: {'; '.join(errors)}")
+
+    def _torchscript(self) -> None:
+        axes = None if self.dynamic is None else {n: {0: "batch"} for n in [*self.names, OUTPUT]}
+        with _silenced_descriptors():
+            torch.onnx.export(
+                self.module,
+                self.args,
+                str(self.path),
+                input_names=self.names,
+                output_names=[OUTPUT],
+                dynamic_axes=axes,
+                dynamo=False,
+            )
 
 
 def _target_shapes(target: Any, dynamic: Any, n: int, batch: Any) -> Any:
@@ -271,19 +334,16 @@ def _capture_symbolic_batch(
         )
     except Exception as e:
         why = f"its graph made symbolic does not capture ({_first_line(e)})"
-        raise symbolic_batch.BatchConstantError(
+        raise BatchConstantError(
             symbolic_batch.specialized_message(module, make_inputs, why)
         ) from None
 
 
-def _grouped_message(
-    module: nn.Module, make_inputs: Callable[[int], tuple[torch.Tensor, ...]], why: str
-) -> str:
-    """TorchScript's "convolution for kernel of unknown shape", said as what it means: a
-    batch-grouped convolution, which only a torch.export capture lets gendeploy rewrite."""
-    layers = symbolic_batch.batch_grouped_layers(module, make_inputs(2))
+def _grouped_message(layers: list[str], why: str) -> str:
+    """A batch-grouped convolution (TorchScript's "convolution for kernel of unknown shape"),
+    which only a torch.export capture lets gendeploy rewrite."""
     shown = ", ".join(repr(n) for n in layers[:4]) + (", ..." if len(layers) > 4 else "")
-    where = f"layer{'s' if len(layers) > 1 else ''} {shown}: " if layers else ""
+    where = f"layer{'s' if len(layers) > 1 else ''} {shown}: "
     return (
         f"{where}a convolution with groups = batch (per-sample weights over a [1, N*C, H, W] "
         "view) cannot be exported with a dynamic batch as written, and gendeploy rewrites it only "
@@ -363,7 +423,7 @@ def check(path: Path) -> None:
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
-        raise ExportError(f"{path.name} fails onnx.checker: {_first_line(e)}") from None
+        raise OnnxCheckError(f"{path.name} fails onnx.checker: {_first_line(e)}") from None
 
 
 def opset(model: onnx.ModelProto) -> int:

@@ -1,16 +1,20 @@
 """What shapes an export besides the model (``ExportOptions``) and where the model comes from
-(``ModelSpec``): flags checked up front, shared by the CLI, ``export()`` and the builder."""
+(``ModelSpec``): flags checked up front, the two arguments of ``export()``, the one entry point
+the CLI, the bench and ``export_generator`` call."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gendeploy.errors import UsageError
 from gendeploy.export.int8 import DEFAULT_CALIBRATION_SAMPLES, check_calibration_samples
-from gendeploy.export.manifest import OutputKind
 from gendeploy.export.quality_gate import QualityConfig
+from gendeploy.manifest import ArtifactKind, OutputKind, Precision, Source, Variant
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,8 @@ class ExportOptions:
     int8_optional: bool = False
 
     def __post_init__(self) -> None:
+        if self.output not in {k.value for k in OutputKind}:
+            raise UsageError(f"output must be float or uint8, got {self.output!r}")
         object.__setattr__(self, "output", OutputKind(self.output))
         if self.calibration_samples is not None and not self.int8:
             raise UsageError("--calibration-samples needs --int8")
@@ -56,6 +62,24 @@ class ExportOptions:
                 "INT8 ONNX)"
             )
 
+    def wants(self, variant: Variant) -> bool:
+        """The options ask for this artifact: its precision (FP32 always, ``fp16``, ``int8``)
+        and its head (uint8 with ``output=uint8``)."""
+        if variant.head is OutputKind.uint8 and self.output is not OutputKind.uint8:
+            return False
+        asked = {Precision.fp32: True, Precision.fp16: self.fp16, Precision.int8: self.int8}
+        return asked.get(variant.precision, False)
+
+    def optional(self, variant: Variant) -> bool:
+        """The quality gate's refusal of this artifact skips its precision instead of failing
+        the export (``int8_optional``: INT8's ONNX and IR; an engine built from a published
+        int8.onnx that fails still fails the export)."""
+        return (
+            self.int8_optional
+            and variant.precision is Precision.int8
+            and variant.kind is not ArtifactKind.tensorrt
+        )
+
     @property
     def calibration(self) -> int:
         """The calibration sample count in force."""
@@ -64,10 +88,12 @@ class ExportOptions:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Where the generator comes from: a checkpoint, or ``--model`` with the facts it lacks."""
+    """Where the generator comes from: a checkpoint, ``--model`` with the facts it lacks, or a
+    module held in memory with them (``export_generator``)."""
 
     checkpoint: Path | None = None
     model: str | None = None
+    module: nn.Module | None = None
     weights: Path | None = None
     latent_dim: int | None = None
     num_classes: int | None = None
@@ -75,8 +101,17 @@ class ModelSpec:
     forward_kwargs: dict[str, Any] | None = None  # passed to every forward call
     noise: str = "const"  # "seeded": noise buffers become per-request inputs
     random_weights: bool = False  # --model without weights: export its untrained initialisation
+    source: Source | None = None  # a module's origin (default: in memory, not rebuildable)
 
     def __post_init__(self) -> None:
+        if self.module is not None:
+            if self.checkpoint is not None or self.model is not None:
+                raise UsageError("pass a module, a checkpoint or --model, one of them")
+            if self.latent_dim is None or self.image_shape is None:
+                raise UsageError("a module needs latent_dim and image_shape (C, H, W)")
+            return
+        if self.source is not None:
+            raise UsageError("source= describes a module held in memory; pass module= too")
         given = [
             n
             for n in ("weights", "latent_dim", "num_classes", "image_shape", "forward_kwargs")

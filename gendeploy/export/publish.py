@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from gendeploy.errors import ExportError, UsageError
-from gendeploy.export.manifest import MANIFEST_NAME
+from gendeploy.manifest import MANIFEST_NAME
 
 STAGING_PREFIX = ".gendeploy-staging-"
 LOCK_SUFFIX = ".lock"

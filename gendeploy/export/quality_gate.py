@@ -18,7 +18,8 @@ So every reduced-precision artifact (FP16, INT8, bf16) is also judged on what it
 
 API (also for other exporters): ``gate = QualityGate(reference, facts)`` computes FP32's samples
 once, ``gate.judge(candidate, precision)`` returns a ``QualityResult`` with every number, and
-``result.check(name)`` raises ``QualityError`` naming the failed metric and its figures.
+``result.check(name)`` raises the first failed metric's ``QualityError`` subclass (``errors.py``)
+naming every failed metric and its figures.
 ``reference`` and ``candidate`` are any callables from feeds (``z``, ``labels``) to images (float
 NCHW in [-1, 1], or uint8 NHWC): a ``Runner.run``.
 """
@@ -34,18 +35,37 @@ import numpy as np
 import torch
 from torch import nn
 
-from gendeploy.errors import QualityError, UnscorableError, UsageError
+from gendeploy.errors import (
+    DigitsScoreError,
+    DistributionError,
+    PictureQualityError,
+    PrecisionOverflowError,
+    QualityError,
+    UnscorableError,
+    UsageError,
+)
 from gendeploy.export.features import DigitsFeatures, FeatureSpace, RandomConvFeatures
 from gendeploy.export.gate import PSNR_IDENTICAL, render
-from gendeploy.export.manifest import Precision, Source
+from gendeploy.manifest import Precision, Source
 from gendeploy.runtime.base import Feeds
-from gendeploy.serve.backend_model import draw_latents
+from gendeploy.seeds import draw_latents
 from gendeploy.trainer.models import ModelConfig
 from gendeploy.trainer.quality import evaluate_generator, frechet_distance, scorable
 
 ImageFn = Callable[[Feeds], np.ndarray]
 MIN_SEEDS = 1000
 NONFINITE = "values: NaN/Inf in the samples"  # the failure an overflow gives
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One failed metric: what it says, and the error a refusal on it raises."""
+
+    error: type[QualityError]
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
 
 
 @dataclass(frozen=True)
@@ -138,11 +158,15 @@ class QualityResult:
     psnr_bounds: PsnrBounds | None
     digits_fp32: DigitsScore | None = None
     digits: DigitsScore | None = None
-    failures: tuple[str, ...] = field(default=())
+    failures: tuple[Failure, ...] = field(default=())
 
     @property
     def passed(self) -> bool:
         return not self.failures
+
+    @property
+    def failure_text(self) -> str:
+        return "; ".join(map(str, self.failures))
 
     def summary(self) -> str:
         text = (
@@ -155,17 +179,17 @@ class QualityResult:
         return text
 
     def check(self, name: str) -> None:
-        """Raise ``QualityError`` naming every failed metric and its numbers."""
+        """Raise the first failed metric's error, naming every failed metric and its numbers."""
         if self.failures:
-            raise QualityError(
-                f"quality gate failed for {name!r}: {'; '.join(self.failures)} "
+            raise self.failures[0].error(
+                f"quality gate failed for {name!r}: {self.failure_text} "
                 f"[{self.feature_space} features, {self.seeds} seeds]; nothing published",
                 artifact=name,
             )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["failures"] = list(self.failures)
+        d["failures"] = [str(f) for f in self.failures]
         d["passed"] = self.passed
         return d
 
@@ -310,21 +334,30 @@ class QualityGate:
         )
         frechet = frechet_distance(self.features(images), space.features_a)
         ratio = frechet / space.floor
-        failures: list[str] = [] if finite else [NONFINITE]
+        failures = [] if finite else [Failure(PrecisionOverflowError, NONFINITE)]
         bounds = PSNR_BOUNDS.get(precision)
         if bounds is not None and stats.p1_db < bounds.min_p1_db:
             failures.append(
-                f"per-seed PSNR: 1st percentile {stats.p1_db} dB < {bounds.min_p1_db} dB "
-                f"(min {stats.min_db}, median {stats.median_db})"
+                Failure(
+                    PictureQualityError,
+                    f"per-seed PSNR: 1st percentile {stats.p1_db} dB < {bounds.min_p1_db} dB "
+                    f"(min {stats.min_db}, median {stats.median_db})",
+                )
             )
         if bounds is not None and stats.median_db < bounds.min_median_db:
             failures.append(
-                f"per-seed PSNR: median {stats.median_db} dB < {bounds.min_median_db} dB"
+                Failure(
+                    PictureQualityError,
+                    f"per-seed PSNR: median {stats.median_db} dB < {bounds.min_median_db} dB",
+                )
             )
         if not ratio <= self.config.max_frechet_ratio:
             failures.append(
-                f"distribution: Frechet ratio {ratio:.3f} > {self.config.max_frechet_ratio} "
-                f"(artifact vs FP32 {frechet:.4g}, FP32's own noise floor {space.floor:.4g})"
+                Failure(
+                    DistributionError,
+                    f"distribution: Frechet ratio {ratio:.3f} > {self.config.max_frechet_ratio} "
+                    f"(artifact vs FP32 {frechet:.4g}, FP32's own noise floor {space.floor:.4g})",
+                )
             )
         digits = None
         if self.digits_fp32 is not None:
@@ -345,20 +378,27 @@ class QualityGate:
             failures=tuple(failures),
         )
 
-    def _digits_failures(self, got: DigitsScore, fp32: DigitsScore) -> list[str]:
+    def _digits_failures(self, got: DigitsScore, fp32: DigitsScore) -> list[Failure]:
         failures = []
         if got.label_accuracy is not None and fp32.label_accuracy is not None:
             drop = fp32.label_accuracy - got.label_accuracy
             if drop > self.config.max_label_accuracy_drop:
                 failures.append(
-                    f"digits: label accuracy {got.label_accuracy:.2%} vs FP32 "
-                    f"{fp32.label_accuracy:.2%} (drop > {self.config.max_label_accuracy_drop:.1%})"
+                    Failure(
+                        DigitsScoreError,
+                        f"digits: label accuracy {got.label_accuracy:.2%} vs FP32 "
+                        f"{fp32.label_accuracy:.2%} "
+                        f"(drop > {self.config.max_label_accuracy_drop:.1%})",
+                    )
                 )
         limit = fp32.frechet_ratio * (1 + self.config.max_real_frechet_increase)
         if not got.frechet_ratio <= limit:
             failures.append(
-                f"digits: Frechet ratio to real digits {got.frechet_ratio:.3f} vs FP32 "
-                f"{fp32.frechet_ratio:.3f} (> +{self.config.max_real_frechet_increase:.0%})"
+                Failure(
+                    DigitsScoreError,
+                    f"digits: Frechet ratio to real digits {got.frechet_ratio:.3f} vs FP32 "
+                    f"{fp32.frechet_ratio:.3f} (> +{self.config.max_real_frechet_increase:.0%})",
+                )
             )
         return failures
 

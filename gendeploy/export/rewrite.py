@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
-from gendeploy.errors import ExportError
+from gendeploy.errors import RewriteError
 
 aten = torch.ops.aten
 _CONV2D = {aten.conv2d.default, aten.convolution.default}
@@ -72,10 +72,6 @@ class Rewrite:
     layer: str  # the module path, e.g. "synthesis.b8.conv0"
     form: str  # "modulated" or "batched"
     kernel: list[int]  # [out, in, kh, kw] per sample
-
-
-class RewriteError(ExportError):
-    """A batch-grouped convolution gendeploy cannot rewrite."""
 
 
 def rewrite_batch_grouped(gm: fx.GraphModule, prefix: str = "") -> list[Rewrite]:
@@ -160,7 +156,7 @@ def verify(
     what: str,
     batches: Sequence[int],
 ) -> float:
-    """Largest difference between the two at each batch size; raises a one-line ``ExportError``
+    """Largest difference between the two at each batch size; raises a one-line ``RewriteError``
     above the FP32 tolerance or when the changed graph does not run (``what`` names the change)."""
     worst = 0.0
     for batch in batches:
@@ -170,14 +166,14 @@ def verify(
                 diff = float((original(*inputs) - rewritten(*inputs)).abs().max())
         except Exception as e:  # a changed graph that fails to run is a failed change, not a crash
             detail = " ".join(str(e).split())[:160]
-            raise ExportError(
+            raise RewriteError(
                 f"{what} does not run at batch {batch} ({type(e).__name__}: {detail}); export "
                 "the model's non-fused path (--forward-kwargs) or a static batch (--max-batch 1), "
                 "and report this model"
             ) from None
         worst = max(worst, diff if math.isfinite(diff) else math.inf)
         if not worst <= VERIFY_ATOL:
-            raise ExportError(
+            raise RewriteError(
                 f"{what} changed the output by {worst:.3g} at batch {batch} (> {VERIFY_ATOL:g}); "
                 "export the model's non-fused path (--forward-kwargs) or a static batch "
                 "(--max-batch 1), and report this model"

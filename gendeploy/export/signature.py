@@ -29,8 +29,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from gendeploy.errors import UsageError, ValidationError
-from gendeploy.export.manifest import Interface, NoiseInput, NoiseMode
+from gendeploy.errors import NondeterministicModelError, UsageError
+from gendeploy.manifest import Interface, NoiseInput, NoiseMode
 
 TRUNCATION_ARGS = ("truncation_psi", "truncation", "psi")
 # The psi a served request may send: 0 (the average image) to 1 (no truncation) and beyond on both
@@ -42,10 +42,6 @@ SHAPE_PROBE_BATCH = 2  # the first call: does it run, what shape does it return
 PROBE_BATCH = 3  # odd, so a per-sample input that broadcasts wrongly cannot pass for a size of 2
 DETERMINISM_ATOL = 1e-6  # the same input twice: eager CPU kernels repeat bit for bit
 _KWARG = re.compile(r"^([A-Za-z_]\w*)=(.*)$")
-
-
-class NondeterministicModelError(ValidationError):
-    """The eager generator gives another image for the same input (random numbers in forward)."""
 
 
 class ClassInput(str, Enum):

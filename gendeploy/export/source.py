@@ -27,18 +27,19 @@ import torch
 from torch import nn
 
 from gendeploy.errors import CheckpointError, ExportError, UsageError
-from gendeploy.export.manifest import (
+from gendeploy.export.options import ModelSpec
+from gendeploy.export.signature import inspect_generator, serving_module
+from gendeploy.manifest import (
     Artifact,
-    ArtifactKind,
     Interface,
     Manifest,
     NoiseMode,
-    Precision,
+    OutputKind,
     Source,
     TensorSpec,
+    Variant,
     sha256_file,
 )
-from gendeploy.export.signature import inspect_generator, serving_module
 from gendeploy.trainer.checkpoint import FORMAT, load_generator, load_state_into
 
 CHECKPOINT_NAMES = ("checkpoint.pt", "checkpoint_final.pt", "last.pt")
@@ -100,6 +101,41 @@ def load_checkpoint_model(path: Path | str) -> LoadedModel:
     )
 
 
+def load_spec(spec: ModelSpec, log: Callable[[str], None] | None = None) -> LoadedModel:
+    """The generator ``spec`` names, loaded and probed for export: a checkpoint as it was
+    trained; a ``--model`` file or a module in memory probed for its served interface."""
+    if spec.checkpoint is not None:
+        return load_checkpoint_model(spec.checkpoint)
+    latent_dim, image_shape = spec.latent_dim, spec.image_shape
+    assert latent_dim is not None and image_shape is not None  # ModelSpec checked them
+    num_classes = spec.num_classes or 0
+    label = None
+    if spec.module is not None:
+        if not isinstance(spec.module, nn.Module):
+            raise UsageError(
+                f"export_generator needs an nn.Module, got {type(spec.module).__name__}"
+            )
+        module, source, default_name = spec.module, spec.source, None
+    else:
+        assert spec.model is not None
+        module, source, default_name = build_user_model(
+            spec.model, spec.weights, latent_dim, num_classes, image_shape, spec.random_weights
+        )
+        label = f"--model {spec.model}"
+    return load_module(
+        module,
+        latent_dim,
+        num_classes,
+        image_shape,
+        forward_kwargs=spec.forward_kwargs,
+        noise=spec.noise,
+        source=source,
+        default_name=default_name,
+        label=label,
+        log=log,
+    )
+
+
 def load_user_model(
     spec: str,
     weights: Path | str | None,
@@ -113,21 +149,17 @@ def load_user_model(
 ) -> LoadedModel:
     """``file.py:Class`` or ``package.module:factory``, called without arguments, plus weights;
     probed for its served interface like any module given to ``export_generator``."""
-    module, source, default_name = build_user_model(
-        spec, weights, latent_dim, num_classes, image_shape, random_weights
-    )
-    return load_module(
-        module,
-        latent_dim,
-        num_classes,
-        image_shape,
+    model = ModelSpec(
+        model=spec,
+        weights=Path(weights) if weights is not None else None,
+        latent_dim=latent_dim,
+        num_classes=num_classes,
+        image_shape=image_shape,
         forward_kwargs=forward_kwargs,
         noise=noise,
-        source=source,
-        default_name=default_name,
-        label=f"--model {spec}",
-        log=log,
+        random_weights=random_weights,
     )
+    return load_spec(model, log)
 
 
 def build_user_model(
@@ -424,16 +456,15 @@ def output_spec(image_shape: tuple[int, int, int], uint8: bool) -> TensorSpec:
     return TensorSpec("images", "float32", [-1, c, h, w], layout="NCHW", value_range=[-1, 1])
 
 
-def make_artifact(loaded: LoadedModel, name: str, kind: ArtifactKind, path: str) -> Artifact:
-    tokens = name.split("_")  # "int8_uint8" is INT8, "uint8" (the FP32 graph's head) is not
-    precision = next((p for p in Precision if p.reduced and p.value in tokens), Precision.fp32)
+def make_artifact(loaded: LoadedModel, variant: Variant, path: str | None = None) -> Artifact:
+    """The artifact of ``variant`` for this model (at ``path``, default the variant's file)."""
     return Artifact(
-        name=name,
-        kind=kind,
-        path=path,
-        precision=precision,
+        name=variant.name,
+        kind=variant.kind,
+        path=path or variant.file,
+        precision=variant.precision,
         inputs=loaded.interface.input_specs(loaded.latent_dim, loaded.num_classes),
-        output=output_spec(loaded.image_shape, uint8=name.endswith("uint8")),
+        output=output_spec(loaded.image_shape, uint8=variant.head is OutputKind.uint8),
     )
 
 

@@ -25,16 +25,12 @@ import torch
 from torch import fx, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from gendeploy.errors import ExportError
+from gendeploy.errors import BatchConstantError
 from gendeploy.export.signature import WRAPPED
 
 BATCHES = (2, 3)  # the two static captures; their integers tell which ones the batch made
 _GUARDS = "_guards_fn"  # the check torch.export inserts that inputs have the captured shapes
 _CONVOLUTION = torch.ops.aten.convolution.default
-
-
-class BatchConstantError(ExportError):
-    """A model that makes the batch a constant in a way gendeploy cannot undo."""
 
 
 def generalized_graph(

@@ -17,9 +17,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from gendeploy.errors import ExportError
-from gendeploy.export.manifest import TensorSpec
+from gendeploy.errors import EngineBuildError
 from gendeploy.fileio import atomic_write, cache_dir
+from gendeploy.manifest import TensorSpec
 from gendeploy.runtime.tensorrt import import_tensorrt
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def build_engine(
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(onnx_path.read_bytes()):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise ExportError(f"TensorRT cannot parse {onnx_path.name}: {errors[:300]}")
+        raise EngineBuildError(f"TensorRT cannot parse {onnx_path.name}: {errors[:300]}")
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
@@ -74,9 +74,11 @@ def build_engine(
             shapes = (min_batch, *rest), (opt_batch, *rest), (max_batch, *rest)
             profile.set_shape(spec.name, *shapes)
     except RuntimeError as e:  # TensorRT rejects inconsistent min/opt/max shapes
-        raise ExportError(f"TensorRT refused the batch profile for {onnx_path.name}: {e}") from None
+        raise EngineBuildError(
+            f"TensorRT refused the batch profile for {onnx_path.name}: {e}"
+        ) from None
     if config.add_optimization_profile(profile) < 0:
-        raise ExportError(
+        raise EngineBuildError(
             f"TensorRT refused the batch profile {min_batch}/{opt_batch}/{max_batch} for "
             f"{onnx_path.name}"
         )
@@ -86,7 +88,7 @@ def build_engine(
 
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise ExportError(
+        raise EngineBuildError(
             f"TensorRT failed to build an engine from {onnx_path.name} (see log above)"
         )
     engine_path.write_bytes(bytes(serialized))
@@ -113,7 +115,7 @@ def _use_timing_cache(config: Any, cache_path: Path) -> None:
     if saved:
         log.warning("TensorRT rejected the timing cache %s; starting a fresh one", cache_path)
     if not config.set_timing_cache(config.create_timing_cache(b""), False):
-        raise ExportError("TensorRT refused a fresh timing cache")
+        raise EngineBuildError("TensorRT refused a fresh timing cache")
 
 
 def _cache_name(facts: dict[str, Any]) -> str:

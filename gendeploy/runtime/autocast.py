@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from gendeploy.errors import MissingDependencyError
-from gendeploy.runtime.base import Availability, register_check
+from gendeploy.runtime.base import Availability
 from gendeploy.runtime.eager import EagerRunner
 
 if TYPE_CHECKING:
@@ -76,7 +76,3 @@ def _autocast_module(module: nn.Module, device_type: str, dtype: str) -> nn.Modu
             return out.float()
 
     return Autocast()
-
-
-register_check("eager_bf16", lambda: autocast_availability("bfloat16"))
-register_check("eager_fp16", lambda: autocast_availability("float16"))

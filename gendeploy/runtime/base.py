@@ -1,14 +1,13 @@
 """One Runner interface for every backend; validation and bench use the same runners.
 
 A runner takes named numpy inputs (``z`` float32 (N, latent); ``labels`` int64 (N,) for conditional
-models) and returns the single output as a numpy array. Optional backends register themselves only
-when their dependency imports; ``available()`` says why one cannot run here.
+models) and returns the single output as a numpy array. Each backend module says whether it can run
+here (``*_availability() -> Availability``); ``registry.py`` names the runners built from them.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,23 +44,6 @@ class Runner(ABC):
 class Availability:
     ok: bool
     reason: str = ""
-
-
-_CHECKS: dict[str, Callable[[], Availability]] = {}
-
-
-def register_check(name: str, check: Callable[[], Availability]) -> None:
-    """Record how to tell whether backend ``name`` can run on this machine."""
-    _CHECKS[name] = check
-
-
-def available(name: str) -> Availability:
-    check = _CHECKS.get(name)
-    return check() if check else Availability(False, f"unknown runner {name!r}")
-
-
-def registered() -> list[str]:
-    return list(_CHECKS)
 
 
 def executed_precision(counts: dict[str, int], default: str = "fp32") -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from gendeploy.runtime.base import Availability, register_check
+from gendeploy.runtime.base import Availability
 from gendeploy.runtime.eager import EagerRunner
 
 if TYPE_CHECKING:
@@ -42,6 +42,3 @@ def compile_availability() -> Availability:
     if shutil.which("cc") is None and shutil.which("gcc") is None:
         return Availability(False, "torch.compile on CPU needs a C++ compiler (none on PATH)")
     return Availability(True)
-
-
-register_check("torch_compile", compile_availability)

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from gendeploy.runtime.base import Availability, Feeds, Runner, register_check
+from gendeploy.runtime.base import Feeds, Runner
 
 if TYPE_CHECKING:
     from torch import nn
@@ -51,6 +51,3 @@ class EagerRunner(Runner):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return out.detach().cpu().numpy()
-
-
-register_check("eager", lambda: Availability(True))

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from gendeploy.export.manifest import Interface
+from gendeploy.manifest import Interface
 from gendeploy.runtime.base import Feeds, Runner
-from gendeploy.serve.backend_model import draw_noise
+from gendeploy.seeds import draw_noise
 
 
 def complete_feeds(feeds: Feeds, interface: Interface) -> Feeds:

@@ -11,7 +11,7 @@ import numpy as np
 
 from gendeploy import cpus
 from gendeploy.errors import ExportError, MissingDependencyError
-from gendeploy.runtime.base import Availability, Feeds, Runner, register_check
+from gendeploy.runtime.base import Feeds, Runner
 
 CPU = "CPUExecutionProvider"
 # weighted ops, as float kernels and as the integer kernels ORT fuses QDQ groups into
@@ -124,12 +124,3 @@ def providers() -> list[str]:
     if importlib.util.find_spec("onnxruntime") is None:
         return []
     return list(_import_ort().get_available_providers())
-
-
-def _check() -> Availability:
-    if importlib.util.find_spec("onnxruntime") is None:
-        return Availability(False, "onnxruntime not installed")
-    return Availability(True)
-
-
-register_check("onnxruntime", _check)

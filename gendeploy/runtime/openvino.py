@@ -22,7 +22,7 @@ import numpy as np
 
 from gendeploy import cpus
 from gendeploy.errors import ExportError, MissingDependencyError
-from gendeploy.runtime.base import Availability, Feeds, Runner, executed_precision, register_check
+from gendeploy.runtime.base import Availability, Feeds, Runner, executed_precision
 
 PRECISIONS = ("f32", "bf16")
 # the runtime graph's layer types that carry the arithmetic (the rest reorders and casts)
@@ -90,7 +90,3 @@ def runtime_precisions(compiled: Any) -> dict[str, int]:
             raw = info["runtimePrecision"].astype(str)
             counts[_RUNTIME_NAMES.get(raw, raw)] += 1
     return dict(counts)
-
-
-if openvino_availability().ok:
-    register_check("openvino", openvino_availability)

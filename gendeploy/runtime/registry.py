@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from gendeploy.errors import GendeployError, UsageError
-from gendeploy.export.manifest import Manifest, Precision
+from gendeploy.manifest import Manifest, Precision
 from gendeploy.runtime import autocast, onnxrt, openvino, tensorrt
 from gendeploy.runtime.base import Runner
 from gendeploy.runtime.compile import CompileRunner, compile_availability
@@ -156,30 +156,30 @@ class Eager(RunnerEntry):
         return EagerRunner(ctx.module, ctx.device, ctx.threads)
 
 
+class _Autocast(RunnerEntry):
+    dtype: ClassVar[str]  # torch's name: "bfloat16", "float16"
+
+    def unavailable(self, ctx: RunnerContext) -> str | None:
+        return _availability_reason(autocast.autocast_availability(self.dtype, ctx.device))
+
+    def create(self, ctx: RunnerContext) -> Runner:
+        return autocast.AutocastRunner(ctx.module, self.dtype, ctx.device, ctx.threads)
+
+
 @register
-class EagerBF16(RunnerEntry):
+class EagerBF16(_Autocast):
     name = "eager_bf16"
     precision = Precision.bf16
     description = "PyTorch eager under autocast(bfloat16) (not exportable)"
-
-    def unavailable(self, ctx: RunnerContext) -> str | None:
-        return _availability_reason(autocast.autocast_availability("bfloat16", ctx.device))
-
-    def create(self, ctx: RunnerContext) -> Runner:
-        return autocast.AutocastRunner(ctx.module, "bfloat16", ctx.device, ctx.threads)
+    dtype = "bfloat16"
 
 
 @register
-class EagerFP16(RunnerEntry):
+class EagerFP16(_Autocast):
     name = "eager_fp16"
     precision = Precision.fp16
     description = "PyTorch eager under autocast(float16)"
-
-    def unavailable(self, ctx: RunnerContext) -> str | None:
-        return _availability_reason(autocast.autocast_availability("float16", ctx.device))
-
-    def create(self, ctx: RunnerContext) -> Runner:
-        return autocast.AutocastRunner(ctx.module, "float16", ctx.device, ctx.threads)
+    dtype = "float16"
 
 
 @register
@@ -330,6 +330,6 @@ class OpenVINOINT8(_OpenVINO):
     artifact = "int8"
 
     def create(self, ctx: RunnerContext) -> Runner:
-        has_ir = any(a.name == "int8_ir" for a in ctx.manifest.artifacts)
-        path = self.artifact_path(ctx, "int8_ir" if has_ir else "int8")
+        ir = ctx.manifest.find("int8_ir")  # the export keeps it only where it runs faster
+        path = self.artifact_path(ctx, ir.name if ir else None)
         return openvino.OpenVINORunner(path, self.hint, ctx.threads)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from gendeploy.errors import ExportError, MissingDependencyError
-from gendeploy.runtime.base import Availability, Feeds, Runner, executed_precision, register_check
+from gendeploy.runtime.base import Availability, Feeds, Runner, executed_precision
 
 # What a layer's "Format/Datatype" (engine inspector JSON, DETAILED verbosity) names, in the order
 # checked: "Thirty-two wide channel vectorized row major Int8 format", "Row major linear FP16
@@ -151,9 +151,6 @@ def _torch_dtypes(trt: Any, torch: Any) -> dict[Any, Any]:
         "BOOL": torch.bool,
     }
     return {getattr(trt.DataType, k): v for k, v in pairs.items() if hasattr(trt.DataType, k)}
-
-
-register_check("tensorrt", tensorrt_availability)
 
 
 def layer_precisions(engine_information: str) -> dict[str, int]:

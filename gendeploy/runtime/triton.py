@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from gendeploy.errors import ServeError
-from gendeploy.runtime.base import Availability, Feeds, Runner, register_check
-from gendeploy.serve.readyfile import Protocol
+from gendeploy.protocol import Protocol
+from gendeploy.runtime.base import Feeds, Runner
 
 PROTOCOLS = tuple(p.value for p in Protocol)
 
@@ -108,14 +108,3 @@ class TritonRunner(Runner):
         client, self.client = self.client, None
         if client is not None:
             client.close()
-
-
-def _check() -> Availability:
-    try:
-        import tritonclient.http  # noqa: F401
-    except ImportError as e:
-        return Availability(False, f"tritonclient is not installed ({e})")
-    return Availability(True)
-
-
-register_check("triton", _check)

@@ -30,37 +30,8 @@ from typing import Any
 
 import numpy as np
 
-MAX_SEED = 2**63 - 1
-
-
-def draw_latents(seeds: Any, latent_dim: int) -> np.ndarray:
-    """The documented RNG: z for seed s is ``np.random.default_rng(s).standard_normal(latent_dim,
-    dtype=np.float32)`` (numpy's PCG64 seeded through SeedSequence), one row per seed."""
-    rows = [
-        np.random.default_rng(int(s)).standard_normal(latent_dim, dtype=np.float32)
-        for s in np.asarray(seeds).reshape(-1)
-    ]
-    return np.stack(rows) if rows else np.zeros((0, latent_dim), np.float32)
-
-
-NOISE_STREAM = 1  # noise for seed s comes from the stream [s, 1]; z comes from s alone
-
-
-def draw_noise(seeds: Any, shapes: list[list[int]]) -> list[np.ndarray]:
-    """The documented noise RNG: for seed s, ``np.random.default_rng([s, NOISE_STREAM])
-    .standard_normal(total, dtype=np.float32)`` split in order into the per-sample shapes; one
-    array [N, *shape] per noise input."""
-    sizes = [int(np.prod(shape)) for shape in shapes]
-    rows = [
-        np.random.default_rng([int(s), NOISE_STREAM]).standard_normal(sum(sizes), dtype=np.float32)
-        for s in np.asarray(seeds).reshape(-1)
-    ]
-    flat = np.stack(rows) if rows else np.zeros((0, sum(sizes)), np.float32)
-    bounds = np.cumsum([0, *sizes])
-    return [
-        flat[:, lo:hi].reshape(-1, *shape)
-        for lo, hi, shape in zip(bounds[:-1], bounds[1:], shapes, strict=True)
-    ]
+# served: replaced by the code of gendeploy/seeds.py (serve.repo.served_model_source)
+from gendeploy.seeds import MAX_SEED, draw_latents, draw_noise
 
 
 def _env_threads() -> int:
@@ -202,7 +173,7 @@ def _openvino_unusable() -> str | None:
     return None
 
 
-class _TrtEngine:
+class TrtEngine:
     """A TensorRT engine run with TensorRT 10/11's tensor-name API; buffers are torch tensors."""
 
     def __init__(self, path: str, device_id: int) -> None:
@@ -309,7 +280,7 @@ class TritonPythonModel:
         if wants_openvino:
             why_not = _openvino_unusable()
         if has_engine and why_not is None:
-            self.engine = _TrtEngine(engine_path, int(args.get("model_instance_device_id", "0")))
+            self.engine = TrtEngine(engine_path, int(args.get("model_instance_device_id", "0")))
             self.backend = "tensorrt"
         elif wants_openvino and why_not is None:
             path = ir_path if os.path.isfile(ir_path) else onnx_path

@@ -10,11 +10,10 @@ from typing import Any
 import numpy as np
 
 from gendeploy.errors import ServeError, UsageError
+from gendeploy.manifest import PLAN
 from gendeploy.runtime.triton import TritonRunner, as_inference_error, connect
-from gendeploy.serve.backend_model import MAX_SEED, draw_latents
+from gendeploy.seeds import MAX_SEED, draw_latents
 from gendeploy.serve.readyfile import DEFAULT_PORTS, read_state, running_servers
-
-SUFFIXES = ("_uint8", "_onnx", "_trt", "_int8", "_openvino")
 
 
 @dataclass(frozen=True)
@@ -58,7 +57,7 @@ def _ready_models(client: Any, protocol: str, url: str) -> list[str]:
     try:
         index = client.get_model_repository_index()
     except InferenceServerException as e:
-        if "restricted" not in str(e.message()):
+        if not _restricted(client, e):
             raise
         raise UsageError(
             f"pass --model: the server at {url} lists its models only with its admin key"
@@ -70,9 +69,25 @@ def _ready_models(client: Any, protocol: str, url: str) -> list[str]:
     return sorted({e["name"] for e in entries if e.get("state") == "READY"})
 
 
+def _restricted(client: Any, e: Any) -> bool:
+    """The server is up but keeps its repository index behind the admin key: HTTP says 403;
+    gRPC says UNAVAILABLE, as for a server that is down, so it is asked whether it is live."""
+    from tritonclient.utils import InferenceServerException
+
+    status = str(e.status())
+    if status == "403":
+        return True
+    if status != "StatusCode.UNAVAILABLE":
+        return False
+    try:
+        return bool(client.is_server_live())
+    except InferenceServerException:
+        return False
+
+
 def pick_model(models: list[str]) -> str:
     """The one python-backend float model, when the repo serves exactly one export."""
-    plain = [m for m in models if not m.endswith(SUFFIXES)]
+    plain = [m for m in models if not m.endswith(PLAN.model_suffixes())]
     if len(plain) == 1:
         return plain[0]
     raise UsageError(f"pass --model: the server has {models or 'no ready models'}")

@@ -15,7 +15,6 @@ import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +24,6 @@ from gendeploy.serve.admin import runtime_dir
 
 SCHEMA_VERSION = 1
 DEFAULT_PORTS = (8000, 8001, 8002)  # Triton's own (HTTP, gRPC, metrics): the container's too
-
-
-class Protocol(str, Enum):
-    """What a client speaks to the server (here, not in runtime/: the CLI shows the choices
-    without importing numpy)."""
-
-    http = "http"
-    grpc = "grpc"
 
 
 def now_iso() -> str:

@@ -1,6 +1,7 @@
 """The Triton model repository, written from an export's manifest.
 
-Models written for an export named ``<name>``:
+Which artifact each model serves is the export plan's (``manifest.PLAN``: its ``served_in`` and
+``native`` columns). Models written for an export named ``<name>``:
 
 - ``<name>``: python backend running the ``fp32`` ONNX (ONNX Runtime; the TensorRT engine when it
   exists and TensorRT imports): serves on any Triton with the python backend, the pip one included.
@@ -40,20 +41,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gendeploy import seeds as seeds_module
 from gendeploy.errors import ServeError
-from gendeploy.export.manifest import (
+from gendeploy.fileio import atomic_write
+from gendeploy.manifest import (
     MANIFEST_NAME,
+    PLAN,
     Artifact,
     ArtifactKind,
     Manifest,
-    Precision,
+    Native,
+    Runtime,
     TensorSpec,
     load_manifest,
     sha256_file,
 )
-from gendeploy.fileio import atomic_write
+from gendeploy.seeds import SERVED_MARK
 
 BACKEND_MODEL = Path(__file__).with_name("backend_model.py")
+# the one gendeploy import of backend_model.py: the served model.py holds that code instead
+SEEDS_IMPORT = (
+    "# served: replaced by the code of gendeploy/seeds.py (serve.repo.served_model_source)\n"
+    "from gendeploy.seeds import MAX_SEED, draw_latents, draw_noise\n"
+)
 TRITON_DTYPES = {
     "float32": "TYPE_FP32",
     "float16": "TYPE_FP16",
@@ -200,7 +210,7 @@ def model_config(
         config["parameters"]["onnx_file"] = {"string_value": "model.onnx"}
         config["parameters"]["engine_file"] = {"string_value": "model.plan"}
         config["parameters"]["intra_op_threads"] = {"string_value": str(options.intra_op_threads)}
-        if artifact.precision is Precision.int8:  # OpenVINO runs the QDQ layers in INT8
+        if artifact.variant.runtime is Runtime.openvino:  # it runs the QDQ layers in INT8
             config["parameters"]["runtime"] = {"string_value": "openvino"}
             config["parameters"]["openvino_file"] = {"string_value": "model.xml"}
     elif kind == "openvino":
@@ -251,15 +261,17 @@ def parse_config(text: str) -> Any:
 
 
 def plan_models(manifest: Manifest, export_dir: Path, options: RepoOptions) -> list[ModelPlan]:
-    """The models (configs + files) to write for one export."""
-    names = {a.name: a for a in manifest.artifacts}
+    """The models (configs + files) to write for one export: a python model for each
+    ``served_in`` of the plan whose ONNX the export has (with the IR and the engine served in it),
+    then a model for each native backend that serves one of its artifacts."""
+    built = {a.name: a for a in manifest.artifacts}
     base = options.name or re.sub(r"[^A-Za-z0-9_.-]", "_", manifest.name)
-    engine = names.get("trt_fp16")
+    engine = _natively_served(manifest, Native.trt)
     has_engine = any(a.kind is ArtifactKind.tensorrt for a in manifest.artifacts)
     gpu = options.gpu if options.gpu is not None else has_engine
     manifest_text = manifest.to_json()
     plans: list[ModelPlan] = []
-    if "fp32" not in names:
+    if "fp32" not in built:
         raise ServeError(f"export {manifest.name!r} has no 'fp32' artifact to serve")
     profile_max = (engine.extra.get("profile") or {}).get("max") if engine else None
     if profile_max and options.max_batch_size and options.max_batch_size > int(profile_max):
@@ -267,42 +279,63 @@ def plan_models(manifest: Manifest, export_dir: Path, options: RepoOptions) -> l
             f"--max-batch-size {options.max_batch_size} exceeds the TensorRT engine's profile "
             f"max {profile_max}; re-export with --max-batch {options.max_batch_size}"
         )
-    python_models = (
-        ("fp32", "trt_fp16", base),
-        ("uint8", "trt_fp16_uint8", f"{base}_uint8"),
-        ("int8", "trt_int8", f"{base}_int8"),
-        ("int8_uint8", "trt_int8_uint8", f"{base}_int8_uint8"),
-    )
-    for artifact_name, engine_name, model_name in python_models:
-        artifact = names.get(artifact_name)
-        if artifact is None:
+    for suffix, served in _python_models(manifest).items():
+        onnx_artifact = next((a for a in served if a.kind is ArtifactKind.onnx), None)
+        if onnx_artifact is None:
             continue
-        files = _onnx_files(export_dir, artifact)
-        if artifact_name == "int8" and "int8_ir" in names:  # OpenVINO reads the IR first
-            files.update(_ir_files(export_dir, names["int8_ir"]))
-        if engine_name in names:  # run on GPU instead of the ONNX when TensorRT imports there
-            files["model.plan"] = _artifact_file(export_dir, names[engine_name])
-        config = model_config(manifest, artifact, model_name, "python", options, gpu)
-        texts = {"model.py": BACKEND_MODEL.read_text(), MANIFEST_NAME: manifest_text}
-        plans.append(ModelPlan(model_name, config, files, texts))
-    fp32 = names["fp32"]
-    config = model_config(manifest, fp32, f"{base}_onnx", "onnx", options, gpu)
-    plans.append(ModelPlan(f"{base}_onnx", config, _onnx_files(export_dir, fp32)))
-    if "int8" in names:
-        served = names.get("int8_ir") or names["int8"]
-        files = (
-            _ir_files(export_dir, served)
-            if served.kind is ArtifactKind.openvino
-            else {"model.onnx": _artifact_file(export_dir, served)}
-        )
-        config = model_config(manifest, served, f"{base}_openvino", "openvino", options, False)
-        plans.append(ModelPlan(f"{base}_openvino", config, files))
-    if engine is not None:
-        config = model_config(manifest, engine, f"{base}_trt", "trt", options, True)
-        plans.append(
-            ModelPlan(f"{base}_trt", config, {"model.plan": _artifact_file(export_dir, engine)})
-        )
+        files: dict[str, Path] = {}
+        for artifact in served:  # the ONNX, the IR OpenVINO reads first, the engine for GPUs
+            files.update(_served_files(export_dir, artifact))
+        config = model_config(manifest, onnx_artifact, base + suffix, "python", options, gpu)
+        texts = {"model.py": served_model_source(), MANIFEST_NAME: manifest_text}
+        plans.append(ModelPlan(base + suffix, config, files, texts))
+    for native in Native:
+        natively = _natively_served(manifest, native)
+        if natively is not None:
+            name = f"{base}_{native.value}"
+            on_gpu = {Native.onnx: gpu, Native.openvino: False, Native.trt: True}[native]
+            config = model_config(manifest, natively, name, native.value, options, on_gpu)
+            plans.append(ModelPlan(name, config, _served_files(export_dir, natively)))
     return plans
+
+
+def _python_models(manifest: Manifest) -> dict[str, list[Artifact]]:
+    """The export's artifacts by the python model that serves them (its name's suffix), in the
+    plan's order."""
+    models: dict[str, list[Artifact]] = {}
+    for variant in PLAN:
+        artifact = manifest.find(variant.name)
+        if variant.served_in is not None and artifact is not None:
+            models.setdefault(variant.served_in, []).append(artifact)
+    return models
+
+
+def _natively_served(manifest: Manifest, native: Native) -> Artifact | None:
+    """The artifact ``native`` serves: of those the plan gives it, the last the export has (the
+    IR, when kept, rather than the QDQ ONNX)."""
+    found = [manifest.find(v.name) for v in PLAN if v.native is native]
+    return next((a for a in reversed(found) if a is not None), None)
+
+
+def _served_files(export_dir: Path, artifact: Artifact) -> dict[str, Path]:
+    """An artifact's files under the names the served models read."""
+    if artifact.kind is ArtifactKind.openvino:
+        return _ir_files(export_dir, artifact)
+    if artifact.kind is ArtifactKind.tensorrt:
+        return {"model.plan": _artifact_file(export_dir, artifact)}
+    return _onnx_files(export_dir, artifact)
+
+
+def served_model_source() -> str:
+    """The python model's ``model.py``: ``backend_model.py`` with its one gendeploy import (the
+    seed RNG) replaced by that code, so that it runs where gendeploy is not installed (the NGC
+    container) and draws exactly what every other path draws."""
+    source = BACKEND_MODEL.read_text()
+    if source.count(SEEDS_IMPORT) != 1:
+        raise ServeError(f"{BACKEND_MODEL.name} must import the seed RNG once: {SEEDS_IMPORT}")
+    seeds = Path(seeds_module.__file__ or "").read_text()
+    served = seeds[seeds.index(SERVED_MARK) + len(SERVED_MARK) :].strip("\n")
+    return source.replace(SEEDS_IMPORT, served + "\n")
 
 
 def _onnx_files(export_dir: Path, artifact: Artifact) -> dict[str, Path]:

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from gendeploy.errors import ServeError, UsageError
-from gendeploy.export.manifest import MANIFEST_NAME
+from gendeploy.manifest import MANIFEST_NAME
 from gendeploy.runtime.triton import connect
 from gendeploy.serve.admin import admin_headers, check_key, new_key, restricted_args
 from gendeploy.serve.pinned import PinnedRepository

@@ -7,8 +7,9 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -20,6 +21,9 @@ from gendeploy.trainer import plots
 from gendeploy.trainer.checkpoint import Checkpoint, save_checkpoint
 from gendeploy.trainer.config import DatasetName, ModelConfig, TrainConfig
 from gendeploy.trainer.models import recalibrate_batchnorm
+
+if TYPE_CHECKING:
+    from gendeploy.trainer.quality import QualityReport
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -75,6 +79,16 @@ def clear_run_dir(out: Path) -> None:
     """Remove the run being replaced (``--force``), once everything else has been checked."""
     if out.exists():
         shutil.rmtree(out)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What ``train`` returns: the last step, and the final checkpoint's quality report or why
+    there is none."""
+
+    steps: int
+    quality: QualityReport | None = None  # digits runs that were scored at the end
+    quality_skipped: str = ""  # why a run asked to be scored was not ("" otherwise)
 
 
 class RunWriter:
@@ -188,28 +202,28 @@ class RunWriter:
             lines = "".join(json.dumps(m) + "\n" for m in kept)
             atomic_write(self.out / "metrics.jsonl", lambda f: f.write(lines.encode()))
 
-    def finish(self) -> dict[str, Any]:
-        result: dict[str, Any] = {"steps": self.history[-1]["step"] if self.history else 0}
+    def finish(self) -> TrainResult:
+        steps = int(self.history[-1]["step"]) if self.history else 0
         if not self.main:
-            return result
+            return TrainResult(steps)
         plots.save_loss_curve(self.history, self.out / "loss.png")
         from gendeploy.trainer.quality import evaluate_checkpoint, scorable
 
         if not self.train.eval_at_end:
-            return result
+            return TrainResult(steps)
         if self.train.dataset is not DatasetName.digits:
-            result["quality_skipped"] = (
+            skipped = (
                 f"the quality report scores digits only, this run trained on "
                 f"{self.train.dataset.value}"
             )
-        elif not scorable(self.model):
-            result["quality_skipped"] = (
+            return TrainResult(steps, quality_skipped=skipped)
+        if not scorable(self.model):
+            skipped = (
                 f"the digits score needs an unconditional or 10-class model, this one has "
                 f"{self.model.num_classes} classes"
             )
-        else:
-            result["quality"] = evaluate_checkpoint(self.out / CHECKPOINT_NAME).to_dict()
-        return result
+            return TrainResult(steps, quality_skipped=skipped)
+        return TrainResult(steps, evaluate_checkpoint(self.out / CHECKPOINT_NAME))
 
 
 def read_metrics(path: Path) -> list[dict[str, float]]:

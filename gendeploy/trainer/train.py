@@ -38,7 +38,13 @@ from gendeploy.trainer.models import (
     build_generator,
     init_weights,
 )
-from gendeploy.trainer.rundir import CHECKPOINT_NAME, RunWriter, check_run_dir, clear_run_dir
+from gendeploy.trainer.rundir import (
+    CHECKPOINT_NAME,
+    RunWriter,
+    TrainResult,
+    check_run_dir,
+    clear_run_dir,
+)
 
 
 @dataclass
@@ -139,8 +145,8 @@ def train(
     force: bool = False,
     progress: bool = True,
     device: str = "cpu",
-) -> dict[str, Any]:
-    """Train a GAN into run directory ``out``; returns the final metrics (and quality report).
+) -> TrainResult:
+    """Train a GAN into run directory ``out``; returns the last step and the quality report.
 
     Everything is checked (run directory, checkpoint, dataset) before an existing run is replaced.
     """

@@ -29,10 +29,10 @@ from gendeploy.bench.machine import BusyMeter, load_average
 from gendeploy.bench.sweep import make_feeds
 from gendeploy.bench.timing import StabilityRule, measure
 from gendeploy.errors import MissingDependencyError, TuneError, UsageError
-from gendeploy.export.manifest import MANIFEST_NAME, load_manifest
+from gendeploy.manifest import MANIFEST_NAME, load_manifest
 from gendeploy.runtime.onnxrt import OnnxRuntimeRunner
+from gendeploy.seeds import draw_latents
 from gendeploy.serve.admin import new_key
-from gendeploy.serve.backend_model import draw_latents
 from gendeploy.serve.repo import config_text, parse_config
 from gendeploy.serve.server import free_port
 from gendeploy.serve.tritonserver import find_tritonserver
@@ -47,8 +47,9 @@ from gendeploy.tune.analyzer import (
 from gendeploy.tune.report import (
     REPORT_FILES,
     Baseline,
+    Failed,
+    Measured,
     TuneReport,
-    measurement_row,
     write_report,
 )
 from gendeploy.tune.search import Goal, Trials, exhaustive_search, quick_search
@@ -381,22 +382,18 @@ def tune(
         p99_budget_ms=options.p99_budget_ms,
         min_throughput=options.min_throughput,
         concurrencies=list(options.concurrencies),
-        start=start.to_dict(),
-        measurements=[measurement_row(m, goal.feasible(m)) for m in all_ms],
-        failed=[
-            {"candidate": c.to_dict(), "why": why}
-            for c, why in trials.failed.items()
-            if c not in trials.measurements
-        ],
-        winner=measurement_row(winner, True) if winner else None,
-        baseline=baseline.__dict__ if baseline else None,
+        start=start,
+        measurements=[Measured(m, goal.feasible(m)) for m in all_ms],
+        failed=[Failed(c, why) for c, why in trials.failed.items() if c not in trials.measurements],
+        winner=Measured(winner, True) if winner else None,
+        baseline=baseline,
         command=command_line(repo, options, out),
         versions=_versions(perf_analyzer, run, binary),
     )
     own = trials.measurements.get(start)
     if own:
         best_own = max(own, key=goal.key)
-        report.start_best = measurement_row(best_own, goal.feasible(best_own))
+        report.start_best = Measured(best_own, goal.feasible(best_own))
     if winner:
         _write_winner(repo, options, winner.candidate, report, say)
     report.elapsed_s = round(time.monotonic() - started, 1)
@@ -425,6 +422,7 @@ def _write_winner(
     if not options.write:
         report.notes.append(f"dry run: not written to {', '.join(changed)}")
         return
-    summary = {"schema_version": 1, "winner": report.winner, "command": report.command}
+    won = report.winner.to_dict() if report.winner else None
+    summary = {"schema_version": 1, "winner": won, "command": report.command}
     written = write_tuned(repo, tuned, summary, options.keep_versions)
     report.written = [f"{w.path}/{w.version}" for w in written]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,25 @@ class Baseline:
     threads: str = "ONNX Runtime default"
 
 
+@dataclass(frozen=True)
+class Measured:
+    """One measurement as the report records it, and whether it meets the constraints."""
+
+    measurement: Measurement
+    meets: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.measurement.to_dict(), "meets": self.meets}
+
+
+@dataclass(frozen=True)
+class Failed:
+    """A configuration that could not be measured, and why."""
+
+    candidate: Candidate
+    why: str
+
+
 @dataclass
 class TuneReport:
     model: str
@@ -39,12 +58,12 @@ class TuneReport:
     p99_budget_ms: float | None
     min_throughput: float | None
     concurrencies: list[int]
-    start: dict[str, Any]  # the repository's own configuration
-    measurements: list[dict[str, Any]] = field(default_factory=list)
-    failed: list[dict[str, Any]] = field(default_factory=list)  # candidate + why
-    winner: dict[str, Any] | None = None  # a measurement
-    start_best: dict[str, Any] | None = None  # the repository config's best measurement
-    baseline: dict[str, Any] | None = None
+    start: Candidate  # the repository's own configuration
+    measurements: list[Measured] = field(default_factory=list)
+    failed: list[Failed] = field(default_factory=list)
+    winner: Measured | None = None
+    start_best: Measured | None = None  # the repository config's best measurement
+    baseline: Baseline | None = None
     written: list[str] = field(default_factory=list)  # the new versions' directories
     notes: list[str] = field(default_factory=list)  # what the winner could not carry over
     command: str = ""
@@ -56,19 +75,20 @@ class TuneReport:
 
     def ratio(self) -> float | None:
         """The winner's measurement against in-process batch 1."""
-        if not (self.winner and self.baseline and self.baseline["images_per_s"]):
+        if not (self.winner and self.baseline and self.baseline.images_per_s):
             return None
-        return float(self.winner["throughput"]) / float(self.baseline["images_per_s"])
+        return self.winner.measurement.throughput / self.baseline.images_per_s
 
-    def at_concurrency(self, concurrency: int) -> dict[str, Any] | None:
+    def at_concurrency(self, concurrency: int) -> Measurement | None:
         """The winning configuration's measurement at ``concurrency``, if it was measured."""
         if not self.winner:
             return None
+        won = self.winner.measurement.candidate
         return next(
             (
-                m
+                m.measurement
                 for m in self.measurements
-                if m["candidate"] == self.winner["candidate"] and m["concurrency"] == concurrency
+                if m.measurement.candidate == won and m.measurement.concurrency == concurrency
             ),
             None,
         )
@@ -76,24 +96,35 @@ class TuneReport:
     def ratio_at(self, concurrency: int) -> float | None:
         """The winning configuration at ``concurrency`` against in-process batch 1."""
         m = self.at_concurrency(concurrency)
-        if not (m and self.baseline and self.baseline["images_per_s"]):
+        if not (m and self.baseline and self.baseline.images_per_s):
             return None
-        return float(m["throughput"]) / float(self.baseline["images_per_s"])
+        return m.throughput / self.baseline.images_per_s
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as ``tune.json`` records it."""
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["start"] = self.start.to_dict()
+        d["measurements"] = [m.to_dict() for m in self.measurements]
+        d["failed"] = [{"candidate": f.candidate.to_dict(), "why": f.why} for f in self.failed]
+        d["winner"] = self.winner.to_dict() if self.winner else None
+        d["start_best"] = self.start_best.to_dict() if self.start_best else None
+        d["baseline"] = asdict(self.baseline) if self.baseline else None
+        return d
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2) + "\n"
+        return json.dumps(self.to_dict(), indent=2) + "\n"
 
 
-def where_time_goes(m: dict[str, Any]) -> str:
+def where_time_goes(m: Measurement) -> str:
     """perf_analyzer's split of the mean latency of one measurement."""
-    rest = m["avg_ms"] - m["queue_ms"] - m["compute_infer_ms"] - m["compute_io_ms"]
+    rest = m.avg_ms - m.queue_ms - m.compute_infer_ms - m.compute_io_ms
     parts = [
-        f"queue {m['queue_ms']:.2f} ms",
-        f"compute {m['compute_infer_ms']:.2f} ms",
-        f"server input/output {m['compute_io_ms']:.2f} ms",
+        f"queue {m.queue_ms:.2f} ms",
+        f"compute {m.compute_infer_ms:.2f} ms",
+        f"server input/output {m.compute_io_ms:.2f} ms",
         f"the rest (client, network, Triton's frontend) {max(rest, 0):.2f} ms",
     ]
-    return f"mean latency {m['avg_ms']:.2f} ms = " + " + ".join(parts)
+    return f"mean latency {m.avg_ms:.2f} ms = " + " + ".join(parts)
 
 
 def markdown(report: TuneReport) -> str:
@@ -108,7 +139,7 @@ def markdown(report: TuneReport) -> str:
         f"Repository `{r.repo}`; {r.search} search; objective: {goal}; constraints: "
         f"{constraints}; concurrency {', '.join(map(str, r.concurrencies))}; batch 1 per "
         f"request. {len(r.measurements)} measurements of "
-        f"{len({json.dumps(m['candidate'], sort_keys=True) for m in r.measurements})} "
+        f"{len({m.measurement.candidate for m in r.measurements})} "
         f"configurations, {len(r.failed)} failed, in {r.elapsed_s:.0f} s. Measured by Model "
         f"Analyzer {r.versions.get('model_analyzer', '?')} with perf_analyzer "
         f"({r.versions.get('perf_analyzer', '?')}) on tritonserver "
@@ -124,28 +155,28 @@ def markdown(report: TuneReport) -> str:
         ]
     lines += ["## Result", ""]
     if r.winner:
-        w = r.winner
+        w = r.winner.measurement
         lines.append(
-            f"Winner: **{Candidate.from_dict(w['candidate']).label()}** at concurrency "
-            f"{w['concurrency']}: {w['throughput']:.1f} img/s, p99 {w['p99_ms']:.2f} ms."
+            f"Winner: **{w.candidate.label()}** at concurrency "
+            f"{w.concurrency}: {w.throughput:.1f} img/s, p99 {w.p99_ms:.2f} ms."
         )
     else:
         lines.append("No configuration met the constraints; nothing was written.")
     if r.start_best:
-        s = r.start_best
+        s = r.start_best.measurement
         lines.append(
-            f"The repository's own configuration ({Candidate.from_dict(r.start).label()}): "
-            f"{s['throughput']:.1f} img/s, p99 {s['p99_ms']:.2f} ms."
+            f"The repository's own configuration ({r.start.label()}): "
+            f"{s.throughput:.1f} img/s, p99 {s.p99_ms:.2f} ms."
         )
     if r.baseline:
         b = r.baseline
         lines.append(
-            f"In-process batch 1 of the same engine (ONNX Runtime, {b['threads']}): "
-            f"{b['images_per_s']:.1f} img/s{'' if b['stable'] else ' (not stable)'}."
+            f"In-process batch 1 of the same engine (ONNX Runtime, {b.threads}): "
+            f"{b.images_per_s:.1f} img/s{'' if b.stable else ' (not stable)'}."
         )
     lines += _ratios(r)
     if r.winner:
-        lines.append(f"Where the winner's time goes: {where_time_goes(r.winner)}.")
+        lines.append(f"Where the winner's time goes: {where_time_goes(r.winner.measurement)}.")
     lines.append(
         "Written: " + ", ".join(f"`{w}`" for w in r.written) + " (new versions; the served ones "
         "are untouched)."
@@ -159,30 +190,33 @@ def markdown(report: TuneReport) -> str:
         "| img/s | p99 ms | p90 ms | mean ms | queue ms | compute ms | meets | note |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for i, m in enumerate(r.measurements, 1):
-        c = m["candidate"]
+    for i, row in enumerate(r.measurements, 1):
+        m, c = row.measurement, row.measurement.candidate
         note = []
-        if r.winner and m == r.winner:
+        if r.winner and row == r.winner:
             note.append("**winner**")
         if c == r.start:
             note.append("repository config")
         lines.append(
-            f"| {i} | {c['instances']} | {c['threads'] or 'ort'} | {c['max_batch_size']} | "
-            f"{c['queue_delay_us']} | {c['preferred_batch'] or '-'} | {c['protocol']} | "
-            f"{m['concurrency']} | {m['throughput']:.1f} | {m['p99_ms']:.2f} | "
-            f"{m['p90_ms']:.2f} | {m['avg_ms']:.2f} | {m['queue_ms']:.2f} | "
-            f"{m['compute_infer_ms']:.2f} | {'yes' if m.get('meets') else 'no'} | "
+            f"| {i} | {_candidate_cells(c)} | "
+            f"{m.concurrency} | {m.throughput:.1f} | {m.p99_ms:.2f} | "
+            f"{m.p90_ms:.2f} | {m.avg_ms:.2f} | {m.queue_ms:.2f} | "
+            f"{m.compute_infer_ms:.2f} | {'yes' if row.meets else 'no'} | "
             f"{', '.join(note)} |"
         )
     for f in r.failed:
-        c = f["candidate"]
         lines.append(
-            f"| - | {c['instances']} | {c['threads'] or 'ort'} | {c['max_batch_size']} | "
-            f"{c['queue_delay_us']} | {c['preferred_batch'] or '-'} | {c['protocol']} | | | | "
-            f"| | | | | failed: {f['why'][:120]} |"
+            f"| - | {_candidate_cells(f.candidate)} | | | | | | | | | failed: {f.why[:120]} |"
         )
     lines += ["", "## Reproduce", "", "```", r.command, "```", ""]
     return "\n".join(lines)
+
+
+def _candidate_cells(c: Candidate) -> str:
+    return (
+        f"{c.instances} | {c.threads or 'ort'} | {c.max_batch_size} | {c.queue_delay_us} | "
+        f"{c.preferred_batch or '-'} | {c.protocol.value}"
+    )
 
 
 def _ratios(r: TuneReport) -> list[str]:
@@ -201,11 +235,9 @@ def _ratios(r: TuneReport) -> list[str]:
             f"Served / in-process at concurrency {TARGET_CONCURRENCY}, the winning "
             f"configuration: **{target:.2f}x** (target >= {TARGET_RATIO}x: **{met}**)."
         ]
-    ratio = r.ratio()
-    if ratio is not None and r.winner["concurrency"] != TARGET_CONCURRENCY:
-        lines.append(
-            f"At the winner's own level (concurrency {r.winner['concurrency']}): {ratio:.2f}x."
-        )
+    ratio, level = r.ratio(), r.winner.measurement.concurrency
+    if ratio is not None and level != TARGET_CONCURRENCY:
+        lines.append(f"At the winner's own level (concurrency {level}): {ratio:.2f}x.")
     return lines
 
 
@@ -219,33 +251,37 @@ def plot(report: TuneReport, path: Path) -> Path:
 
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     for protocol, marker in (("http", "o"), ("grpc", "^")):
-        ms = [m for m in report.measurements if m["candidate"]["protocol"] == protocol]
+        ms = [
+            m.measurement
+            for m in report.measurements
+            if m.measurement.candidate.protocol.value == protocol
+        ]
         if ms:
             ax.scatter(
-                [m["p99_ms"] for m in ms],
-                [m["throughput"] for m in ms],
+                [m.p99_ms for m in ms],
+                [m.throughput for m in ms],
                 marker=marker,
                 alpha=0.7,
                 label=f"{protocol} ({len(ms)})",
             )
     if report.start_best:
-        s = report.start_best
+        s = report.start_best.measurement
         ax.scatter(
-            [s["p99_ms"]], [s["throughput"]], s=140, facecolors="none", edgecolors="k",
+            [s.p99_ms], [s.throughput], s=140, facecolors="none", edgecolors="k",
             marker="s", label="repository config",
         )  # fmt: skip
     if report.winner:
-        w = report.winner
+        w = report.winner.measurement
         ax.scatter(
-            [w["p99_ms"]], [w["throughput"]], s=260, marker="*", color="crimson", zorder=5,
-            label=f"winner: {Candidate.from_dict(w['candidate']).label()}",
+            [w.p99_ms], [w.throughput], s=260, marker="*", color="crimson", zorder=5,
+            label=f"winner: {w.candidate.label()}",
         )  # fmt: skip
     if report.p99_budget_ms is not None:
         ax.axvline(report.p99_budget_ms, color="crimson", ls="--", lw=1, label="p99 budget")
     if report.min_throughput is not None:
         ax.axhline(report.min_throughput, color="purple", ls="--", lw=1, label="throughput floor")
     if report.baseline:
-        b = report.baseline["images_per_s"]
+        b = report.baseline.images_per_s
         ax.axhline(b, color="gray", ls=":", lw=1, label="in-process batch 1")
         ax.axhline(
             TARGET_RATIO * b, color="gray", ls="-.", lw=0.8, label=f"{TARGET_RATIO}x in-process"
@@ -270,7 +306,3 @@ def write_report(report: TuneReport, out: Path) -> list[Path]:
     atomic_write_bytes(paths[1], markdown(report).encode())
     plot(report, paths[2])
     return paths
-
-
-def measurement_row(m: Measurement, meets: bool) -> dict[str, Any]:
-    return {**m.to_dict(), "meets": meets}

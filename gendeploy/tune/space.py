@@ -15,11 +15,7 @@ from enum import Enum
 from typing import Any
 
 from gendeploy.errors import UsageError
-
-
-class Protocol(str, Enum):
-    http = "http"
-    grpc = "grpc"
+from gendeploy.protocol import Protocol
 
 
 class Objective(str, Enum):

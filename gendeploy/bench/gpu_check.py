@@ -4,7 +4,7 @@ eager PyTorch (tensors, and the quality gate on what they draw), and time them b
 writing ``results.json`` and ``results.md`` into the given directory. Needs TensorRT and a CUDA
 device (and NNCF + OpenVINO for the INT8 export); says why otherwise.
 
-    python -m gendeploy.export.gpu_check OUT_DIR
+    python -m gendeploy.bench.gpu_check OUT_DIR
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 
 from gendeploy.errors import ExportError, GendeployError, MissingDependencyError
-from gendeploy.export.manifest import OutputKind
+from gendeploy.manifest import OutputKind
 from gendeploy.runtime.base import Feeds, Runner
 from gendeploy.runtime.tensorrt import TensorRTRunner, tensorrt_availability
-from gendeploy.serve.backend_model import _TrtEngine
+from gendeploy.serve.backend_model import TrtEngine
 from gendeploy.trainer.config import PRESETS, Arch, ModelConfig, with_overrides
 
 BATCHES = (1, 8, 64)
@@ -107,12 +107,14 @@ def _train_on_cuda(run_dir: Path) -> dict[str, Any]:
     model, config = with_overrides(PRESETS["digits-cdcgan"], steps=200, sample_every=100)
     started = time.perf_counter()
     result = train(model, config, run_dir, force=True, progress=False, device="cuda")
-    quality = result["quality"]
+    quality = result.quality
+    if quality is None:
+        raise GendeployError(f"the CUDA training run was not scored: {result.quality_skipped}")
     return {
-        "steps": result["steps"],
+        "steps": result.steps,
         "seconds": round(time.perf_counter() - started, 2),
-        "label_accuracy": quality["label_accuracy"],
-        "frechet_ratio": round(quality["frechet_ratio"], 3),
+        "label_accuracy": quality.label_accuracy,
+        "frechet_ratio": round(quality.frechet_ratio, 3),
     }
 
 
@@ -124,7 +126,7 @@ def _other_paths(trt: Runner, export_dir: Path, manifest: Any, latent: int) -> d
     checked: dict[str, Any] = {}
     for name in ("trt_fp16", "trt_fp16_uint8"):
         path = str(export_dir / manifest.artifact(name).path)
-        served = _TrtEngine(path, 0).run(feeds)
+        served = TrtEngine(path, 0).run(feeds)
         with TensorRTRunner(path) as direct:
             expected = direct.run(feeds)
         diff = float(np.abs(served.astype(np.float32) - expected.astype(np.float32)).max())
@@ -200,7 +202,7 @@ def _markdown(results: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m gendeploy.export.gpu_check OUT_DIR", file=sys.stderr)
+        print("usage: python -m gendeploy.bench.gpu_check OUT_DIR", file=sys.stderr)
         return 2
     try:
         run(Path(args[0]))

@@ -1,13 +1,20 @@
-"""``manifest.json``: the one description of an export, read by every later step (serve, bench).
+"""The shared vocabulary of an export: the plan of its artifacts and ``manifest.json``.
 
-Later steps read only the manifest (and the files it names); they never re-derive what export
-recorded. ``schema_version`` is checked on load.
+``PLAN`` is the table of every artifact gendeploy can make (precision, kind, head, what it is
+derived from, the runtime that runs it, the gate that judges it, the Triton model that serves it).
+Export builds it row by row (``export/build.py``), the runner registry, the repository writer and
+the bench look artifacts up in it: nothing learns what an artifact is from its name.
+
+``manifest.json`` is the one description of one export, read by every later step (serve, bench):
+they read only the manifest (and the files it names) and never re-derive what export recorded.
+``schema_version`` is checked on load.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -39,10 +46,139 @@ class ArtifactKind(str, Enum):
     openvino = "openvino"  # OpenVINO IR: ``<name>.xml`` (+ ``<name>.bin`` beside it)
 
 
-# The choices the CLI offers for an export (typer shows and checks them; no torch here).
+SUFFIXES = {
+    ArtifactKind.onnx: ".onnx",
+    ArtifactKind.openvino: ".xml",
+    ArtifactKind.tensorrt: ".plan",
+}
+
+
+# An image output, and the CLI's ``--output`` choice (typer shows and checks it; no torch here).
 class OutputKind(str, Enum):
     float = "float"  # float32 NCHW in [-1, 1]
-    uint8 = "uint8"  # also ship uint8 NHWC variants: post-processing baked into the graph
+    uint8 = "uint8"  # uint8 NHWC, post-processing baked into the graph (--output uint8: also these)
+
+
+class Runtime(str, Enum):
+    """The engine that runs an artifact: the export gates it there, Triton's python model (and
+    the bench's runner for it) runs it there."""
+
+    onnxruntime = "onnxruntime"
+    openvino = "openvino"  # executes a QDQ model's quantized layers in INT8 (ORT dequantizes)
+    tensorrt = "tensorrt"
+
+
+class Gate(str, Enum):
+    """What judges an artifact before it is published (``export/gate.py``, ``quality_gate.py``)."""
+
+    tensor = "tensor"  # against eager PyTorch on fixed inputs, run on the artifact's runtime
+    quality = "quality"  # the tensor gate, then the quality gate on what it draws, same runtime
+    # the tensor gate, then the quality gate with FP16 storage emulated on ONNX Runtime's CPU
+    # provider: its own run of an FP16 graph computes in FP32 and would show no FP16 rounding
+    quality_fp16_storage = "quality_fp16_storage"
+
+
+class Native(str, Enum):
+    """A Triton backend of its own (the NGC container) serving an artifact as ``<export>_<value>``,
+    beside the python model."""
+
+    onnx = "onnx"  # platform onnxruntime_onnx
+    openvino = "openvino"  # backend openvino
+    trt = "trt"  # platform tensorrt_plan
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of the export plan: an artifact gendeploy can make and what later steps need to
+    know about it."""
+
+    name: str  # the artifact's name in the manifest; its file: name + the kind's suffix
+    precision: Precision  # what it computes in (a uint8 head rounds in FP32 after it)
+    kind: ArtifactKind
+    head: OutputKind
+    derived_from: str | None  # the artifact it is made from; None: exported from the module
+    runtime: Runtime
+    gate: Gate
+    # the Triton python model that runs it: ``<export><served_in>`` ("" the export's own name);
+    # several variants with one suffix are one model's files (ONNX, IR, engine); None: not served
+    served_in: str | None
+    native: Native | None = None  # also served by that backend (the last such variant present)
+
+    @property
+    def file(self) -> str:
+        return self.name + SUFFIXES[self.kind]
+
+
+class Plan:
+    """The export plan: variants in build order, each after the one it is derived from."""
+
+    def __init__(self, variants: tuple[Variant, ...]) -> None:
+        self.variants = variants
+        self._by_name = {v.name: v for v in variants}
+        for v in variants:
+            if v.derived_from is not None and v.derived_from not in self._by_name:
+                raise ValueError(f"{v.name} is derived from {v.derived_from}, not planned before")
+
+    def __iter__(self) -> Iterator[Variant]:
+        return iter(self.variants)
+
+    def __getitem__(self, name: str) -> Variant:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise ExportError(
+                f"unknown artifact {name!r}; gendeploy makes {', '.join(self._by_name)}"
+            ) from None
+
+    def float_twin(self, variant: Variant) -> Variant:
+        """The float graph a uint8 head renders (the variant itself for a float one): same
+        precision and kind, float head."""
+        return next(
+            v
+            for v in self.variants
+            if (v.precision, v.kind, v.head) == (variant.precision, variant.kind, OutputKind.float)
+        )
+
+    def model_suffixes(self) -> tuple[str, ...]:
+        """What the Triton models serving an export add to its name (its own python model, the
+        FP32 one, adds nothing)."""
+        served = [v.served_in for v in self.variants if v.served_in]
+        return tuple(dict.fromkeys([*served, *(f"_{n.value}" for n in Native)]))
+
+    def root(self, variant: Variant) -> Variant:
+        """The first variant of its precision: the one converted or quantized from FP32."""
+        while variant.derived_from is not None:
+            source = self[variant.derived_from]
+            if source.precision is not variant.precision:
+                break
+            variant = source
+        return variant
+
+
+_ORT, _OV, _TRT = Runtime.onnxruntime, Runtime.openvino, Runtime.tensorrt
+_ONNX, _IR, _PLAN = ArtifactKind.onnx, ArtifactKind.openvino, ArtifactKind.tensorrt
+_F, _U8 = OutputKind.float, OutputKind.uint8
+_32, _16, _I8 = Precision.fp32, Precision.fp16, Precision.int8
+_TENSOR, _QUALITY, _FP16_Q = Gate.tensor, Gate.quality, Gate.quality_fp16_storage
+_N_ONNX, _N_OV, _N_TRT = Native.onnx, Native.openvino, Native.trt
+
+# fmt: off
+PLAN = Plan((
+    #       name              prec kind   head derived from  run   gate     served in     native
+    Variant("fp32",           _32, _ONNX, _F,  None,         _ORT, _TENSOR,  "",           _N_ONNX),
+    Variant("uint8",          _32, _ONNX, _U8, "fp32",       _ORT, _TENSOR,  "_uint8"),
+    Variant("fp16",           _16, _ONNX, _F,  "fp32",       _ORT, _FP16_Q,  None),
+    Variant("fp16_uint8",     _16, _ONNX, _U8, "fp16",       _ORT, _FP16_Q,  None),
+    Variant("int8",           _I8, _ONNX, _F,  "fp32",       _OV,  _QUALITY, "_int8",      _N_OV),
+    Variant("int8_uint8",     _I8, _ONNX, _U8, "int8",       _OV,  _QUALITY, "_int8_uint8"),
+    # kept only where OpenVINO runs it measurably faster than int8.onnx (export/build.py)
+    Variant("int8_ir",        _I8, _IR,   _F,  "int8",       _OV,  _QUALITY, "_int8",      _N_OV),
+    Variant("trt_fp16",       _16, _PLAN, _F,  "fp16",       _TRT, _QUALITY, "",           _N_TRT),
+    Variant("trt_fp16_uint8", _16, _PLAN, _U8, "fp16_uint8", _TRT, _QUALITY, "_uint8"),
+    Variant("trt_int8",       _I8, _PLAN, _F,  "int8",       _TRT, _QUALITY, "_int8"),
+    Variant("trt_int8_uint8", _I8, _PLAN, _U8, "int8_uint8", _TRT, _QUALITY, "_int8_uint8"),
+))
+# fmt: on
 
 
 class NoiseMode(str, Enum):
@@ -83,6 +219,11 @@ class Artifact:
     # ``quality_gate.QualityResult.to_dict`` (reduced precisions)
     extra: dict[str, Any] = field(default_factory=dict)  # trt: gpu, compute capability, version;
     # int8: calibration, "float_layers" (layers the fallback kept in floating point)
+
+    @property
+    def variant(self) -> Variant:
+        """Its row of the export plan."""
+        return PLAN[self.name]
 
     def files(self) -> list[str]:
         """Every file of the artifact, relative to the export directory (an IR has two)."""
@@ -171,13 +312,17 @@ class Manifest:
         return self.num_classes > 0
 
     def artifact(self, name: str) -> Artifact:
-        for a in self.artifacts:
-            if a.name == name:
-                return a
+        found = self.find(name)
+        if found is not None:
+            return found
         raise ExportError(
             f"export {self.name!r} has no artifact {name!r}; it has "
             f"{[a.name for a in self.artifacts]}"
         )
+
+    def find(self, name: str) -> Artifact | None:
+        """Artifact ``name``, or None when this export has none."""
+        return next((a for a in self.artifacts if a.name == name), None)
 
     def artifact_path(self, name: str, export_dir: Path | str) -> Path:
         """Absolute path of artifact ``name`` inside ``export_dir``."""
