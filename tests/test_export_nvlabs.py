@@ -35,13 +35,14 @@ from torch import nn
 
 from gendeploy.errors import ExportError, ValidationError
 from gendeploy.export import fp16_islands
-from gendeploy.export.inmemory import export_generator, export_module
-from gendeploy.export.manifest import Manifest, load_manifest
-from gendeploy.export.options import ExportOptions
+from gendeploy.export.api import export
+from gendeploy.export.inmemory import export_generator
+from gendeploy.export.options import ExportOptions, ModelSpec
 from gendeploy.export.publish import STAGING_PREFIX
+from gendeploy.manifest import Manifest, load_manifest
 from gendeploy.runtime.onnxrt import OnnxRuntimeRunner
 from gendeploy.runtime.openvino import OpenVINORunner
-from gendeploy.serve.backend_model import draw_latents
+from gendeploy.seeds import draw_latents
 
 NVLABS = Path(nl.__file__)
 PORTED = Path(ported_like.__file__)
@@ -422,12 +423,12 @@ def test_int8_is_batch_invariant_under_every_runtime_that_may_serve_it(tmp_path:
     passes this INT8 (4 levels between batch 1 and 8, under either runtime)."""
     torch.manual_seed(0)
     out = tmp_path / "int8"
-    manifest = export_module(
-        BatchNormalisedStyles(),
+    manifest = export(
+        ModelSpec(module=BatchNormalisedStyles(), latent_dim=8, image_shape=(3, 8, 8)),
         # the distribution check set aside: what is tested here is batch invariance
         ExportOptions(int8=True, int8_optional=True, max_batch=16, max_frechet_ratio=1e6),
-        latent_dim=8, image_shape=(3, 8, 8), out=out,
-    )  # fmt: skip
+        out=out,
+    )
     published = {a.name: a for a in manifest.artifacts}
     if "int8" not in published:  # refused: for the right reason
         [refused] = [s for s in manifest.skipped if s["name"] == "int8"]
