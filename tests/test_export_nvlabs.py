@@ -117,14 +117,10 @@ def test_a_grouped_transposed_modulated_conv_is_modulate_transposed_conv_demodul
 # --- findings -----------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 20: NVlabs' default path (a grouped transposed modulated convolution) is not "
-    "rewritten",
-)
 def test_the_nvlabs_default_path_exports_with_noise_mode_const_alone(tmp_path: Path) -> None:
     """fused_modconv left at its default: the upsampling layers are grouped transposed
-    convolutions after int(batch_size). Today: "layer 'synthesis.b8.conv0': a transposed
+    convolutions after int(batch_size), each followed by the FIR over the [1, N*C, H, W] view
+    (groups = N*C, one filter repeated). Was: "layer 'synthesis.b8.conv0': a transposed
     convolution with groups = batch ... rewrites only plain 2-d convolutions"."""
     g = nl.sg2ada_small(c_dim=nl.CLASSES)
     out = tmp_path / "default"
@@ -132,9 +128,12 @@ def test_the_nvlabs_default_path_exports_with_noise_mode_const_alone(tmp_path: P
         g, latent_dim=nl.Z_DIM, num_classes=nl.CLASSES, image_shape=SHAPE, out=out,
         max_batch=MAX_BATCH, forward_kwargs={"noise_mode": "const"}, log=None,
     )  # fmt: skip
-    forms = {r["layer"]: r["form"] for r in manifest.artifact("fp32").extra["rewrites"]}
-    assert forms["synthesis.b8.conv0"] == "modulated"  # the transposed one
-    assert forms["synthesis.b16.conv0"] == "modulated"
+    rewrites = manifest.artifact("fp32").extra["rewrites"]
+    forms = {(r["layer"], r["form"], r["transposed"]) for r in rewrites}
+    for layer in ("synthesis.b8.conv0", "synthesis.b16.conv0"):
+        assert (layer, "modulated", True) in forms  # the transposed convolution
+        assert (layer, "shared", False) in forms  # the FIR after it, one ordinary convolution
+    assert {r["form"] for r in rewrites} == {"modulated", "shared"}
     runner = OnnxRuntimeRunner(out / "fp32.onnx")
     for batch in (1, 2, 3, MAX_BATCH):
         f = feeds(batch, nl.CLASSES)
