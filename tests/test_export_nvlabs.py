@@ -499,11 +499,6 @@ def _graph(nodes: list[onnx.NodeProto]) -> onnx.ModelProto:
     return helper.make_model(helper.make_graph(nodes, "g", [x], [y]))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 20: fp16_islands.fold_cast_pairs tracks nodes by id() of protobuf wrappers, "
-    "which upb reuses: KeyError 'images' (a popular port's FP16 ends in a traceback)",
-)
 def test_folding_an_fp32_fp16_fp32_round_trip_keeps_every_other_node() -> None:
     """Sqrt and Tanh stay FP32 with FP16 casts between them that do nothing: the pair goes, every
     other node stays. Today: KeyError: 'images' (the issue's traceback, on any graph whose output

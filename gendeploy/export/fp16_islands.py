@@ -233,25 +233,27 @@ def fold_cast_pairs(model: onnx.ModelProto) -> onnx.ModelProto:
         if n.op_type == "Cast" and _cast_to(n) == TensorProto.FLOAT16
     }
     rename: dict[str, str] = {}
-    dropped = set()
-    for node in graph.node:
+    # by position: protobuf's wrappers are made on access and freed after it (upb), so id() of
+    # one taken while iterating may be another node's the next time; a node's index does not move
+    dropped: set[int] = set()
+    for i, node in enumerate(graph.node):
         if node.op_type == "Cast" and _cast_to(node) == TensorProto.FLOAT and node.input[0] in to16:
             rename[node.output[0]] = to16[node.input[0]].input[0]
-            dropped.add(id(node))
+            dropped.add(i)
     if not rename:
         return model
     outputs = {o.name for o in graph.output}
     kept = []
-    for node in graph.node:
-        if id(node) in dropped and node.output[0] not in outputs:
+    for i, node in enumerate(graph.node):
+        if i in dropped and node.output[0] not in outputs:
             continue
-        if id(node) in dropped:  # a graph output keeps its name: the cast becomes an Identity
+        if i in dropped:  # a graph output keeps its name: the cast becomes an Identity
             node.op_type = "Identity"
             del node.attribute[:]
             node.input[0] = rename.pop(node.output[0])
-        node.input[:] = [rename.get(i, i) for i in node.input]
+        node.input[:] = [rename.get(name, name) for name in node.input]
         kept.append(node)
-    used = {i for n in kept for i in n.input} | outputs
+    used = {name for n in kept for name in n.input} | outputs
     kept = [
         n for n in kept if n.op_type != "Cast" or n.output[0] not in to16 or n.output[0] in used
     ]
