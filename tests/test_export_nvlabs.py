@@ -204,19 +204,14 @@ def test_rosinality_truncation_is_a_per_request_input(tmp_path: Path) -> None:
     assert np.abs(runner.run({**f, "truncation": np.full((4, 1), 0.5, np.float32)}) - at_one).max()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 20: --fp16 on a one-hot conditional model fails onnx.checker (the one-hot "
-    "Cast says FLOAT, its output was retyped FLOAT16)",
-)
 @pytest.mark.parametrize("case", ["nvlabs", "project_onehot"])
 def test_fp16_of_a_one_hot_conditional_generator_is_published(case: str, tmp_path: Path) -> None:
-    """Today: "error: .fp16-candidate.onnx fails onnx.checker: ... (op_type:Cast, node name:
+    """Was: "error: .fp16-candidate.onnx fails onnx.checker: ... (op_type:Cast, node name:
     node__to_copy): Inferred elem type differs from existing elem type: (1) vs (10)"."""
     if case == "nvlabs":
         g: nn.Module = nl.sg2ada_small(c_dim=nl.CLASSES)
         latent, classes, shape = nl.Z_DIM, nl.CLASSES, SHAPE
-        kwargs: dict[str, object] = {"noise_mode": "const", "fused_modconv": False}
+        kwargs: dict[str, object] = {"noise_mode": "const"}
     else:
         torch.manual_seed(0)
         g = stylegan_models.OneHotConditional()
@@ -517,12 +512,6 @@ def test_folding_an_fp32_fp16_fp32_round_trip_keeps_every_other_node() -> None:
     ]  # fmt: skip
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 20: FP16 of a popular port (one-hot class vector, truncation a Python float) "
-    "fails (onnx.checker on the one-hot Cast; KeyError in fold_cast_pairs where it has casts to "
-    "fold)",
-)
 def test_fp16_of_a_popular_port_is_published_or_refused_in_one_line(tmp_path: Path) -> None:
     out = tmp_path / "port"
     result = subprocess.run(

@@ -64,7 +64,7 @@ CASES = {
     "constnoise": Case(sm.ConstantNoise, "modulated"),
     "seedednoise": Case(sm.ConstantNoise, "modulated", noise="seeded"),
     "truncation": Case(sm.Truncated, "modulated", fp16=True),
-    "onehot": Case(sm.OneHotConditional, "modulated", classes=sm.CLASSES),
+    "onehot": Case(sm.OneHotConditional, "modulated", classes=sm.CLASSES, fp16=True),
     "persample": Case(sm.PerSampleToRGB, "batched"),
     # NVlabs' int(batch_size) before the grouped convolution: made symbolic again, then rewritten
     "nvlabs": Case(sm.NVLabsStyle, "modulated"),

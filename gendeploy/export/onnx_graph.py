@@ -411,7 +411,25 @@ def convert_fp16(model: onnx.ModelProto, fp32_nodes: list[str] | None = None) ->
             op_block_list=[*float16.DEFAULT_OP_BLOCK_LIST, *FP32_OPS],
             node_block_list=fp32_nodes or [],
         )
-    return converted
+    return _casts_as_typed(converted)
+
+
+def _casts_as_typed(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Every Cast whose output the converter retyped to FP16 casts to FP16. The converter changes
+    the type recorded for a Cast's output when its reader runs in FP16, not the Cast's ``to``
+    (a one-hot ``(labels == classes).to(z.dtype)`` stayed ``to = FLOAT`` beside a FLOAT16 output,
+    which onnx.checker refuses); the reader wants FP16, so the cast makes FP16."""
+    typed = {
+        v.name: v.type.tensor_type.elem_type
+        for v in [*model.graph.value_info, *model.graph.output]
+    }
+    for node in model.graph.node:
+        if node.op_type != "Cast" or typed.get(node.output[0]) != TensorProto.FLOAT16:
+            continue
+        for attribute in node.attribute:
+            if attribute.name == "to" and attribute.i == TensorProto.FLOAT:
+                attribute.i = TensorProto.FLOAT16
+    return model
 
 
 def save(model: onnx.ModelProto, path: Path) -> None:
