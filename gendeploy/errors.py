@@ -149,6 +149,11 @@ class OnnxCheckError(ExportError):
     """A written ONNX file that onnx.checker refuses."""
 
 
+class RandomOpError(ExportError):
+    """A graph holding an op that draws random numbers (RandomNormalLike...), whatever its
+    weights."""
+
+
 class QuantizationError(ExportError):
     """INT8 post-training quantization itself failed (NNCF could not quantize the graph)."""
 

@@ -33,8 +33,8 @@ from cli_support import cli
 from onnx import TensorProto, helper
 from torch import nn
 
-from gendeploy.errors import ExportError, ValidationError
-from gendeploy.export import fp16_islands
+from gendeploy.errors import ExportError, RandomOpError, ValidationError
+from gendeploy.export import fp16_islands, onnx_graph
 from gendeploy.export.api import export
 from gendeploy.export.inmemory import export_generator
 from gendeploy.export.options import ExportOptions, ModelSpec
@@ -364,11 +364,6 @@ def test_quality_samples_sets_the_quality_gates_seed_count(tmp_path: Path) -> No
     assert load_manifest(out).artifact("fp16").validation["quality"]["seeds"] == 256
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 20: random ops are published when noise_strength is 0 (NVlabs' init): the "
-    "run-twice check cannot see them",
-)
 def test_a_graph_with_random_ops_is_refused_whatever_the_weights(tmp_path: Path) -> None:
     """noise_mode='random' (the default) with noise_strength 0: randn * 0. Today fp32.onnx is
     published holding RandomNormalLike nodes."""
@@ -383,6 +378,19 @@ def test_a_graph_with_random_ops_is_refused_whatever_the_weights(tmp_path: Path)
         [n.op_type for n in onnx.load(str(out / "fp32.onnx")).graph.node] if out.exists() else []
     )
     assert not RANDOM_OPS.intersection(published)
+
+
+@pytest.mark.parametrize("op", sorted(RANDOM_OPS))
+def test_every_random_op_is_refused_by_name(op: str) -> None:
+    """The static check knows each op that draws random numbers, and names the node."""
+    h = helper
+    inputs = {"Multinomial": ["x"], "Bernoulli": ["x"], "RandomNormalLike": ["x"]}
+    inputs["RandomUniformLike"] = ["x"]
+    node = h.make_node(op, inputs.get(op, []), ["r"], name="noise_draw", shape=[1, 3])
+    model = _graph([node, h.make_node("Add", ["x", "r"], ["images"], name="add")])
+    with pytest.raises(RandomOpError, match=rf"^g.onnx draws random numbers: node 'noise_draw' "
+                       rf"\({op}\)"):  # fmt: skip
+        onnx_graph.refuse_random_ops(model, "g.onnx")
 
 
 class BatchNormalisedStyles(nn.Module):

@@ -480,7 +480,9 @@ def _publish_graph(
     if variant.derived_from is not None:
         extra = {"derived_from": variant.derived_from, **extra}
     if variant.kind is ArtifactKind.onnx:
-        extra = {**extra, "opset": onnx_graph.opset(onnx.load(str(path)))}
+        graph = model if model is not None else onnx.load(str(path))
+        onnx_graph.refuse_random_ops(graph, artifact.path)
+        extra = {**extra, "opset": onnx_graph.opset(graph)}
     artifact.extra = extra
     _gate(build, variant, artifact, judged, model)
     return artifact

@@ -23,8 +23,6 @@ FP16 engines run, and a value past 65504 becomes inf as it would on the GPU.
 
 from __future__ import annotations
 
-import ast
-import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -39,7 +37,7 @@ from gendeploy.errors import (
     restated,
 )
 from gendeploy.export import onnx_graph
-from gendeploy.export.signature import WRAPPED
+from gendeploy.export.onnx_graph import node_layer
 from gendeploy.runtime.base import Feeds
 
 # Values above the first limit stay FP32 (4x headroom under 65504 for inputs the gate did not
@@ -199,27 +197,6 @@ def islands(model: onnx.ModelProto, ranges: dict[str, float], limit: float) -> l
 
 def _touched(node: onnx.NodeProto, ranges: dict[str, float]) -> float:
     return max((ranges.get(t, 0.0) for t in [*node.input, *node.output]), default=0.0)
-
-
-def node_layer(node: onnx.NodeProto) -> str:
-    """The module path the dynamo exporter recorded for ``node`` (its name scopes), without the
-    serving wrapper's prefix: the one parser of that metadata (FP16 islands, INT8 layers).
-
-    The scopes list the enclosing modules, outermost first, then the op: either as qualified
-    names (['', 'generator', 'generator.mapping', 'generator.mapping.net.0', 'linear'] is
-    ``mapping.net.0`` inside the wrapper) or as one name per level (['', 'net', '0', 'conv']).
-    """
-    for prop in node.metadata_props:
-        if prop.key == "pkg.torch.onnx.name_scopes":
-            try:
-                scopes = [str(s) for s in ast.literal_eval(prop.value)]
-            except (ValueError, SyntaxError):
-                return ""
-            path = [s for s in scopes[:-1] if s]  # the last scope is the op itself
-            qualified = all(b.startswith(f"{a}.") for a, b in itertools.pairwise(path))
-            name = path[-1] if qualified and path else ".".join(path)
-            return name.removeprefix(f"{WRAPPED}.") if name != WRAPPED else ""
-    return ""
 
 
 def fold_cast_pairs(model: onnx.ModelProto) -> onnx.ModelProto:

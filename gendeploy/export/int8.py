@@ -50,7 +50,7 @@ from gendeploy.errors import (
     QuantizationError,
     UsageError,
 )
-from gendeploy.export.fp16_islands import node_layer
+from gendeploy.export.onnx_graph import node_layer
 from gendeploy.export.quality_gate import QualityResult
 from gendeploy.runtime.base import Feeds
 from gendeploy.runtime.openvino import OpenVINORunner
