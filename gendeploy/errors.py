@@ -162,6 +162,16 @@ class EngineBuildError(ExportError):
     """TensorRT could not parse the ONNX or build the engine."""
 
 
+class Interrupted(BaseException):
+    """SIGTERM or SIGHUP while an export runs, raised so that every ``finally`` runs (staging
+    removed, locks let go); a BaseException, so no ``except Exception`` swallows it. The CLI
+    exits 128 + the signal's number."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
 def restated(error: E, message: str) -> E:
     """``error`` with another message, its class and attributes kept (a caller can still tell
     what failed)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from gendeploy.cli.options import Threads, use_threads
-from gendeploy.errors import UsageError
+from gendeploy.errors import Interrupted, UsageError
 from gendeploy.manifest import NoiseMode, OutputKind
 
 if TYPE_CHECKING:
@@ -117,15 +118,18 @@ def export_command(
         random_weights=random_weights,
     )
     use_threads(threads)
-    manifest = export(
-        spec,
-        options,
-        name=name,
-        out=out,
-        force=force,
-        command=shlex.join(["gendeploy", *sys.argv[1:]]),
-        log=typer.echo,
-    )
+    try:
+        manifest = export(
+            spec,
+            options,
+            name=name,
+            out=out,
+            force=force,
+            command=shlex.join(["gendeploy", *sys.argv[1:]]),
+            log=typer.echo,
+        )
+    except KeyboardInterrupt:  # typer would exit 130 without a word: say it like SIGTERM
+        raise Interrupted(signal.SIGINT) from None
     if manifest.source.random_weights:
         typer.echo("warning: --random-weights: the export holds untrained weights", err=True)
     reasons: dict[str, list[str]] = {}  # one line per reason: TensorRT missing is said once

@@ -27,7 +27,13 @@ from gendeploy.errors import MissingDependencyError, UsageError
 from gendeploy.export.build import build_artifacts
 from gendeploy.export.int8 import require_int8_tools
 from gendeploy.export.options import ExportOptions, ModelSpec
-from gendeploy.export.publish import check_destination, publish, repair_interrupted, staging_dir
+from gendeploy.export.publish import (
+    check_destination,
+    publish,
+    repair_interrupted,
+    signals_raise,
+    staging_dir,
+)
 from gendeploy.export.source import LoadedModel, load_spec
 from gendeploy.manifest import (
     MANIFEST_NAME,
@@ -60,7 +66,19 @@ def export(
     loaded; a ``--model`` generator is built from its file and weights, then probed and exported
     like a module held in memory.
     """
-    options = options or ExportOptions()
+    with signals_raise():  # SIGTERM or SIGHUP: the staging directory and its lock go too
+        return _export(spec, options or ExportOptions(), name, out, force, command, log)
+
+
+def _export(
+    spec: ModelSpec,
+    options: ExportOptions,
+    name: str | None,
+    out: Path | str | None,
+    force: bool,
+    command: str | None,
+    log: Log | None,
+) -> Manifest:
     say = log or (lambda _msg: None)
     if name is not None and not _NAME.match(name):
         raise UsageError(f"--name {name!r}: use letters, digits, '_', '.', '-'")

@@ -432,8 +432,7 @@ def _casts_as_typed(model: onnx.ModelProto) -> onnx.ModelProto:
     (a one-hot ``(labels == classes).to(z.dtype)`` stayed ``to = FLOAT`` beside a FLOAT16 output,
     which onnx.checker refuses); the reader wants FP16, so the cast makes FP16."""
     typed = {
-        v.name: v.type.tensor_type.elem_type
-        for v in [*model.graph.value_info, *model.graph.output]
+        v.name: v.type.tensor_type.elem_type for v in [*model.graph.value_info, *model.graph.output]
     }
     for node in model.graph.node:
         if node.op_type != "Cast" or typed.get(node.output[0]) != TensorProto.FLOAT16:
