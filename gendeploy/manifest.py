@@ -297,7 +297,8 @@ class Manifest:
     batch: BatchProfile
     opset: int
     artifacts: list[Artifact]
-    skipped: list[dict[str, str]] = field(default_factory=list)  # {"name", "reason"}
+    # {"name", "reason"}: not built here; refused ones add "stage" and "error" (``refused``)
+    skipped: list[dict[str, str]] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=dict)
     command: str = ""
     created: str = ""
@@ -310,6 +311,13 @@ class Manifest:
     @property
     def conditional(self) -> bool:
         return self.num_classes > 0
+
+    @property
+    def refused(self) -> list[dict[str, str]]:
+        """The reduced precisions asked for and refused (by a gate, or failing to build):
+        ``skipped`` entries that name the ``stage`` which refused them and its ``error`` class;
+        the others were not buildable here (a TensorRT engine without TensorRT)."""
+        return [s for s in self.skipped if "stage" in s]
 
     def artifact(self, name: str) -> Artifact:
         found = self.find(name)

@@ -314,13 +314,14 @@ def test_fp16_at_the_ends_of_the_psi_range_stays_finite(exported: dict[str, Expo
     fp16 = onnx.load(str(item.export_dir / item.manifest.artifact("fp16").path))
     onnx.save(fp16_islands.emulate_fp16_storage(fp16), str(emulated))
     fp32 = OnnxRuntimeRunner(item.export_dir / "fp32.onnx")
-    tolerance = gate.TOLERANCES[Precision.fp16].max_abs
+    tolerance = gate.TOLERANCES[Precision.fp16].max_levels  # FP16 is judged by its pictures
     with OnnxRuntimeRunner(emulated, optimize=False) as runner:
         for psi in (*item.manifest.interface.truncation_range, 1.0):
             feeds = full_feeds(item, list(range(16)), [psi] * 16)
             out = runner.run(feeds)
             assert np.isfinite(out).all(), psi
-            assert np.abs(out - fp32.run(feeds)).max() <= tolerance, psi
+            moved = gate.render(out).astype(np.int16) - gate.render(fp32.run(feeds))
+            assert np.abs(moved).max() <= tolerance, psi
 
 
 @pytest.mark.triton

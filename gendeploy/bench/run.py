@@ -213,12 +213,11 @@ def bench_model(
     int8_missing = int8_tools_missing()
     if int8_missing:
         say(f"[{model.name}] no INT8 export: {int8_missing}")
-    # INT8 the quality gate refuses is skipped by the export itself (int8_optional): the bench
-    # benches the rest with the export's decision and its reason, never a second export
+    # INT8 the quality gate refuses is skipped by the export itself (a partial result): the
+    # bench benches the rest with the export's decision and its reason, never a second export
     options = ExportOptions(
         fp16=torch.cuda.is_available(),
         int8=not int8_missing,
-        int8_optional=True,
         max_batch=max(suite.batches),
     )
 

@@ -132,7 +132,9 @@ def _export(
         manifest.timings["total"] = round(time.perf_counter() - started, 3)
         (staged / MANIFEST_NAME).write_text(manifest.to_json())
         publish(staged, out_dir, force=force)
-    say(f"published {out_dir}: {', '.join(a.name for a in manifest.artifacts)}")
+    refused = ", ".join(s["name"] for s in manifest.refused)
+    shown = f"; refused {refused} (manifest.skipped says why)" if refused else ""
+    say(f"published {out_dir}: {', '.join(a.name for a in manifest.artifacts)}{shown}")
     return manifest
 
 
@@ -165,8 +167,10 @@ def _options_dict(options: ExportOptions) -> dict[str, Any]:
     d["output"] = options.output.value
     if options.int8_fallback:  # the defaults: absent, so fingerprints from before them stay
         del d["int8_fallback"]
-    if not options.int8_optional:
-        del d["int8_optional"]
+    if not options.strict:
+        del d["strict"]
+    if options.quality_seeds is None:
+        del d["quality_seeds"]
     return d
 
 

@@ -40,8 +40,6 @@ from typing import Any
 
 import numpy as np
 import onnx
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from gendeploy.errors import (
     ExportError,
@@ -51,6 +49,7 @@ from gendeploy.errors import (
     UsageError,
 )
 from gendeploy.export.onnx_graph import node_layer
+from gendeploy.export.progress import progress
 from gendeploy.export.quality_gate import QualityResult
 from gendeploy.runtime.base import Feeds
 from gendeploy.runtime.openvino import OpenVINORunner
@@ -307,16 +306,16 @@ def quantize_gated(
         f"({len(layers)} layers ranked on {RANKING_SEEDS} seeds, then the gate decides)"
     )
     errors: dict[str, float] = {}
-    with _progress("int8 fallback: ranking layers", len(layers)) as advance:
+    with progress("int8 fallback: ranking layers", len(layers)) as advance:
         for layer in layers:
             errors[layer] = error(revert(quantized, fp32, [layer]))
-            advance()
+            advance(1)
     ranked = sorted(layers, key=lambda name: errors[name])  # stable: graph order on ties
     ranking = [{"layer": name, "nmse": errors[name]} for name in ranked]
     say("  alone in float, normalized MSE vs FP32: " + _ranking_text(ranking))
 
     most = len(layers) - 1  # all but one in float: if that fails, nothing will pass
-    with _progress("int8 fallback: gate passes", 1 + math.ceil(math.log2(most))) as advance:
+    with progress("int8 fallback: gate passes", 1 + math.ceil(math.log2(most))) as advance:
 
         def with_float(count: int) -> tuple[onnx.ModelProto, QualityResult]:
             """The ``count`` best-ranked layers back in float, judged by the full gate."""
@@ -324,7 +323,7 @@ def quantize_gated(
             result = judge(model)
             attempts.append(_attempt(ranked[:count], result))
             say(f"  {count} layer(s) in float {ranked[:count]}: {_attempt_text(result)}")
-            advance()
+            advance(1)
             return model, result
 
         best = with_float(most)
@@ -367,19 +366,6 @@ def _attempt(keep: list[str], result: QualityResult) -> dict[str, Any]:
         "psnr_p1_db": result.psnr.p1_db,
         "passed": result.passed,
     }
-
-
-@contextlib.contextmanager
-def _progress(label: str, total: int) -> Iterator[Callable[[], None]]:
-    """A progress bar on stderr while the fallback works (nothing when stderr is no terminal)."""
-    console = Console(stderr=True)
-    if not console.is_terminal:  # a log or a pipe: the say() lines are the progress
-        yield lambda: None
-        return
-    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as bar:
-        task = bar.add_task(label, total=total)
-        yield lambda: bar.advance(task)
 
 
 def signed_for_tensorrt(model: onnx.ModelProto) -> onnx.ModelProto:
