@@ -264,6 +264,11 @@ class Interface:
     class_input: str = "labels"  # labels as they are; onehot: gendeploy builds c; empty: [N, 0]
     truncation_arg: str = ""  # forward's truncation parameter; "" when not a served input
     truncation_default: float = 1.0  # the model's own default psi
+    # how a per-sample psi reaches the model (``signature.Convention``): "" as forward's
+    # truncation argument; "nvlabs": G.mapping(z, c), ws moved toward mapping.w_avg (up to
+    # truncation_cutoff), G.synthesis(ws); "rosinality": w = G.style(z) moved toward
+    # G.mean_latent(4096) (drawn once, torch seed 0), G([w], input_is_latent=True)[0]
+    truncation_convention: str = ""
     # [lo, hi]: the psi requests may send, the range the gate (FP16 too) ran the model at; the
     # server refuses psi outside it. [] (manifests before it): not checked
     truncation_range: list[float] = field(default_factory=list)

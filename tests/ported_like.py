@@ -67,6 +67,11 @@ class ModulatedConv(nn.Module):
         return F.conv2d(F.pad(out, [1, 1, 1, 1]), kernel, groups=cout)
 
 
+class PixelNorm(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * (x.square().mean(1, keepdim=True) + 1e-8).rsqrt()
+
+
 class StyledConv(nn.Module):
     def __init__(self, cin: int, cout: int, resolution: int, up: bool = False) -> None:
         super().__init__()
@@ -86,7 +91,7 @@ class StyledConv(nn.Module):
 class RosinalityLike(nn.Module):
     def __init__(self, size: int = 16, channels: int = 32, n_mlp: int = 2) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
+        layers: list[nn.Module] = [PixelNorm()]  # as rosinality's: z normalised inside style
         for _ in range(n_mlp):
             layers += [EqualLinear(STYLE_DIM, STYLE_DIM, lr_mul=0.01), nn.LeakyReLU(0.2)]
         self.style = nn.Sequential(*layers)
@@ -114,8 +119,7 @@ class RosinalityLike(nn.Module):
                 noise: list[torch.Tensor | None] | None = None, randomize_noise: bool = True,
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
         if not input_is_latent:
-            styles = [self.style(s * (s.square().mean(1, keepdim=True) + 1e-8).rsqrt())
-                      for s in styles]  # fmt: skip
+            styles = [self.style(s) for s in styles]
         if noise is None:
             buffers = [getattr(self.noises, f"noise_{i}") for i in range(self.num_layers)]
             noise = [None] * self.num_layers if randomize_noise else buffers

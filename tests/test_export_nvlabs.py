@@ -134,30 +134,19 @@ def test_the_nvlabs_default_path_exports_with_noise_mode_const_alone(tmp_path: P
         assert (layer, "modulated", True) in forms  # the transposed convolution
         assert (layer, "shared", False) in forms  # the FIR after it, one ordinary convolution
     assert {r["form"] for r in rewrites} == {"modulated", "shared"}
+    assert manifest.interface.truncation_convention == "nvlabs"  # psi served: at 1 here
     runner = OnnxRuntimeRunner(out / "fp32.onnx")
     for batch in (1, 2, 3, MAX_BATCH):
-        f = feeds(batch, nl.CLASSES)
+        f = {**feeds(batch, nl.CLASSES), "truncation": np.ones((batch, 1), np.float32)}
         want = eager(g, f, nl.CLASSES, noise_mode="const")
         assert np.abs(runner.run(f) - want).max() <= FP32_ATOL, batch
 
 
-@pytest.mark.parametrize(
-    "factory",
-    [
-        "sg2ada_small",
-        pytest.param(
-            "sg2ada_small_fp16_blocks",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="issue 20: a user meets the options a model needs one error at a time",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("factory", ["sg2ada_small", "sg2ada_small_fp16_blocks"])
 def test_the_first_error_names_every_option_the_model_needs(factory: str, tmp_path: Path) -> None:
     """The one-line refusal's --forward-kwargs advice is all the model needs: exporting again with
-    it succeeds. Today the advice is noise_mode=const, and then the next error comes (the
-    transposed convolution; with FP16 blocks: eager is not batch invariant, force_fp32=true)."""
+    it succeeds. Was: noise_mode=const, and then the next error (the transposed convolution; with
+    FP16 blocks: eager is not batch invariant, force_fp32=true)."""
     args = [
         "export", "--model", f"{NVLABS}:{factory}", "--latent-dim", str(nl.Z_DIM),
         "--image-shape", ",".join(map(str, SHAPE)), "--max-batch", str(MAX_BATCH),
@@ -170,15 +159,11 @@ def test_the_first_error_names_every_option_the_model_needs(factory: str, tmp_pa
     assert code == 0, stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 20: truncation is lost on NVlabs models (`if truncation_psi != 1` in Python)",
-)
 def test_nvlabs_truncation_is_a_per_request_input_equal_to_the_models_own(
     sg2_fp32: tuple[nn.Module, Manifest, Path],
 ) -> None:
     """G(z, c, truncation_psi=psi, truncation_cutoff=3) for psi in {0.5, 0.7, 1, 1.5}, served as
-    the per-sample input ``truncation``. Today: "truncation: truncation_psi as a per-sample tensor
+    the per-sample input ``truncation``. Was: "truncation: truncation_psi as a per-sample tensor
     fails (RuntimeError: Boolean value of Tensor with more than one value is ambiguous); served
     with its default 1 only"."""
     g, manifest, out = sg2_fp32
@@ -191,13 +176,10 @@ def test_nvlabs_truncation_is_a_per_request_input_equal_to_the_models_own(
         assert np.abs(runner.run(f) - want).max() <= FP32_ATOL, psi
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 20: truncation is lost on rosinality-style models (truncation, "
-    "truncation_latent; styles as a list, (image, None) returned)",
-)
 def test_rosinality_truncation_is_a_per_request_input(tmp_path: Path) -> None:
-    """Today the probe fails: "RosinalityLike fails on an unconditional (z) input"."""
+    """Was: the probe failed ("RosinalityLike fails on an unconditional (z) input"). psi at 1, 0.5
+    and 1.5 (rosinality truncates below 1 only) equal the model's own call with that psi and
+    G.mean_latent(4096) drawn under torch seed 0, as the manifest's convention says."""
     g = ported_like.rosinality()
     manifest = export_generator(
         g, latent_dim=nl.Z_DIM, image_shape=SHAPE, out=tmp_path / "ros", max_batch=MAX_BATCH,
@@ -205,11 +187,18 @@ def test_rosinality_truncation_is_a_per_request_input(tmp_path: Path) -> None:
     )  # fmt: skip
     assert manifest.interface.truncation_arg == "truncation"
     runner = OnnxRuntimeRunner(tmp_path / "ros" / "fp32.onnx")
+    assert manifest.interface.truncation_convention == "rosinality"
     f = feeds(4)
-    with torch.no_grad():
-        want = g([torch.from_numpy(f["z"])], randomize_noise=False)[0].numpy()
+    z = torch.from_numpy(f["z"])
+    with torch.random.fork_rng(), torch.no_grad():
+        torch.manual_seed(0)
+        mean = g.mean_latent(4096)
+    for psi in (1.0, 0.5, 1.5):
+        with torch.no_grad():
+            want = g([z], truncation=psi, truncation_latent=mean, randomize_noise=False)[0]
+        got = runner.run({**f, "truncation": np.full((4, 1), psi, np.float32)})
+        assert np.abs(got - want.numpy()).max() <= FP32_ATOL, psi
     at_one = runner.run({**f, "truncation": np.ones((4, 1), np.float32)})
-    assert np.abs(at_one - want).max() <= FP32_ATOL
     assert np.abs(runner.run({**f, "truncation": np.full((4, 1), 0.5, np.float32)}) - at_one).max()
 
 
@@ -417,8 +406,9 @@ class BatchNormalisedStyles(nn.Module):
 )
 def test_int8_is_batch_invariant_under_every_runtime_that_may_serve_it(tmp_path: Path) -> None:
     """Dynamic batching merges requests: an image must not change with its batch. The served
-    python model runs INT8 on OpenVINO where it imports, else ONNX Runtime. Today the gate
-    passes this INT8 (4 levels between batch 1 and 8, under either runtime)."""
+    python model runs INT8 on OpenVINO where it imports, else ONNX Runtime if the export gated it
+    there. Was: the gate passed this INT8 (4 levels between batch 1 and 8, under either
+    runtime)."""
     torch.manual_seed(0)
     out = tmp_path / "int8"
     manifest = export(

@@ -158,7 +158,10 @@ def _fingerprint(loaded: LoadedModel, options: ExportOptions, name: str) -> str:
         "gendeploy": __version__,
     }
     if loaded.interface != Interface():  # absent for plain models: their fingerprints stay
-        key["interface"] = asdict(loaded.interface)
+        interface = asdict(loaded.interface)
+        if not interface["truncation_convention"]:  # absent before it: fingerprints stay
+            del interface["truncation_convention"]
+        key["interface"] = interface
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
 
 

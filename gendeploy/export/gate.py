@@ -34,7 +34,12 @@ from gendeploy.errors import (
     ShapeMismatchError,
     ToleranceError,
 )
-from gendeploy.export.signature import DETERMINISM_ATOL, first_differing_layer, randomness_message
+from gendeploy.export.signature import (
+    DETERMINISM_ATOL,
+    first_differing_layer,
+    randomness_message,
+    remedy_advice,
+)
 from gendeploy.manifest import Artifact, Interface, Precision
 from gendeploy.runtime.base import Feeds, Runner
 from gendeploy.runtime.eager import EagerRunner
@@ -161,13 +166,15 @@ def eager_reference(
         where = first_differing_layer(
             module, lambda: EagerRunner(module, eval_mode=False).run(first)
         )
-        raise NondeterministicModelError(randomness_message(moved, where))
+        advice = remedy_advice(module, interface or Interface(), latent_dim, num_classes)
+        raise NondeterministicModelError(randomness_message(moved, where, advice))
     other_z = {**feeds[0], "z": feeds[1]["z"]}
     if not _depends_on_z(outputs[0], _run_chunked(runner, other_z, max_batch)):
         raise IgnoresLatentError(_ignores_z_message("the generator's output", len(outputs[0])))
     diff, _ = _batch_invariance(runner, feeds[0], outputs[0])
     if diff > FP32_MAX_ABS:
-        raise BatchInvarianceError(_not_invariant_message(module, diff, len(outputs[0])))
+        advice = remedy_advice(module, interface or Interface(), latent_dim, num_classes)
+        raise BatchInvarianceError(_not_invariant_message(module, diff, len(outputs[0]), advice))
     return Reference(feeds=feeds, outputs=outputs, other_z=other_z)
 
 
@@ -364,7 +371,7 @@ def _ignores_z_message(what: str, n: int) -> str:
     )
 
 
-def _not_invariant_message(module: nn.Module, diff: float, k: int) -> str:
+def _not_invariant_message(module: nn.Module, diff: float, k: int, advice: str = "") -> str:
     batch_stats = [
         name or type(m).__name__
         for name, m in module.named_modules()
@@ -379,7 +386,8 @@ def _not_invariant_message(module: nn.Module, diff: float, k: int) -> str:
     )
     return (
         f"gate failed: eager PyTorch is not batch invariant (the same z differs by {diff:.3g} "
-        f"between batch 1 and batch {k}): {cause}; nothing published"
+        f"between batch 1 and batch {k}): {f'export with {advice}' if advice else cause}; "
+        "nothing published"
     )
 
 
