@@ -165,7 +165,7 @@ class ServedGenerator(nn.Module):
     ) -> torch.Tensor:
         """Truncation outside the model's Python branch, as its authors' mapping does it, with
         a per-sample psi ([N, 1]; None: the model's default)."""
-        g = self.generator
+        g: Any = self.generator  # the authors' submodules and methods, by name
         z = args[0]
         if psi is None:  # fixed: by --forward-kwargs, else the model's default
             own = "truncation_psi" if self.convention is Convention.nvlabs else "truncation"
@@ -182,7 +182,7 @@ class ServedGenerator(nn.Module):
                 moved = torch.where(layers < cutoff, moved, ws)
             out: torch.Tensor = g.synthesis(moved, **rest)
             return out
-        latent = self.mean_latent
+        latent: torch.Tensor = self.get_buffer("mean_latent")
         w = g.style(z)
         w = latent + psi.clamp(max=1.0) * (w - latent)  # rosinality truncates below 1 only
         rest = {k: v for k, v in kwargs.items() if k not in ("truncation", "truncation_latent")}
@@ -195,7 +195,8 @@ def mean_latent(generator: nn.Module) -> torch.Tensor:
     scripts draw it anew on every run) so every export of the same weights serves the same one."""
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(MEAN_LATENT_SEED)
-        latent: torch.Tensor = generator.mean_latent(MEAN_LATENT_SAMPLES)
+        draw: Any = generator.mean_latent
+        latent: torch.Tensor = draw(MEAN_LATENT_SAMPLES)
     return latent.detach().clone()
 
 
