@@ -1,14 +1,13 @@
 """Issue 20: generators as their authors ship them (``nvlabs_like.py``, ``ported_like.py``).
 
-Each finding of the issue has a test here that fails against the code of 89ae541 for the reason
-the issue gives, marked ``xfail(strict=True)`` with that reason: phase 2 removes a mark when it
-fixes the finding (a strict xfail that starts passing fails the suite, so none is forgotten).
-Tests without a mark hold today and must keep holding (the rewrite's algebra, a visibly changed
-FP16 refused, a stale staging directory removed).
+Each finding of the issue has a test here that failed against the code of 89ae541 for the reason
+the issue gives (its docstring says what it was) and passes since its fix; tests that held before
+(the rewrite's algebra, a visibly changed FP16 refused, a stale staging directory removed) must
+keep holding.
 
 The models are small (z 64, 16x16, at most 16 channels) so that each export stays within a
 minute or two on a shared 2-core machine; the factories with the issue's sizes are in
-``nvlabs_like.py`` for timing by hand (``docs/notes/issue20-phase2.md``).
+``nvlabs_like.py`` (``scripts/time_stylegan_exports.py`` times them: ``bench/stylegan_export.md``).
 """
 
 from __future__ import annotations
@@ -50,7 +49,7 @@ INT8_MODELS = Path(int8_models.__file__)
 SHAPE = (3, 16, 16)
 MAX_BATCH = 8
 FP32_ATOL = 1e-4
-PARTIAL_EXIT = 3  # proposed: some precisions published, others refused (docs/notes/issue20-...)
+PARTIAL_EXIT = 3  # some precisions published, others refused (docs/export.md)
 RANDOM_OPS = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike"}
 RANDOM_OPS |= {"Multinomial", "Bernoulli"}
 
@@ -399,11 +398,6 @@ class BatchNormalisedStyles(nn.Module):
         return torch.tanh(y * 0.3).view(-1, 3, 8, 8)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 20: INT8 batch invariance is bounded by INT8's value tolerance (0.5: 64 "
-    "levels) and checked under OpenVINO only, though ONNX Runtime may serve it",
-)
 def test_int8_is_batch_invariant_under_every_runtime_that_may_serve_it(tmp_path: Path) -> None:
     """Dynamic batching merges requests: an image must not change with its batch. The served
     python model runs INT8 on OpenVINO where it imports, else ONNX Runtime if the export gated it

@@ -568,6 +568,37 @@ def _gate(
             build.float_outputs[variant.name] = gate.outputs(r, build.reference, options.max_batch)
         if variant.gate is not Gate.tensor:
             _quality_gate(build, variant, r, artifact, judged, model)
+    if variant.precision is Precision.int8 and artifact.path.endswith(".onnx"):
+        _gate_on_onnxruntime(build, artifact)
+
+
+def _gate_on_onnxruntime(build: Build, artifact: Artifact) -> None:
+    """An INT8 ONNX file is served on OpenVINO, which its gate ran; ONNX Runtime runs it wherever
+    OpenVINO does not import (the python model falls back to it only if this gate passed) and for
+    anyone who opens the file: the tensor gate runs there too, batch invariance in levels
+    included (StyleGAN3's INT8 differs between batches, and between the runtimes, by several
+    levels). A file ONNX Runtime cannot run at all is recorded as such (OpenVINO only); one it
+    runs differently fails the export of this precision (``GateError``)."""
+    runners = artifact.validation.setdefault("runners", {})
+    runners[artifact.validation.get("runner", "openvino")] = "passed"
+    path = build.staged / artifact.path
+    try:
+        runner = OnnxRuntimeRunner(path)
+        feeds = {k: v[:1] for k, v in build.reference.feeds[0].items()}
+        runner.run(feeds)
+    except Exception as e:  # ORT refuses some QDQ graphs (a MatMulIntegerToFloat zero point)
+        why = " ".join(str(e).split())[:160]
+        runners["onnxruntime"] = f"cannot run it ({type(e).__name__}: {why}): OpenVINO only"
+        build.say(f"{artifact.name}: ONNX Runtime cannot run it ({why}); served on OpenVINO only")
+        return
+    with build.clock(f"validate_{artifact.name}_onnxruntime"), runner as r:
+        named = replace(artifact, name=f"{artifact.name} on ONNX Runtime")
+        figures = gate.validate(r, named, build.reference, build.options.max_batch)
+    runners[f"onnxruntime {runner.providers[0]}"] = "passed"
+    build.say(
+        f"gate passed {artifact.name} on ONNX Runtime too: PSNR {figures['psnr_db']} dB, batch "
+        f"invariance {figures['batch_invariance_levels']} level(s)"
+    )
 
 
 def _open(variant: Variant, path: Path) -> Runner:

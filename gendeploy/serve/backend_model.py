@@ -5,9 +5,9 @@ the python backend, including the NGC container where gendeploy is not installed
 exported ONNX (``model.onnx``), optionally a TensorRT engine (``model.plan``) and the export's
 ``manifest.json`` from its own version directory. An INT8 model (``runtime: openvino``) runs its
 QDQ ONNX (or ``model.xml`` IR) with OpenVINO, the runtime its export gated it on, which executes
-it in INT8; where ``openvino`` does not import in the stub's environment the model refuses to load
-(``choose_backend``) rather than serve it with ONNX Runtime, which the export never gated it on
-(an INT8 graph's images and batch invariance depend on the runtime).
+it in INT8; where ``openvino`` does not import in the stub's environment it runs on ONNX Runtime
+only if the export gated it there too (``onnxruntime_gated``), else the model refuses to load
+(``choose_backend``): an INT8 graph's images and batch invariance depend on the runtime.
 
 Every request of a dynamic batch is validated on its own (a bad request gets its own
 INVALID_ARGUMENT error; the others still run), then all valid requests run as ONE batch.
@@ -236,15 +236,24 @@ def _tensorrt_unusable() -> str | None:
 
 
 def choose_backend(
-    runtime: str, has_engine: bool, tensorrt_problem: str | None, openvino_problem: str | None
+    runtime: str,
+    has_engine: bool,
+    tensorrt_problem: str | None,
+    openvino_problem: str | None,
+    onnxruntime_gated: bool = False,
 ) -> tuple[str, str]:
     """(backend, why not the preferred one) for a model whose manifest runtime is ``runtime``:
     its TensorRT engine on a GPU instance where TensorRT runs, else OpenVINO for an ``openvino``
-    model, else ONNX Runtime. An ``openvino`` model OpenVINO cannot run here is refused (a
-    RuntimeError: Triton does not load it): its export gated it on OpenVINO only."""
+    model, else ONNX Runtime. An ``openvino`` model OpenVINO cannot run here runs on ONNX Runtime
+    only if its export gated it there too (``onnxruntime_gated``), else it is refused (a
+    RuntimeError: Triton does not load it)."""
     if has_engine and tensorrt_problem is None:
         return "tensorrt", ""
     if runtime == "openvino" and not has_engine:
+        if openvino_problem is not None and onnxruntime_gated:
+            return "onnxruntime", (
+                f"instead of OpenVINO ({openvino_problem}): its export gated it on ONNX Runtime too"
+            )
         if openvino_problem is not None:
             raise RuntimeError(
                 f"its INT8 model was gated on OpenVINO, which cannot run here ({openvino_problem})"
@@ -303,6 +312,7 @@ class TritonPythonModel:
                 has_engine,
                 _tensorrt_unusable() if has_engine else None,
                 _openvino_unusable() if runtime == "openvino" and not has_engine else None,
+                params.get("onnxruntime_gated") == "true",
             )
         except RuntimeError as e:
             raise RuntimeError(f"gendeploy: {config['name']}: {e}") from None
