@@ -294,7 +294,21 @@ def quantize_gated(
     layers = int8_layers(quantized)
     if not fallback:
         first.check("int8")
+
+    def quantization_is_the_cause() -> None:
+        """ "does not quantize" only when measured: the unquantized graph, judged the same way
+        on the same runtime, must pass (else no layer kept in float can help, and the error says
+        what fails instead: a name, the runtime itself)."""
+        plain = judge(fp32)
+        if not plain.passed:
+            raise QualityError(
+                f"int8: the unquantized graph fails the same gate on the INT8 runtime "
+                f"({plain.failure_text}): not a quantization problem; nothing published for int8",
+                artifact="int8",
+            )
+
     if len(layers) < 2:  # one layer in float would leave nothing in INT8
+        quantization_is_the_cause()
         raise QualityError(
             f"quality gate failed for 'int8' ({first.failure_text}) and the generator has "
             f"{len(layers)} INT8 layer(s): no layer-by-layer fallback; export it without --int8; "
@@ -328,6 +342,7 @@ def quantize_gated(
 
         best = with_float(most)
         if not best[1].passed:
+            quantization_is_the_cause()
             raise QualityError(
                 f"quality gate failed for 'int8' even with {most} of {len(layers)} weighted "
                 f"layers kept in floating point ({best[1].failure_text}; with every layer "
