@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import fx
 
 from gendeploy.errors import RewriteError
+from gendeploy.export.progress import progress
 
 aten = torch.ops.aten
 _CONV2D = {aten.conv2d.default, aten.convolution.default}
@@ -189,26 +190,40 @@ def verify(
     """Largest difference between the two at each batch size; raises a one-line ``RewriteError``
     above the FP32 tolerance or when the changed graph does not run (``what`` names the change)."""
     worst = 0.0
-    for batch in batches:
-        inputs = make_inputs(batch)
-        try:
-            with torch.no_grad():
-                diff = float((original(*inputs) - rewritten(*inputs)).abs().max())
-        except Exception as e:  # a changed graph that fails to run is a failed change, not a crash
-            detail = " ".join(str(e).split())[:160]
-            raise RewriteError(
-                f"{what} does not run at batch {batch} ({type(e).__name__}: {detail}); export "
-                "the model's non-fused path (--forward-kwargs) or a static batch (--max-batch 1), "
-                "and report this model"
-            ) from None
-        worst = max(worst, diff if math.isfinite(diff) else math.inf)
-        if not worst <= VERIFY_ATOL:
-            raise RewriteError(
-                f"{what} changed the output by {worst:.3g} at batch {batch} (> {VERIFY_ATOL:g}); "
-                "export the model's non-fused path (--forward-kwargs) or a static batch "
-                "(--max-batch 1), and report this model"
-            )
+    label = f"checking the rewritten graph against eager at batch {', '.join(map(str, batches))}"
+    with progress(label, sum(batches)) as advance:  # a StyleGAN3: ~50 s on 2 cores
+        for batch in batches:
+            worst = max(worst, _verify_at(original, rewritten, make_inputs, what, batch))
+            advance(batch)
     return worst
+
+
+def _verify_at(
+    original: Callable[..., torch.Tensor],
+    rewritten: Callable[..., torch.Tensor],
+    make_inputs: Callable[[int], Sequence[torch.Tensor]],
+    what: str,
+    batch: int,
+) -> float:
+    inputs = make_inputs(batch)
+    try:
+        with torch.no_grad():
+            diff = float((original(*inputs) - rewritten(*inputs)).abs().max())
+    except Exception as e:  # a changed graph that fails to run is a failed change, not a crash
+        detail = " ".join(str(e).split())[:160]
+        raise RewriteError(
+            f"{what} does not run at batch {batch} ({type(e).__name__}: {detail}); export "
+            "the model's non-fused path (--forward-kwargs) or a static batch (--max-batch 1), "
+            "and report this model"
+        ) from None
+    diff = diff if math.isfinite(diff) else math.inf
+    if not diff <= VERIFY_ATOL:
+        raise RewriteError(
+            f"{what} changed the output by {diff:.3g} at batch {batch} (> {VERIFY_ATOL:g}); "
+            "export the model's non-fused path (--forward-kwargs) or a static batch "
+            "(--max-batch 1), and report this model"
+        )
+    return diff
 
 
 def describe(rewrites: list[Rewrite]) -> str:
