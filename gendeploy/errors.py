@@ -149,12 +149,27 @@ class OnnxCheckError(ExportError):
     """A written ONNX file that onnx.checker refuses."""
 
 
+class RandomOpError(ExportError):
+    """A graph holding an op that draws random numbers (RandomNormalLike...), whatever its
+    weights."""
+
+
 class QuantizationError(ExportError):
     """INT8 post-training quantization itself failed (NNCF could not quantize the graph)."""
 
 
 class EngineBuildError(ExportError):
     """TensorRT could not parse the ONNX or build the engine."""
+
+
+class Interrupted(BaseException):
+    """SIGTERM or SIGHUP while an export runs, raised so that every ``finally`` runs (staging
+    removed, locks let go); a BaseException, so no ``except Exception`` swallows it. The CLI
+    exits 128 + the signal's number."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
 
 
 def restated(error: E, message: str) -> E:

@@ -268,6 +268,11 @@ class Interface:
     class_input: str = "labels"  # labels as they are; onehot: gendeploy builds c; empty: [N, 0]
     truncation_arg: str = ""  # forward's truncation parameter; "" when not a served input
     truncation_default: float = 1.0  # the model's own default psi
+    # how a per-sample psi reaches the model (``signature.Convention``): "" as forward's
+    # truncation argument; "nvlabs": G.mapping(z, c), ws moved toward mapping.w_avg (up to
+    # truncation_cutoff), G.synthesis(ws); "rosinality": w = G.style(z) moved toward
+    # G.mean_latent(4096) (drawn once, torch seed 0), G([w], input_is_latent=True)[0]
+    truncation_convention: str = ""
     # [lo, hi]: the psi requests may send, the range the gate (FP16 too) ran the model at; the
     # server refuses psi outside it. [] (manifests before it): not checked
     truncation_range: list[float] = field(default_factory=list)
@@ -368,7 +373,8 @@ class Manifest:
     batch: BatchProfile
     opset: int
     artifacts: list[Artifact]
-    skipped: list[dict[str, str]] = field(default_factory=list)  # {"name", "reason"}
+    # {"name", "reason"}: not built here; refused ones add "stage" and "error" (``refused``)
+    skipped: list[dict[str, str]] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=dict)
     command: str = ""
     created: str = ""
@@ -382,6 +388,13 @@ class Manifest:
     @property
     def conditional(self) -> bool:
         return self.num_classes > 0
+
+    @property
+    def refused(self) -> list[dict[str, str]]:
+        """The reduced precisions asked for and refused (by a gate, or failing to build):
+        ``skipped`` entries that name the ``stage`` which refused them and its ``error`` class;
+        the others were not buildable here (a TensorRT engine without TensorRT)."""
+        return [s for s in self.skipped if "stage" in s]
 
     def artifact(self, name: str) -> Artifact:
         found = self.find(name)

@@ -88,6 +88,25 @@ class CollapsingGenerator(nn.Module):
         return torch.tanh(self.mix(self.detail(z).view(-1, 5, 16, 16)))
 
 
+class DoesNotQuantize(nn.Module):
+    """One weighted layer whose input holds a constant 1000 beside z: INT8's one scale for that
+    input (1000/127 per step) rounds every latent value to zero, so every INT8 image is the same.
+    With a single weighted layer there is no fallback: INT8 is refused. FP16 is fine."""
+
+    gendeploy_loads_weights = True  # its constructor sets them
+
+    def __init__(self, latent: int = 8) -> None:
+        super().__init__()
+        self.project = nn.Linear(latent + 1, 3 * 8 * 8)
+        _seeded(self, seed=2)
+        with torch.no_grad():
+            self.project.weight[:, 0] = 0.0  # the constant only sets the scale
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([torch.full_like(z[:, :1], 1000.0), z], dim=1)
+        return torch.tanh(self.project(x)).view(-1, 3, 8, 8)
+
+
 class IgnoresZ(nn.Module):
     """Draws the same image whatever z: nothing for a distribution check to compare."""
 

@@ -173,7 +173,9 @@ class ModulatedUp(nn.Module):
 
 
 class TransposedGrouped(nn.Module):
-    """Upsamples with ``ModulatedUp``: not rewritten (a static batch exports it)."""
+    """Upsamples with ``ModulatedUp``: its product is laid out [N, I, O, k, k] as the transposed
+    convolution reads it, the style on I (rewritten: modulate, transposed convolution, no
+    demodulation)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -183,6 +185,22 @@ class TransposedGrouped(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         x = self.const.unsqueeze(0).expand(z.shape[0], -1, -1, -1)
         return torch.tanh(self.up(x, z))
+
+
+class HyperTransposed(nn.Module):
+    """A transposed convolution with groups = batch whose per-sample weights a linear layer makes
+    from z (a hypernetwork): no modulated product, so not rewritten (a static batch exports it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.const = nn.Parameter(torch.randn(4, 4, 4))
+        self.kernels = nn.Linear(LATENT, 4 * 3 * 2 * 2)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        n = z.shape[0]
+        x = self.const.unsqueeze(0).expand(n, -1, -1, -1).reshape(1, -1, 4, 4)
+        w = self.kernels(z).reshape(-1, 3, 2, 2)  # state: N*4 x 3 x 2 x 2
+        return torch.tanh(F.conv_transpose2d(x, w, stride=2, groups=n).reshape(n, 3, 8, 8))
 
 
 class BatchAsInt(FusedModulated):

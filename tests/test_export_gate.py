@@ -176,11 +176,14 @@ def test_gate_inputs_cover_every_label_with_fixed_seeds() -> None:
 
 def test_fp16_tolerance_is_looser_than_fp32_but_bounded() -> None:
     fp32, fp16 = gate.TOLERANCES[Precision.fp32], gate.TOLERANCES[Precision.fp16]
-    assert fp32.max_abs <= 1e-4 and fp16.min_psnr_db >= 40
-    assert fp16.max_abs > fp32.max_abs and fp32.max_levels == 1
-    # fewer bits, looser bounds; INT8 and bf16 are judged mostly by the quality gate
+    assert fp32.max_abs is not None and fp32.max_abs <= 1e-4 and fp16.min_psnr_db >= 40
+    assert fp16.max_levels > fp32.max_levels == 1
+    # reduced precisions are judged by their pictures, never by a raw tensor tolerance
     bf16, int8 = gate.TOLERANCES[Precision.bf16], gate.TOLERANCES[Precision.int8]
-    assert fp16.max_abs < bf16.max_abs <= int8.max_abs < 1.0
+    assert fp16.max_abs is None and bf16.max_abs is None and int8.max_abs is None
+    assert fp16.max_levels < bf16.max_levels <= int8.max_levels < 128
+    # a graph quantized per sample gives the same integers at any batch
+    assert int8.batch_levels == fp32.batch_levels == 1
 
 
 def test_export_options_are_checked_before_heavy_work() -> None:

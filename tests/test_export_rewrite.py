@@ -22,7 +22,9 @@ from gendeploy.export.onnx_graph import export_fp32, sample_inputs
 from gendeploy.export.rewrite import (
     batched_conv2d,
     modulated_conv2d,
+    modulated_conv_transpose2d,
     rewrite_batch_grouped,
+    shared_conv2d,
     verify,
 )
 from gendeploy.export.signature import parse_forward_kwargs
@@ -88,6 +90,32 @@ def test_modulate_convolve_demodulate_equals_the_fused_modulated_convolution(bat
         [5, 6, 3, 3],
     )  # fmt: skip
     assert torch.allclose(split, fused, atol=1e-5)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_the_transposed_and_shared_forms_equal_the_grouped_convolutions(batch: int) -> None:
+    """StyleGAN2's upsampling layer: the [N, O, I, k, k] product transposed to [N*I, O, k, k]
+    for a transposed convolution with groups = N (read through ``order``), then one low-pass
+    filter repeated over the N*O channels of the [1, N*O, H, W] view."""
+    torch.manual_seed(batch)
+    x = torch.randn(batch, 6, 5, 5, dtype=torch.float64)
+    weight = torch.randn(4, 6, 3, 3, dtype=torch.float64)
+    styles = torch.randn(batch, 6, dtype=torch.float64) + 1
+    w = weight.unsqueeze(0) * styles.reshape(batch, 1, -1, 1, 1)  # [N, O, I, k, k]
+    demod = (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt().reshape(batch, -1, 1, 1, 1)
+    grouped_weight = (w * demod).transpose(1, 2).reshape(-1, 4, 3, 3)  # [N*I, O, k, k]
+    flat = x.reshape(1, -1, 5, 5)
+    fused = F.conv_transpose2d(flat, grouped_weight, stride=2, groups=batch)
+    split = modulated_conv_transpose2d(
+        flat, None, [2, 2], [0, 0], [1, 1], batch, [weight.unsqueeze(0)],
+        [styles.reshape(batch, 1, -1, 1, 1)], [demod], [6, 4, 3, 3], [0, 0], [0, 2, 1, 3, 4],
+    )  # fmt: skip
+    torch.testing.assert_close(split, fused, rtol=0, atol=1e-12)
+
+    fir = torch.rand(1, 1, 4, 4, dtype=torch.float64)
+    depthwise = F.conv2d(fused, fir.repeat(batch * 4, 1, 1, 1), groups=batch * 4)
+    shared = shared_conv2d(fused, None, [1, 1], [0, 0], [1, 1], batch * 4, fir, [1, 1, 4, 4])
+    torch.testing.assert_close(shared, depthwise, rtol=0, atol=1e-12)
 
 
 def test_the_rewrite_finds_each_batch_grouped_convolution_and_its_form() -> None:

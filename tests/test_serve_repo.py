@@ -28,7 +28,7 @@ from gendeploy.manifest import (
     load_manifest,
 )
 from gendeploy.seeds import draw_latents, draw_noise
-from gendeploy.serve.backend_model import RequestError, parse_request
+from gendeploy.serve.backend_model import RequestError, choose_backend, parse_request
 from gendeploy.serve.docker import container_tag, docker_command
 from gendeploy.serve.repo import (
     RepoOptions,
@@ -112,6 +112,18 @@ def test_configs_round_trip_through_triton_protobuf_and_match_golden_files(
     text = config_text(config)
     assert parse_config(text) == config
     check_golden(golden, text)
+
+
+def test_an_int8_model_runs_only_on_a_runtime_its_export_gated() -> None:
+    """OpenVINO where it imports; where it does not, ONNX Runtime if the export gated the file
+    there too, else the model refuses to load, naming what to install (issue 20, finding 9)."""
+    assert choose_backend("openvino", False, None, None) == ("openvino", "")
+    backend, note = choose_backend("openvino", False, None, "no module named openvino", True)
+    assert backend == "onnxruntime" and "gated it on ONNX Runtime" in note
+    with pytest.raises(RuntimeError, match=r"pip install openvino.*ONNX Runtime, never gated"):
+        choose_backend("openvino", False, None, "no module named openvino", False)
+    assert choose_backend("", True, None, None) == ("tensorrt", "")
+    assert choose_backend("", True, "no CUDA", None)[0] == "onnxruntime"
 
 
 def test_an_int8_export_adds_an_openvino_python_model_and_an_openvino_backend_model(

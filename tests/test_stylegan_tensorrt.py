@@ -14,7 +14,7 @@ import pytest
 import stylegan_models as sm
 import torch
 
-from gendeploy.export.gate import TOLERANCES
+from gendeploy.export.gate import TOLERANCES, render
 from gendeploy.export.inmemory import export_generator
 from gendeploy.export.signature import serving_module
 from gendeploy.manifest import Precision
@@ -61,5 +61,7 @@ def test_engines_of_rewritten_generators_take_any_batch_and_pass_the_gate(
                     feeds["truncation"] = np.full((batch, 1), psi, np.float32)
                 out = runner.run(feeds)
                 assert np.isfinite(out).all(), (psi, batch)
-                diff = np.abs(out - eager.run(feeds)).max()
-                assert diff <= TOLERANCES[Precision.fp16].max_abs, (psi, batch, diff)
+                # FP16 is judged by its pictures: the worst pixel of the renderings, in levels
+                moved = render(out).astype(np.int16) - render(eager.run(feeds))
+                levels = int(np.abs(moved).max())
+                assert levels <= TOLERANCES[Precision.fp16].max_levels, (psi, batch, levels)

@@ -217,13 +217,12 @@ def bench_model(
     if int8_missing:
         say(f"[{model.name}] no INT8 export: {int8_missing}")
     # INT8 only when an INT8 runner is benched (the export's slowest step: NNCF and its gate);
-    # INT8 the quality gate refuses is skipped by the export itself (int8_optional): the bench
-    # benches the rest with the export's decision and its reason, never a second export
+    # INT8 the quality gate refuses is skipped by the export itself (a partial result): the
+    # bench benches the rest with the export's decision and its reason, never a second export
     wants_int8 = any(name.endswith("int8") for name in suite.runners)
     options = ExportOptions(
         fp16=torch.cuda.is_available(),
         int8=wants_int8 and not int8_missing,
-        int8_optional=True,
         max_batch=max(suite.batches),
     )
 

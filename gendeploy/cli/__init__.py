@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 
 import typer
 
 from gendeploy.cli import bench, deploy, export, serve, soak, train, tune
 from gendeploy.cli.help import Group
-from gendeploy.errors import GendeployError, describe_os_error
+from gendeploy.errors import GendeployError, Interrupted, describe_os_error
 
 app = typer.Typer(
     cls=Group,
@@ -38,6 +39,9 @@ def main() -> None:
     except typer.Abort:  # Ctrl-C at a prompt
         print("aborted", file=sys.stderr)
         sys.exit(1)
+    except Interrupted as e:  # a signal during an export (export_command); every finally ran
+        print(f"interrupted ({signal.Signals(e.signum).name}): nothing published", file=sys.stderr)
+        sys.exit(128 + e.signum)
     except GendeployError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from gendeploy.cli.options import Threads, use_threads
-from gendeploy.errors import UsageError
+from gendeploy.errors import Interrupted, UsageError
 from gendeploy.manifest import NoiseMode, OutputKind
 
 if TYPE_CHECKING:
@@ -19,6 +20,10 @@ if TYPE_CHECKING:
     from gendeploy.bench.doctor import Report
 
 Opt = typer.Option
+# an export that published some of what was asked for and refused the rest (the manifest's
+# ``skipped`` says what and why); 0: everything asked for, 1: an error, 2: a usage error,
+# 128 + N: signal N
+PARTIAL_EXIT = 3
 
 
 def export_command(
@@ -80,6 +85,21 @@ def export_command(
         float,
         Opt(help="Quality gate: largest Frechet ratio (artifact vs FP32 / FP32's noise floor)."),
     ] = 1.10,
+    quality_samples: Annotated[
+        int | None,
+        Opt(
+            help="Quality gate: seeds per set (>= 256).",
+            show_default="1000, fewer (down to 256) where FP32 takes over a minute to draw them",
+        ),
+    ] = None,
+    strict: Annotated[
+        bool,
+        Opt(
+            "--strict",
+            help="All or nothing: a refused --fp16/--int8 fails the export (default: publish "
+            "what passed, exit 3).",
+        ),
+    ] = False,
     forward_kwargs: Annotated[
         str | None,
         Opt(help="--model: keyword arguments for every forward call, name=value,... (manifest)."),
@@ -126,6 +146,8 @@ def export_command(
         max_frechet_ratio=max_frechet_ratio,
         tile=tile,
         tile_margin=tile_margin,
+        quality_seeds=quality_samples,
+        strict=strict,
     )
     spec = ModelSpec(
         checkpoint=checkpoint,
@@ -142,20 +164,24 @@ def export_command(
         value_range=_parse_range(value_range) if value_range is not None else None,
     )
     use_threads(threads)
-    manifest = export(
-        spec,
-        options,
-        name=name,
-        out=out,
-        force=force,
-        command=shlex.join(["gendeploy", *sys.argv[1:]]),
-        log=typer.echo,
-    )
+    try:
+        manifest = export(
+            spec,
+            options,
+            name=name,
+            out=out,
+            force=force,
+            command=shlex.join(["gendeploy", *sys.argv[1:]]),
+            log=typer.echo,
+        )
+    except KeyboardInterrupt:  # typer would exit 130 without a word: say it like SIGTERM
+        raise Interrupted(signal.SIGINT) from None
     if manifest.source.random_weights:
         typer.echo("warning: --random-weights: the export holds untrained weights", err=True)
     reasons: dict[str, list[str]] = {}  # one line per reason: TensorRT missing is said once
     for item in manifest.skipped:
-        reasons.setdefault(item["reason"], []).append(item["name"])
+        if "stage" not in item:  # refused ones are the last line
+            reasons.setdefault(item["reason"], []).append(item["name"])
     for reason, names in reasons.items():
         typer.echo(f"NOT built: {', '.join(names)} ({reason})")
     if repo is not None:
@@ -164,6 +190,11 @@ def export_command(
         for written in write_repo(out or Path("exports") / manifest.name, repo):
             state = "new version" if written.new else "unchanged"
             typer.echo(f"triton model {written.path}/{written.version} ({state})")
+    if manifest.refused:  # a partial result: what was published, what was refused and why
+        published = ", ".join(a.name for a in manifest.artifacts)
+        refused = "; ".join(f"{s['name']}: {s['reason']}" for s in manifest.refused)
+        typer.echo(f"published {published}; refused {refused}", err=True)
+        raise typer.Exit(PARTIAL_EXIT)
 
 
 def doctor_command() -> None:

@@ -27,7 +27,13 @@ from gendeploy.errors import MissingDependencyError, UsageError
 from gendeploy.export.build import build_artifacts
 from gendeploy.export.int8 import require_int8_tools
 from gendeploy.export.options import ExportOptions, ModelSpec
-from gendeploy.export.publish import check_destination, publish, repair_interrupted, staging_dir
+from gendeploy.export.publish import (
+    check_destination,
+    publish,
+    repair_interrupted,
+    signals_raise,
+    staging_dir,
+)
 from gendeploy.export.source import LoadedModel, load_spec
 from gendeploy.manifest import (
     MANIFEST_NAME,
@@ -61,7 +67,19 @@ def export(
     loaded; a ``--model`` generator is built from its file and weights, then probed and exported
     like a module held in memory.
     """
-    options = options or ExportOptions()
+    with signals_raise():  # SIGTERM or SIGHUP: the staging directory and its lock go too
+        return _export(spec, options or ExportOptions(), name, out, force, command, log)
+
+
+def _export(
+    spec: ModelSpec,
+    options: ExportOptions,
+    name: str | None,
+    out: Path | str | None,
+    force: bool,
+    command: str | None,
+    log: Log | None,
+) -> Manifest:
     say = log or (lambda _msg: None)
     if name is not None and not _NAME.match(name):
         raise UsageError(f"--name {name!r}: use letters, digits, '_', '.', '-'")
@@ -121,7 +139,9 @@ def export(
         manifest.timings["total"] = round(time.perf_counter() - started, 3)
         (staged / MANIFEST_NAME).write_text(manifest.to_json())
         publish(staged, out_dir, force=force)
-    say(f"published {out_dir}: {', '.join(a.name for a in manifest.artifacts)}")
+    refused = ", ".join(s["name"] for s in manifest.refused)
+    shown = f"; refused {refused} (manifest.skipped says why)" if refused else ""
+    say(f"published {out_dir}: {', '.join(a.name for a in manifest.artifacts)}{shown}")
     return manifest
 
 
@@ -145,7 +165,10 @@ def _fingerprint(loaded: LoadedModel, options: ExportOptions, name: str) -> str:
         "gendeploy": __version__,
     }
     if loaded.interface != Interface():  # absent for plain models: their fingerprints stay
-        key["interface"] = asdict(loaded.interface)
+        interface = asdict(loaded.interface)
+        if not interface["truncation_convention"]:  # absent before it: fingerprints stay
+            del interface["truncation_convention"]
+        key["interface"] = interface
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -154,8 +177,10 @@ def _options_dict(options: ExportOptions) -> dict[str, Any]:
     d["output"] = options.output.value
     if options.int8_fallback:  # the defaults: absent, so fingerprints from before them stay
         del d["int8_fallback"]
-    if not options.int8_optional:
-        del d["int8_optional"]
+    if not options.strict:
+        del d["strict"]
+    if options.quality_seeds is None:
+        del d["quality_seeds"]
     if not options.tile:  # image models' tile: absent at its defaults (fingerprints stay)
         del d["tile"]
     if options.tile_margin is None:

@@ -13,16 +13,25 @@ uint8 heads and engines, reuse theirs), and what ``ExportOptions.wants`` asks of
 from __future__ import annotations
 
 import contextlib
+import os
 import time
+import traceback
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 
-from gendeploy.errors import GateError, QualityError, UnexecutedPrecisionError, ValidationError
+from gendeploy.errors import (
+    ExportError,
+    GateError,
+    GendeployError,
+    QualityError,
+    UnexecutedPrecisionError,
+    ValidationError,
+)
 from gendeploy.export import fp16_islands, gate, image_gate, image_graph, int8, onnx_graph
 from gendeploy.export.loaded import ImageFacts
 from gendeploy.export.options import ExportOptions
@@ -33,6 +42,7 @@ from gendeploy.export.quality_gate import (
     QualityGate,
     Verdict,
     model_facts,
+    seed_count,
 )
 from gendeploy.export.source import LoadedModel, make_artifact
 from gendeploy.export.tensorrt_build import build_engine
@@ -49,7 +59,6 @@ from gendeploy.manifest import (
     Variant,
 )
 from gendeploy.runtime.base import Feeds, Runner
-from gendeploy.runtime.eager import EagerRunner
 from gendeploy.runtime.inputs import WithDefaults, complete_feeds
 from gendeploy.runtime.onnxrt import CPU, OnnxRuntimeRunner
 from gendeploy.runtime.openvino import OpenVINORunner
@@ -113,30 +122,31 @@ class Build:
     clock: Clock
     say: Say
     reference: gate.Reference  # eager's outputs on the tensor gate's inputs
-    quality: Judge | None  # FP32's samples, drawn once when a reduced precision is asked
     image: ImageIO | None = None  # an image-to-image model's probe, tile and gate shapes
     artifacts: dict[str, Artifact] = field(default_factory=dict)  # gated, in plan order
-    skipped: list[dict[str, str]] = field(default_factory=list)  # {"name", "reason"}
+    skipped: list[dict[str, str]] = field(default_factory=list)  # {"name", "reason"[, ...]}
     versions: dict[str, str] = field(default_factory=dict)
     graphs: dict[str, onnx.ModelProto] = field(default_factory=dict)  # what derived ONNX start from
     # a float artifact's outputs on the gate's inputs, for the gate of the uint8 head added to it
     float_outputs: dict[str, list[np.ndarray]] = field(default_factory=dict)
-    refused: set[Precision] = field(default_factory=set)  # optional precisions the gate refused
+    refused: set[Precision] = field(default_factory=set)  # reduced precisions refused
+    _quality: Judge | None = None  # FP32's samples, drawn once on first use
 
     @classmethod
     def start(
         cls, loaded: LoadedModel, options: ExportOptions, staged: Path, clock: Clock, say: Say
     ) -> Build:
-        """The references every gate compares with: eager's outputs and, when a reduced
-        precision is asked for, FP32's samples for the quality gate."""
-        reduced = any(options.wants(v) and v.gate is not Gate.tensor for v in PLAN)
-        if loaded.image is not None:  # test images at several shapes, the tile checked
+        """The reference every tensor gate compares with: eager's outputs on its fixed inputs
+        (an image model's: test images at several shapes, and FP32's pictures for the quality
+        gate when a reduced precision is asked for)."""
+        if loaded.image is not None:
+            reduced = any(options.wants(v) and v.gate is not Gate.tensor for v in PLAN)
             with clock("reference"):
                 reference, judge, image = image_gate.prepare(
                     loaded, options.tile, options.tile_margin, options.max_batch, reduced
                 )
-            return cls(loaded, options, staged, clock, say, reference, judge, image)
-        with clock("reference"):
+            return cls(loaded, options, staged, clock, say, reference, image=image, _quality=judge)
+        with clock("reference"), _one_line("reference", "eager"):
             reference = gate.eager_reference(
                 loaded.module,
                 loaded.latent_dim,
@@ -144,22 +154,15 @@ class Build:
                 options.max_batch,
                 interface=loaded.interface,
             )
-        quality = None
-        if reduced:
-            with clock("quality_reference"):
-                quality = QualityGate(
-                    WithDefaults(EagerRunner(loaded.module), loaded.interface).run,
-                    model_facts(
-                        loaded.source, loaded.latent_dim, loaded.num_classes, loaded.image_shape
-                    ),
-                    QualityConfig(
-                        seeds=options.quality_seeds,
-                        max_frechet_ratio=options.max_frechet_ratio,
-                        batch=min(64, options.max_batch),
-                    ),
-                    reference_module=loaded.module,
-                )
-        return cls(loaded, options, staged, clock, say, reference, quality)
+        return cls(loaded, options, staged, clock, say, reference)
+
+    def quality_gate(self) -> Judge:
+        """FP32's samples for the quality gate, drawn once, from the gated fp32.onnx
+        (``quality_reference``; an image model's come from eager, with its reference)."""
+        if self._quality is None:
+            with self.clock("quality_reference"):
+                self._quality = quality_reference(self)
+        return self._quality
 
     def wanted(self, variant: Variant) -> bool:
         """Asked for, not refused, and what it is derived from was built."""
@@ -170,23 +173,27 @@ class Build:
         )
 
     def make(self, variant: Variant, engine_status: str) -> None:
-        """Build, gate and add one variant (an IR not faster than its ONNX adds nothing)."""
+        """Build, gate and add one variant (an IR not faster than its ONNX adds nothing). A
+        reduced precision that fails is refused (``refuse``) unless the options are strict, an
+        engine under --require-engine; FP32 (what all derive from) fails the export."""
         if variant.kind is ArtifactKind.tensorrt and engine_status:
             self.skipped.append({"name": variant.name, "reason": engine_status})  # said once
             return
         try:
-            artifact = builder_for(variant)(self, variant)
-        except QualityError as e:
-            if not self.options.optional(variant):
+            with _one_line(variant.name, variant.file):
+                artifact = builder_for(variant)(self, variant)
+        except GendeployError as e:  # a disk error (OSError) fails every precision alike
+            engine = variant.kind is ArtifactKind.tensorrt and self.options.require_engine
+            if variant.precision is Precision.fp32 or self.options.strict or engine:
                 raise
             self.refuse(variant, e)
             return
         if artifact is not None:
             self.artifacts[variant.name] = artifact
 
-    def refuse(self, variant: Variant, error: QualityError) -> None:
-        """An optional precision the quality gate refused: every variant of it made so far goes
-        (files too), the rest are not built, and the manifest says why."""
+    def refuse(self, variant: Variant, error: GendeployError) -> None:
+        """A reduced precision that failed: every variant of it made so far goes (files too),
+        the rest are not built, and the manifest says which, where and why."""
         for other in PLAN:
             if other.precision is variant.precision:
                 self.artifacts.pop(other.name, None)
@@ -194,13 +201,73 @@ class Build:
                     (self.staged / file).unlink(missing_ok=True)
         self.refused.add(variant.precision)
         root = PLAN.root(variant).name
-        self.skipped.append({"name": root, "reason": str(error)})
-        self.say(f"skipped {root}: {error}")
+        self.skipped.append(
+            {
+                "name": root,
+                "reason": str(error),
+                "stage": variant.name,
+                "error": type(error).__name__,
+            }
+        )
+        self.say(f"refused {root} ({variant.name}): {error}")
 
     def source(self, variant: Variant) -> Artifact:
         """The built artifact ``variant`` is derived from."""
         assert variant.derived_from is not None
         return self.artifacts[variant.derived_from]
+
+
+@contextlib.contextmanager
+def _one_line(stage: str, what: str) -> Iterator[None]:
+    """An exception that is no ``GendeployError`` (a bug of ours or of a library, a model that
+    fails where its probes passed) becomes one ``ExportError`` line naming the stage, the
+    artifact and the function it came from: no export ends in a traceback."""
+    try:
+        yield
+    except (GendeployError, OSError):
+        raise
+    except Exception as e:
+        raise internal_error(stage, what, e) from e
+
+
+def internal_error(stage: str, what: str, e: Exception) -> ExportError:
+    frames = traceback.extract_tb(e.__traceback__)
+    ours = [f for f in frames if f"{os.sep}gendeploy{os.sep}" in f.filename]
+    where = (ours or frames)[-1].name if frames else "?"
+    detail = " ".join(str(e).split())[:160]
+    return ExportError(
+        f"{stage}: internal error building {what} in {where} ({type(e).__name__}: {detail}); "
+        "report this model"
+    )
+
+
+def quality_reference(build: Build) -> QualityGate:
+    """FP32's samples drawn from the published fp32.onnx on ONNX Runtime, the runtime its gate
+    ran it on (it equals eager within FP32's tolerance there), 2 x ``seed_count`` seeds: eager
+    drew them before, at 1.5-8x the cost (a StyleGAN3 16x16: 301 ms per image, ORT 60 ms)."""
+    loaded, options = build.loaded, build.options
+    fp32 = build.artifacts["fp32"]
+    batch = min(64, options.max_batch)
+    with OnnxRuntimeRunner(build.staged / fp32.path) as runner:
+        run = WithDefaults(runner, loaded.interface).run
+        seeds, why = seed_count(options.quality_seeds, _seconds_per_image(runner, build))
+        build.say(
+            f"quality reference: FP32's images on 2 x {seeds} seeds, drawn from {fp32.path} "
+            f"(ONNX Runtime, gated against eager) ({why})"
+        )
+        return QualityGate(
+            run,
+            model_facts(loaded.source, loaded.latent_dim, loaded.num_classes, loaded.image_shape),
+            QualityConfig(seeds=seeds, max_frechet_ratio=options.max_frechet_ratio, batch=batch),
+        )
+
+
+def _seconds_per_image(runner: Runner, build: Build) -> float:
+    """What one FP32 image costs on ``runner``: the tensor gate's inputs, once warm."""
+    runner.run({k: v[:1] for k, v in build.reference.feeds[0].items()})
+    started = time.perf_counter()
+    images = gate.outputs(runner, build.reference, build.options.max_batch)
+    return (time.perf_counter() - started) / max(sum(len(i) for i in images), 1)
 
 
 Builder = Callable[[Build, Variant], "Artifact | None"]
@@ -323,13 +390,12 @@ class _FP16Acceptance:
             with OnnxRuntimeRunner(path, optimize=False) as runner:
                 figures = gate.validate(runner, probe, build.reference, build.options.max_batch)
                 candidate = WithDefaults(runner, build.loaded.interface)
-                quality = build.quality
-                judged = quality.judge(candidate.run, self.variant.precision) if quality else None
+                judged = build.quality_gate().judge(candidate.run, self.variant.precision)
         except ValidationError as e:
             return fp16_islands.Refusal(e)
         finally:
             path.unlink(missing_ok=True)
-        if judged is not None and not judged.passed:
+        if not judged.passed:
             try:
                 judged.check(self.variant.name)
             except QualityError as e:
@@ -416,9 +482,8 @@ class _Int8Candidate:
 
     def judge(self, model: onnx.ModelProto) -> Verdict:
         build = self.build
-        assert build.quality is not None
         with self._runner(model) as runner:
-            result = build.quality.judge(
+            result = build.quality_gate().judge(
                 WithDefaults(runner, build.loaded.interface).run, self.probe.precision
             )
             try:
@@ -429,10 +494,9 @@ class _Int8Candidate:
 
     def nmse(self, model: onnx.ModelProto) -> float:
         """The fallback's ranking measure: normalized MSE against FP32 on a few seeds."""
-        assert self.build.quality is not None
         with self._runner(model) as runner:
             run = WithDefaults(runner, self.build.loaded.interface).run
-            return self.build.quality.nmse(run, int8.RANKING_SEEDS)
+            return self.build.quality_gate().nmse(run, int8.RANKING_SEEDS)
 
 
 def _ir_if_faster(build: Build, variant: Variant) -> Artifact | None:
@@ -516,7 +580,9 @@ def _publish_graph(
     if variant.derived_from is not None:
         extra = {"derived_from": variant.derived_from, **extra}
     if variant.kind is ArtifactKind.onnx:
-        extra = {**extra, "opset": onnx_graph.opset(onnx.load(str(path)))}
+        graph = model if model is not None else onnx.load(str(path))
+        onnx_graph.refuse_random_ops(graph, artifact.path)
+        extra = {**extra, "opset": onnx_graph.opset(graph)}
     artifact.extra = extra
     _gate(build, variant, artifact, judged, model)
     return artifact
@@ -540,6 +606,37 @@ def _gate(
             build.float_outputs[variant.name] = gate.outputs(r, build.reference, options.max_batch)
         if variant.gate is not Gate.tensor:
             _quality_gate(build, variant, r, artifact, judged, model)
+    if variant.precision is Precision.int8 and artifact.path.endswith(".onnx"):
+        _gate_on_onnxruntime(build, artifact)
+
+
+def _gate_on_onnxruntime(build: Build, artifact: Artifact) -> None:
+    """An INT8 ONNX file is served on OpenVINO, which its gate ran; ONNX Runtime runs it wherever
+    OpenVINO does not import (the python model falls back to it only if this gate passed) and for
+    anyone who opens the file: the tensor gate runs there too, batch invariance in levels
+    included (StyleGAN3's INT8 differs between batches, and between the runtimes, by several
+    levels). A file ONNX Runtime cannot run at all is recorded as such (OpenVINO only); one it
+    runs differently fails the export of this precision (``GateError``)."""
+    runners = artifact.validation.setdefault("runners", {})
+    runners[artifact.validation.get("runner", "openvino")] = "passed"
+    path = build.staged / artifact.path
+    try:
+        runner = OnnxRuntimeRunner(path)
+        feeds = {k: v[:1] for k, v in build.reference.feeds[0].items()}
+        runner.run(feeds)
+    except Exception as e:  # ORT refuses some QDQ graphs (a MatMulIntegerToFloat zero point)
+        why = " ".join(str(e).split())[:160]
+        runners["onnxruntime"] = f"cannot run it ({type(e).__name__}: {why}): OpenVINO only"
+        build.say(f"{artifact.name}: ONNX Runtime cannot run it ({why}); served on OpenVINO only")
+        return
+    with build.clock(f"validate_{artifact.name}_onnxruntime"), runner as r:
+        named = replace(artifact, name=f"{artifact.name} on ONNX Runtime")
+        figures = gate.validate(r, named, build.reference, build.options.max_batch)
+    runners[f"onnxruntime {runner.providers[0]}"] = "passed"
+    build.say(
+        f"gate passed {artifact.name} on ONNX Runtime too: PSNR {figures['psnr_db']} dB, batch "
+        f"invariance {figures['batch_invariance_levels']} level(s)"
+    )
 
 
 def _open(variant: Variant, path: Path) -> Runner:
@@ -610,14 +707,13 @@ def _quality_gate(
 ) -> None:
     """The quality gate on what the artifact draws (a verdict already reached on this very model
     is recorded instead); raises the failed metric's ``QualityError`` (nothing published)."""
-    assert build.quality is not None
     if variant.gate is Gate.quality_fp16_storage:
         artifact.validation["quality_runner"] = FP16_EMULATED
         if judged is None:
             assert model is not None
             judged = _judge_fp16_storage(build, model, variant.precision)
     if judged is None:
-        judged = build.quality.judge(
+        judged = build.quality_gate().judge(
             WithDefaults(runner, build.loaded.interface).run, variant.precision
         )
     artifact.validation["quality"] = judged.to_dict()
@@ -627,12 +723,11 @@ def _quality_gate(
 
 def _judge_fp16_storage(build: Build, model: onnx.ModelProto, precision: Precision) -> Verdict:
     """The quality gate on an FP16 model with FP16 storage emulated (what an FP16 engine does)."""
-    assert build.quality is not None
     path = build.staged / ".fp16-emulated.onnx"
     onnx_graph.save(fp16_islands.emulate_fp16_storage(model), path)
     try:
         with OnnxRuntimeRunner(path, optimize=False) as runner:
             run = WithDefaults(runner, build.loaded.interface).run
-            return build.quality.judge(run, precision)
+            return build.quality_gate().judge(run, precision)
     finally:
         path.unlink(missing_ok=True)

@@ -23,8 +23,6 @@ FP16 engines run, and a value past 65504 becomes inf as it would on the GPU.
 
 from __future__ import annotations
 
-import ast
-import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -39,7 +37,7 @@ from gendeploy.errors import (
     restated,
 )
 from gendeploy.export import onnx_graph
-from gendeploy.export.signature import WRAPPED
+from gendeploy.export.onnx_graph import node_layer
 from gendeploy.runtime.base import Feeds
 
 # Values above the first limit stay FP32 (4x headroom under 65504 for inputs the gate did not
@@ -206,27 +204,6 @@ def _touched(node: onnx.NodeProto, ranges: dict[str, float]) -> float:
     return max((ranges.get(t, 0.0) for t in [*node.input, *node.output]), default=0.0)
 
 
-def node_layer(node: onnx.NodeProto) -> str:
-    """The module path the dynamo exporter recorded for ``node`` (its name scopes), without the
-    serving wrapper's prefix: the one parser of that metadata (FP16 islands, INT8 layers).
-
-    The scopes list the enclosing modules, outermost first, then the op: either as qualified
-    names (['', 'generator', 'generator.mapping', 'generator.mapping.net.0', 'linear'] is
-    ``mapping.net.0`` inside the wrapper) or as one name per level (['', 'net', '0', 'conv']).
-    """
-    for prop in node.metadata_props:
-        if prop.key == "pkg.torch.onnx.name_scopes":
-            try:
-                scopes = [str(s) for s in ast.literal_eval(prop.value)]
-            except (ValueError, SyntaxError):
-                return ""
-            path = [s for s in scopes[:-1] if s]  # the last scope is the op itself
-            qualified = all(b.startswith(f"{a}.") for a, b in itertools.pairwise(path))
-            name = path[-1] if qualified and path else ".".join(path)
-            return name.removeprefix(f"{WRAPPED}.") if name != WRAPPED else ""
-    return ""
-
-
 def fold_cast_pairs(model: onnx.ModelProto) -> onnx.ModelProto:
     """Drop every FP32 -> FP16 -> FP32 round trip: the converter casts a blocked node's output to
     FP16 even when all its readers are FP32 (with more than one reader it keeps the pair), which
@@ -238,25 +215,27 @@ def fold_cast_pairs(model: onnx.ModelProto) -> onnx.ModelProto:
         if n.op_type == "Cast" and _cast_to(n) == TensorProto.FLOAT16
     }
     rename: dict[str, str] = {}
-    dropped = set()
-    for node in graph.node:
+    # by position: protobuf's wrappers are made on access and freed after it (upb), so id() of
+    # one taken while iterating may be another node's the next time; a node's index does not move
+    dropped: set[int] = set()
+    for i, node in enumerate(graph.node):
         if node.op_type == "Cast" and _cast_to(node) == TensorProto.FLOAT and node.input[0] in to16:
             rename[node.output[0]] = to16[node.input[0]].input[0]
-            dropped.add(id(node))
+            dropped.add(i)
     if not rename:
         return model
     outputs = {o.name for o in graph.output}
     kept = []
-    for node in graph.node:
-        if id(node) in dropped and node.output[0] not in outputs:
+    for i, node in enumerate(graph.node):
+        if i in dropped and node.output[0] not in outputs:
             continue
-        if id(node) in dropped:  # a graph output keeps its name: the cast becomes an Identity
+        if i in dropped:  # a graph output keeps its name: the cast becomes an Identity
             node.op_type = "Identity"
             del node.attribute[:]
             node.input[0] = rename.pop(node.output[0])
-        node.input[:] = [rename.get(i, i) for i in node.input]
+        node.input[:] = [rename.get(name, name) for name in node.input]
         kept.append(node)
-    used = {i for n in kept for i in n.input} | outputs
+    used = {name for n in kept for name in n.input} | outputs
     kept = [
         n for n in kept if n.op_type != "Cast" or n.output[0] not in to16 or n.output[0] in used
     ]

@@ -40,8 +40,6 @@ from typing import Any
 
 import numpy as np
 import onnx
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from gendeploy.errors import (
     ExportError,
@@ -50,7 +48,8 @@ from gendeploy.errors import (
     QuantizationError,
     UsageError,
 )
-from gendeploy.export.fp16_islands import node_layer
+from gendeploy.export.onnx_graph import node_layer
+from gendeploy.export.progress import progress
 from gendeploy.export.quality_gate import Verdict
 from gendeploy.runtime.base import Feeds
 from gendeploy.runtime.openvino import OpenVINORunner
@@ -295,7 +294,9 @@ def quantize_gated(
     layers = int8_layers(quantized)
     if not fallback:
         first.check("int8")
+
     if len(layers) < 2:  # one layer in float would leave nothing in INT8
+        _quantization_is_the_cause(fp32, judge)
         raise QualityError(
             f"quality gate failed for 'int8' ({first.failure_text}) and the generator has "
             f"{len(layers)} INT8 layer(s): no layer-by-layer fallback; export it without --int8; "
@@ -306,17 +307,11 @@ def quantize_gated(
         f"int8 fails the quality gate ({first.failure_text}): falling back layer by layer "
         f"({len(layers)} layers ranked on {RANKING_SEEDS} seeds, then the gate decides)"
     )
-    errors: dict[str, float] = {}
-    with _progress("int8 fallback: ranking layers", len(layers)) as advance:
-        for layer in layers:
-            errors[layer] = error(revert(quantized, fp32, [layer]))
-            advance()
-    ranked = sorted(layers, key=lambda name: errors[name])  # stable: graph order on ties
-    ranking = [{"layer": name, "nmse": errors[name]} for name in ranked]
+    ranked, ranking = _rank_layers(quantized, fp32, layers, error)
     say("  alone in float, normalized MSE vs FP32: " + _ranking_text(ranking))
 
     most = len(layers) - 1  # all but one in float: if that fails, nothing will pass
-    with _progress("int8 fallback: gate passes", 1 + math.ceil(math.log2(most))) as advance:
+    with progress("int8 fallback: gate passes", 1 + math.ceil(math.log2(most))) as advance:
 
         def with_float(count: int) -> tuple[onnx.ModelProto, Verdict]:
             """The ``count`` best-ranked layers back in float, judged by the full gate."""
@@ -324,11 +319,12 @@ def quantize_gated(
             result = judge(model)
             attempts.append(_attempt(ranked[:count], result))
             say(f"  {count} layer(s) in float {ranked[:count]}: {_attempt_text(result)}")
-            advance()
+            advance(1)
             return model, result
 
         best = with_float(most)
         if not best[1].passed:
+            _quantization_is_the_cause(fp32, judge)
             raise QualityError(
                 f"quality gate failed for 'int8' even with {most} of {len(layers)} weighted "
                 f"layers kept in floating point ({best[1].failure_text}; with every layer "
@@ -350,6 +346,32 @@ def quantize_gated(
     return Int8Result(best[0], best[1], keep, attempts, ranking, time.perf_counter() - started)
 
 
+def _quantization_is_the_cause(fp32: onnx.ModelProto, judge: Judge) -> None:
+    """ "does not quantize" only when measured: the unquantized graph, judged the same way on
+    the same runtime, must pass (else no layer kept in float can help, and the error says what
+    fails instead: a name, the runtime itself)."""
+    plain = judge(fp32)
+    if not plain.passed:
+        raise QualityError(
+            f"int8: the unquantized graph fails the same gate on the INT8 runtime "
+            f"({plain.failure_text}): not a quantization problem; nothing published for int8",
+            artifact="int8",
+        )
+
+
+def _rank_layers(
+    quantized: onnx.ModelProto, fp32: onnx.ModelProto, layers: list[str], error: Error
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """The layers by the error each leaves alone in float (least first), and the ranking."""
+    errors: dict[str, float] = {}
+    with progress("int8 fallback: ranking layers", len(layers)) as advance:
+        for layer in layers:
+            errors[layer] = error(revert(quantized, fp32, [layer]))
+            advance(1)
+    ranked = sorted(layers, key=lambda name: errors[name])  # stable: graph order on ties
+    return ranked, [{"layer": name, "nmse": errors[name]} for name in ranked]
+
+
 def _ranking_text(ranking: list[dict[str, Any]]) -> str:
     shown = ", ".join(f"{r['layer']} {r['nmse']:.3g}" for r in ranking[:8])
     return shown + (f" (+{len(ranking) - 8} more)" if len(ranking) > 8 else "")
@@ -363,19 +385,6 @@ def _attempt_text(result: Verdict) -> str:
 
 def _attempt(keep: list[str], result: Verdict) -> dict[str, Any]:
     return {"float_layers": list(keep), **result.figures(), "passed": result.passed}
-
-
-@contextlib.contextmanager
-def _progress(label: str, total: int) -> Iterator[Callable[[], None]]:
-    """A progress bar on stderr while the fallback works (nothing when stderr is no terminal)."""
-    console = Console(stderr=True)
-    if not console.is_terminal:  # a log or a pipe: the say() lines are the progress
-        yield lambda: None
-        return
-    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as bar:
-        task = bar.add_task(label, total=total)
-        yield lambda: bar.advance(task)
 
 
 def signed_for_tensorrt(model: onnx.ModelProto) -> onnx.ModelProto:

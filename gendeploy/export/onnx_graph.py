@@ -6,9 +6,11 @@ passes ``onnx.checker`` with ``full_check=True``. The batch axis is dynamic.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import inspect
 import io
+import itertools
 import logging
 import os
 import sys
@@ -30,6 +32,7 @@ from gendeploy.errors import (
     ExporterError,
     ExportError,
     OnnxCheckError,
+    RandomOpError,
 )
 from gendeploy.export import symbolic_batch
 from gendeploy.export.rewrite import (
@@ -43,6 +46,15 @@ from gendeploy.export.signature import WRAPPED, ServedGenerator
 from gendeploy.manifest import Interface, TensorSpec
 
 OUTPUT = "images"
+# ops that draw random numbers: no published graph holds one (``refuse_random_ops``)
+RANDOM_OPS = (
+    "RandomNormal",
+    "RandomNormalLike",
+    "RandomUniform",
+    "RandomUniformLike",
+    "Multinomial",
+    "Bernoulli",
+)
 _FLOAT_OUTPUT = "images_float"
 
 # Ops kept in FP32 in the FP16 model. Each costs two Casts; each is here because FP16 breaks it:
@@ -411,7 +423,64 @@ def convert_fp16(model: onnx.ModelProto, fp32_nodes: list[str] | None = None) ->
             op_block_list=[*float16.DEFAULT_OP_BLOCK_LIST, *FP32_OPS],
             node_block_list=fp32_nodes or [],
         )
-    return converted
+    return _casts_as_typed(converted)
+
+
+def _casts_as_typed(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Every Cast whose output the converter retyped to FP16 casts to FP16. The converter changes
+    the type recorded for a Cast's output when its reader runs in FP16, not the Cast's ``to``
+    (a one-hot ``(labels == classes).to(z.dtype)`` stayed ``to = FLOAT`` beside a FLOAT16 output,
+    which onnx.checker refuses); the reader wants FP16, so the cast makes FP16."""
+    typed = {
+        v.name: v.type.tensor_type.elem_type for v in [*model.graph.value_info, *model.graph.output]
+    }
+    for node in model.graph.node:
+        if node.op_type != "Cast" or typed.get(node.output[0]) != TensorProto.FLOAT16:
+            continue
+        for attribute in node.attribute:
+            if attribute.name == "to" and attribute.i == TensorProto.FLOAT:
+                attribute.i = TensorProto.FLOAT16
+    return model
+
+
+def node_layer(node: onnx.NodeProto) -> str:
+    """The module path the dynamo exporter recorded for ``node`` (its name scopes), without the
+    serving wrapper's prefix: the one parser of that metadata (FP16 islands, INT8 layers).
+
+    The scopes list the enclosing modules, outermost first, then the op: either as qualified
+    names (['', 'generator', 'generator.mapping', 'generator.mapping.net.0', 'linear'] is
+    ``mapping.net.0`` inside the wrapper) or as one name per level (['', 'net', '0', 'conv']).
+    """
+    for prop in node.metadata_props:
+        if prop.key == "pkg.torch.onnx.name_scopes":
+            try:
+                scopes = [str(s) for s in ast.literal_eval(prop.value)]
+            except (ValueError, SyntaxError):
+                return ""
+            path = [s for s in scopes[:-1] if s]  # the last scope is the op itself
+            qualified = all(b.startswith(f"{a}.") for a, b in itertools.pairwise(path))
+            name = path[-1] if qualified and path else ".".join(path)
+            return name.removeprefix(f"{WRAPPED}.") if name != WRAPPED else ""
+    return ""
+
+
+def refuse_random_ops(model: onnx.ModelProto, name: str) -> None:
+    """A graph that draws random numbers is refused whatever its weights: NVlabs initialises its
+    noise strengths to 0, so ``randn * 0`` passes every run-twice check until trained weights
+    make the images change per call."""
+    found = [n for n in model.graph.node if n.op_type in RANDOM_OPS]
+    if not found:
+        return
+    first = found[0]
+    layer = node_layer(first)
+    where = f"node {first.name!r} ({first.op_type}{f', layer {layer!r}' if layer else ''})"
+    more = f" and {len(found) - 1} more" if len(found) > 1 else ""
+    raise RandomOpError(
+        f"{name} draws random numbers: {where}{more}; a served model must give the same image "
+        "for the same request whatever its weights (a noise strength of 0 today is a trained "
+        "one tomorrow): make the noise a buffer or an input (e.g. --forward-kwargs "
+        "noise_mode=const, or --noise seeded); nothing published"
+    )
 
 
 def save(model: onnx.ModelProto, path: Path) -> None:

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 from gendeploy.errors import UsageError
 from gendeploy.export.int8 import DEFAULT_CALIBRATION_SAMPLES, check_calibration_samples
-from gendeploy.export.quality_gate import QualityConfig
-from gendeploy.manifest import ArtifactKind, OutputKind, Precision, Source, Variant
+from gendeploy.export.quality_gate import MIN_SEEDS, QualityConfig
+from gendeploy.manifest import OutputKind, Precision, Source, Variant
 
 if TYPE_CHECKING:
     from torch import nn
@@ -31,11 +31,14 @@ class ExportOptions:
     int8: bool = False  # NNCF post-training quantization, gated on what it draws (export/int8.py)
     calibration_samples: int | None = None  # --int8: inputs NNCF calibrates on (None: default)
     max_frechet_ratio: float = 1.10  # the quality gate's distribution bound (quality_gate.py)
-    quality_seeds: int = 1000  # seeds per set of the quality gate (FP16 and INT8 artifacts)
+    # seeds per set of the quality gate (FP16 and INT8 artifacts); None: quality_gate.seed_count's
+    # rule (1,000 where FP32 draws them within a minute, down to 256)
+    quality_seeds: int | None = None
     int8_fallback: bool = True  # --int8 that fails the gate: fall back layer by layer (int8.py)
-    # INT8 the quality gate refuses is recorded in the manifest's ``skipped`` and the export goes
-    # on (the bench: the export's decision is reused, not re-run); False: the export fails
-    int8_optional: bool = False
+    # a reduced precision refused (by a gate, or failing to build) is recorded in the manifest's
+    # ``skipped`` and the precisions that passed are published (the CLI exits 3); True: the
+    # export fails with the refusal's error and publishes nothing (FP32 always does)
+    strict: bool = False
     # image-to-image models (``image_probe.py``): a tile's core in input pixels (0: 128, rounded up
     # to the size multiple) and the margin read around it (None: the measured receptive field)
     tile: int = 0
@@ -53,7 +56,9 @@ class ExportOptions:
                 if self.calibration_samples is None
                 else self.calibration_samples
             )
-        QualityConfig(seeds=self.quality_seeds, max_frechet_ratio=self.max_frechet_ratio)
+        QualityConfig(
+            seeds=self.quality_seeds or MIN_SEEDS, max_frechet_ratio=self.max_frechet_ratio
+        )
         if not 1 <= self.max_batch <= 4096:
             raise UsageError(f"--max-batch must be in 1..4096, got {self.max_batch}")
         if self.opt_batch == 0:
@@ -79,16 +84,6 @@ class ExportOptions:
             return False
         asked = {Precision.fp32: True, Precision.fp16: self.fp16, Precision.int8: self.int8}
         return asked.get(variant.precision, False)
-
-    def optional(self, variant: Variant) -> bool:
-        """The quality gate's refusal of this artifact skips its precision instead of failing
-        the export (``int8_optional``: INT8's ONNX and IR; an engine built from a published
-        int8.onnx that fails still fails the export)."""
-        return (
-            self.int8_optional
-            and variant.precision is Precision.int8
-            and variant.kind is not ArtifactKind.tensorrt
-        )
 
     @property
     def calibration(self) -> int:

@@ -3,12 +3,13 @@
 An interrupted or failed export removes its staging directory and never touches an earlier
 export; replacing one (``--force``) sets the earlier export aside, renames the new one into place,
 then deletes the earlier one. Each staging directory has a lock file beside it, held (``flock``)
-for as long as its export runs; the next export to the same place removes any staging directory
-whose lock is free, that is one left by an export that was killed. Publishing to one place holds
-that place's lock (``destination_lock``): concurrent exports publish one after the other, and an
-export killed between its two renames is repaired by the next one (its earlier export restored,
-or the set-aside copy removed). Locks work across containers sharing a bind mount and on NFSv4,
-where process ids would not.
+for as long as its export runs; SIGTERM and SIGHUP raise while an export runs
+(``signals_raise``), so its own cleanup runs, and the next export to the same place removes any
+staging directory whose lock is free, that is one left by an export that was killed outright.
+Publishing to one place holds that place's lock (``destination_lock``): concurrent exports
+publish one after the other, and an export killed between its two renames is repaired by the
+next one (its earlier export restored, or the set-aside copy removed). Locks work across
+containers sharing a bind mount and on NFSv4, where process ids would not.
 """
 
 from __future__ import annotations
@@ -18,17 +19,45 @@ import glob
 import os
 import re
 import shutil
+import signal
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 
-from gendeploy.errors import ExportError, UsageError
+from gendeploy.errors import ExportError, Interrupted, UsageError
 from gendeploy.manifest import MANIFEST_NAME
 
 STAGING_PREFIX = ".gendeploy-staging-"
 LOCK_SUFFIX = ".lock"
 ASIDE_PREFIX = ".gendeploy-previous."  # + 8 random characters + "." + the export's name
+
+
+_TERMINATING = (signal.SIGTERM, signal.SIGHUP)
+
+
+@contextmanager
+def signals_raise() -> Iterator[None]:
+    """While it is held, SIGTERM and SIGHUP raise ``Interrupted`` in the main thread (SIGINT
+    raises KeyboardInterrupt already): their default action ends the process at once, past every
+    ``finally``, and left the staging directory and its lock behind. The earlier handlers come
+    back afterwards. Elsewhere than in the main thread nothing changes (Python lets only the main
+    thread set handlers); SIGKILL cannot be caught: ``remove_stale_staging`` is for that."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        raise Interrupted(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in _TERMINATING}
+    try:
+        yield
+    finally:
+        for sig, earlier in previous.items():
+            signal.signal(sig, earlier)
 
 
 @contextmanager
@@ -64,12 +93,14 @@ def _locked_file(parent: Path, prefix: str) -> tuple[int, Path]:
 
 
 def remove_stale_staging(out: Path) -> list[Path]:
-    """Delete the staging directories for ``out`` whose export no longer runs (lock not held).
+    """Delete the staging directories beside ``out`` (of any export's name) whose export no
+    longer runs: its lock is not held, so the process that made it is gone (killed, or the
+    machine lost power). One that runs holds its lock and is left alone.
 
     A set-aside earlier export (``ASIDE_PREFIX``) is never touched: ``repair_interrupted`` is.
     """
     removed = []
-    for lock in out.parent.glob(f"{glob.escape(STAGING_PREFIX + out.name)}-*{LOCK_SUFFIX}"):
+    for lock in out.parent.glob(f"{glob.escape(STAGING_PREFIX)}*{LOCK_SUFFIX}"):
         try:
             fd = os.open(lock, os.O_RDWR)
         except OSError:

@@ -2,12 +2,13 @@
 
 Tensor tolerances (``gate.py``) say how far outputs moved; they cannot say whether the *samples*
 changed: a generator whose INT8 version draws one image for every z can keep a high mean PSNR.
-So every reduced-precision artifact (FP16, INT8, bf16) is also judged on what it draws, on at least
-1,000 seeds, against FP32 on the same seeds:
+So every reduced-precision artifact (FP16, INT8, bf16) is judged on what it draws, on 256 to 1,000
+seeds (``seed_count``), against FP32 on the same seeds:
 
 - **per-seed agreement**: PSNR of the rendered uint8 images, seed by seed; the distribution's min,
   1st percentile and median are reported, and the 1st percentile and median are bounded per
-  precision (``PSNR_BOUNDS``);
+  precision (``PSNR_BOUNDS``); and the worst pixel over every seed, in levels, bounded for the
+  floating-point precisions (``LEVEL_BOUNDED``: a speck a PSNR average hides);
 - **distribution agreement**: the Frechet distance between the artifact's samples on seed set B
   and FP32's on a disjoint set A, divided by FP32's own distance between B and A (the noise floor
   of drawing two finite sample sets). An artifact identical to FP32 scores exactly 1.0; the gate is
@@ -45,7 +46,8 @@ from gendeploy.errors import (
     UsageError,
 )
 from gendeploy.export.features import DigitsFeatures, FeatureSpace, RandomConvFeatures
-from gendeploy.export.gate import PSNR_IDENTICAL, render
+from gendeploy.export.gate import PSNR_IDENTICAL, TOLERANCES, render
+from gendeploy.export.progress import Advance, progress
 from gendeploy.manifest import Precision, Source
 from gendeploy.runtime.base import Feeds
 from gendeploy.seeds import draw_latents
@@ -53,7 +55,16 @@ from gendeploy.trainer.models import ModelConfig
 from gendeploy.trainer.quality import evaluate_generator, frechet_distance, scorable
 
 ImageFn = Callable[[Feeds], np.ndarray]
-MIN_SEEDS = 1000
+MIN_SEEDS = 256  # per set: fewer and the 1st percentile is the worst seed or two
+# The seed count when none is asked for (``seed_count``): 1,000 per set where FP32 draws both sets
+# within ``SEED_BUDGET_S``, else the largest step that does (never below MIN_SEEDS): a
+# StyleGAN3 at 40-60 ms per image would spend two minutes drawing its reference alone.
+SEED_STEPS = (1000, 512, MIN_SEEDS)
+SEED_BUDGET_S = 60.0
+# where the worst pixel is bounded (by gate.TOLERANCES' max_levels): FP16 and bf16 round every
+# value alike, so a pixel far off is a defect; INT8 saturates some pixels by design, and its
+# PSNR and distribution judge it
+LEVEL_BOUNDED = (Precision.fp16, Precision.bf16)
 NONFINITE = "values: NaN/Inf in the samples"  # the failure an overflow gives
 
 
@@ -89,7 +100,7 @@ PSNR_BOUNDS = {
 
 @dataclass(frozen=True)
 class QualityConfig:
-    seeds: int = MIN_SEEDS  # per seed set; FP32 draws two sets, the artifact one
+    seeds: int = SEED_STEPS[0]  # per seed set; FP32 draws two sets, the artifact one
     max_frechet_ratio: float = 1.10
     max_label_accuracy_drop: float = 0.005  # digits: 0.5 points
     max_real_frechet_increase: float = 0.05  # digits: Frechet ratio to real digits, relative
@@ -97,7 +108,10 @@ class QualityConfig:
 
     def __post_init__(self) -> None:
         if self.seeds < MIN_SEEDS:
-            raise UsageError(f"the quality gate needs at least {MIN_SEEDS} seeds, got {self.seeds}")
+            raise UsageError(
+                f"--quality-samples must be >= {MIN_SEEDS} (seeds per set of the quality gate; "
+                f"default: 1,000 where FP32 draws them within a minute), got {self.seeds}"
+            )
         if not (math.isfinite(self.max_frechet_ratio) and self.max_frechet_ratio >= 1.0):
             raise UsageError(
                 f"--max-frechet-ratio must be a finite number >= 1.0 (1.0: identical to FP32's "
@@ -105,6 +119,18 @@ class QualityConfig:
             )
         if self.batch < 1:
             raise UsageError(f"quality gate batch must be >= 1, got {self.batch}")
+
+
+def seed_count(asked: int | None, seconds_per_image: float) -> tuple[int, str]:
+    """Seeds per set, and why: ``asked`` (--quality-samples) when given, else the first of
+    ``SEED_STEPS`` whose two sets FP32 draws within ``SEED_BUDGET_S`` at ``seconds_per_image``."""
+    if asked is not None:
+        return asked, "asked for (--quality-samples)"
+    cost = f"{seconds_per_image * 1e3:.3g} ms per image"
+    for seeds in SEED_STEPS:
+        if 2 * seeds * seconds_per_image <= SEED_BUDGET_S:
+            return seeds, f"{cost}: both sets within {SEED_BUDGET_S:g} s"
+    return MIN_SEEDS, f"{cost}: the floor ({MIN_SEEDS}); --quality-samples sets it"
 
 
 @dataclass(frozen=True)
@@ -159,6 +185,8 @@ class QualityResult:
     digits_fp32: DigitsScore | None = None
     digits: DigitsScore | None = None
     failures: tuple[Failure, ...] = field(default=())
+    max_levels: int = 0  # the worst pixel over every seed, in levels of its uint8 rendering
+    max_levels_bound: int | None = None  # LEVEL_BOUNDED precisions: gate.TOLERANCES' max_levels
 
     @property
     def passed(self) -> bool:
@@ -171,8 +199,8 @@ class QualityResult:
     def summary(self) -> str:
         text = (
             f"Frechet ratio {self.frechet_ratio:.3f} (max {self.max_frechet_ratio}), per-seed PSNR "
-            f"min {self.psnr.min_db} / p1 {self.psnr.p1_db} / median {self.psnr.median_db} dB "
-            f"on {self.seeds} seeds"
+            f"min {self.psnr.min_db} / p1 {self.psnr.p1_db} / median {self.psnr.median_db} dB, "
+            f"worst pixel {self.max_levels} level(s) on {self.seeds} seeds"
         )
         if self.digits is not None and self.digits_fp32 is not None:
             text += f"; digits {_digits_text(self.digits)} (FP32 {_digits_text(self.digits_fp32)})"
@@ -215,16 +243,21 @@ def seed_feeds(seeds: np.ndarray, latent_dim: int, num_classes: int) -> Feeds:
     return feeds
 
 
-def draw_raw(fn: ImageFn, feeds: Feeds, batch: int) -> np.ndarray:
-    """``fn``'s output for ``feeds`` as it comes (float NCHW or uint8 NHWC), ``batch`` per call."""
+def draw_raw(fn: ImageFn, feeds: Feeds, batch: int, advance: Advance | None = None) -> np.ndarray:
+    """``fn``'s output for ``feeds`` as it comes (float NCHW or uint8 NHWC), ``batch`` per call;
+    ``advance`` is told the samples each call drew."""
     n = len(feeds["z"])
-    parts = [fn({k: v[i : i + batch] for k, v in feeds.items()}) for i in range(0, n, batch)]
+    parts = []
+    for i in range(0, n, batch):
+        parts.append(fn({k: v[i : i + batch] for k, v in feeds.items()}))
+        if advance is not None:
+            advance(len(parts[-1]))
     return np.concatenate(parts)
 
 
-def draw(fn: ImageFn, feeds: Feeds, batch: int) -> np.ndarray:
+def draw(fn: ImageFn, feeds: Feeds, batch: int, advance: Advance | None = None) -> np.ndarray:
     """Float NCHW images in [-1, 1] for ``feeds``, ``batch`` samples per call."""
-    return as_float_nchw(draw_raw(fn, feeds, batch))
+    return as_float_nchw(draw_raw(fn, feeds, batch, advance))
 
 
 def as_float_nchw(images: np.ndarray) -> np.ndarray:
@@ -241,6 +274,15 @@ def psnr_per_seed(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore"):
         values = 10 * np.log10(255.0**2 / mse)
     return np.minimum(values, PSNR_IDENTICAL)
+
+
+def worst_levels(a: np.ndarray, b: np.ndarray) -> tuple[int, int]:
+    """The largest per-pixel difference of the uint8 renderings, and the index of its pair."""
+    if not len(a):
+        return 0, 0
+    moved = np.abs(render(a).astype(np.int16) - render(b)).reshape(len(a), -1).max(axis=1)
+    worst = int(np.argmax(moved))
+    return int(moved[worst]), worst
 
 
 def feature_space_for(facts: ModelFacts) -> FeatureSpace:
@@ -278,8 +320,9 @@ class QualityGate:
         n = self.config.seeds
         self.feeds_a = seed_feeds(np.arange(n), facts.latent_dim, facts.num_classes)
         self.feeds_b = seed_feeds(np.arange(n, 2 * n), facts.latent_dim, facts.num_classes)
-        self.images_a = draw(reference, self.feeds_a, self.config.batch)
-        self.images_b = draw(reference, self.feeds_b, self.config.batch)
+        with progress("quality reference (FP32)", 2 * n) as advance:
+            self.images_a = draw(reference, self.feeds_a, self.config.batch, advance)
+            self.images_b = draw(reference, self.feeds_b, self.config.batch, advance)
         for images in (self.images_a, self.images_b):
             if not np.isfinite(images).all():
                 raise UnscorableError(
@@ -326,7 +369,8 @@ class QualityGate:
 
     def judge(self, candidate: ImageFn, precision: Precision | str) -> QualityResult:
         precision = Precision(precision)
-        raw = draw_raw(candidate, self.feeds_b, self.config.batch)
+        with progress(f"quality gate ({precision.value})", self.config.seeds) as advance:
+            raw = draw_raw(candidate, self.feeds_b, self.config.batch, advance)
         rendered = raw.dtype == np.uint8
         space = self._space_for(rendered)
         images = as_float_nchw(raw)
@@ -342,6 +386,16 @@ class QualityGate:
         frechet = frechet_distance(self.features(images), space.features_a)
         ratio = frechet / space.floor
         failures = [] if finite else [Failure(PrecisionOverflowError, NONFINITE)]
+        levels = worst_levels(images, space.images_b)
+        level_bound = TOLERANCES[precision].max_levels if precision in LEVEL_BOUNDED else None
+        if level_bound is not None and levels[0] > level_bound:
+            failures.append(
+                Failure(
+                    PictureQualityError,
+                    f"worst pixel: {levels[0]} levels > {level_bound} (seed "
+                    f"{self.config.seeds + levels[1]}; a speck a PSNR average hides)",
+                )
+            )
         bounds = PSNR_BOUNDS.get(precision)
         if bounds is not None and stats.p1_db < bounds.min_p1_db:
             failures.append(
@@ -383,6 +437,8 @@ class QualityGate:
             digits_fp32=self.digits_fp32,
             digits=digits,
             failures=tuple(failures),
+            max_levels=levels[0],
+            max_levels_bound=level_bound,
         )
 
     def _digits_failures(self, got: DigitsScore, fp32: DigitsScore) -> list[Failure]:

@@ -30,6 +30,16 @@ class Runner(ABC):
     def run(self, feeds: Feeds) -> np.ndarray:
         """Run one batch synchronously and return the output on the host."""
 
+    def input_aliases(self) -> list[frozenset[str]]:
+        """Every name of each input, in order: an engine may give one tensor several (OpenVINO
+        merges the names of the tensors an optimization fuses), so a name is looked for among
+        all of them. Default: ``input_names``, one each (none known: empty)."""
+        return [frozenset({n}) for n in getattr(self, "input_names", [])]
+
+    def output_aliases(self) -> list[frozenset[str]]:
+        """Every name of each output, in order (as ``input_aliases``)."""
+        return [frozenset({n}) for n in getattr(self, "output_names", [])]
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release sessions, engines, connections."""
 

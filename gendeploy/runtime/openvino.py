@@ -59,21 +59,33 @@ class OpenVINORunner(Runner):
         config["INFERENCE_NUM_THREADS"] = threads or cpus.current()  # not the host's cores
         try:
             core = ov.Core()
-            self.compiled = core.compile_model(str(model_path), device, config)
+            model = core.read_model(str(model_path))
+            # the names the file gives its inputs and outputs, before compiling: the compiled
+            # model merges the names of fused tensors (StyleGAN3's output scale folded into the
+            # last convolution: {'conv2d_17', 'images'}) and get_any_name() picks any of them
+            self.input_names = [p.get_any_name() for p in model.inputs]
+            self.output_names = [p.get_any_name() for p in model.outputs]
+            self.compiled = core.compile_model(model, device, config)
         except Exception as e:  # OpenVINO raises RuntimeError subclasses with long messages
             first = " ".join(str(e).split())[:200]
             raise ExportError(f"OpenVINO cannot compile {model_path}: {first}") from None
         self.request = self.compiled.create_infer_request()
-        self.input_names = [p.get_any_name() for p in self.compiled.inputs]
-        self.output_names = [p.get_any_name() for p in self.compiled.outputs]
+        self._inputs = [frozenset(p.get_names()) for p in self.compiled.inputs]
+        self._outputs = [frozenset(p.get_names()) for p in self.compiled.outputs]
         self.layer_precisions = runtime_precisions(self.compiled)
         self.precision = executed_precision(self.layer_precisions)
         self.name = "openvino" if precision == "f32" else f"openvino_{precision}"
 
     def run(self, feeds: Feeds) -> np.ndarray:
-        inputs = {name: feeds[name] for name in self.input_names if name in feeds}
+        inputs = {i: feeds[n] for i, names in enumerate(self._inputs) for n in names if n in feeds}
         self.request.infer(inputs)
         return np.array(self.request.get_output_tensor(0).data, copy=True)
+
+    def input_aliases(self) -> list[frozenset[str]]:
+        return [names | {n} for names, n in zip(self._inputs, self.input_names, strict=True)]
+
+    def output_aliases(self) -> list[frozenset[str]]:
+        return [names | {n} for names, n in zip(self._outputs, self.output_names, strict=True)]
 
     def close(self) -> None:
         self.request = None

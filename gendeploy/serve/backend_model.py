@@ -4,9 +4,10 @@ It is self-contained (numpy + onnxruntime, TensorRT when importable) so it serve
 the python backend, including the NGC container where gendeploy is not installed. It reads the
 exported ONNX (``model.onnx``), optionally a TensorRT engine (``model.plan``) and the export's
 ``manifest.json`` from its own version directory. An INT8 model (``runtime: openvino``) runs its
-QDQ ONNX (or ``model.xml`` IR) with OpenVINO when ``openvino`` imports in the stub's environment,
-which executes it in INT8; otherwise with ONNX Runtime, which runs the same file correctly but
-dequantizes the layers it has no INT8 kernel for (the log says which ran).
+QDQ ONNX (or ``model.xml`` IR) with OpenVINO, the runtime its export gated it on, which executes
+it in INT8; where ``openvino`` does not import in the stub's environment it runs on ONNX Runtime
+only if the export gated it there too (``onnxruntime_gated``), else the model refuses to load
+(``choose_backend``): an INT8 graph's images and batch invariance depend on the runtime.
 
 Every request of a dynamic batch is validated on its own (a bad request gets its own
 INVALID_ARGUMENT error; the others still run), then all valid requests run as ONE batch.
@@ -318,7 +319,8 @@ class _OpenVinoEngine:
         if threads > 0:
             config["INFERENCE_NUM_THREADS"] = threads
         self.compiled = ov.Core().compile_model(path, "CPU", config)
-        self.input_names = {p.get_any_name() for p in self.compiled.inputs}
+        # every name of every input: OpenVINO may give a tensor several (fused ones merge them)
+        self.input_names = {n for p in self.compiled.inputs for n in p.get_names()}
         self.request = self.compiled.create_infer_request()
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
@@ -392,6 +394,38 @@ def _tensorrt_unusable() -> str | None:
     except Exception as e:  # ImportError, or OSError from a wheel without its libraries
         return f"tensorrt does not import: {e}"
     return None if torch.cuda.is_available() else "torch sees no CUDA device"
+
+
+def choose_backend(
+    runtime: str,
+    has_engine: bool,
+    tensorrt_problem: str | None,
+    openvino_problem: str | None,
+    onnxruntime_gated: bool = False,
+) -> tuple[str, str]:
+    """(backend, why not the preferred one) for a model whose manifest runtime is ``runtime``:
+    its TensorRT engine on a GPU instance where TensorRT runs, else OpenVINO for an ``openvino``
+    model, else ONNX Runtime. An ``openvino`` model OpenVINO cannot run here runs on ONNX Runtime
+    only if its export gated it there too (``onnxruntime_gated``), else it is refused (a
+    RuntimeError: Triton does not load it)."""
+    if has_engine and tensorrt_problem is None:
+        return "tensorrt", ""
+    if runtime == "openvino" and not has_engine:
+        if openvino_problem is not None and onnxruntime_gated:
+            return "onnxruntime", (
+                f"instead of OpenVINO ({openvino_problem}): its export gated it on ONNX Runtime too"
+            )
+        if openvino_problem is not None:
+            raise RuntimeError(
+                f"its INT8 model was gated on OpenVINO, which cannot run here ({openvino_problem})"
+                ": install openvino in the python backend's environment (pip install openvino); "
+                "ONNX Runtime, never gated on it, is not used instead"
+            )
+        return "openvino", ""
+    return (
+        "onnxruntime",
+        f"instead of its TensorRT engine ({tensorrt_problem})" if has_engine else "",
+    )
 
 
 REFUSED_METRIC = "gendeploy_refused_requests_total"
@@ -482,30 +516,32 @@ class TritonPythonModel:
         engine_path = os.path.join(version_dir, params.get("engine_file", "model.plan"))
         self.engine: Any
         has_engine = gpu and os.path.isfile(engine_path)
-        why_not = _tensorrt_unusable() if has_engine else None
+        runtime = params.get("runtime", "")
+        try:
+            self.backend, note = choose_backend(
+                runtime,
+                has_engine,
+                _tensorrt_unusable() if has_engine else None,
+                _openvino_unusable() if runtime == "openvino" and not has_engine else None,
+                params.get("onnxruntime_gated") == "true",
+            )
+        except RuntimeError as e:
+            raise RuntimeError(f"gendeploy: {config['name']}: {e}") from None
         instances = sum(int(g.get("count", 1)) for g in config.get("instance_group", [])) or 1
         threads = engine_threads(int(params.get("intra_op_threads", "0")), instances)
         ir_path = os.path.join(version_dir, params.get("openvino_file", "model.xml"))
         onnx_path = os.path.join(version_dir, params.get("onnx_file", "model.onnx"))
-        wants_openvino = params.get("runtime") == "openvino" and not has_engine
-        if wants_openvino:
-            why_not = _openvino_unusable()
-        if has_engine and why_not is None:
+        if self.backend == "tensorrt":
             self.engine = TrtEngine(engine_path, int(args.get("model_instance_device_id", "0")))
-            self.backend = "tensorrt"
-        elif wants_openvino and why_not is None:
+        elif self.backend == "openvino":
             path = ir_path if os.path.isfile(ir_path) else onnx_path
             self.engine = _OpenVinoEngine(path, threads)
-            self.backend = "openvino"
         else:
             self.engine = _OrtEngine(onnx_path, gpu, threads)
-            self.backend = "onnxruntime"
-        instead = "OpenVINO" if wants_openvino else "its TensorRT engine"
-        note = f" instead of {instead} ({why_not})" if why_not else ""
         logger = getattr(pb_utils, "Logger", None)  # python backend >= 22.x
         if logger is not None:
-            log = logger.log_warn if why_not else logger.log_info
-            log(f"gendeploy: {config['name']} runs on {self.backend}{note}")
+            log = logger.log_warn if note else logger.log_info
+            log(f"gendeploy: {config['name']} runs on {self.backend}{' ' + note if note else ''}")
         self.refused = _refused_counter(pb_utils, config["name"], args["model_version"])
         self.timing = _Timing(pb_utils, config["name"], args["model_version"])
         self.image: ImageServer | None = None

@@ -269,6 +269,11 @@ def model_config(
         if artifact.variant.runtime is Runtime.openvino:  # it runs the QDQ layers in INT8
             config["parameters"]["runtime"] = {"string_value": "openvino"}
             config["parameters"]["openvino_file"] = {"string_value": "model.xml"}
+            # the export gated it on ONNX Runtime too: where OpenVINO does not import, it may
+            # run there (else it refuses to load: backend_model.choose_backend)
+            runners = (artifact.validation or {}).get("runners", {})
+            gated = any(k.startswith("onnxruntime") and v == "passed" for k, v in runners.items())
+            config["parameters"]["onnxruntime_gated"] = {"string_value": str(gated).lower()}
         if manifest.image is not None:
             image = manifest.image
             config["parameters"].update(
