@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from serve_support import TINY_CONDITIONAL, build_export, make_checkpoint, require_tritonserver
 
-from gendeploy.runtime.triton import TritonRunner
+from gendeploy.runtime.triton import InferenceError, TritonRunner
 from gendeploy.serve.repo import RepoOptions, write_repo
 from gendeploy.serve.server import TritonServer
 from gendeploy.serve.trace import read_traces, timer_waits, trace_args
@@ -42,9 +42,19 @@ def export_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_export(checkpoint, root / "export", "tinyc")
 
 
+def frontend_race(e: BaseException) -> bool:
+    """Triton 2.51's gRPC frontend once (CI, 2026-12-06) answered one request of a 20 s run at
+    concurrency 4 with ``input 'labels' does not exist in request`` [INVALID_ARGUMENT]: the
+    core's request, built from the client's well-formed proto, had lost an input before our
+    model saw it. Not reproduced in 300,000 requests here with tracing on or off."""
+    return isinstance(e, InferenceError) and "does not exist in request" in str(e)
+
+
 def drive(url: str, protocol: str, seconds: float) -> list[float]:
-    """``CLIENTS`` threads, one client each, batch-1 seed requests back to back; latencies in ms."""
+    """``CLIENTS`` threads, one client each, batch-1 seed requests back to back; latencies in ms.
+    Any error fails the run, except the frontend race above once per 1,000 requests."""
     latencies: list[float] = []
+    races: list[BaseException] = []
     errors: list[BaseException] = []
     deadline = time.monotonic() + seconds
 
@@ -55,7 +65,13 @@ def drive(url: str, protocol: str, seconds: float) -> list[float]:
                 runner.run(feeds)  # connected and warm before the clock counts
                 while time.monotonic() < deadline:
                     start = time.perf_counter()
-                    runner.run(feeds)
+                    try:
+                        runner.run(feeds)
+                    except InferenceError as e:
+                        if not frontend_race(e):
+                            raise
+                        races.append(e)
+                        continue
                     latencies.append((time.perf_counter() - start) * 1e3)
         except Exception as e:  # surfaced below
             errors.append(e)
@@ -66,6 +82,7 @@ def drive(url: str, protocol: str, seconds: float) -> list[float]:
     for t in threads:
         t.join(timeout=seconds + 120)
     assert not errors, errors[0]
+    assert len(races) <= 1 + len(latencies) // 1000, (len(races), len(latencies), races[0])
     return latencies
 
 
