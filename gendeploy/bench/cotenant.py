@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -82,9 +84,11 @@ def _gendeploy(*args: str) -> float:
 
 
 def _phases(work: Path, steps: int, neighbour: str, say: Any) -> list[Phase]:
-    pinned = cpus.available_cpus()
+    settings: dict[str, list[str]] = {"adaptive": []} | {
+        f"pinned {n}": ["--threads", str(n)] for n in (cpus.available_cpus(), 1)
+    }
     found: list[Phase] = []
-    for label, flags in (("adaptive", []), (f"pinned {pinned}", ["--threads", str(pinned)])):
+    for label, flags in settings.items():
         run = work / f"run-{len(found)}"
         meter = BusyMeter()
         _gendeploy(
@@ -113,14 +117,25 @@ def run_cotenant(out: Path, steps: int = 200, say: Any = print) -> CotenantRepor
     )
     with tempfile.TemporaryDirectory(prefix="gendeploy-cotenant-") as tmp:
         report.phases += _phases(Path(tmp), steps, "quiet", say)
-        hog = subprocess.Popen([sys.executable, "-c", HOG])
+        hog = _start_cotenant()
         try:
             report.phases += _phases(Path(tmp), steps, "one busy process", say)
         finally:
-            hog.kill()
-            hog.wait()
+            os.kill(hog, signal.SIGKILL)
     write_report(report, out)
     return report
+
+
+def _start_cotenant() -> int:
+    """The busy process, started through a shell that exits at once: it is not our descendant,
+    so the ``BusyMeter`` counts it as another process's work, as it would a real co-tenant."""
+    shell = subprocess.run(
+        ["sh", "-c", f'"$0" -c "{HOG}" >/dev/null 2>&1 & echo $!', sys.executable],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return int(shell.stdout.strip())
 
 
 def markdown(r: CotenantReport) -> str:
@@ -160,10 +175,16 @@ def markdown(r: CotenantReport) -> str:
         "train", "quiet", "adaptive"
     )
     verdict = "met" if adaptive >= TARGET else "MISSED"
+    one_core = r.value("train", "quiet", "pinned 1")
+    beside = r.value("train", "one busy process", "adaptive")
     lines += [
         "",
         f"Target: training beside the co-tenant keeps >= {TARGET:.0%} of its quiet steps/s with "
         f"the same settings: {adaptive:.0%} ({verdict}).",
+        "",
+        f"What one core gives: 1 thread on the quiet machine trains at {one_core:.2f} steps/s, "
+        f"{one_core / r.value('train', 'quiet', 'adaptive'):.0%} of the quiet adaptive rate; "
+        f"beside the co-tenant the adaptive setting keeps {beside / one_core:.0%} of that.",
         "",
     ]
     return "\n".join(lines)
