@@ -9,8 +9,8 @@ target under 5 minutes) and StyleGAN2-ADA 32x32 (channel_base 2048, channel_max 
 target under 2 minutes), both with ``noise_mode=const``, in a fresh process each. Recorded per
 target: wall time, the child's max RSS, exit status and last line, what was published or refused,
 the manifest's per-step timings; for the machine: CPU model, cores, the load average sampled every
-5 s during each run, and the versions. The targets are for a quiet machine: the load says how
-quiet this one was.
+5 s during each run, and the versions. The targets are for a quiet machine: the share of CPU time
+that processes other than the export took during each run says how quiet this one was.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+from gendeploy.bench.machine import BusyMeter
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "tests" / "nvlabs_like.py"
@@ -82,9 +84,11 @@ def run_target(name: str, spec: dict, work: Path) -> dict:
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
+    meter = BusyMeter()
     started = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     wall = time.perf_counter() - started
+    other_share = meter.other_share()
     done.set()
     sampler.join()
     lines = result.stderr.strip().splitlines() + result.stdout.strip().splitlines()
@@ -96,6 +100,7 @@ def run_target(name: str, spec: dict, work: Path) -> dict:
         "met": result.returncode == 0 and wall < spec["target_s"],
         "exit_status": result.returncode,
         "last_line": (result.stderr.strip().splitlines() or [""])[-1],
+        "other_processes_share": other_share,  # of all cores' time, by processes not ours
         "load_avg_1min": {
             "min": min(loads),
             "max": max(loads),
@@ -122,11 +127,11 @@ def markdown(report: dict) -> str:
         "# StyleGAN export timings (issue 20's targets)",
         "",
         f"Measured {report['date']} by `scripts/time_stylegan_exports.py`, one run per target.",
-        f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['note']}",
+        f"Machine: {machine['cpu']}, {machine['cores']} cores. {machine['note']}".strip(),
         f"Versions: {', '.join(f'{k} {v}' for k, v in report['versions'].items())}.",
         "",
-        "| target | goal | wall | exit | published | refused | load avg (1 min) during |",
-        "|---|---|---|---|---|---|---|",
+        "| target | goal | wall | exit | published | refused | other processes | load avg 1 min |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, r in report["targets"].items():
         refused = ", ".join(s["name"] for s in r.get("refused", [])) or "-"
@@ -134,6 +139,7 @@ def markdown(report: dict) -> str:
         lines.append(
             f"| {name}: {r['what']} | < {r['target_s']} s | {r['wall_s']} s | {r['exit_status']} "
             f"| {', '.join(r.get('published', [])) or '-'} | {refused} "
+            f"| {r['other_processes_share']:.0%} "
             f"| {load['min']}-{load['max']} (mean {load['mean']}) |"
         )
     lines += ["", "Where the time goes (the manifest's `timings`, seconds):", ""]
@@ -154,8 +160,8 @@ def main() -> None:
     parser.add_argument("--only", choices=sorted(TARGETS), action="append")
     parser.add_argument(
         "--note",
-        default="shared: other work ran on it during the runs (see the load average)",
-        help="what else ran on the machine",
+        default="",
+        help="anything to say about the machine ('other processes' is measured)",
     )
     args = parser.parse_args()
     report = {

@@ -585,3 +585,31 @@ def test_fp16_that_loses_precision_is_refused_by_the_emulated_storage_naming_the
             fp16=True, strict=True,
         )  # fmt: skip
     assert not (tmp_path / "e").exists()
+
+
+def test_depthwise_filters_stay_float_and_the_convolutions_beside_them_run_int8(
+    tmp_path: Path,
+) -> None:
+    """A fixed depthwise filter (StyleGAN's blur / FIR, as grouped conv2d) is left out of the
+    quantization by rule; the ordinary convolutions run INT8, and the manifest says which."""
+
+    class Blurred(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(8, 8, 3, padding=1)
+            self.register_buffer("fir", torch.tensor([1.0, 3.0, 3.0, 1.0]).outer(torch.ones(4)))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            kernel = (self.fir / self.fir.sum())[None, None].repeat(8, 1, 1, 1)  # upfirdn2d's
+            blurred = torch.nn.functional.conv2d(x, kernel, padding=2, groups=8)
+            return self.conv(blurred)
+
+    path = tmp_path / "blurred.onnx"
+    torch.onnx.export(Blurred().eval(), (torch.randn(1, 8, 8, 8),), str(path), input_names=["z"])
+    fp32 = int8.fold_constants(onnx.load(str(path)))
+    [depthwise] = int8.filter_layers(fp32)
+    rng = np.random.default_rng(0)
+    items = [{"z": rng.standard_normal((1, 8, 8, 8), dtype=np.float32)} for _ in range(8)]
+    quantized = int8.quantize(fp32, items)
+    assert int8.int8_layers(quantized) == [n for n in int8.weighted_layers(fp32) if n != depthwise]
+    assert int8.float_layers(quantized) == [depthwise] == int8.filter_layers(quantized)

@@ -436,6 +436,7 @@ def _quantize_int8(build: Build, variant: Variant) -> Artifact:
         # read from the published graph: exactly which layers run INT8 and which stayed float
         "int8_layers": int8.describe_layers(model, int8.int8_layers(model)),
         "float_layers": int8.describe_layers(model, int8.float_layers(model)),
+        "filter_layers": int8.filter_layers(model),  # depthwise: float by rule, not by the gate
         "other_quantized_nodes": int8.other_quantized(model),
         "fallback": result.attempts if len(result.attempts) > 1 else [],
         "fallback_ranking": result.ranking,

@@ -15,6 +15,12 @@ take back. So every other op type is in NNCF's ``IgnoredScope``, every quantizat
 weighted layer, and ``int8_layers`` / ``float_layers`` read from the graph exactly which layers
 run INT8 (the manifest lists both).
 
+Depthwise convolutions (``filter_layers``: one input channel per group) are ignored too. In a
+generator they are fixed filters: the blur of StyleGAN2's up/down-sampling and StyleGAN3's
+anti-aliasing FIR filters (upfirdn2d as grouped conv2d, 58 of a StyleGAN3-T's 97 weighted layers).
+They are memory-bound, so INT8 kernels gain nothing on them, and rounding their coefficients
+changes the filter's response; the fallback ranked each of them at the cost of an OpenVINO compile.
+
 ``quantize_gated`` runs the quality gate (``quality_gate.py``) on the result. When it fails, it
 falls back layer by layer as NNCF's ``quantize_with_accuracy_control`` does: quantizers are
 reverted from the quantized model (``revert``), each layer alone is ranked by the normalized MSE
@@ -127,6 +133,24 @@ def weighted_layers(model: onnx.ModelProto) -> list[str]:
     return [n.name for n in model.graph.node if n.op_type in WEIGHTED_OPS]
 
 
+def filter_layers(model: onnx.ModelProto) -> list[str]:
+    """Depthwise Conv / ConvTranspose layers (one input channel per group, weight a constant):
+    fixed filters that ``quantize`` leaves in floating point."""
+    shapes = {i.name: list(i.dims) for i in model.graph.initializer}
+    found = []
+    for node in model.graph.node:
+        if node.op_type not in ("Conv", "ConvTranspose") or len(node.input) < 2:
+            continue
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        weight = shapes.get(node.input[1])
+        if group < 2 or weight is None or len(weight) < 2:
+            continue
+        per_group = weight[1] if node.op_type == "Conv" else weight[0] // group
+        if per_group == 1:
+            found.append(node.name)
+    return found
+
+
 def describe_layers(model: onnx.ModelProto, names: list[str]) -> list[dict[str, str]]:
     """ONNX node names with their op type and the PyTorch module each came from."""
     nodes = {n.name: n for n in model.graph.node}
@@ -189,7 +213,7 @@ def quantize(model: onnx.ModelProto, items: list[Feeds]) -> onnx.ModelProto:
 
     others = sorted({n.op_type for n in model.graph.node} - set(WEIGHTED_OPS))
     # validate=False: an op type listed here need not be one NNCF would have quantized
-    ignored = nncf.IgnoredScope(types=others, validate=False)
+    ignored = nncf.IgnoredScope(types=others, names=filter_layers(model), validate=False)
     try:
         with _quiet_nncf():
             quantized: onnx.ModelProto = nncf.quantize(
