@@ -33,6 +33,8 @@ def test_a_short_soak_fails_no_request_and_records_memory_and_load(tmp_path: Pat
     assert all(m["tritonserver_mib"] > 0 and len(m["stubs_mib"]) == 2 for m in report["memory"])
     good = [s for s in report["load"] if not s["error"]]
     assert good and all(s["images_per_s"] > 0 for s in good)
+    assert all(0 < s["p50_ms"] <= s["p90_ms"] <= s["p99_ms"] for s in good)
+    assert "p99 / p90 within a sample" in (out / "soak.md").read_text()
     assert (out / "soak.png").stat().st_size > 1000
     assert "failed of" in (out / "soak.md").read_text()
     assert 0 <= report["other_share"] <= 1  # the machine's state, beside the figures

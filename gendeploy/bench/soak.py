@@ -88,6 +88,7 @@ class LoadSample:
     p99_ms: float
     tool: str
     error: str = ""  # the load generator failed during this sample
+    p90_ms: float = 0.0
 
 
 @dataclass
@@ -228,6 +229,7 @@ def _sample(result: ServedResult, start: float) -> LoadSample:
         result.p50_ms,
         result.p99_ms,
         result.tool,
+        p90_ms=result.p90_ms,
     )
 
 
@@ -313,15 +315,18 @@ def markdown(report: SoakReport) -> str:
         f"- Memory: median RSS of tritonserver + stubs over {opts.tail_s:.0f} s right after a "
         f"{opts.warmup_s:.0f} s warm-up against the last {opts.tail_s:.0f} s",
         "",
-        "| throughput (img/s) | p99 (ms) |",
-        "|---|---|",
+        "| throughput (img/s) | p99 (ms) | p99 / p90 within a sample |",
+        "|---|---|---|",
     ]
     if load:
         rates = [s.images_per_s for s in load]
         p99 = [s.p99_ms for s in load]
+        tails = [s.p99_ms / s.p90_ms for s in load if s.p90_ms > 0]
+        tail = f"median {statistics.median(tails):.2f} / max {max(tails):.2f}" if tails else "-"
         lines.append(
             f"| min {min(rates):.1f} / median {statistics.median(rates):.1f} / max "
-            f"{max(rates):.1f} | median {statistics.median(p99):.2f} / max {max(p99):.2f} |"
+            f"{max(rates):.1f} | median {statistics.median(p99):.2f} / max {max(p99):.2f} "
+            f"| {tail} |"
         )
     errors = [s for s in report.load if s.error]
     lines += ["", f"Load generator errors: {len(errors)}"]
