@@ -207,11 +207,11 @@ def _plot(r: CotenantReport, path: Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     for ax, work, unit in ((axes[0], "train", "steps/s"), (axes[1], "export", "seconds")):
         rows = [p for p in r.phases if p.work == work]
-        labels = [f"{p.threads}\n{p.neighbour}" for p in rows]
+        labels = [f"{p.threads}\n{'quiet' if p.neighbour == 'quiet' else 'beside'}" for p in rows]
         colors = ["tab:blue" if p.neighbour == "quiet" else "tab:red" for p in rows]
         ax.bar(range(len(rows)), [p.value for p in rows], color=colors)
         ax.set_xticks(range(len(rows)), labels, fontsize=7)
-        ax.set_title(f"{work} ({unit})")
+        ax.set_title(f"{work} ({unit}); red: beside one busy process")
     fig.suptitle(f"beside one busy process: {r.machine['cpu']['model']}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
