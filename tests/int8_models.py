@@ -107,6 +107,29 @@ class DoesNotQuantize(nn.Module):
         return torch.tanh(self.project(x)).view(-1, 3, 8, 8)
 
 
+class NoLayerQuantizes(nn.Module):
+    """Two weighted layers, each reading a constant 1000 beside its signal (as ``DoesNotQuantize``
+    does for one): whichever layer runs INT8 rounds its signal to zero, so even with all but one
+    layer kept in floating point every INT8 image is the same. The fallback has layers to try,
+    and none is enough: INT8 does not quantize this generator, and the export says so."""
+
+    gendeploy_loads_weights = True  # its constructor sets them
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hidden = nn.Linear(LATENT + 1, 32)
+        self.image = nn.Linear(32 + 1, 16 * 16)
+        _seeded(self, seed=3)
+        with torch.no_grad():
+            self.hidden.weight[:, 0] = 0.0  # the constants only set the scales
+            self.image.weight[:, 0] = 0.0
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.hidden(torch.cat([torch.full_like(z[:, :1], 1000.0), z], dim=1)))
+        x = torch.cat([torch.full_like(h[:, :1], 1000.0), 3 * h], dim=1)
+        return torch.tanh(self.image(x)).view(-1, 1, 16, 16)
+
+
 class IgnoresZ(nn.Module):
     """Draws the same image whatever z: nothing for a distribution check to compare."""
 

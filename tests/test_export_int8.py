@@ -613,3 +613,16 @@ def test_depthwise_filters_stay_float_and_the_convolutions_beside_them_run_int8(
     quantized = int8.quantize(fp32, items)
     assert int8.int8_layers(quantized) == [n for n in int8.weighted_layers(fp32) if n != depthwise]
     assert int8.float_layers(quantized) == [depthwise] == int8.filter_layers(quantized)
+
+
+def test_a_generator_no_layer_fallback_rescues_is_refused_as_not_quantizable(
+    tmp_path: Path,
+) -> None:
+    """All but one layer in float still fails, while the unquantized graph passes the same gate
+    on the same runtime: the one case the refusal may call "does not quantize"; FP32 stays."""
+    manifest = export(user_model("NoLayerQuantizes"), ExportOptions(int8=True), out=tmp_path / "e")
+    assert [a.name for a in manifest.artifacts] == ["fp32"]
+    [refused] = [s for s in manifest.skipped if s["name"] == "int8"]
+    assert "even with 1 of 2 weighted layers kept in floating point" in refused["reason"]
+    assert "this generator does not quantize" in refused["reason"]
+    assert not (tmp_path / "e" / "int8.onnx").exists()
