@@ -43,7 +43,7 @@ def export_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def frontend_race(e: BaseException) -> bool:
-    """Triton 2.51's gRPC frontend once (CI, 2026-12-06) answered one request of a 20 s run at
+    """Triton 2.51's gRPC frontend once (CI, 2026-12-07) answered one request of a 20 s run at
     concurrency 4 with ``input 'labels' does not exist in request`` [INVALID_ARGUMENT]: the
     core's request, built from the client's well-formed proto, had lost an input before our
     model saw it. Not reproduced in 300,000 requests here with tracing on or off."""
