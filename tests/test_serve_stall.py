@@ -1,14 +1,17 @@
 """The dynamic batcher's 500 ms timer (docs/served-path.md), against a real tritonserver.
 
-Four clients send batch-1 requests back to back, as perf_analyzer at concurrency 4 does, while
-Triton traces every request. With a queue limit (``max_queue_size``, once gendeploy's default),
-Triton's batcher loses the wake-up of a request that arrives while the instance finishes a batch
-and waits out its 500 ms idle timer: ~1% of gRPC requests took 500-575 ms with a p90 of a few
-ms. What is asserted is that timer's signature, which contention alone does not produce: requests
-in a narrow band around 500 ms (client side), and requests that waited that long in the queue
-while the model computed nothing (server side, from the trace). Only gRPC runs are traced: Triton
-2.51's HTTP frontend corrupted responses and then died (SIGILL in libc) with tracing on at
-concurrency 4, in two of four runs here.
+Four clients send batch-1 requests back to back, as perf_analyzer at concurrency 4 does. With a
+queue limit (``max_queue_size``, once gendeploy's default), Triton's batcher loses the wake-up of
+a request that arrives while the instance finishes a batch and waits out its 500 ms idle timer:
+~1% of gRPC requests took 500-575 ms with a p90 of a few ms. Its signature, which contention alone
+does not produce: requests in a narrow band around 500 ms (client side), and, in Triton's trace of
+every request, requests that waited that long in the queue while the model computed nothing.
+
+Only the queue-limit run is traced. Tracing every request at concurrency 4 is not safe in Triton
+2.51: its HTTP frontend corrupted responses and then died (SIGILL in libc) in two of four runs
+here, and over gRPC, on a machine with a busy process beside it, the server died without a log
+line ~4,500 requests in (2026-12-07); the one request that lost an input (``frontend_race``) was
+also in a traced gRPC run. So the default configuration is judged on the client's latencies.
 """
 
 from __future__ import annotations
@@ -86,12 +89,15 @@ def drive(url: str, protocol: str, seconds: float) -> list[float]:
     return latencies
 
 
-def served_run(export_dir: Path, tmp_path: Path, protocol: str, options: RepoOptions) -> dict:
+def served_run(
+    export_dir: Path, tmp_path: Path, protocol: str, options: RepoOptions, traced: bool = False
+) -> dict:
     write_repo(export_dir, tmp_path / "repo", options)
     trace = tmp_path / "trace.json"
-    traced = trace_args(trace) if protocol == "grpc" else ()
     with TritonServer(
-        tmp_path / "repo", log_path=tmp_path / "server.log", extra_args=traced
+        tmp_path / "repo",
+        log_path=tmp_path / "server.log",
+        extra_args=trace_args(trace) if traced else (),
     ) as server:
         url = server.grpc_url if protocol == "grpc" else server.http_url
         latencies = drive(url, protocol, SECONDS)
@@ -115,13 +121,12 @@ def test_no_request_waits_out_the_batchers_500_ms_timer(
     """The repository's own configuration (one instance, no batching delay) at concurrency 4."""
     run = served_run(export_dir, tmp_path, protocol, RepoOptions())
     assert run["requests"] > 200, run
-    assert protocol == "http" or run["traced"] >= run["requests"], run
-    assert run["in_band"] == 0 and run["timer_waits"] == 0, f"500 ms stalls: {run}"
+    assert run["in_band"] == 0, f"500 ms stalls: {run}"
     assert run["p99"] <= 3 * run["p90"] + CONTENTION_MS, run
 
 
 def test_a_queue_limit_brings_the_stall_back(export_dir: Path, tmp_path: Path) -> None:
     """Pins the upstream behaviour the default avoids (Triton 2.51 and core's main branch as
     checked): if this fails, the batcher was fixed and a queue limit costs nothing again."""
-    run = served_run(export_dir, tmp_path, "grpc", RepoOptions(max_queue_size=256))
+    run = served_run(export_dir, tmp_path, "grpc", RepoOptions(max_queue_size=256), traced=True)
     assert run["timer_waits"] > 0 and run["in_band"] > 0, run
