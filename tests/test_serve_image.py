@@ -111,6 +111,8 @@ def test_the_repository_declares_images_of_any_size_and_dynamic_siblings(served:
         ("image_bytes", [1]),
     ]
     assert python.parameters["max_megapixels"].string_value == f"{MAX_MEGAPIXELS:g}"
+    # one instance holds the largest request's tiles and output; a second would hold them twice
+    assert python.instance_group[0].count == 1
     assert (served.repo / "srvgg" / "1" / "tiling.py").is_file()
     onnx = parse_config((served.repo / "srvgg_onnx" / "config.pbtxt").read_text())
     assert onnx.platform == "onnxruntime_onnx" and list(onnx.input[0].dims) == [3, -1, -1]

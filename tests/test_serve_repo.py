@@ -538,11 +538,42 @@ def test_the_served_engine_shares_the_cpus_serve_sized_among_the_models_instance
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Two instances of two threads on two cores fight over them: the CPUs `gendeploy serve`
-    passes (GENDEPLOY_THREADS) are split between the instances; a count in the config wins."""
+    passes (GENDEPLOY_THREADS), else those the stub may run on, are split between the
+    instances; a count in the config wins."""
     from gendeploy.serve.backend_model import engine_threads
 
     monkeypatch.setenv("GENDEPLOY_THREADS", "2")
     assert [engine_threads(0, n) for n in (1, 2, 3)] == [2, 1, 1]
     assert engine_threads(2, 2) == 2
     monkeypatch.delenv("GENDEPLOY_THREADS")
-    assert engine_threads(0, 2) == 0  # ONNX Runtime's own default
+    mine = len(os.sched_getaffinity(0))
+    assert [engine_threads(0, n) for n in (1, 2)] == [mine, max(1, mine // 2)]
+
+
+def test_a_noise_model_on_cpu_gets_two_instances_and_every_other_model_one(
+    exports: dict[str, Path], tmp_path: Path
+) -> None:
+    """On CPU the python model of a noise-to-image export is served by two instances (one runs
+    a batch while the other takes the next, bench/tune); the C++ backends' models, a GPU's and
+    an explicit --instances keep their count."""
+    manifest = dcgan64_manifest()
+    fp32 = manifest.artifact("fp32")
+    counts = {
+        (kind, gpu): model_config(manifest, fp32, "m", kind, RepoOptions(), gpu)
+        .instance_group[0]
+        .count
+        for kind, gpu in [("python", False), ("python", True), ("onnx", False), ("openvino", False)]
+    }
+    assert counts == {
+        ("python", False): 2,
+        ("python", True): 1,
+        ("onnx", False): 1,
+        ("openvino", False): 1,
+    }
+    one = model_config(manifest, fp32, "m", "python", RepoOptions(instances=3), False)
+    assert one.instance_group[0].count == 3
+    written = write_repo(exports["uncond"], tmp_path / "repo")
+    python = parse_config((tmp_path / "repo" / written[0].name / "config.pbtxt").read_text())
+    assert python.instance_group[0].count == 2
+    with pytest.raises(ServeError, match="instances must be >= 0"):
+        RepoOptions(instances=-1)

@@ -30,7 +30,8 @@ def test_a_short_soak_fails_no_request_and_records_memory_and_load(tmp_path: Pat
     assert report["failed_requests"] == 0
     assert report["requests"] > 100
     assert len(report["memory"]) >= 10
-    assert all(m["tritonserver_mib"] > 0 and len(m["stubs_mib"]) == 2 for m in report["memory"])
+    # two python models (float and uint8), two instances each on CPU
+    assert all(m["tritonserver_mib"] > 0 and len(m["stubs_mib"]) == 4 for m in report["memory"])
     good = [s for s in report["load"] if not s["error"]]
     assert good and all(s["images_per_s"] > 0 for s in good)
     assert all(0 < s["p50_ms"] <= s["p90_ms"] <= s["p99_ms"] for s in good)

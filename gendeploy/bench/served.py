@@ -35,7 +35,7 @@ from gendeploy.fileio import cache_dir
 from gendeploy.runtime.base import Feeds
 from gendeploy.runtime.eager import EagerRunner
 from gendeploy.runtime.triton import TritonRunner, connect
-from gendeploy.serve.repo import RepoOptions, write_repo
+from gendeploy.serve.repo import RepoOptions, instance_count, write_repo
 from gendeploy.serve.server import TritonServer
 
 PERF_ANALYZER_ENV = "GENDEPLOY_PERF_ANALYZER"
@@ -196,7 +196,12 @@ def served_sweep(
     exe = find_perf_analyzer()
     pa_version = perf_analyzer_version(exe) if exe else ""
     tool = "perf_analyzer" if exe else "tritonclient load loop"
-    per_instance = max(1, threads // suite.instances)  # the instances share the CPUs
+    options = RepoOptions(instances=suite.instances)
+    if suite.queue_delay_us is not None:
+        options = replace(options, queue_delay_us=suite.queue_delay_us)
+    instances = instance_count(options, manifest, "python", gpu=False)
+    per_instance = max(1, threads // instances)  # the instances share the CPUs
+    options = replace(options, intra_op_threads=per_instance, instances=instances)
     result = ServedSweep(
         model=f"{model} (python backend, ONNX Runtime CPU inside, {per_instance} threads)",
         tool=tool,
@@ -205,9 +210,6 @@ def served_sweep(
     )
     repo = work / "triton_repo" / model
     try:
-        options = RepoOptions(intra_op_threads=per_instance, instances=suite.instances)
-        if suite.queue_delay_us is not None:
-            options = replace(options, queue_delay_us=suite.queue_delay_us)
         result.queue_delay_us, result.instances = options.queue_delay_us, options.instances
         write_repo(manifest, repo, options, export_dir=export_dir)
         # the launcher loads only what this server's backends can serve (not <name>_onnx here)

@@ -55,7 +55,7 @@ class SoakOptions:
     tail_s: float = 30.0  # memory is compared over this long at each end
     max_growth: float = 0.05
     protocol: str = "http"
-    threads: int = 0  # ONNX Runtime threads per instance (0: its default)
+    threads: int = 0  # ONNX Runtime threads per instance (0: the CPUs split among the instances)
 
     def __post_init__(self) -> None:
         if self.concurrency < 1 or self.window_s <= 0 or self.threads < 0:
@@ -302,7 +302,8 @@ def markdown(report: SoakReport) -> str:
         f"- Load: {report.tool}, concurrency {opts.concurrency}, batch 1, {opts.protocol}, "
         f"{opts.duration_s:.0f} s in samples of 3-6 windows of {opts.window_s:.0f} s",
         f"- Server: tritonserver {report.triton_version} (python backend, ONNX Runtime, "
-        f"{opts.threads or 'default'} threads), model control none, management locked",
+        + (f"{opts.threads} threads" if opts.threads else "the CPUs split among its instances")
+        + "), model control none, management locked",
         f"- Machine: {cpu.get('model', '?')}, {report.machine.get('logical_cores')} logical "
         f"cores, {report.machine.get('memory_gib')} GiB"
         + (

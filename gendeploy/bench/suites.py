@@ -63,7 +63,9 @@ class Suite:
     served_window_ms: int = 2000
     served_max_windows: int = 10
     queue_delay_us: int | None = None  # Triton dynamic batching delay; None: the repo's default
-    instances: int = 1  # the served model's instances (Triton instance_group count)
+    instances: int = (
+        0  # the served model's instances (Triton instance_group count); 0: the repo's default
+    )
     threads: int = 0  # 0: the CPUs this process may use (gendeploy.cpus.available_cpus)
     profile: bool = True  # profile eager where a goal is missed
     goals: Goals = field(default_factory=Goals)  # targets the report judges the run against
@@ -85,8 +87,10 @@ class Suite:
             raise UsageError(f"queue delay must be >= 0 us, got {self.queue_delay_us}")
         if self.threads < 0:
             raise UsageError(f"threads must be >= 0 (0: the CPUs we may use), got {self.threads}")
-        if self.instances < 1:
-            raise UsageError(f"--instances must be >= 1, got {self.instances}")
+        if self.instances < 0:
+            raise UsageError(
+                f"--instances must be >= 0 (0: the repository's default), got {self.instances}"
+            )
         if unknown:
             raise UsageError(f"unknown runners {sorted(unknown)}; known: {', '.join(ALL_RUNNERS)}")
 

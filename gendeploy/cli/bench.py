@@ -67,7 +67,7 @@ def bench_command(
         int | None, Opt(help="Served model's dynamic-batching delay (default: the repo's).")
     ] = None,
     instances: Annotated[
-        int | None, Opt(help="Served model's instances (default: the suite's, 1).")
+        int | None, Opt(help="Served model's instances (default: the repository's, 2 on CPU).")
     ] = None,
     threads: Annotated[
         int | None, Opt(help="Threads per runner (default: the suite's; 0: the CPUs we may use).")

@@ -33,7 +33,13 @@ def repo_command(
             "batches still form from what queues while the model is busy)."
         ),
     ] = 0,
-    instances: Annotated[int, typer.Option(help="Model instances per device.")] = 1,
+    instances: Annotated[
+        int,
+        typer.Option(
+            help="Model instances per device (0: two for a noise-to-image model on CPU, "
+            "splitting the CPUs, else one)."
+        ),
+    ] = 0,
     keep_versions: Annotated[int, typer.Option(help="Versions kept on disk per model.")] = 2,
     gpu: Annotated[
         bool | None, typer.Option("--gpu/--cpu", help="Instance kind (default: GPU if an engine).")

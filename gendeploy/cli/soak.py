@@ -28,7 +28,9 @@ def soak_command(
     tail_s: Annotated[float, Opt(help="Memory is compared over this long at each end.")] = 30.0,
     max_growth: Annotated[float, Opt(help="Largest memory growth that passes (0.05: 5%).")] = 0.05,
     protocol: Annotated[str, Opt(help="http or grpc.")] = "http",
-    threads: Annotated[int, Opt(help="ONNX Runtime threads per instance (0: default).")] = 0,
+    threads: Annotated[
+        int, Opt(help="ONNX Runtime threads per instance (0: the CPUs split among the instances).")
+    ] = 0,
 ) -> None:
     """Drive the served model at a fixed concurrency and watch failures and memory."""
     from gendeploy.bench.soak import SoakOptions, soak

@@ -45,7 +45,10 @@ def tune_command(
     ] = SearchMode.quick,
     instances: Annotated[str, typer.Option(help="Instance counts.")] = _join(_DEFAULT.instances),
     threads: Annotated[
-        str, typer.Option(help="ONNX Runtime threads per instance (0: its default).")
+        str,
+        typer.Option(
+            help="ONNX Runtime threads per instance (0: the CPUs split among the instances)."
+        ),
     ] = _join(_DEFAULT.threads),
     max_batch_sizes: Annotated[str, typer.Option(help="Max batch sizes.")] = _join(
         _DEFAULT.max_batch_sizes

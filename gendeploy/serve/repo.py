@@ -90,10 +90,13 @@ class RepoOptions:
     # 0: a batch goes as soon as an instance can take it (requests that arrive meanwhile join
     # the next one); a delay made every request at low concurrency wait it out (docs/served-path.md)
     queue_delay_us: int = 0
-    instances: int = 1
+    # 0: CPU_INSTANCES for a noise-to-image python model on CPU (while one instance runs a batch
+    # the other takes the next: on 2 cores 2 x 1 thread served 0.96x in-process batch 1, one
+    # instance 0.67x, bench/tune), else 1 (a GPU's engine, Triton's C++ backends, image tiles)
+    instances: int = 0
     keep_versions: int = 2
     gpu: bool | None = None  # default: True when the export has a TensorRT engine
-    intra_op_threads: int = 0  # python model: ONNX Runtime threads per instance, 0 = ORT default
+    intra_op_threads: int = 0  # python model: engine threads per instance, 0 = CPUs / instances
     # requests waiting beyond this are refused at once (UNAVAILABLE / HTTP 503); 0 = no limit,
     # Triton's default and ours: any limit turns off the dynamic batcher's payload prefetching,
     # and then a request that arrives while the instance finishes a batch can wait out the
@@ -107,8 +110,8 @@ class RepoOptions:
             raise ServeError(f"model name {self.name!r} must be letters, digits, '_', '-' or '.'")
         if self.max_batch_size is not None and self.max_batch_size < 1:
             raise ServeError(f"--max-batch-size must be >= 1, got {self.max_batch_size}")
-        if self.queue_delay_us < 0 or self.instances < 1 or self.max_queue_size < 0:
-            raise ServeError("queue delay and max queue size must be >= 0, instances >= 1")
+        if self.queue_delay_us < 0 or self.instances < 0 or self.max_queue_size < 0:
+            raise ServeError("queue delay, max queue size and instances must be >= 0")
         if not self.max_megapixels > 0:
             raise ServeError(f"--max-megapixels must be > 0, got {self.max_megapixels}")
         if self.keep_versions < 2:
@@ -226,6 +229,18 @@ def _image_io(
     return inputs, outputs, _warmup(inputs, {IMAGE_INPUT: [window, window, image.in_channels]})
 
 
+CPU_INSTANCES = 2
+
+
+def instance_count(options: RepoOptions, manifest: Manifest, kind: str, gpu: bool) -> int:
+    """The model's instances: the option's count, else ``CPU_INSTANCES`` for a noise-to-image
+    python model on CPU (its engine threads split the CPUs among them:
+    ``backend_model.engine_threads``) and 1 for every other model."""
+    if options.instances:
+        return options.instances
+    return CPU_INSTANCES if kind == "python" and not gpu and manifest.image is None else 1
+
+
 def model_config(
     manifest: Manifest,
     artifact: Artifact,
@@ -239,6 +254,7 @@ def model_config(
     from tritonclient.grpc import model_config_pb2
 
     max_batch = options.max_batch_size or manifest.batch.max
+    instances = instance_count(options, manifest, kind, gpu)
     noise = bool(manifest.interface.noise)
     if manifest.image is not None:
         inputs, outputs, warmup = _image_io(manifest, artifact, kind)
@@ -251,7 +267,7 @@ def model_config(
         "version_policy": {"latest": {"num_versions": 1}},
         "input": inputs,
         "output": outputs,
-        "instance_group": [{"kind": "KIND_GPU" if gpu else "KIND_CPU", "count": options.instances}],
+        "instance_group": [{"kind": "KIND_GPU" if gpu else "KIND_CPU", "count": instances}],
         "dynamic_batching": _batching(options),
         "model_warmup": warmup,
         "parameters": {
@@ -290,7 +306,7 @@ def model_config(
         # Triton's OpenVINO backend (NGC container): CPU only; reads model.xml/.bin, or the
         # file default_model_filename names (model.onnx)
         config["backend"] = "openvino"
-        config["instance_group"] = [{"kind": "KIND_CPU", "count": options.instances}]
+        config["instance_group"] = [{"kind": "KIND_CPU", "count": instances}]
         if artifact.kind is ArtifactKind.onnx:
             config["default_model_filename"] = "model.onnx"
         config["parameters"]["PERFORMANCE_HINT"] = {"string_value": "LATENCY"}

@@ -235,7 +235,7 @@ def markdown(report: TuneReport) -> str:
 
 def _candidate_cells(c: Candidate) -> str:
     return (
-        f"{c.instances} | {c.threads or 'ort'} | {c.max_batch_size} | {c.queue_delay_us} | "
+        f"{c.instances} | {c.threads or 'auto'} | {c.max_batch_size} | {c.queue_delay_us} | "
         f"{c.preferred_batch or '-'} | {c.protocol.value}"
     )
 

@@ -46,7 +46,7 @@ class Candidate:
     """One served configuration of the python-backend model, and the protocol clients use."""
 
     instances: int
-    threads: int  # the model's intra_op_threads (ONNX Runtime threads per instance); 0: ORT's
+    threads: int  # the model's intra_op_threads (engine threads per instance); 0: CPUs / instances
     max_batch_size: int
     queue_delay_us: int
     preferred_batch: int  # dynamic batching's preferred batch size; 0: none
@@ -54,7 +54,7 @@ class Candidate:
 
     def label(self) -> str:
         preferred = f" pref {self.preferred_batch}" if self.preferred_batch else ""
-        threads = f"{self.threads}t" if self.threads else "ort-threads"
+        threads = f"{self.threads}t" if self.threads else "auto-threads"
         return (
             f"{self.instances}x{threads} mb{self.max_batch_size} "
             f"{self.queue_delay_us}us{preferred} {self.protocol.value}"

@@ -127,11 +127,16 @@ def siblings(repo: Path, model: str) -> list[str]:
 
 
 def plan_tuned(repo: Path, model: str, winner: Candidate) -> list[TunedConfig]:
-    """The winner applied to ``model`` and its siblings (nothing written)."""
-    return [
+    """The winner applied to ``model`` and its siblings (nothing written). Where ``model``'s own
+    configuration won, nothing changes anywhere: `gendeploy repo` set each sibling for its own
+    backend (one instance of a C++ backend beside the python model's two on CPU)."""
+    tuned = [
         tuned_config(name, parse_config((repo / name / "config.pbtxt").read_text()), winner)
         for name in siblings(repo, model)
     ]
+    if not tuned[0].changed:
+        return [TunedConfig(t.model, t.old, t.old) for t in tuned]
+    return tuned
 
 
 def write_tuned(
