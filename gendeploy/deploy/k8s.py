@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gendeploy.cpus import ENV as THREADS_ENV
 from gendeploy.deploy.validate import check_manifest
 from gendeploy.errors import DeployError, ServeError, UsageError
 from gendeploy.fileio import atomic_write_bytes
@@ -103,7 +104,13 @@ def _meta(o: K8sOptions, name: str) -> dict[str, Any]:
 
 def _env(o: K8sOptions) -> list[dict[str, Any]]:
     ref = {"name": o.secret, "key": KEY_SECRET_KEY}
-    return [{"name": KEY_ENV, "valueFrom": {"secretKeyRef": ref}}]
+    # the served engines split the pod's CPU request among their instances, not the node's
+    # cores (backend_model.engine_threads); the downward API rounds it up to whole CPUs
+    cpus = {"resource": "requests.cpu", "divisor": "1"}
+    return [
+        {"name": KEY_ENV, "valueFrom": {"secretKeyRef": ref}},
+        {"name": THREADS_ENV, "valueFrom": {"resourceFieldRef": cpus}},
+    ]
 
 
 def _resources(o: K8sOptions) -> dict[str, Any]:
