@@ -404,11 +404,12 @@ def _ranking_text(ranking: list[dict[str, Any]]) -> str:
 def _attempt_text(result: Verdict) -> str:
     verdict = "passes" if result.passed else f"fails ({result.failure_text})"
     shown = ", ".join(f"{k.replace('_', ' ')} {v:g}" for k, v in result.figures().items())
-    return f"{shown}: {verdict}"
+    return f"{shown}: {verdict}" if shown else verdict
 
 
 def _attempt(keep: list[str], result: Verdict) -> dict[str, Any]:
-    return {"float_layers": list(keep), **result.figures(), "passed": result.passed}
+    failed = {} if result.passed else {"failure": result.failure_text}
+    return {"float_layers": list(keep), **result.figures(), "passed": result.passed, **failed}
 
 
 def signed_for_tensorrt(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -229,6 +229,41 @@ class QualityResult:
         return d
 
 
+@dataclass(frozen=True)
+class TensorRefusal:
+    """A candidate the tensor gate (values, NaN/Inf, batch invariance) refused before any image
+    was drawn: it fails either way, so the quality gate, ten times the cost, is not run (the INT8
+    fallback's bisection mostly meets candidates that fail on batch invariance)."""
+
+    text: str
+
+    @property
+    def passed(self) -> bool:
+        return False
+
+    @property
+    def failure_text(self) -> str:
+        return f"tensor gate: {self.text}"
+
+    def summary(self) -> str:
+        return f"{self.failure_text} (quality gate not run)"
+
+    def figures(self) -> dict[str, float]:
+        return {}
+
+    def with_failure(self, failure: Failure) -> TensorRefusal:
+        return replace(self, text=f"{self.text}; {failure}")
+
+    def check(self, name: str) -> None:
+        raise QualityError(
+            f"{self.failure_text} for {name!r} (quality gate not run); nothing published",
+            artifact=name,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"passed": False, "failures": [self.failure_text], "quality_gate": "not run"}
+
+
 def _digits_text(score: DigitsScore) -> str:
     acc = f"label accuracy {score.label_accuracy:.2%}, " if score.label_accuracy is not None else ""
     return f"{acc}Frechet ratio to real digits {score.frechet_ratio:.3f}"
