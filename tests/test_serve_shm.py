@@ -33,7 +33,7 @@ from gendeploy.serve.shm import SHM_DIR, remove_stale_regions
 
 pytestmark = pytest.mark.triton
 
-MODELS = 2  # tinyc and tinyc_uint8: one stub, one region each
+STUBS = 4  # tinyc and tinyc_uint8, two instances each on CPU: one region per stub
 
 
 @pytest.fixture(scope="module")
@@ -46,11 +46,11 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def regions_of(root: int, timeout_s: float = 60.0) -> list[str]:
-    """The regions of the ``MODELS`` stubs under ``root``, once they all run."""
+    """The regions of the ``STUBS`` stubs under ``root``, once they all run."""
     deadline = time.monotonic() + timeout_s
-    while len(found := stub_regions(root)) < MODELS and time.monotonic() < deadline:
+    while len(found := stub_regions(root)) < STUBS and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert len(found) == MODELS, found
+    assert len(found) == STUBS, found
     return sorted(found.values())
 
 

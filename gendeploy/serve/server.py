@@ -77,6 +77,13 @@ def port_taken(port: int) -> bool:
     return False
 
 
+def listening(port: int) -> bool:
+    """Whether 127.0.0.1:``port`` accepts a connection."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(1.0)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 def check_repository(repo_dir: Path) -> None:
     """Refuse what is not a model repository, with the command that makes one."""
     if (repo_dir / MANIFEST_NAME).is_file():
@@ -397,7 +404,8 @@ class TritonServer:
                 raise ServeError(
                     f"tritonserver exited during startup: {detail} (log: {self.log_path})"
                 )
-            if self.is_ready():
+            # Triton opens its metrics port after the HTTP and gRPC endpoints report ready
+            if self.is_ready() and listening(self.metrics_port):
                 return
             time.sleep(0.25)
         raise ServeError(
