@@ -63,9 +63,8 @@ class Suite:
     served_window_ms: int = 2000
     served_max_windows: int = 10
     queue_delay_us: int | None = None  # Triton dynamic batching delay; None: the repo's default
-    instances: int = (
-        0  # the served model's instances (Triton instance_group count); 0: the repo's default
-    )
+    # the served model's instances (Triton instance_group count); 0: the repository's default
+    instances: int = 0
     threads: int = 0  # 0: the CPUs this process may use (gendeploy.cpus.available_cpus)
     profile: bool = True  # profile eager where a goal is missed
     goals: Goals = field(default_factory=Goals)  # targets the report judges the run against

@@ -231,9 +231,9 @@ class QualityResult:
 
 @dataclass(frozen=True)
 class TensorRefusal:
-    """A candidate the tensor gate (values, NaN/Inf, batch invariance) refused before any image
-    was drawn: it fails either way, so the quality gate, ten times the cost, is not run (the INT8
-    fallback's bisection mostly meets candidates that fail on batch invariance)."""
+    """A candidate the tensor gate refused (batch invariance, NaN/Inf, names, shape) before any
+    image was drawn: it fails either way, so the quality gate, ten times the cost, is not run
+    (StyleGAN3's INT8 fallback met many candidates that fail on batch invariance)."""
 
     text: str
 

@@ -59,8 +59,8 @@ def _machine_threads() -> int:
 
 def engine_threads(configured: int, instances: int) -> int:
     """Engine threads per instance: the config's; else the machine's CPUs (``_machine_threads``)
-    shared by the model's instances, at least one each (two instances of ONNX Runtime's default
-    two threads on two cores served 13% fewer images than one thread each, bench/tune)."""
+    shared by the model's instances, at least one each (two instances of two threads on two
+    cores served 15% fewer images than of one thread each, bench/tune_instances)."""
     if configured > 0:
         return configured
     return max(1, _machine_threads() // max(instances, 1))

@@ -91,8 +91,9 @@ class RepoOptions:
     # the next one); a delay made every request at low concurrency wait it out (docs/served-path.md)
     queue_delay_us: int = 0
     # 0: CPU_INSTANCES for a noise-to-image python model on CPU (while one instance runs a batch
-    # the other takes the next: on 2 cores 2 x 1 thread served 0.96x in-process batch 1, one
-    # instance 0.67x, bench/tune), else 1 (a GPU's engine, Triton's C++ backends, image tiles)
+    # the other takes the next: on 2 cores at 4 clients 2 x 1 thread served 0.94x / 0.81x
+    # in-process batch 1 over HTTP / gRPC, 1 x 2 threads 0.67x / 0.63x, bench/tune_instances),
+    # else 1 (a GPU's engine, Triton's C++ backends, an image model's tiles)
     instances: int = 0
     keep_versions: int = 2
     gpu: bool | None = None  # default: True when the export has a TensorRT engine
