@@ -348,6 +348,19 @@ def test_quality_samples_sets_the_quality_gates_seed_count(tmp_path: Path) -> No
     assert load_manifest(out).artifact("fp16").validation["quality"]["seeds"] == 256
 
 
+def test_the_seed_rule_budgets_every_set_the_gate_draws() -> None:
+    """FP32's two sets and one per reduced precision fit the budget: a StyleGAN3-T at 26 ms per
+    image drew 2 x 1,000 reference seeds, then spent 75 s judging FP16 on 1,000 more."""
+    from gendeploy.export.quality_gate import SEED_BUDGET_S, seed_count
+
+    per_image = 0.026
+    assert seed_count(None, per_image, candidates=0)[0] == 1000  # 52 s: FP32's sets alone
+    assert seed_count(None, per_image, candidates=2)[0] == 512  # --fp16 --int8: 4 sets
+    assert seed_count(None, SEED_BUDGET_S, candidates=2)[0] == 256  # the floor, said so
+    assert "floor" in seed_count(None, SEED_BUDGET_S, candidates=2)[1]
+    assert seed_count(300, per_image, candidates=2) == (300, "asked for (--quality-samples)")
+
+
 def test_a_graph_with_random_ops_is_refused_whatever_the_weights(tmp_path: Path) -> None:
     """noise_mode='random' (the default) with noise_strength 0: randn * 0. Today fp32.onnx is
     published holding RandomNormalLike nodes."""
@@ -422,8 +435,14 @@ def test_int8_is_batch_invariant_under_every_runtime_that_may_serve_it(tmp_path:
         a for a in published["int8"].extra["fallback"] if a.get("failure", "").startswith("tensor")
     ]
     assert all("batch invariance" in a["failure"] and "frechet_ratio" not in a for a in refused)
+    # ORT may serve it only where its gate passed there too (else: OpenVINO only, and the served
+    # python model refuses to load without OpenVINO)
+    runners = published["int8"].validation["runners"]
+    on_ort = [k for k, v in runners.items() if k.startswith("onnxruntime") and v == "passed"]
+    if not on_ort:
+        assert runners["onnxruntime"].endswith(": OpenVINO only"), runners
     z = draw_latents(list(range(8)), 8)
-    for runner_type in (OnnxRuntimeRunner, OpenVINORunner):
+    for runner_type in (OpenVINORunner, *((OnnxRuntimeRunner,) if on_ort else ())):
         with runner_type(out / published["int8"].path) as runner:
             batched = runner.run({"z": z})
             alone = np.concatenate([runner.run({"z": z[i : i + 1]}) for i in range(8)])

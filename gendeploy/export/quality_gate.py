@@ -56,9 +56,11 @@ from gendeploy.trainer.quality import evaluate_generator, frechet_distance, scor
 
 ImageFn = Callable[[Feeds], np.ndarray]
 MIN_SEEDS = 256  # per set: fewer and the 1st percentile is the worst seed or two
-# The seed count when none is asked for (``seed_count``): 1,000 per set where FP32 draws both sets
-# within ``SEED_BUDGET_S``, else the largest step that does (never below MIN_SEEDS): a
-# StyleGAN3 at 40-60 ms per image would spend two minutes drawing its reference alone.
+# The seed count when none is asked for (``seed_count``): 1,000 per set where FP32's two sets and
+# one set per reduced precision asked for, at FP32's cost per image, fit ``SEED_BUDGET_S``, else
+# the largest step that does (never below MIN_SEEDS). A candidate costs at least FP32's time per
+# image (FP16 storage emulated 2.5x, an INT8 fallback several passes): a StyleGAN3-T 16x16 at
+# 26 ms per image spent 50 s on its reference and 75 s on its FP16 judgement at 1,000 seeds.
 SEED_STEPS = (1000, 512, MIN_SEEDS)
 SEED_BUDGET_S = 60.0
 # where the worst pixel is bounded (by gate.TOLERANCES' max_levels): FP16 and bf16 round every
@@ -121,15 +123,18 @@ class QualityConfig:
             raise UsageError(f"quality gate batch must be >= 1, got {self.batch}")
 
 
-def seed_count(asked: int | None, seconds_per_image: float) -> tuple[int, str]:
+def seed_count(asked: int | None, seconds_per_image: float, candidates: int = 1) -> tuple[int, str]:
     """Seeds per set, and why: ``asked`` (--quality-samples) when given, else the first of
-    ``SEED_STEPS`` whose two sets FP32 draws within ``SEED_BUDGET_S`` at ``seconds_per_image``."""
+    ``SEED_STEPS`` whose ``2 + candidates`` sets (FP32's two, one per reduced precision asked
+    for) fit ``SEED_BUDGET_S`` at FP32's ``seconds_per_image``."""
     if asked is not None:
         return asked, "asked for (--quality-samples)"
+    sets = 2 + candidates
     cost = f"{seconds_per_image * 1e3:.3g} ms per image"
     for seeds in SEED_STEPS:
-        if 2 * seeds * seconds_per_image <= SEED_BUDGET_S:
-            return seeds, f"{cost}: both sets within {SEED_BUDGET_S:g} s"
+        if sets * seeds * seconds_per_image <= SEED_BUDGET_S:
+            why = f"{sets} sets (FP32's 2, {candidates} to judge) within {SEED_BUDGET_S:g} s"
+            return seeds, f"{cost}: {why}"
     return MIN_SEEDS, f"{cost}: the floor ({MIN_SEEDS}); --quality-samples sets it"
 
 
@@ -394,10 +399,12 @@ class QualityGate:
         return self._spaces[rendered]
 
     def nmse(self, candidate: ImageFn, seeds: int) -> float:
-        """The candidate's normalized mean squared error against FP32 on the first ``seeds`` seeds
-        of set B (NNCF's ranking measure): a cheap sensitivity figure, not a verdict."""
-        feeds = {k: v[:seeds] for k, v in self.feeds_b.items()}
-        reference = self.images_b[:seeds].astype(np.float64)
+        """The candidate's normalized mean squared error against FP32 on seeds 0 to ``seeds``
+        - 1 (set A's first, whatever the seed count; NNCF's ranking measure): a cheap
+        sensitivity figure, not a verdict. Set B starts at the seed count, which follows the
+        machine's speed: two runs on one machine ranked on different seeds."""
+        feeds = {k: v[:seeds] for k, v in self.feeds_a.items()}
+        reference = self.images_a[:seeds].astype(np.float64)
         raw = draw(candidate, feeds, self.config.batch)
         images = np.nan_to_num(raw, nan=1e3, posinf=1e3, neginf=-1e3)  # NaN/Inf: ranked last
         return float(((images - reference) ** 2).sum() / max((reference**2).sum(), 1e-12))
