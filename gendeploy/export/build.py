@@ -547,7 +547,7 @@ def _ir_if_faster(build: Build, variant: Variant) -> Artifact | None:
             decision["quality"] = f"{source.name}'s verdict" if same else "judged anew"
             judged = build.verdicts.get(source.name) if same else None
             artifact = _publish_graph(build, variant, None, {}, judged=judged)
-        if not kept:
+        else:
             ir.unlink()
             ir.with_suffix(".bin").unlink(missing_ok=True)
     source.extra["openvino_ir"] = decision
