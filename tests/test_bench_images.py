@@ -67,7 +67,9 @@ def test_the_image_bench_reports_megapixels_quality_peaks_and_the_served_figure(
     assert "## 20 x 20 in, 80 x 80 out" in text and "| srvgg_int8 | 20 |" in text
     bf16 = [row for (runner, _), row in rows.items() if runner == "eager_bf16"]
     if bf16:  # a CPU with bf16 units (AVX-512 bf16, AMX): the row says bf16 and keeps the picture
-        assert all(r.precision == "bf16" and r.peak_dtype == "bf16" and r.psnr_db > 25 for r in bf16)
+        assert all(
+            r.precision == "bf16" and r.peak_dtype == "bf16" and r.psnr_db > 25 for r in bf16
+        )
     else:
         assert any(s["runner"] == "eager_bf16" for s in report.skipped)
     assert np.isfinite([r.gflops for r in report.rows]).all()

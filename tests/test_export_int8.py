@@ -496,7 +496,7 @@ def test_fp16_quality_figures_are_those_of_the_emulated_fp16_run_and_say_so(
     )
     emulated = tmp_path / "emulated.onnx"
     onnx_graph.save(fp16_islands.emulate_fp16_storage(onnx.load(str(out / "fp16.onnx"))), emulated)
-    with OnnxRuntimeRunner(emulated, optimize=False) as runner:
+    with OnnxRuntimeRunner(emulated) as runner:
         again = gate.judge(runner.run, Precision.fp16).to_dict()
     recorded = fp16.validation["quality"]
     assert (recorded["psnr"], recorded["frechet_ratio"]) == (again["psnr"], again["frechet_ratio"])

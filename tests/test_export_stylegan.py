@@ -315,7 +315,7 @@ def test_fp16_at_the_ends_of_the_psi_range_stays_finite(exported: dict[str, Expo
     onnx.save(fp16_islands.emulate_fp16_storage(fp16), str(emulated))
     fp32 = OnnxRuntimeRunner(item.export_dir / "fp32.onnx")
     tolerance = gate.TOLERANCES[Precision.fp16].max_levels  # FP16 is judged by its pictures
-    with OnnxRuntimeRunner(emulated, optimize=False) as runner:
+    with OnnxRuntimeRunner(emulated) as runner:
         for psi in (*item.manifest.interface.truncation_range, 1.0):
             feeds = full_feeds(item, list(range(16)), [psi] * 16)
             out = runner.run(feeds)
@@ -563,7 +563,7 @@ def test_fp16_keeps_overflowing_layers_in_fp32_islands_listed_in_the_manifest(
     onnx.save(plain, str(path))
     artifact = make_artifact(loaded, PLAN["fp16"], path.name)
     with (
-        OnnxRuntimeRunner(path, optimize=False) as runner,
+        OnnxRuntimeRunner(path) as runner,
         pytest.raises(ValidationError, match="gate failed for 'fp16'"),
     ):
         gate.validate(runner, artifact, reference, max_batch=8)

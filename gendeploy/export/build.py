@@ -399,7 +399,7 @@ class _FP16Acceptance:
         path = build.staged / probe.path
         onnx_graph.save(fp16_islands.emulate_fp16_storage(model), path)
         try:
-            with OnnxRuntimeRunner(path, optimize=False) as runner:
+            with OnnxRuntimeRunner(path) as runner:
                 figures = gate.validate(runner, probe, build.reference, build.options.max_batch)
                 candidate = WithDefaults(runner, build.loaded.interface)
                 judged = build.quality_gate().judge(candidate.run, self.variant.precision)
@@ -771,7 +771,7 @@ def _judge_fp16_storage(build: Build, model: onnx.ModelProto, precision: Precisi
     path = build.staged / ".fp16-emulated.onnx"
     onnx_graph.save(fp16_islands.emulate_fp16_storage(model), path)
     try:
-        with OnnxRuntimeRunner(path, optimize=False) as runner:
+        with OnnxRuntimeRunner(path) as runner:
             run = WithDefaults(runner, build.loaded.interface).run
             return build.quality_gate().judge(run, precision)
     finally:

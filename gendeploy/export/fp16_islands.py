@@ -16,8 +16,8 @@ grow (a lower limit) before giving up.
 
 The gate sees FP16 overflow only where values are really stored in FP16: ONNX Runtime's CPU
 provider computes FP16 nodes in FP32 and drops the casts between them, so an overflow never shows
-there. ``emulate_fp16_storage`` makes every FP16 value a stored tensor (an Identity after each
-node, also a graph output, run without graph optimizations): FP32 arithmetic, FP16 storage, as
+there. ``emulate_fp16_storage`` makes every FP16 value a stored one (an FP32 graph that casts
+each such value to FP16 and back, casts ONNX Runtime keeps): FP32 arithmetic, FP16 storage, as
 FP16 engines run, and a value past 65504 becomes inf as it would on the GPU.
 """
 
@@ -245,35 +245,76 @@ def fold_cast_pairs(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def emulate_fp16_storage(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy where every FP16 node output is materialised (run it with optimizations off)."""
+    """An FP32 copy of an FP16 model that rounds to FP16 wherever the FP16 model stores a value:
+    FP16 weights and constants widened exactly, each FP16 node computed in FP32 and its output
+    cast to FLOAT16 and back. ONNX Runtime's CPU provider computes FP16 nodes in FP32 and drops
+    the casts it inserts between them (a chain such as (x + 1000) - 1000 never rounded), but it
+    keeps a model's own casts at every optimization level, so this copy runs optimized."""
     inferred = onnx.shape_inference.infer_shapes(model)
-    types = {
-        v.name: v.type.tensor_type.elem_type
-        for v in [*inferred.graph.value_info, *inferred.graph.output]
-    }
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    nodes = []
-    for node in out.graph.node:
+    _round_where_stored(out.graph, _value_types(inferred.graph))
+    return out
+
+
+# ops that only move or select values: their FP16 outputs are FP16 inputs, already rounded
+_MOVES = {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Concat", "Split",
+          "Slice", "Gather", "Expand", "Tile", "Pad", "Constant", "Shape", "Size"}  # fmt: skip
+
+
+def _value_types(graph: onnx.GraphProto) -> dict[str, int]:
+    """Element type of every typed value in ``graph`` and its subgraphs (names are unique)."""
+    types = {
+        v.name: v.type.tensor_type.elem_type
+        for v in [*graph.input, *graph.value_info, *graph.output]
+    }
+    for node in graph.node:
+        for attribute in node.attribute:
+            for sub in [*attribute.graphs, *([attribute.g] if attribute.HasField("g") else [])]:
+                types.update(_value_types(sub))
+    return types
+
+
+def _round_where_stored(graph: onnx.GraphProto, types: dict[str, int]) -> None:
+    """``emulate_fp16_storage`` on one graph, in place (subgraphs too)."""
+    for tensor in graph.initializer:
+        _widen(tensor)
+    for value in [*graph.input, *graph.output]:
+        if value.type.tensor_type.elem_type == TensorProto.FLOAT16:
+            value.type.tensor_type.elem_type = TensorProto.FLOAT
+    del graph.value_info[:]  # the FP16 types recorded there no longer hold
+    nodes: list[onnx.NodeProto] = []
+    for node in graph.node:
         nodes.append(node)
-        if node.op_type in ("Cast", "Constant", "Identity"):
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                _widen(attribute.t)
+            if attribute.name in ("to", "dtype") and attribute.i == TensorProto.FLOAT16:
+                attribute.i = TensorProto.FLOAT  # computed in FP32, rounded below
+            for sub in [*attribute.graphs, *([attribute.g] if attribute.HasField("g") else [])]:
+                _round_where_stored(sub, types)
+        if node.op_type in _MOVES:
             continue
         for i, name in enumerate(node.output):
-            if types.get(name) == TensorProto.FLOAT16:
-                node.output[i] = f"{name}__computed"
-                nodes.append(
-                    helper.make_node("Identity", [node.output[i]], [name], name=f"{name}__stored")
-                )
-    del out.graph.node[:]
-    out.graph.node.extend(nodes)
-    # ...and a graph output (after the image, which stays output 0): ORT's CPU provider otherwise
-    # runs an unobserved FP16 Identity between FP32-only kernels in FP32 too (InsertCastTransformer
-    # avoids the casts), so a chain such as (x + 1000) - 1000 never rounded to FP16 here
-    infos = {v.name: v for v in inferred.graph.value_info}  # typed and shaped (onnx.checker)
-    outputs = {o.name for o in out.graph.output}
-    stored = [n.output[0] for n in nodes if n.name.endswith("__stored")]
-    out.graph.output.extend(infos[n] for n in stored if n in infos and n not in outputs)
-    return out
+            if types.get(name) != TensorProto.FLOAT16:
+                continue
+            node.output[i] = f"{name}__computed"
+            nodes += [
+                helper.make_node("Cast", [node.output[i]], [f"{name}__fp16"],
+                                 to=TensorProto.FLOAT16, name=f"{name}__stored"),
+                helper.make_node("Cast", [f"{name}__fp16"], [name],
+                                 to=TensorProto.FLOAT, name=f"{name}__read"),
+            ]  # fmt: skip
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
+def _widen(tensor: onnx.TensorProto) -> None:
+    """An FP16 tensor as the FP32 tensor of the same values (exact), in place."""
+    if tensor.data_type == TensorProto.FLOAT16:
+        tensor.CopyFrom(numpy_helper.from_array(
+            numpy_helper.to_array(tensor).astype(np.float32), tensor.name
+        ))  # fmt: skip
 
 
 def _cast_to(node: onnx.NodeProto) -> int:

@@ -59,7 +59,7 @@ MIN_SEEDS = 256  # per set: fewer and the 1st percentile is the worst seed or tw
 # The seed count when none is asked for (``seed_count``): 1,000 per set where FP32's two sets and
 # one set per reduced precision asked for, at FP32's cost per image, fit ``SEED_BUDGET_S``, else
 # the largest step that does (never below MIN_SEEDS). A candidate costs at least FP32's time per
-# image (FP16 storage emulated 2.5x, an INT8 fallback several passes): a StyleGAN3-T 16x16 at
+# image (FP16 storage emulated about 1.3x, an INT8 fallback several passes): a StyleGAN3-T 16x16 at
 # 26 ms per image spent 50 s on its reference and 75 s on its FP16 judgement at 1,000 seeds.
 SEED_STEPS = (1000, 512, MIN_SEEDS)
 SEED_BUDGET_S = 60.0

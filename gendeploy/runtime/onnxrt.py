@@ -29,9 +29,7 @@ INT8_KERNELS = (
 
 class OnnxRuntimeRunner(Runner):
     """One ``InferenceSession`` over an ONNX file. ``threads`` pins intra-op threads (bench; else
-    ``gendeploy.cpus.current()``);
-    ``optimize=False`` runs the graph as written (``fp16_islands.emulate_fp16_storage`` needs it:
-    the optimizer would drop the FP16 stores again)."""
+    ``gendeploy.cpus.current()``)."""
 
     name = "onnxruntime"
 
@@ -40,12 +38,9 @@ class OnnxRuntimeRunner(Runner):
         model_path: Path | str,
         providers: list[str] | None = None,
         threads: int | None = None,
-        optimize: bool = True,
     ) -> None:
         ort = _import_ort()
         options = ort.SessionOptions()
-        if not optimize:
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         options.log_severity_level = 3  # errors only: CPU-only machines log provider warnings
         if threads is None:  # sized to the CPUs we have, not the host's (gendeploy.cpus)
             threads = cpus.current()
