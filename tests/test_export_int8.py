@@ -591,11 +591,13 @@ def test_fp16_that_loses_precision_is_refused_by_the_emulated_storage_naming_the
     assert not (tmp_path / "e").exists()
 
 
+@pytest.mark.parametrize("folded", [False, True], ids=["grouped", "channels_in_batch"])
 def test_depthwise_filters_stay_float_and_the_convolutions_beside_them_run_int8(
-    tmp_path: Path,
+    tmp_path: Path, folded: bool
 ) -> None:
-    """A fixed depthwise filter (StyleGAN's blur / FIR, as grouped conv2d) is left out of the
-    quantization by rule; the ordinary convolutions run INT8, and the manifest says which."""
+    """A fixed per-channel filter (StyleGAN's blur / FIR: NVlabs' upfirdn2d as grouped conv2d,
+    or rosinality's ``upfirdn2d_native``, channels folded into the batch and a [1, 1, k, k]
+    kernel) is left out of the quantization by rule; the ordinary convolutions run INT8."""
 
     class Blurred(torch.nn.Module):
         def __init__(self) -> None:
@@ -604,8 +606,16 @@ def test_depthwise_filters_stay_float_and_the_convolutions_beside_them_run_int8(
             self.register_buffer("fir", torch.tensor([1.0, 3.0, 3.0, 1.0]).outer(torch.ones(4)))
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            kernel = (self.fir / self.fir.sum())[None, None].repeat(8, 1, 1, 1)  # upfirdn2d's
-            blurred = torch.nn.functional.conv2d(x, kernel, padding=2, groups=8)
+            kernel = (self.fir / self.fir.sum())[None, None]
+            if folded:  # rosinality's upfirdn2d_native
+                flat = torch.nn.functional.conv2d(
+                    x.reshape(-1, 1, 8, 8), kernel.flip(2, 3), padding=2
+                )
+                blurred = flat.reshape(-1, 8, *flat.shape[2:])
+            else:  # NVlabs' upfirdn2d
+                blurred = torch.nn.functional.conv2d(
+                    x, kernel.repeat(8, 1, 1, 1), padding=2, groups=8
+                )
             return self.conv(blurred)
 
     path = tmp_path / "blurred.onnx"

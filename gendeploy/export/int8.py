@@ -15,9 +15,11 @@ take back. So every other op type is in NNCF's ``IgnoredScope``, every quantizat
 weighted layer, and ``int8_layers`` / ``float_layers`` read from the graph exactly which layers
 run INT8 (the manifest lists both).
 
-Depthwise convolutions (``filter_layers``: one input channel per group) are ignored too. In a
-generator they are fixed filters: the blur of StyleGAN2's up/down-sampling and StyleGAN3's
-anti-aliasing FIR filters (upfirdn2d as grouped conv2d, 58 of a StyleGAN3-T's 97 weighted layers).
+Per-channel filters (``filter_layers``: depthwise convolutions, one input channel per group, and
+single-channel ones, one channel in and out) are ignored too. In a generator they are fixed
+filters: the blur of StyleGAN2's up/down-sampling and StyleGAN3's anti-aliasing FIR filters
+(NVlabs' upfirdn2d as grouped conv2d, 58 of a StyleGAN3-T's 97 weighted layers; rosinality's
+``upfirdn2d_native`` with the channels folded into the batch).
 They are memory-bound, so INT8 kernels gain nothing on them, and rounding their coefficients
 changes the filter's response; the fallback ranked each of them at the cost of an OpenVINO compile.
 
@@ -139,8 +141,10 @@ def weighted_layers(model: onnx.ModelProto) -> list[str]:
 
 
 def filter_layers(model: onnx.ModelProto) -> list[str]:
-    """Depthwise Conv / ConvTranspose layers (one input channel per group, weight a constant):
-    fixed filters that ``quantize`` leaves in floating point."""
+    """Conv / ConvTranspose layers that filter each channel alone (weight a constant): depthwise
+    (one input channel per group: NVlabs' upfirdn2d as grouped conv2d) or one channel in and out
+    (rosinality's ``upfirdn2d_native`` folds the channels into the batch and convolves a
+    ``[1, 1, kh, kw]`` kernel): fixed filters that ``quantize`` leaves in floating point."""
     shapes = {i.name: list(i.dims) for i in model.graph.initializer}
     found = []
     for node in model.graph.node:
@@ -148,10 +152,10 @@ def filter_layers(model: onnx.ModelProto) -> list[str]:
             continue
         group = next((a.i for a in node.attribute if a.name == "group"), 1)
         weight = shapes.get(node.input[1])
-        if group < 2 or weight is None or len(weight) < 2:
+        if weight is None or len(weight) < 2:
             continue
         per_group = weight[1] if node.op_type == "Conv" else weight[0] // group
-        if per_group == 1:
+        if per_group == 1 and (group > 1 or weight[:2] == [1, 1]):
             found.append(node.name)
     return found
 
