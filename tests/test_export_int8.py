@@ -581,7 +581,7 @@ def test_fp16_that_loses_precision_is_refused_by_the_emulated_storage_naming_the
     tmp_path: Path,
 ) -> None:
     """ORT's CPU provider computes the chain in FP32 (it would pass); with FP16 storage really
-    emulated (every FP16 value materialised) the gate sees the rounding and says why."""
+    emulated (every stored FP16 value rounded, ORT optimizing) the gate sees it and says why."""
     torch.manual_seed(0)
     with pytest.raises(ValidationError, match=r"^FP16 loses precision \(no value overflowed"):
         export_generator(
