@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -109,6 +110,25 @@ def stub_regions(root: int) -> dict[int, str]:
             if Path(argv[0].decode()).name == STUB and len(argv) > 2:
                 found[pid] = argv[2].decode()
     return found
+
+
+@pytest.fixture(autouse=True, scope="session")
+def temporary_files_under_pytests_own_directory(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[None]:
+    """What the suite's processes write to the temporary directory (the tritonserver log a
+    server started without ``--log-file`` gets, tools' scratch files) goes under pytest's own
+    base directory, which pytest prunes to its last three runs, not into /tmp for good."""
+    scratch = tmp_path_factory.mktemp("tmpdir")  # fixes pytest's base directory first
+    before = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(scratch)
+    tempfile.tempdir = None  # read $TMPDIR again
+    yield
+    if before is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = before
+    tempfile.tempdir = None
 
 
 @pytest.fixture(autouse=True, scope="session")
