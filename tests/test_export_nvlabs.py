@@ -350,7 +350,7 @@ def test_quality_samples_sets_the_quality_gates_seed_count(tmp_path: Path) -> No
 
 def test_the_seed_rule_budgets_every_set_the_gate_draws() -> None:
     """FP32's two sets and one per reduced precision fit the budget: a StyleGAN3-T at 26 ms per
-    image drew 2 x 1,000 reference seeds, then spent 75 s judging FP16 on 1,000 more."""
+    image drew 2 x 1,000 reference seeds before, then judged each precision on 1,000 more."""
     from gendeploy.export.quality_gate import SEED_BUDGET_S, seed_count
 
     per_image = 0.026

@@ -60,7 +60,7 @@ MIN_SEEDS = 256  # per set: fewer and the 1st percentile is the worst seed or tw
 # one set per reduced precision asked for, at FP32's cost per image, fit ``SEED_BUDGET_S``, else
 # the largest step that does (never below MIN_SEEDS). A candidate costs at least FP32's time per
 # image (FP16 storage emulated about 1.3x, an INT8 fallback several passes): a StyleGAN3-T 16x16 at
-# 26 ms per image spent 50 s on its reference and 75 s on its FP16 judgement at 1,000 seeds.
+# 26 ms per image spent 50 s on its reference at 1,000 seeds (Zen 3).
 SEED_STEPS = (1000, 512, MIN_SEEDS)
 SEED_BUDGET_S = 60.0
 # where the worst pixel is bounded (by gate.TOLERANCES' max_levels): FP16 and bf16 round every
